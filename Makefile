@@ -1,0 +1,55 @@
+# spire-pqc developer entry points. Every target that needs Python creates .venv first, so a fresh
+# clone needs only `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SPIRE_PQC_CACHE ?= $(HOME)/.cache/spire-pqc
+PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
+
+.PHONY: venv demo test test-unit lint proto proto-check bench spire openssl tools clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The external programs the tests drive: SPIRE built from its Go module, OpenSSL >= 3.5 from Debian.
+spire:
+	bash scripts/build-spire.sh
+
+openssl:
+	bash scripts/install-openssl.sh
+
+tools: spire openssl
+
+demo: venv
+	$(VENV)/bin/spire-pqc demo
+
+## Every test: unit, vectors, property, interop (OpenSSL, py-spiffe, go-spiffe) and real-SPIRE integration.
+test: venv tools proto-check
+	$(PY) -m pytest -q -ra
+
+test-unit: venv
+	$(PY) -m pytest -q -ra tests/unit tests/vectors
+
+lint: venv proto-check
+	$(VENV)/bin/ruff check spire_pqc tests plugins examples scripts
+	$(VENV)/bin/ruff format --check spire_pqc tests plugins examples scripts
+	$(VENV)/bin/mypy spire_pqc tests
+	$(VENV)/bin/lint-imports
+
+proto: venv
+	$(PY) scripts/gen_proto.py
+
+proto-check: venv
+	$(PY) scripts/gen_proto.py --check
+
+bench: venv openssl
+	$(VENV)/bin/spire-pqc bench crypto
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

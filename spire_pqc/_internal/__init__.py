@@ -1,0 +1,1 @@
+"""Private helpers (files, PEM, time). Not part of the public API."""

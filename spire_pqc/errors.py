@@ -1,0 +1,125 @@
+"""The one error hierarchy of spire-pqc.
+
+Every error the library raises on purpose derives from :class:`SpirePqcError`, so an entry point
+needs a single ``except`` clause. Subclasses name *what* failed; verification errors also carry
+*which check* failed and for *which SPIFFE ID*, so a log line or an exit message is actionable.
+"""
+
+from __future__ import annotations
+
+
+class SpirePqcError(Exception):
+    """Root of every error raised by spire-pqc."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class ConfigError(SpirePqcError):
+    """A configuration is invalid. ``problems`` lists every problem found, each naming its key."""
+
+    def __init__(self, problems: list[str] | str, *, source: str = "configuration") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+# --- cryptography ------------------------------------------------------------------------------
+
+
+class CryptoError(SpirePqcError):
+    """A cryptographic operation or key could not be used."""
+
+
+class BackendUnavailableError(CryptoError):
+    """No usable post-quantum backend (there is never a fallback to classical crypto)."""
+
+
+class InvalidKeyError(CryptoError):
+    """Key material is malformed: wrong length, wrong encoding, or fails a FIPS 203/204 check."""
+
+
+class InvalidSignatureError(CryptoError):
+    """A signature did not verify."""
+
+
+class DecryptionError(CryptoError):
+    """A sealed message could not be opened."""
+
+
+class KeyFileError(CryptoError):
+    """A key file is unusable. ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class KeyFilePermissionError(KeyFileError):
+    """A key file is readable or writable by users other than its owner."""
+
+
+class CorruptKeyFileError(KeyFileError):
+    """A key file does not parse as the expected key."""
+
+
+class KeyFileExistsError(KeyFileError):
+    """Refused to overwrite an existing key or certificate file without ``force``."""
+
+
+# --- identities and credentials ----------------------------------------------------------------
+
+
+class SpiffeIdError(SpirePqcError, ValueError):
+    """A string is not a valid SPIFFE ID or trust domain name."""
+
+
+class BundleError(SpirePqcError):
+    """A trust bundle is malformed, or no bundle exists for a trust domain."""
+
+
+class ParseError(SpirePqcError):
+    """Bytes from outside (DER, PEM, protobuf) do not parse as the expected structure."""
+
+
+class VerificationError(SpirePqcError):
+    """A credential did not verify.
+
+    ``check`` names the check that failed (a stable, machine-readable token such as
+    ``"classical-chain"`` or ``"binding-signature"``); ``spiffe_id`` is the identity being verified,
+    when known.
+    """
+
+    check: str = "verification"
+
+    def __init__(self, message: str, *, spiffe_id: str | None = None, check: str | None = None) -> None:
+        if check is not None:
+            self.check = check
+        self.spiffe_id = spiffe_id
+        who = f" for {spiffe_id}" if spiffe_id else ""
+        super().__init__(f"{self.check}{who}: {message}")
+
+
+class AuthorizationError(SpirePqcError):
+    """A verified peer is not allowed by the authorizer."""
+
+
+class IssuanceError(SpirePqcError):
+    """The PQC CA refused an issuance request. ``reason`` is a stable token."""
+
+    reason: str = "refused"
+
+    def __init__(self, message: str, *, reason: str | None = None, spiffe_id: str | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        self.spiffe_id = spiffe_id
+        who = f" for {spiffe_id}" if spiffe_id else ""
+        super().__init__(f"{self.reason}{who}: {message}")
+
+
+class NotConfiguredError(SpirePqcError):
+    """An operation needs configuration that has not been applied yet."""
+
+
+class UnavailableError(SpirePqcError):
+    """A dependency (SPIRE agent, PQC CA endpoint) cannot be reached right now; retry later."""
