@@ -1,1 +1,1 @@
-"""See DESIGN.md §7."""
+"""Generated protobuf and gRPC modules (scripts/gen_proto.py from proto/). Do not edit."""

@@ -1,0 +1,67 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HybridSVIDRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HybridSVID(_message.Message):
+    __slots__ = ("spiffe_id", "classical_chain", "classical_key", "pqc_chain", "pqc_key", "kem_certificate", "kem_key", "classical_bundle", "pqc_bundle", "hint")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    PQC_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    PQC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEM_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    KEM_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    classical_chain: bytes
+    classical_key: bytes
+    pqc_chain: bytes
+    pqc_key: bytes
+    kem_certificate: bytes
+    kem_key: bytes
+    classical_bundle: bytes
+    pqc_bundle: bytes
+    hint: str
+    def __init__(self, spiffe_id: _Optional[str] = ..., classical_chain: _Optional[bytes] = ..., classical_key: _Optional[bytes] = ..., pqc_chain: _Optional[bytes] = ..., pqc_key: _Optional[bytes] = ..., kem_certificate: _Optional[bytes] = ..., kem_key: _Optional[bytes] = ..., classical_bundle: _Optional[bytes] = ..., pqc_bundle: _Optional[bytes] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class HybridSVIDResponse(_message.Message):
+    __slots__ = ("svids", "federated_pqc_bundles")
+    class FederatedPqcBundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    SVIDS_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_PQC_BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    svids: _containers.RepeatedCompositeFieldContainer[HybridSVID]
+    federated_pqc_bundles: _containers.ScalarMap[str, bytes]
+    def __init__(self, svids: _Optional[_Iterable[_Union[HybridSVID, _Mapping]]] = ..., federated_pqc_bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class PQCBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PQCBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    class BundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.ScalarMap[str, bytes]
+    def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
