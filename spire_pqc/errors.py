@@ -123,3 +123,64 @@ class NotConfiguredError(SpirePqcError):
 
 class UnavailableError(SpirePqcError):
     """A dependency (SPIRE agent, PQC CA endpoint) cannot be reached right now; retry later."""
+
+
+# --- verification failures, one class per check (``check`` is the stable token) ---------------
+
+
+class MalformedCredentialError(VerificationError):
+    check = "malformed"
+
+
+class LeafError(VerificationError):
+    """The leaf certificate breaks the X509-SVID leaf rules (URI SAN, CA flag, key usage)."""
+
+    check = "leaf"
+
+
+class ChainError(VerificationError):
+    """The chain does not lead to the trust domain's bundle."""
+
+    check = "chain"
+
+
+class ValidityError(VerificationError):
+    """A certificate is expired or not yet valid at the verification time."""
+
+    check = "validity"
+
+
+class AlgorithmError(VerificationError):
+    """A certificate carries an unexpected key or signature algorithm."""
+
+    check = "algorithm"
+
+
+class KeyUsageError(VerificationError):
+    """A certificate's key usage does not allow what it is used for."""
+
+    check = "key-usage"
+
+
+class IdentityMismatchError(VerificationError):
+    """Two credentials that must name the same SPIFFE ID (or trust domain) do not."""
+
+    check = "spiffe-id-mismatch"
+
+
+class RelatedCertificateError(VerificationError):
+    """The RFC 9763 RelatedCertificate extension is missing or does not match the classical leaf."""
+
+    check = "related-certificate"
+
+
+class BindingError(VerificationError):
+    """The SvidBinding extension is missing, malformed, untrusted, or its signature does not verify."""
+
+    check = "binding"
+
+
+class LifetimeError(VerificationError):
+    """A PQC credential outlives the classical SVID it is bound to."""
+
+    check = "pqc-outlives-classical"

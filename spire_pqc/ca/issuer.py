@@ -1,0 +1,231 @@
+"""The intermediate PQC CA: checks an issue request against the policy, then issues.
+
+Checks, in order (each refusal is an :class:`~spire_pqc.errors.IssuanceError` with a stable
+``reason``): request shape and sizes (``malformed``) → freshness window (``stale``) → classical
+chain against the trust domain's classical bundle and the SPIFFE leaf rules (``untrusted-svid``)
+→ our own SvidBinding in the leaf (``binding``) → both proofs of possession (``bad-proof``) →
+nonce replay (``replay``) → one issuance per classical SVID (``duplicate``, a security event).
+Then the PQC SVID and the KEM certificate are issued with notAfter ≤ the classical SVID's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from spire_pqc.bundle import BundleSource
+from spire_pqc.ca.ledger import IssuanceLedger, LedgerEntry
+from spire_pqc.ca.request import (
+    MAX_CERT_BYTES,
+    MAX_CHAIN_CERTS,
+    NONCE_MAX,
+    NONCE_MIN,
+    IssueRequest,
+    IssueResponse,
+    verify_classical,
+)
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
+from spire_pqc.crypto.mlkem import MLKEM768PublicKey
+from spire_pqc.errors import IssuanceError, InvalidKeyError, InvalidSignatureError, VerificationError
+from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
+from spire_pqc.x509 import certs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRESHNESS = dt.timedelta(seconds=60)
+DEFAULT_MAX_TTL = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class IntermediateCA:
+    """The CA's signing identity: key, certificate, and the chain up to (and including) the root."""
+
+    key: MLDSA65PrivateKey
+    certificate: x509.Certificate
+    chain_to_root: tuple[x509.Certificate, ...]  # [root] normally; may include a cross-certificate
+
+    def __post_init__(self) -> None:
+        if certs.mldsa_public_key(self.certificate) != self.key.public_key():
+            raise InvalidKeyError("intermediate PQC CA key does not match its certificate")
+
+    @property
+    def public_key(self) -> MLDSA65PublicKey:
+        return self.key.public_key()
+
+
+@dataclass(frozen=True)
+class Issued:
+    response: IssueResponse
+    spiffe_id: str
+    reissued: bool
+
+
+class PQCIssuer:
+    """Checks and answers issue requests for one trust domain (thread-safe)."""
+
+    def __init__(
+        self,
+        ca: IntermediateCA,
+        trust_domain: TrustDomain,
+        classical_bundles: BundleSource,
+        *,
+        trusted_binding_keys: Sequence[MLDSA65PublicKey] = (),
+        ledger: IssuanceLedger | None = None,
+        freshness: dt.timedelta = DEFAULT_FRESHNESS,
+        max_ttl: dt.timedelta = DEFAULT_MAX_TTL,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._ca = ca
+        self._trust_domain = trust_domain
+        self._bundles = classical_bundles
+        # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
+        self._binding_keys = [ca.public_key, *trusted_binding_keys]
+        self._ledger = ledger or IssuanceLedger()
+        self._freshness = freshness
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def ca(self) -> IntermediateCA:
+        return self._ca
+
+    def issue(self, request: IssueRequest) -> Issued:
+        now = self._clock()
+        leaf, chain = self._parse(request)
+        self._check_freshness(request, now)
+        spiffe_id = self._check_classical(leaf, chain, now)
+        mldsa_key, mlkem_key = self._check_keys(request, spiffe_id)
+        self._check_proofs(request, leaf, mldsa_key, spiffe_id)
+        # Serialise the replay and ledger decisions, so two racing requests cannot both pass.
+        with self._lock:
+            if self._ledger.seen_nonce(request.nonce, now=now, window=self._freshness):
+                raise IssuanceError("nonce already used (replayed request)", reason="replay", spiffe_id=spiffe_id)
+            serial_key = f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
+            fingerprint = hashlib.sha256(request.mldsa_spki + request.mlkem_spki).hexdigest()
+            previous = self._ledger.lookup(serial_key, now=now)
+            if previous is not None:
+                if previous.keys_fingerprint == fingerprint:
+                    return Issued(previous.response, spiffe_id, reissued=True)
+                log.warning(
+                    "security event: second PQC issuance with different keys refused for %s "
+                    "(classical SVID serial %x)",
+                    spiffe_id,
+                    leaf.serial_number,
+                )
+                raise IssuanceError(
+                    "this classical SVID already obtained PQC credentials for other keys",
+                    reason="duplicate",
+                    spiffe_id=spiffe_id,
+                )
+            response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now)
+            self._ledger.record(LedgerEntry(serial_key, fingerprint, leaf.not_valid_after_utc, response))
+        log.info("issued PQC SVID and KEM certificate for %s (until %s)", spiffe_id, leaf.not_valid_after_utc.isoformat())
+        return Issued(response, spiffe_id, reissued=False)
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def _parse(self, request: IssueRequest) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        if not request.classical_chain or len(request.classical_chain) > MAX_CHAIN_CERTS:
+            raise IssuanceError(f"classical chain must have 1..{MAX_CHAIN_CERTS} certificates", reason="malformed")
+        if not NONCE_MIN <= len(request.nonce) <= NONCE_MAX:
+            raise IssuanceError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes", reason="malformed")
+        parsed = []
+        for index, raw in enumerate(request.classical_chain):
+            if len(raw) > MAX_CERT_BYTES:
+                raise IssuanceError(f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason="malformed")
+            try:
+                parsed.append(x509.load_der_x509_certificate(raw))
+            except ValueError as exc:
+                raise IssuanceError(f"certificate {index} is not DER X.509: {exc}", reason="malformed") from exc
+        return parsed[0], parsed
+
+    def _check_freshness(self, request: IssueRequest, now: dt.datetime) -> None:
+        stamped = dt.datetime.fromtimestamp(request.timestamp_ms / 1000, dt.UTC)
+        skew = abs(now - stamped)
+        if skew > self._freshness:
+            raise IssuanceError(
+                f"request timestamp is {skew.total_seconds():.0f}s from the CA clock (window "
+                f"{self._freshness.total_seconds():.0f}s)",
+                reason="stale",
+            )
+
+    def _check_classical(self, leaf: x509.Certificate, chain: list[x509.Certificate], now: dt.datetime) -> str:
+        try:
+            spiffe_id = verify_classical_svid(chain, self._bundles, at=now)
+        except VerificationError as exc:
+            raise IssuanceError(f"classical SVID rejected: {exc}", reason="untrusted-svid", spiffe_id=exc.spiffe_id) from exc
+        if spiffe_id.trust_domain != self._trust_domain:
+            raise IssuanceError(
+                f"SVID of trust domain {spiffe_id.trust_domain}; this CA serves {self._trust_domain}",
+                reason="untrusted-svid",
+                spiffe_id=str(spiffe_id),
+            )
+        try:
+            verify_svid_binding(leaf, self._binding_keys)
+        except VerificationError as exc:
+            raise IssuanceError(f"SvidBinding: {exc}", reason="binding", spiffe_id=str(spiffe_id)) from exc
+        return str(spiffe_id)
+
+    def _check_keys(self, request: IssueRequest, spiffe_id: str) -> tuple[MLDSA65PublicKey, MLKEM768PublicKey]:
+        try:
+            return MLDSA65PublicKey.from_spki(request.mldsa_spki), MLKEM768PublicKey.from_spki(request.mlkem_spki)
+        except InvalidKeyError as exc:
+            raise IssuanceError(f"PQC public key rejected: {exc}", reason="malformed", spiffe_id=spiffe_id) from exc
+
+    def _check_proofs(
+        self, request: IssueRequest, leaf: x509.Certificate, mldsa_key: MLDSA65PublicKey, spiffe_id: str
+    ) -> None:
+        from spire_pqc.ca.request import CONTEXT
+
+        tbs = request.to_be_signed()
+        if not verify_classical(leaf.public_key(), request.classical_proof, tbs):
+            raise IssuanceError("classical proof does not verify with the SVID key", reason="bad-proof", spiffe_id=spiffe_id)
+        try:
+            mldsa_key.verify(request.mldsa_proof, tbs, context=CONTEXT)
+        except InvalidSignatureError as exc:
+            raise IssuanceError("ML-DSA-65 proof does not verify with the new key", reason="bad-proof", spiffe_id=spiffe_id) from exc
+
+    # --- issuance ------------------------------------------------------------------------------
+
+    def _issue(
+        self,
+        leaf: x509.Certificate,
+        spiffe_id: str,
+        mldsa_key: MLDSA65PublicKey,
+        mlkem_key: MLKEM768PublicKey,
+        now: dt.datetime,
+    ) -> IssueResponse:
+        ca = self._ca
+        not_before = now - dt.timedelta(seconds=30)  # tolerate small clock skew at verifiers
+        not_after = min(leaf.not_valid_after_utc, ca.certificate.not_valid_after_utc, now + self._max_ttl)
+        leaf_der = der(leaf)
+        td = str(self._trust_domain)
+        pqc = certs.build_pqc_svid(
+            ca.certificate, ca.key, mldsa_key, spiffe_id,
+            trust_domain=td, classical_leaf_der=leaf_der, not_before=not_before, not_after=not_after,
+        )  # fmt: skip
+        kem = certs.build_kem_certificate(
+            ca.certificate, ca.key, mlkem_key, spiffe_id,
+            trust_domain=td, classical_leaf_der=leaf_der, not_before=not_before, not_after=not_after,
+        )  # fmt: skip
+        encode = serialization.Encoding.DER
+        intermediates = (ca.certificate.public_bytes(encode),)
+        roots = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
+        return IssueResponse(
+            pqc_svid_chain=(pqc.public_bytes(encode), *intermediates),
+            kem_certificate_chain=(kem.public_bytes(encode), *intermediates),
+            pqc_bundle=roots,
+        )
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject

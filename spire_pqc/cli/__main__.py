@@ -1,0 +1,5 @@
+import sys
+
+from spire_pqc.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""`spire-pqc bench`: benchmarks that report ratios measured in the same run (never unit tests)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("bench", help="run benchmarks (ratios against baselines in the same run)")
+    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="SUITE")
+
+    crypto = sub.add_parser("crypto", help="PQ primitives vs classical and vs `openssl speed` (OpenSSL >= 3.5)")
+    crypto.add_argument("--seconds", type=float, default=1.0, help="measuring time per operation")
+    crypto.add_argument("--no-openssl", action="store_true", help="skip the `openssl speed` baseline")
+    crypto.set_defaults(handler=_crypto)
+
+    ca = sub.add_parser("ca", help="PQC issuance throughput of one CA process, binding signatures/s")
+    ca.add_argument("--requests", type=int, default=200)
+    ca.set_defaults(handler=_ca)
+
+
+def _crypto(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_crypto
+
+    return bench_crypto.main(seconds=args.seconds, use_openssl=not args.no_openssl)
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_ca
+
+    print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
+    return 0

@@ -1,0 +1,136 @@
+"""`spire-pqc demo`: the main job on the embedded dev default, end to end, without SPIRE.
+
+1. A dev PQC root and intermediate PQC CA, and a dev classical CA standing in for SPIRE whose SVIDs
+   carry the SvidBinding through the same composer code as the SPIRE plugin.
+2. A workload's classical SVID is issued; the node-agent side generates ML-DSA-65 and ML-KEM-768
+   keys, proves possession of both the classical and the new key, and the PQC CA issues the PQC
+   SVID and the KEM certificate.
+3. The hybrid SVID is verified with the one verification function, written to disk, inspected;
+   a replayed request and a second request for the same classical SVID are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from spire_pqc._internal.files import atomic_write
+from spire_pqc.bundle import BundleSet
+from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
+from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.request import build_request
+from spire_pqc.cli.svid import LAYOUT, cmd_inspect
+from spire_pqc.crypto import backend_name
+from spire_pqc.crypto.keys import NoEncryption
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.errors import IssuanceError
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import HybridSvid
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("demo", help="run the main job end to end on the embedded dev default")
+    parser.add_argument("--out-dir", type=Path, help="where to write the hybrid SVID (default: a temp dir)")
+    parser.add_argument("--trust-domain", default="example.org")
+    parser.set_defaults(handler=cmd_demo)
+
+
+def _step(text: str) -> None:
+    print(f"\n==> {text}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    td = TrustDomain.parse(args.trust_domain)
+    out = args.out_dir or Path(tempfile.mkdtemp(prefix="spire-pqc-demo-"))
+    print(f"spire-pqc demo (DEV MODE: embedded development CAs, not for production); PQ backend: {backend_name()}")
+
+    _step(f"dev PQC root + intermediate PQC CA for {td.id_string()} (ML-DSA-65)")
+    hierarchy = PQCHierarchy.generate(td)
+    classical_ca = DevClassicalCA(td, hierarchy.intermediate.key)
+    issuer = PQCIssuer(hierarchy.intermediate, td, BundleSet.from_certificates([classical_ca.certificate]))
+    print(f"    intermediate key id {hierarchy.intermediate.public_key.key_id().hex()[:16]}…")
+
+    workload = SpiffeId.parse(f"{td.id_string()}/demo/workload")
+    _step(f"classical X509-SVID for {workload} (dev classical CA + composer: SvidBinding attached)")
+    started = time.perf_counter()
+    classical_leaf, classical_key = classical_ca.issue_svid(workload)
+    print(f"    issued in {(time.perf_counter() - started) * 1e3:.1f} ms, {len(_der(classical_leaf))} B with the binding")
+
+    _step("node agent: new ML-DSA-65 + ML-KEM-768 keys, both proofs, PQC issuance")
+    mldsa_key, mlkem_key = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
+    chain = (_der(classical_leaf),)
+    request = build_request(chain, classical_key, mldsa_key, mlkem_key.public_key().spki(), timestamp_ms=_now_ms())
+    started = time.perf_counter()
+    issued = issuer.issue(request)
+    print(f"    PQC SVID + KEM certificate issued in {(time.perf_counter() - started) * 1e3:.1f} ms")
+
+    from cryptography import x509
+
+    load = x509.load_der_x509_certificate
+    hybrid = HybridSvid(
+        spiffe_id=workload,
+        classical_chain=(classical_leaf,),
+        classical_key=classical_key,
+        pqc_chain=tuple(load(c) for c in issued.response.pqc_svid_chain),
+        pqc_key=mldsa_key,
+        kem_chain=tuple(load(c) for c in issued.response.kem_certificate_chain),
+        kem_key=mlkem_key,
+    )
+    _step("full hybrid verification (classical chain, PQC chains, SPIFFE IDs, RelatedCertificate, binding, lifetimes)")
+    pqc_bundles = BundleSet.from_certificates([load(c) for c in issued.response.pqc_bundle])
+    result = hybrid.verify(classical_bundles=BundleSet.from_certificates([classical_ca.certificate]), pqc_bundles=pqc_bundles)
+    print(f"    OK: {result.spiffe_id}")
+
+    _step(f"writing the hybrid SVID to {out} (keys 0600) and inspecting it")
+    write_hybrid(out, hybrid, classical_ca.certificate, [load(c) for c in issued.response.pqc_bundle])
+    inspect_args = argparse.Namespace(chains=[], dir=out, at=None, **dict.fromkeys(LAYOUT))
+    status = cmd_inspect(inspect_args)
+
+    _step("refusals")
+    try:
+        issuer.issue(request)
+    except IssuanceError as exc:
+        print(f"    replayed request refused: {exc}")
+    other = MLDSA65PrivateKey.generate()
+    second = build_request(chain, classical_key, other, MLKEM768PrivateKey.generate().public_key().spki(), timestamp_ms=_now_ms())
+    try:
+        issuer.issue(second)
+    except IssuanceError as exc:
+        print(f"    second issuance for the same classical SVID refused: {exc}")
+    return status
+
+
+def _der(cert: object) -> bytes:
+    from cryptography import x509
+
+    assert isinstance(cert, x509.Certificate)
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
+def write_hybrid(out: Path, hybrid: HybridSvid, classical_root: object, pqc_roots: list[object]) -> None:
+    from cryptography import x509
+
+    def pem(certs: object) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs if isinstance(c, x509.Certificate))  # type: ignore[attr-defined]
+
+    classical_key_pem = hybrid.classical_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    atomic_write(out / LAYOUT["classical"], pem(hybrid.classical_chain), mode=0o644)
+    atomic_write(out / "svid.key", classical_key_pem, mode=0o600)
+    atomic_write(out / LAYOUT["pqc"], pem(hybrid.pqc_chain), mode=0o644)
+    atomic_write(out / "pqc_svid.key", hybrid.pqc_key.pem(NoEncryption()), mode=0o600)
+    atomic_write(out / LAYOUT["kem"], pem(hybrid.kem_chain), mode=0o644)
+    atomic_write(out / "kem.key", hybrid.kem_key.pem(NoEncryption()), mode=0o600)
+    atomic_write(out / LAYOUT["bundle"], pem([classical_root]), mode=0o644)
+    atomic_write(out / LAYOUT["pqc_bundle"], pem(pqc_roots), mode=0o644)

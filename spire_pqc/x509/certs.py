@@ -1,0 +1,380 @@
+"""Building and checking the PQC certificates of DESIGN.md §3.
+
+* PQC root: ML-DSA-65, self-signed, cA, keyCertSign, URI SAN ``spiffe://<td>``.
+* Intermediate PQC CA: ML-DSA-65 under the root (pathLen 0), optionally cross-certified by a
+  classical root (an ECDSA signature over the same ML-DSA-65 public key).
+* PQC SVID: ML-DSA-65 leaf, one URI SAN, digitalSignature (critical), EKU serverAuth+clientAuth,
+  RelatedCertificate = SHA-256 of the classical leaf.
+* KEM certificate: ML-KEM-768 leaf, keyEncipherment only, no EKU (never a TLS identity).
+
+Certificates are built with cryptography's builder (signing with the seed-derived key object);
+ML-DSA-65 signatures are *checked* through the selected PQ backend (empty context, RFC 9881).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from spire_pqc.crypto import _backend
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
+from spire_pqc.crypto.mlkem import MLKEM768PublicKey
+from spire_pqc.errors import (
+    AlgorithmError,
+    ChainError,
+    InvalidKeyError,
+    InvalidSignatureError,
+    KeyUsageError,
+    ValidityError,
+)
+from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT
+from spire_pqc.x509.related import encode_related_certificate
+
+ORGANIZATION = "spire-pqc"
+
+
+def _spki_raw_bits(spki_der: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING contents (for RFC 5280 method-1 key identifiers)."""
+    loaded = serialization.load_der_public_key(spki_der)
+    return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _key_identifier(spki_der: bytes) -> bytes:
+    # RFC 5280 §4.2.1.2 method 1 (SHA-1 of the key bits): what OpenSSL and Go compute too.
+    return hashlib.sha1(_spki_raw_bits(spki_der), usedforsecurity=False).digest()
+
+
+def _public_key_object(spki_der: bytes) -> x509.CertificatePublicKeyTypes:
+    return serialization.load_der_public_key(spki_der)  # type: ignore[return-value]
+
+
+def _signing_key(key: MLDSA65PrivateKey) -> x509.CertificateIssuerPrivateKeyTypes:
+    return _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())  # type: ignore[no-any-return]
+
+
+def _name(common_name: str, trust_domain: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _ca_extensions(builder: x509.CertificateBuilder, path_length: int, trust_domain: str) -> x509.CertificateBuilder:
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False
+        )
+    )
+
+
+def build_pqc_root(
+    key: MLDSA65PrivateKey, trust_domain: str, *, not_before: dt.datetime, not_after: dt.datetime
+) -> x509.Certificate:
+    """Self-signed ML-DSA-65 root of a trust domain's PQC bundle."""
+    spki = key.public_key().spki()
+    name = _name(f"{trust_domain} PQC root CA", trust_domain)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(_public_key_object(spki))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier(_key_identifier(spki)), critical=False)
+    )
+    # pathLen 1: the root certifies intermediates (pathLen 0), which certify leaves.
+    return _ca_extensions(builder, 1, trust_domain).sign(_signing_key(key), None)
+
+
+def _issued_builder(
+    issuer: x509.Certificate, subject: x509.Name, subject_spki: bytes, not_before: dt.datetime, not_after: dt.datetime
+) -> x509.CertificateBuilder:
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(_public_key_object(subject_spki))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+    )
+
+
+def build_intermediate(
+    root: x509.Certificate,
+    root_key: MLDSA65PrivateKey,
+    intermediate_key: MLDSA65PublicKey,
+    trust_domain: str,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """Intermediate PQC CA certificate under the PQC root (cA, pathLen 0, keyCertSign)."""
+    subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
+    builder = _issued_builder(root, subject, intermediate_key.spki(), not_before, min(not_after, root.not_valid_after_utc))
+    return _ca_extensions(builder, 0, trust_domain).sign(_signing_key(root_key), None)
+
+
+def cross_certify_intermediate(
+    classical_root: x509.Certificate,
+    classical_root_key: ec.EllipticCurvePrivateKey,
+    intermediate_key: MLDSA65PublicKey,
+    trust_domain: str,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """The same intermediate public key certified by a classical (ECDSA) root (DESIGN.md §3)."""
+    subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
+    builder = _issued_builder(
+        classical_root, subject, intermediate_key.spki(), not_before, min(not_after, classical_root.not_valid_after_utc)
+    )
+    return _ca_extensions(builder, 0, trust_domain).sign(classical_root_key, hashes.SHA256())
+
+
+def _leaf_builder(
+    issuer: x509.Certificate,
+    spiffe_id: str,
+    subject_spki: bytes,
+    related_leaf_der: bytes,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    *,
+    common_name: str,
+    trust_domain: str,
+) -> x509.CertificateBuilder:
+    return (
+        _issued_builder(issuer, _name(common_name, trust_domain), subject_spki, not_before, not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)), critical=False
+        )
+    )
+
+
+def build_pqc_svid(
+    issuer: x509.Certificate,
+    issuer_key: MLDSA65PrivateKey,
+    subject_key: MLDSA65PublicKey,
+    spiffe_id: str,
+    *,
+    trust_domain: str,
+    classical_leaf_der: bytes,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    builder = _leaf_builder(
+        issuer,
+        spiffe_id,
+        subject_key.spki(),
+        classical_leaf_der,
+        not_before,
+        not_after,
+        common_name="PQC SVID",
+        trust_domain=trust_domain,
+    )
+    builder = builder.add_extension(
+        x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=True,
+    ).add_extension(
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+    )
+    return builder.sign(_signing_key(issuer_key), None)
+
+
+def build_kem_certificate(
+    issuer: x509.Certificate,
+    issuer_key: MLDSA65PrivateKey,
+    subject_key: MLKEM768PublicKey,
+    spiffe_id: str,
+    *,
+    trust_domain: str,
+    classical_leaf_der: bytes,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    builder = _leaf_builder(
+        issuer,
+        spiffe_id,
+        subject_key.spki(),
+        classical_leaf_der,
+        not_before,
+        not_after,
+        common_name="KEM certificate",
+        trust_domain=trust_domain,
+    )
+    # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
+    builder = builder.add_extension(
+        x509.KeyUsage(
+            digital_signature=False,
+            content_commitment=False,
+            key_encipherment=True,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=True,
+    )
+    return builder.sign(_signing_key(issuer_key), None)
+
+
+# --- inspection and checks ---------------------------------------------------------------------
+
+
+def public_key_oid(cert: x509.Certificate) -> str:
+    return cert.public_key_algorithm_oid.dotted_string
+
+
+def spki_der(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def mldsa_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) -> MLDSA65PublicKey:
+    if cert.public_key_algorithm_oid != ML_DSA_65:
+        raise AlgorithmError(f"expected an ML-DSA-65 key, found {public_key_oid(cert)}", spiffe_id=spiffe_id)
+    return MLDSA65PublicKey.from_spki(spki_der(cert))
+
+
+def mlkem_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) -> MLKEM768PublicKey:
+    if cert.public_key_algorithm_oid != ML_KEM_768:
+        raise AlgorithmError(f"expected an ML-KEM-768 key, found {public_key_oid(cert)}", spiffe_id=spiffe_id)
+    try:
+        return MLKEM768PublicKey.from_spki(spki_der(cert))
+    except InvalidKeyError as exc:
+        raise AlgorithmError(str(exc), spiffe_id=spiffe_id) from exc
+
+
+def check_validity(cert: x509.Certificate, at: dt.datetime, *, role: str, spiffe_id: str | None) -> None:
+    if at < cert.not_valid_before_utc:
+        raise ValidityError(f"{role} is not valid before {cert.not_valid_before_utc.isoformat()}", spiffe_id=spiffe_id)
+    if at > cert.not_valid_after_utc:
+        raise ValidityError(f"{role} expired at {cert.not_valid_after_utc.isoformat()}", spiffe_id=spiffe_id)
+
+
+def check_mldsa_signature(cert: x509.Certificate, issuer_key: MLDSA65PublicKey) -> bool:
+    """True when ``cert`` carries a valid ML-DSA-65 signature by ``issuer_key`` (empty context)."""
+    if cert.signature_algorithm_oid != ML_DSA_65:
+        return False
+    try:
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, context=b"")
+    except InvalidSignatureError:
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False, None
+    return bc.ca, bc.path_length
+
+
+def _can_sign_certs(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return False
+
+
+def verify_pqc_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    at: dt.datetime,
+    spiffe_id: str | None,
+    max_intermediates: int = 2,
+) -> list[x509.Certificate]:
+    """Path-validate an ML-DSA-65-signed chain (leaf first) to one of ``roots``.
+
+    Returns the CA certificates of the path (excluding the leaf, including the root). Every CA must
+    be an ML-DSA-65 key with cA=true and keyCertSign, path lengths are honoured, and every
+    certificate must be valid at ``at``. Raises ChainError / ValidityError / AlgorithmError.
+    """
+    if not chain:
+        raise ChainError("empty certificate chain", spiffe_id=spiffe_id)
+    if len(chain) - 1 > max_intermediates:
+        raise ChainError(f"chain has {len(chain) - 1} intermediates, at most {max_intermediates} allowed", spiffe_id=spiffe_id)
+    root_by_der = {r.public_bytes(serialization.Encoding.DER): r for r in roots}
+    path: list[x509.Certificate] = []
+    current = chain[0]
+    check_validity(current, at, role="leaf", spiffe_id=spiffe_id)
+    remaining = list(chain[1:])
+    depth = 0  # number of CA certificates below the one being checked (for pathLen)
+    while True:
+        # A trusted root that directly signed `current` ends the path.
+        for root in roots:
+            if root.subject == current.issuer and check_mldsa_signature(current, mldsa_public_key(root)):
+                _check_ca(root, depth, at, spiffe_id, role="PQC root")
+                path.append(root)
+                return path
+        if not remaining:
+            raise ChainError(
+                "chain does not lead to a certificate of the trust domain's PQC bundle", spiffe_id=spiffe_id
+            )
+        issuer = remaining.pop(0)
+        if issuer.public_bytes(serialization.Encoding.DER) in root_by_der:
+            # A root sent in the chain is only accepted via the loop above (signature check).
+            raise ChainError("root in chain did not sign the certificate below it", spiffe_id=spiffe_id)
+        if issuer.subject != current.issuer:
+            raise ChainError("chain order broken: issuer name does not match the next certificate", spiffe_id=spiffe_id)
+        issuer_key = mldsa_public_key(issuer, spiffe_id=spiffe_id)
+        if not check_mldsa_signature(current, issuer_key):
+            raise ChainError("ML-DSA-65 certificate signature does not verify", spiffe_id=spiffe_id)
+        _check_ca(issuer, depth, at, spiffe_id, role="PQC intermediate CA")
+        path.append(issuer)
+        current = issuer
+        depth += 1
+
+
+def _check_ca(cert: x509.Certificate, depth: int, at: dt.datetime, spiffe_id: str | None, *, role: str) -> None:
+    ca, path_length = _is_ca(cert)
+    if not ca:
+        raise ChainError(f"{role} is not a CA (basicConstraints cA is false or absent)", spiffe_id=spiffe_id)
+    if not _can_sign_certs(cert):
+        raise KeyUsageError(f"{role} lacks keyCertSign", spiffe_id=spiffe_id)
+    if path_length is not None and depth > path_length:
+        raise ChainError(f"{role} pathLenConstraint {path_length} exceeded", spiffe_id=spiffe_id)
+    check_validity(cert, at, role=role, spiffe_id=spiffe_id)
