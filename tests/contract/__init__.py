@@ -1,0 +1,1 @@
+"""Contract tests: our protos against the upstream definitions."""

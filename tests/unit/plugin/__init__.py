@@ -1,0 +1,1 @@
+"""Tests of spire_pqc.plugin."""
