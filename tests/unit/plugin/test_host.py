@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -46,7 +46,6 @@ from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import (
 from spire_pqc._proto.spire.plugin.types import types_pb2
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2, config_pb2_grpc
 from spire_pqc._proto.spire.service.private.init.v1 import init_pb2, init_pb2_grpc
-from tests.conftest import Summary
 
 PLUGIN = Path(__file__).with_name("plugin_under_test.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -177,7 +176,7 @@ def connect(plugin: PluginProcess) -> tuple[grpc.Channel, Path]:
 
 
 def test_spire_load_configure_and_unload_sequence(
-    plugin: PluginProcess, host_services: str, summary: Summary
+    plugin: PluginProcess, host_services: str, summary: Callable[[str, str], None]
 ) -> None:
     channel, socket_path = connect(plugin)
     # The socket lives alone in a private directory, with a path that fits sun_path.
