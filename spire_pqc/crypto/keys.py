@@ -12,8 +12,8 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from spire_pqc._internal.der import INTEGER, OCTET_STRING, SEQUENCE, DerReader, read_single, tlv
 from spire_pqc.crypto import _backend
-from spire_pqc._internal.der import INTEGER, OCTET_STRING, SEQUENCE, DerReader, read_single
 from spire_pqc.errors import InvalidKeyError, ParseError
 
 OID_ML_DSA_65 = "2.16.840.1.101.3.4.3.18"
@@ -54,7 +54,9 @@ def _der_len(length: int) -> bytes:
 
 
 MLDSA65_LAYOUT = _Layout("ML-DSA-65", _ALG_ML_DSA_65, _backend.MLDSA65_PUBLIC_LEN, _backend.MLDSA65_SEED_LEN)
-MLKEM768_LAYOUT = _Layout("ML-KEM-768", _ALG_ML_KEM_768, _backend.MLKEM768_PUBLIC_LEN, _backend.MLKEM768_SEED_LEN)
+MLKEM768_LAYOUT = _Layout(
+    "ML-KEM-768", _ALG_ML_KEM_768, _backend.MLKEM768_PUBLIC_LEN, _backend.MLKEM768_SEED_LEN
+)
 
 
 def encode_spki(layout: _Layout, public: bytes) -> bytes:
@@ -89,8 +91,9 @@ def _pkcs8_problem(layout: _Layout, der: bytes) -> str:
     try:
         outer = DerReader(read_single(der, SEQUENCE, what="PKCS#8"), what="PKCS#8")
         outer.expect(INTEGER, "version")
-        _, algorithm = outer.read()
-        if b"\x30" + bytes([len(algorithm)]) + algorithm != layout.algorithm:
+        tag, algorithm = outer.read()
+        # Re-encode with tlv(): a long AlgorithmIdentifier needs a multi-byte length.
+        if tlv(tag, algorithm) != layout.algorithm:
             return "the algorithm is not " + layout.name
         private = outer.expect(OCTET_STRING, "privateKey")
     except ParseError as exc:
@@ -105,15 +108,21 @@ def _pkcs8_problem(layout: _Layout, der: bytes) -> str:
 
 # --- PEM ---------------------------------------------------------------------------------------
 
-_PEM_RE = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n([A-Za-z0-9+/=\r\n]*?)-----END \1-----", re.DOTALL
-)
+_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n([A-Za-z0-9+/=\r\n]*?)-----END \1-----", re.DOTALL)
 
 
 def pem_encode(label: str, der: bytes) -> bytes:
     body = base64.encodebytes(der).replace(b"\n", b"")
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return b"-----BEGIN " + label.encode() + b"-----\n" + b"\n".join(lines) + b"\n-----END " + label.encode() + b"-----\n"
+    return (
+        b"-----BEGIN "
+        + label.encode()
+        + b"-----\n"
+        + b"\n".join(lines)
+        + b"\n-----END "
+        + label.encode()
+        + b"-----\n"
+    )
 
 
 def pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
@@ -131,7 +140,9 @@ def pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
 def pem_decode_one(data: bytes, labels: tuple[str, ...]) -> tuple[str, bytes]:
     blocks = [b for b in pem_blocks(data) if b[0] in labels]
     if len(blocks) != 1:
-        raise InvalidKeyError(f"expected exactly one PEM block labelled {' or '.join(labels)}, found {len(blocks)}")
+        raise InvalidKeyError(
+            f"expected exactly one PEM block labelled {' or '.join(labels)}, found {len(blocks)}"
+        )
     return blocks[0]
 
 
