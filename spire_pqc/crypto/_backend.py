@@ -277,7 +277,7 @@ def _build(name: str) -> Backend:
 
 def select_backend(name: str) -> Backend:
     """Choose the backend for this process. Allowed once, or again with the same name."""
-    global _selected
+    global _selected  # noqa: PLW0603 - one process-wide choice, guarded by _lock
     with _lock:
         if _selected is not None:
             if name not in ("auto", _selected.name):

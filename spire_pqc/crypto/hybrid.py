@@ -57,14 +57,18 @@ class X25519MLKEM768PrivateKey:
 
     @classmethod
     def from_seeds(cls, mlkem_seed: bytes, x25519_private: bytes) -> X25519MLKEM768PrivateKey:
-        return cls(MLKEM768PrivateKey.from_seed(mlkem_seed), X25519PrivateKey.from_private_bytes(x25519_private))
+        return cls(
+            MLKEM768PrivateKey.from_seed(mlkem_seed), X25519PrivateKey.from_private_bytes(x25519_private)
+        )
 
     def client_share(self) -> bytes:
         return self._mlkem.public_key().raw() + _x25519_raw(self._x25519)
 
     def decapsulate(self, server_share: bytes) -> bytes:
         if len(server_share) != SERVER_SHARE_LEN:
-            raise InvalidKeyError(f"X25519MLKEM768 server share must be {SERVER_SHARE_LEN} bytes, got {len(server_share)}")
+            raise InvalidKeyError(
+                f"X25519MLKEM768 server share must be {SERVER_SHARE_LEN} bytes, got {len(server_share)}"
+            )
         ss_mlkem = self._mlkem.decapsulate(server_share[:CIPHERTEXT_LEN])
         ss_x25519 = _x25519(self._x25519, server_share[CIPHERTEXT_LEN:])
         return ss_mlkem + ss_x25519
@@ -73,7 +77,9 @@ class X25519MLKEM768PrivateKey:
 def x25519mlkem768_encapsulate(client_share: bytes) -> tuple[bytes, bytes]:
     """The server side: return ``(shared_secret (64 B), server_share (1120 B))``."""
     if len(client_share) != CLIENT_SHARE_LEN:
-        raise InvalidKeyError(f"X25519MLKEM768 client share must be {CLIENT_SHARE_LEN} bytes, got {len(client_share)}")
+        raise InvalidKeyError(
+            f"X25519MLKEM768 client share must be {CLIENT_SHARE_LEN} bytes, got {len(client_share)}"
+        )
     encapsulation_key = MLKEM768PublicKey(client_share[:PUBLIC_KEY_LEN])
     ss_mlkem, ciphertext = encapsulation_key.encapsulate()
     ephemeral = X25519PrivateKey.generate()
@@ -119,7 +125,9 @@ class XWingPrivateKey:
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         if len(ciphertext) != XWING_CIPHERTEXT_LEN:
-            raise InvalidKeyError(f"X-Wing ciphertext must be {XWING_CIPHERTEXT_LEN} bytes, got {len(ciphertext)}")
+            raise InvalidKeyError(
+                f"X-Wing ciphertext must be {XWING_CIPHERTEXT_LEN} bytes, got {len(ciphertext)}"
+            )
         ct_m, ct_x = ciphertext[:CIPHERTEXT_LEN], ciphertext[CIPHERTEXT_LEN:]
         ss_m = self._mlkem.decapsulate(ct_m)
         ss_x = _x25519(self._x25519, ct_x)

@@ -76,7 +76,9 @@ class MLDSA65PublicKey:
         """Raise InvalidSignatureError unless ``signature`` is valid for ``message`` under ``context``."""
         ctx = _check_context(context)
         if len(signature) != SIGNATURE_LEN:
-            raise InvalidSignatureError(f"ML-DSA-65 signature must be {SIGNATURE_LEN} bytes, got {len(signature)}")
+            raise InvalidSignatureError(
+                f"ML-DSA-65 signature must be {SIGNATURE_LEN} bytes, got {len(signature)}"
+            )
         if not _backend.backend().mldsa65_verify(self._raw, bytes(signature), bytes(message), ctx):
             raise InvalidSignatureError("ML-DSA-65 signature does not verify")
 

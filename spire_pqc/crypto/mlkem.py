@@ -117,7 +117,9 @@ class MLKEM768PrivateKey:
     def decapsulate(self, ciphertext: bytes) -> bytes:
         """FIPS 203 decapsulation (implicit rejection: a bad ciphertext yields a pseudo-random secret)."""
         if len(ciphertext) != CIPHERTEXT_LEN:
-            raise InvalidKeyError(f"ML-KEM-768 ciphertext must be {CIPHERTEXT_LEN} bytes, got {len(ciphertext)}")
+            raise InvalidKeyError(
+                f"ML-KEM-768 ciphertext must be {CIPHERTEXT_LEN} bytes, got {len(ciphertext)}"
+            )
         return bytes(self._decapsulator.decapsulate(bytes(ciphertext)))
 
     def __repr__(self) -> str:
