@@ -1,0 +1,140 @@
+"""X25519MLKEM768 and X-Wing against hand-built references (kyber-py + cryptography X25519 + hashlib).
+
+The X-Wing reference is itself pinned to the draft's published test vectors first
+(tests/vectors/xwing/, from dconnolly/draft-connolly-cfrg-xwing-kem spec/test-vectors.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from spire_pqc.crypto.hybrid import (
+    CLIENT_SHARE_LEN,
+    SERVER_SHARE_LEN,
+    X25519MLKEM768PrivateKey,
+    XWingPrivateKey,
+    x25519mlkem768_encapsulate,
+    xwing_encapsulate,
+)
+from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.errors import InvalidKeyError
+from tests.unit.crypto import _reference as ref
+
+XWING_VECTORS = Path(__file__).parents[2] / "vectors" / "xwing" / "test-vectors.json"
+ROUNDS = 5
+
+
+def _xwing_vectors() -> list[dict[str, Any]]:
+    vectors: list[dict[str, Any]] = json.loads(XWING_VECTORS.read_text())
+    return vectors
+
+
+# --- X25519MLKEM768 ------------------------------------------------------------------------------
+
+
+def test_share_layout_and_sizes() -> None:
+    mlkem_seed, x_private = os.urandom(64), os.urandom(32)
+    client = X25519MLKEM768PrivateKey.from_seeds(mlkem_seed, x_private)
+    share = client.client_share()
+    assert len(share) == CLIENT_SHARE_LEN == 1216
+    # client share = ML-KEM ek || X25519 public key (ML-KEM first, only in this group)
+    assert share[:1184] == ref.mlkem_keygen(mlkem_seed)[0]
+    assert share[1184:] == ref.x25519_public(X25519PrivateKey.from_private_bytes(x_private))
+    secret, server_share = x25519mlkem768_encapsulate(share)
+    assert len(server_share) == SERVER_SHARE_LEN == 1120
+    assert len(secret) == 64
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_reference_client_with_our_server(round_: int) -> None:
+    client = ref.ReferenceHybridClient.generate()
+    secret, server_share = x25519mlkem768_encapsulate(client.share())
+    assert client.finish(server_share) == secret
+    # secret = ss_ML-KEM || ss_X25519, checked part by part
+    assert secret[:32] == ref.mlkem_decaps(client.dk, server_share[:1088])
+    assert secret[32:] == ref.x25519(client.x25519, server_share[1088:])
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_our_client_with_reference_server(round_: int) -> None:
+    client = X25519MLKEM768PrivateKey.generate()
+    secret, server_share = ref.reference_hybrid_server(client.client_share())
+    assert client.decapsulate(server_share) == secret
+
+
+def test_hybrid_rejects_bad_shares() -> None:
+    client = X25519MLKEM768PrivateKey.generate()
+    share = client.client_share()
+    with pytest.raises(InvalidKeyError, match="client share must be 1216"):
+        x25519mlkem768_encapsulate(share[:-1])
+    with pytest.raises(InvalidKeyError, match="server share must be 1120"):
+        client.decapsulate(bytes(1119))
+    # The encapsulation key inside the share gets the FIPS 203 modulus check.
+    bad_ek = b"\xff\xff\xff" + share[3:]
+    with pytest.raises(InvalidKeyError, match="modulus"):
+        x25519mlkem768_encapsulate(bad_ek)
+    # An all-zero X25519 public key gives an all-zero secret: RFC 8446 §7.4.2 says abort.
+    _, server_share = x25519mlkem768_encapsulate(share)
+    with pytest.raises(InvalidKeyError, match="X25519"):
+        client.decapsulate(server_share[:1088] + bytes(32))
+    with pytest.raises(InvalidKeyError, match="X25519"):
+        x25519mlkem768_encapsulate(share[:1184] + bytes(32))
+
+
+# --- X-Wing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_xwing_draft_vectors(index: int) -> None:
+    vector = _xwing_vectors()[index]
+    seed, pk, ct, ss = (bytes.fromhex(vector[k]) for k in ("seed", "pk", "ct", "ss"))
+    # The hand-built reference reproduces the draft byte for byte (including derandomised encaps) ...
+    reference = ref.ReferenceXWing.from_seed(seed)
+    assert reference.public_bytes() == pk
+    assert ref.reference_xwing_encapsulate(pk, bytes.fromhex(vector["eseed"])) == (ss, ct)
+    # ... and so does ours, for key generation and decapsulation (encapsulation randomness
+    # cannot be injected into cryptography, reference/pqc-standards.md §1e).
+    ours = XWingPrivateKey(seed)
+    assert ours.public_bytes() == pk
+    assert ours.decapsulate(ct) == ss
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_xwing_both_directions(round_: int) -> None:
+    seed = os.urandom(32)
+    ours = XWingPrivateKey(seed)
+    reference = ref.ReferenceXWing.from_seed(seed)
+    assert ours.public_bytes() == reference.public_bytes()
+    ss, ct = xwing_encapsulate(ours.public_bytes())
+    assert reference.decapsulate(ct) == ss
+    ss2, ct2 = ref.reference_xwing_encapsulate(reference.public_bytes())
+    assert ours.decapsulate(ct2) == ss2
+    assert ss != ss2
+
+
+def test_xwing_rejects_bad_lengths() -> None:
+    key = XWingPrivateKey.generate()
+    with pytest.raises(InvalidKeyError, match="seed must be 32"):
+        XWingPrivateKey(bytes(31))
+    with pytest.raises(InvalidKeyError, match="public key must be 1216"):
+        xwing_encapsulate(key.public_bytes() + b"\x00")
+    with pytest.raises(InvalidKeyError, match="ciphertext must be 1120"):
+        key.decapsulate(bytes(1088))
+
+
+def test_xwing_is_not_plain_mlkem() -> None:
+    """The combiner binds the X25519 part: changing ct_X changes the secret."""
+    key = XWingPrivateKey.generate()
+    ss, ct = xwing_encapsulate(key.public_bytes())
+    other = ref.x25519_public(X25519PrivateKey.generate())
+    assert key.decapsulate(ct[:1088] + other) != ss
+    # ML-KEM part alone is a different value than the combined secret.
+    mlkem_seed = hashlib.shake_256(key.seed()).digest(64)
+    assert MLKEM768PrivateKey.from_seed(mlkem_seed).decapsulate(ct[:1088]) != ss
