@@ -41,6 +41,7 @@ lint: venv proto-check
 	$(VENV)/bin/ruff format --check spire_pqc tests plugins examples scripts
 	$(VENV)/bin/mypy spire_pqc tests
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/check_pq_imports.py
 
 proto: venv
 	$(PY) scripts/gen_proto.py

@@ -88,7 +88,8 @@ class PQCIssuer:
         self._bundles = classical_bundles
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         self._binding_keys = [ca.public_key, *trusted_binding_keys]
-        self._ledger = ledger or IssuanceLedger()
+        # Not `ledger or ...`: an empty ledger has len() 0 and would be silently replaced.
+        self._ledger = ledger if ledger is not None else IssuanceLedger()
         self._freshness = freshness
         self._max_ttl = max_ttl
         self._clock = clock

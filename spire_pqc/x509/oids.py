@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from cryptography.x509 import ObjectIdentifier
 
-#: ITU-T X.667 UUID arc of this project.
+#: ITU-T X.667 UUID arc of this project (DESIGN.md §3): UUID cc4edca0-a4ff-4f7e-90ae-11271dc415e6.
 ID_SPIRE_PQC = "2.25.271571985152771553373558813120084055526"
-#: Non-critical extension carrying the ML-DSA-65 SvidBinding on classical X509-SVIDs.
-ID_SPIRE_PQC_SVID_BINDING = ID_SPIRE_PQC + ".1"
+
+#: The OID the SvidBinding extension is actually carried under.
+#:
+#: DESIGN.md names ``id-spire-pqc.1`` (arc 2.25.<128-bit integer>.1), but that OID cannot travel on
+#: an X509-SVID (verified against SPIRE v1.15.3 and Go 1.26):
+#:   * SPIRE's composer facade parses extension OIDs with strconv.Atoi into asn1.ObjectIdentifier
+#:     (spiffe/spire:pkg/server/plugin/credentialcomposer/v1.go@v1.15.3, parseOID) and fails the
+#:     signing: "invalid OID: non-integer part".
+#:   * Go's crypto/x509 rejects any certificate carrying it ("x509: malformed extension OID field";
+#:     cryptobyte limits arcs to 31 bits), so go-spiffe peers, spire-agent and ghostunnel could not
+#:     even parse such an SVID.
+#: Interim value until the project has an OID arc with small arcs (an IANA Private Enterprise
+#: Number): 2.25.<top 31 bits of the project UUID>.1. Every arc fits in 31 bits.
+ID_SPIRE_PQC_SVID_BINDING = "2.25.1713860176.1"
 
 ID_ML_DSA_65 = "2.16.840.1.101.3.4.3.18"
 ID_ML_KEM_768 = "2.16.840.1.101.3.4.4.2"

@@ -1,0 +1,193 @@
+"""The PQC CA endpoint, served by the plugin process (DESIGN.md §4).
+
+gRPC over TLS 1.3 with mutual authentication by X509-SVIDs. The server's certificate and the trust
+bundle come from SPIRE's IdentityProvider host service and are refreshed periodically, so SPIRE's
+rotations of the server SVID and CA are picked up without a restart (grpcio's dynamic server
+credentials). grpcio's TLS stack negotiates X25519MLKEM768 with every client that offers it.
+
+Authorization: the caller's TLS client certificate must be an X509-SVID of the trust domain
+(verified against the current bundle) whose SPIFFE ID matches ``authorized_agents``; then the
+request itself is checked by :class:`spire_pqc.ca.issuer.PQCIssuer`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
+from spire_pqc.bundle import BundleSet
+from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.ledger import FileLedger, IssuanceLedger
+from spire_pqc.ca.request import IssueRequest
+from spire_pqc.errors import IssuanceError, SpirePqcError, VerificationError
+from spire_pqc.plugin.config import Config
+from spire_pqc.svid import verify_classical_svid
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = dt.timedelta(seconds=30)
+
+_STATUS_BY_REASON = {
+    "malformed": grpc.StatusCode.INVALID_ARGUMENT,
+    "stale": grpc.StatusCode.FAILED_PRECONDITION,
+    "untrusted-svid": grpc.StatusCode.PERMISSION_DENIED,
+    "binding": grpc.StatusCode.PERMISSION_DENIED,
+    "bad-proof": grpc.StatusCode.PERMISSION_DENIED,
+    "replay": grpc.StatusCode.ALREADY_EXISTS,
+    "duplicate": grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The plugin's TLS identity (SPIRE's server SVID) and the trust domain's classical bundle."""
+
+    chain: tuple[x509.Certificate, ...]
+    private_key_pem: bytes
+    bundle: tuple[x509.Certificate, ...]
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+
+    def bundle_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.bundle)
+
+
+IdentityFetcher = Callable[[], ServerIdentity]
+
+
+class _IdentityCache:
+    """Latest identity from SPIRE, refreshed at most every REFRESH_INTERVAL."""
+
+    def __init__(self, fetch: IdentityFetcher) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._identity = fetch()
+        self._fetched = dt.datetime.now(dt.UTC)
+        self._served: ServerIdentity | None = None
+
+    def current(self) -> ServerIdentity:
+        with self._lock:
+            if dt.datetime.now(dt.UTC) - self._fetched >= REFRESH_INTERVAL:
+                try:
+                    self._identity = self._fetch()
+                except SpirePqcError as exc:  # keep serving the previous identity; SPIRE may be busy
+                    log.warning("could not refresh the server identity from SPIRE: %s", exc)
+                self._fetched = dt.datetime.now(dt.UTC)
+            return self._identity
+
+    def certificate_configuration(self) -> Any:
+        """grpcio's fetcher callback: a new configuration only when the identity changed."""
+        identity = self.current()
+        if identity is self._served:
+            return None
+        self._served = identity
+        return _server_configuration(identity)
+
+
+def _server_configuration(identity: ServerIdentity) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(identity.private_key_pem, identity.chain_pem())], root_certificates=identity.bundle_pem()
+    )
+
+
+class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):  # type: ignore[misc]
+    def __init__(self, config: Config, identities: _IdentityCache, issuer_factory: Callable[[BundleSet], PQCIssuer]) -> None:
+        self._config = config
+        self._identities = identities
+        self._issuer_factory = issuer_factory
+        self.issued = 0
+        self.refused = 0
+
+    def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        identity = self._identities.current()
+        bundles = BundleSet.from_certificates(list(identity.bundle))
+        caller = self._authorize(context, bundles)
+        issuer = self._issuer_factory(bundles)
+        domain_request = IssueRequest(
+            classical_chain=tuple(bytes(c) for c in request.classical_svid_chain),
+            mldsa_spki=bytes(request.mldsa65_public_key),
+            mlkem_spki=bytes(request.mlkem768_public_key),
+            timestamp_ms=int(request.timestamp_unix_ms),
+            nonce=bytes(request.nonce),
+            classical_proof=bytes(request.classical_proof),
+            mldsa_proof=bytes(request.mldsa_proof),
+        )
+        try:
+            issued = issuer.issue(domain_request)
+        except IssuanceError as exc:
+            self.refused += 1
+            log.warning("issuance refused for agent %s: %s", caller, exc)
+            context.abort(_STATUS_BY_REASON.get(exc.reason, grpc.StatusCode.PERMISSION_DENIED), str(exc))
+        self.issued += 1
+        log.info("agent %s obtained PQC credentials for %s%s", caller, issued.spiffe_id, " (re-sent)" if issued.reissued else "")
+        return ca_pb2.IssuePQCSVIDResponse(
+            pqc_svid_chain=list(issued.response.pqc_svid_chain),
+            kem_certificate_chain=list(issued.response.kem_certificate_chain),
+            pqc_bundle=list(issued.response.pqc_bundle),
+        )
+
+    def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet) -> str:
+        pems = context.auth_context().get("x509_pem_cert") or []
+        if not pems:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client X509-SVID is required")
+        try:
+            leaf = x509.load_pem_x509_certificate(pems[0])
+            caller = verify_classical_svid([leaf], bundles)
+        except (ValueError, VerificationError) as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}")
+        if not self._config.agent_allowed(caller):
+            log.warning("security event: unauthorised caller %s refused by the PQC CA endpoint", caller)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller} is not an authorised node agent")
+        return str(caller)
+
+
+class CAEndpoint:
+    """Owns the gRPC server of the PQC CA endpoint; start / stop."""
+
+    def __init__(self, config: Config, fetch_identity: IdentityFetcher) -> None:
+        if config.endpoint_listen_address is None:
+            raise ValueError("endpoint_listen_address is not configured")
+        self._config = config
+        self._identities = _IdentityCache(fetch_identity)
+        ledger: IssuanceLedger = FileLedger(config.ledger_path) if config.ledger_path else IssuanceLedger()
+
+        def issuer_factory(bundles: BundleSet) -> PQCIssuer:
+            return PQCIssuer(
+                config.intermediate,
+                config.trust_domain,
+                bundles,
+                trusted_binding_keys=config.trusted_intermediates,
+                ledger=ledger,
+                freshness=config.freshness_window,
+                max_ttl=config.max_pqc_ttl,
+            )
+
+        self.servicer = CAServicer(config, self._identities, issuer_factory)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="spire-pqc-ca"))
+        ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(self.servicer, self._server)
+        credentials = grpc.dynamic_ssl_server_credentials(
+            _server_configuration(self._identities.current()),
+            self._identities.certificate_configuration,
+            require_client_authentication=True,
+        )
+        self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
+        if self.port == 0:
+            raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
+
+    def start(self) -> None:
+        self._server.start()
+        log.info("PQC CA endpoint listening on %s (mTLS, TLS 1.3)", self._config.endpoint_listen_address)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait()

@@ -1,0 +1,213 @@
+"""SDK proto ⇄ domain facade: SPIRE's Config and CredentialComposer services.
+
+* ``Configure`` / ``Validate`` share :func:`spire_pqc.plugin.config.build_config`; the new state
+  is built completely, then swapped in under a lock.
+* ``ComposeWorkloadX509SVID`` returns the request's attributes plus the SvidBinding extension.
+  SPIRE's CA health check and unknown IDs never fail. If the intermediate key is unusable (file
+  removed, unreadable, corrupt) the attributes come back unchanged, the skip is logged and counted
+  — or, with ``on_error = "fail"``, SPIRE's signing fails with a precise message.
+* The other composer calls return UNIMPLEMENTED, which SPIRE treats as "keep the defaults".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import (
+    credentialcomposer_pb2 as cc_pb2,
+)
+from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import (
+    credentialcomposer_pb2_grpc as cc_grpc,
+)
+from spire_pqc._proto.spire.service.common.config.v1 import config_pb2, config_pb2_grpc
+from spire_pqc.ca.composer import binding_extension, is_health_check
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.errors import ConfigError, SpiffeIdError, SpirePqcError
+from spire_pqc.plugin.config import Config, build_config, load_intermediate_key
+from spire_pqc.spiffeid import SpiffeId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ComposerStats:
+    """Counters the plugin logs and exposes (bindings added, skips, failures)."""
+
+    bindings: int = 0
+    skipped_health_check: int = 0
+    skipped_unusable_key: int = 0
+    failed: int = 0
+
+
+class _KeyHolder:
+    """The intermediate key, re-validated cheaply (one stat) on every use.
+
+    The file is re-read when its identity (inode, size, mtime) changes, and reported unusable
+    when it disappears, so removing or rotating the key file takes effect without a restart.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._path = config.intermediate_key_path
+        self._password = config.intermediate_key_password
+        self._expected = config.intermediate.public_key
+        self._stamp = self._stat()
+        self._key: MLDSA65PrivateKey = config.intermediate.key
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def get(self) -> MLDSA65PrivateKey:
+        stamp = self._stat()
+        if stamp is None:
+            raise ConfigError(
+                [f"intermediate_key_path: {self._path} is missing or unreadable"], source="spire-pqc"
+            )
+        with self._lock:
+            if stamp != self._stamp:
+                key = load_intermediate_key(self._path, self._password)
+                if key.public_key() != self._expected:
+                    raise ConfigError(
+                        [
+                            f"intermediate_key_path: {self._path} now holds a key that does not match intermediate_cert_path"
+                        ],
+                        source="spire-pqc",
+                    )
+                self._key, self._stamp = key, stamp
+            return self._key
+
+
+@dataclass(frozen=True)
+class _State:
+    config: Config
+    key: _KeyHolder
+
+
+class PluginState:
+    """The configured state shared by the servicers and the CA endpoint; swapped atomically."""
+
+    def __init__(self, on_configured: Callable[[Config], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._state: _State | None = None
+        self._on_configured = on_configured
+        self.stats = ComposerStats()
+
+    def configure(self, core_trust_domain: str, hcl: str) -> Config:
+        config = build_config(core_trust_domain, hcl)
+        state = _State(config, _KeyHolder(config))
+        with self._lock:
+            self._state = state
+        log.info(
+            "configured: trust domain %s, intermediate %s, endpoint %s, on_error=%s",
+            config.trust_domain,
+            config.intermediate.public_key.key_id().hex()[:16],
+            config.endpoint_listen_address or "disabled",
+            config.on_error,
+        )
+        if self._on_configured is not None:
+            self._on_configured(config)
+        return config
+
+    def current(self) -> _State | None:
+        with self._lock:
+            return self._state
+
+
+class ConfigServicer(config_pb2_grpc.ConfigServicer):  # type: ignore[misc]
+    def __init__(self, state: PluginState) -> None:
+        self._state = state
+
+    def Configure(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self._state.configure(request.core_configuration.trust_domain, request.hcl_configuration)
+        except ConfigError as exc:
+            log.error("configuration rejected: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return config_pb2.ConfigureResponse()
+
+    def Validate(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            build_config(request.core_configuration.trust_domain, request.hcl_configuration)
+        except ConfigError as exc:
+            return config_pb2.ValidateResponse(valid=False, notes=[f"spire-pqc: {p}" for p in exc.problems])
+        return config_pb2.ValidateResponse(valid=True, notes=[])
+
+
+class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):  # type: ignore[misc]
+    def __init__(self, state: PluginState) -> None:
+        self._state = state
+
+    def _unimplemented(self, context: grpc.ServicerContext) -> Any:
+        # SPIRE maps UNIMPLEMENTED to "keep the default attributes".
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "spire-pqc composes workload X509-SVIDs only")
+
+    def ComposeServerX509CA(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented(context)
+
+    def ComposeServerX509SVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented(context)
+
+    def ComposeAgentX509SVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented(context)
+
+    def ComposeWorkloadJWTSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unimplemented(context)
+
+    def ComposeWorkloadX509SVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        attributes = request.attributes
+        stats = self._state.stats
+        if is_health_check(request.spiffe_id):
+            # SPIRE's CA health check signs this ID every cycle with a fixed key; never fail it.
+            stats.skipped_health_check += 1
+            log.debug("health check SVID passed through unchanged: %s", request.spiffe_id)
+            return cc_pb2.ComposeWorkloadX509SVIDResponse(attributes=attributes)
+        state = self._state.current()
+        if state is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "spire-pqc: not configured")
+        try:
+            SpiffeId.parse(request.spiffe_id)
+            extension = binding_extension(state.key.get(), request.spiffe_id, bytes(request.public_key))
+        except (SpirePqcError, SpiffeIdError) as exc:
+            return self._on_error(state.config, request, attributes, exc, context)
+        out = cc_pb2.ComposeWorkloadX509SVIDResponse()
+        out.attributes.CopyFrom(attributes)
+        kept = [e for e in out.attributes.extra_extensions if e.oid != extension.oid]
+        del out.attributes.extra_extensions[:]
+        out.attributes.extra_extensions.extend(kept)
+        out.attributes.extra_extensions.add(
+            oid=extension.oid, value=extension.value, critical=extension.critical
+        )
+        stats.bindings += 1
+        log.debug("SvidBinding added for %s", request.spiffe_id)
+        return out
+
+    def _on_error(
+        self, config: Config, request: Any, attributes: Any, exc: Exception, context: grpc.ServicerContext
+    ) -> Any:
+        stats = self._state.stats
+        if config.on_error == "fail":
+            stats.failed += 1
+            log.error("failing SVID signing for %s: cannot add SvidBinding: %s", request.spiffe_id, exc)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"spire-pqc: cannot add SvidBinding for {request.spiffe_id}: {exc}",
+            )
+        stats.skipped_unusable_key += 1
+        log.warning(
+            "signing %s WITHOUT SvidBinding (on_error=skip; %d skipped so far): %s",
+            request.spiffe_id,
+            stats.skipped_unusable_key,
+            exc,
+        )
+        return cc_pb2.ComposeWorkloadX509SVIDResponse(attributes=attributes)
