@@ -23,6 +23,8 @@ def offending(path: Path) -> list[str]:
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -34,7 +36,9 @@ def offending(path: Path) -> list[str]:
 
 
 def main() -> int:
-    problems = [p for path in sorted(Path("spire_pqc").rglob("*.py")) if path not in ALLOWED for p in offending(path)]
+    problems = [
+        p for path in sorted(Path("spire_pqc").rglob("*.py")) if path not in ALLOWED for p in offending(path)
+    ]
     for line in problems:
         print(line)
     return 1 if problems else 0

@@ -125,7 +125,9 @@ def _check_eku_both(cert: x509.Certificate, role: str, spiffe_id: str) -> None:
         return
     needed = {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH}
     if not needed.issubset(set(eku)):
-        raise KeyUsageError(f"{role} extendedKeyUsage must include serverAuth and clientAuth", spiffe_id=spiffe_id)
+        raise KeyUsageError(
+            f"{role} extendedKeyUsage must include serverAuth and clientAuth", spiffe_id=spiffe_id
+        )
 
 
 # --- classical chain ---------------------------------------------------------------------------
@@ -147,7 +149,9 @@ def verify_classical_svid(
     try:
         bundle = bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain)
     except BundleError as exc:
-        raise ChainError(f"no classical bundle for trust domain {spiffe_id.trust_domain}", spiffe_id=sid) from exc
+        raise ChainError(
+            f"no classical bundle for trust domain {spiffe_id.trust_domain}", spiffe_id=sid
+        ) from exc
     if not bundle.authorities:
         raise ChainError(f"classical bundle of {spiffe_id.trust_domain} is empty", spiffe_id=sid)
     # RFC 5280 path validation by cryptography's verifier, anchored in this trust domain only.
@@ -196,7 +200,9 @@ def _related(cert: x509.Certificate, classical_leaf_der: bytes, role: str, sid: 
     except ParseError as exc:
         raise RelatedCertificateError(f"{role}: {exc}", spiffe_id=sid) from exc
     if digest != related_hash(classical_leaf_der):
-        raise RelatedCertificateError(f"{role} RelatedCertificate does not match the classical leaf", spiffe_id=sid)
+        raise RelatedCertificateError(
+            f"{role} RelatedCertificate does not match the classical leaf", spiffe_id=sid
+        )
 
 
 def binding_of(classical_leaf: x509.Certificate, *, spiffe_id: str) -> bytes:
@@ -245,7 +251,9 @@ def verify_pqc_svid(
         raise AlgorithmError(f"PQC SVID key is {certs.public_key_oid(leaf)}, not ML-DSA-65", spiffe_id=sid)
     usage = _key_usage(leaf, "PQC SVID", sid)
     if usage.key_encipherment or usage.data_encipherment or usage.key_agreement:
-        raise KeyUsageError("PQC SVID keyUsage must not allow encipherment or key agreement (RFC 9881)", spiffe_id=sid)
+        raise KeyUsageError(
+            "PQC SVID keyUsage must not allow encipherment or key agreement (RFC 9881)", spiffe_id=sid
+        )
     _check_eku_both(leaf, "PQC SVID", sid)
     path = _pqc_path(chain, pqc_bundles, spiffe_id, when)
     return spiffe_id, path
@@ -311,10 +319,14 @@ def verify_hybrid_svid(
     classical_leaf = classical_chain[0]
     pqc_id, pqc_path = verify_pqc_svid(pqc_chain, pqc_bundles, at=when)
     if pqc_id != spiffe_id:
-        raise IdentityMismatchError(f"PQC SVID names {pqc_id}, classical SVID names {spiffe_id}", spiffe_id=sid)
+        raise IdentityMismatchError(
+            f"PQC SVID names {pqc_id}, classical SVID names {spiffe_id}", spiffe_id=sid
+        )
     kem_id = verify_kem_certificate(kem_chain, pqc_bundles, at=when)
     if kem_id != spiffe_id:
-        raise IdentityMismatchError(f"KEM certificate names {kem_id}, classical SVID names {spiffe_id}", spiffe_id=sid)
+        raise IdentityMismatchError(
+            f"KEM certificate names {kem_id}, classical SVID names {spiffe_id}", spiffe_id=sid
+        )
     classical_der = der(classical_leaf)
     _related(pqc_chain[0], classical_der, "PQC SVID", sid)
     _related(kem_chain[0], classical_der, "KEM certificate", sid)
@@ -368,7 +380,9 @@ class HybridSvid:
     def not_after(self) -> dt.datetime:
         return min(c[0].not_valid_after_utc for c in (self.classical_chain, self.pqc_chain, self.kem_chain))
 
-    def verify(self, *, classical_bundles: BundleSource, pqc_bundles: BundleSource, at: dt.datetime | None = None) -> VerifiedHybridSvid:
+    def verify(
+        self, *, classical_bundles: BundleSource, pqc_bundles: BundleSource, at: dt.datetime | None = None
+    ) -> VerifiedHybridSvid:
         return verify_hybrid_svid(
             self.classical_chain,
             self.pqc_chain,

@@ -43,12 +43,12 @@ def encode_oid(dotted: str) -> bytes:
     parts = [int(p) for p in dotted.split(".")]
     body = bytearray()
     first = parts[0] * 40 + parts[1]
-    for number in [first, *parts[2:]]:
-        chunk = [number & 0x7F]
-        number >>= 7
-        while number:
-            chunk.append(0x80 | (number & 0x7F))
-            number >>= 7
+    for arc in [first, *parts[2:]]:
+        chunk = [arc & 0x7F]
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
         body.extend(reversed(chunk))
     return tlv(OID, bytes(body))
 
@@ -133,6 +133,8 @@ def read_single(data: bytes, tag: int, *, what: str) -> bytes:
 def read_integer(value: bytes, *, what: str) -> int:
     if not value:
         raise ParseError(f"{what}: empty INTEGER")
-    if len(value) > 1 and (value[0] == 0 and not value[1] & 0x80 or value[0] == 0xFF and value[1] & 0x80):
+    redundant_zero = value[0] == 0 and not value[1] & 0x80 if len(value) > 1 else False
+    redundant_ones = value[0] == 0xFF and bool(value[1] & 0x80) if len(value) > 1 else False
+    if redundant_zero or redundant_ones:
         raise ParseError(f"{what}: non-minimal INTEGER")
     return int.from_bytes(value, "big", signed=True)

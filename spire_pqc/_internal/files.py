@@ -35,7 +35,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
             try:
                 os.link(tmp, target)
             except FileExistsError as exc:
-                raise KeyFileExistsError("exists; refusing to overwrite without --force", path=str(target)) from exc
+                raise KeyFileExistsError(
+                    "exists; refusing to overwrite without --force", path=str(target)
+                ) from exc
             os.unlink(tmp)
         else:
             os.replace(tmp, target)

@@ -26,7 +26,9 @@ class Extension:
 
 def binding_extension(key: MLDSA65PrivateKey, spiffe_id: str, subject_public_key_info: bytes) -> Extension:
     """The SvidBinding extension for one SVID (about 3.4 KB; one ML-DSA-65 signature, ~2 ms)."""
-    return Extension(ID_SPIRE_PQC_SVID_BINDING, sign_binding(key, spiffe_id, subject_public_key_info).encode())
+    return Extension(
+        ID_SPIRE_PQC_SVID_BINDING, sign_binding(key, spiffe_id, subject_public_key_info).encode()
+    )
 
 
 def is_health_check(spiffe_id: str) -> bool:

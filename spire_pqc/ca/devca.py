@@ -37,10 +37,14 @@ class PQCHierarchy:
     intermediate: IntermediateCA
 
     @classmethod
-    def generate(cls, trust_domain: TrustDomain, *, lifetime: dt.timedelta = dt.timedelta(days=30)) -> PQCHierarchy:
+    def generate(
+        cls, trust_domain: TrustDomain, *, lifetime: dt.timedelta = dt.timedelta(days=30)
+    ) -> PQCHierarchy:
         now = _utcnow()
         root_key = MLDSA65PrivateKey.generate()
-        root = certs.build_pqc_root(root_key, str(trust_domain), not_before=now - dt.timedelta(minutes=5), not_after=now + lifetime)
+        root = certs.build_pqc_root(
+            root_key, str(trust_domain), not_before=now - dt.timedelta(minutes=5), not_after=now + lifetime
+        )
         inter_key = MLDSA65PrivateKey.generate()
         inter = certs.build_intermediate(
             root, root_key, inter_key.public_key(), str(trust_domain),
@@ -60,7 +64,9 @@ class DevClassicalCA:
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, DEV_ORGANIZATION),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} dev classical CA (NOT FOR PRODUCTION)"),
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME, f"{trust_domain} dev classical CA (NOT FOR PRODUCTION)"
+                ),
             ]
         )
         ski = x509.SubjectKeyIdentifier.from_public_key(self._key.public_key())
@@ -77,7 +83,10 @@ class DevClassicalCA:
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
             )
             .add_extension(ski, critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(trust_domain.id_string())]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(trust_domain.id_string())]),
+                critical=False,
+            )
             .sign(self._key, hashes.SHA256())
         )
 
@@ -90,7 +99,9 @@ class DevClassicalCA:
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """Issue a classical X509-SVID (ECDSA P-256 key generated here) with the binding extension."""
         key = ec.generate_private_key(ec.SECP256R1())
-        spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         now = _utcnow()
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
@@ -102,13 +113,20 @@ class DevClassicalCA:
             .not_valid_before(now - dt.timedelta(seconds=10))
             .not_valid_after(min(now + ttl, self.certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, True, False, True, False, False, False, False), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+                x509.KeyUsage(True, False, True, False, True, False, False, False, False), critical=True
             )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]), critical=False
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+            )
         )
         if with_binding and self._binding_key is not None:
             ext = binding_extension(self._binding_key, str(spiffe_id), spki)

@@ -33,7 +33,7 @@ from spire_pqc.ca.request import (
 )
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
-from spire_pqc.errors import IssuanceError, InvalidKeyError, InvalidSignatureError, VerificationError
+from spire_pqc.errors import InvalidKeyError, InvalidSignatureError, IssuanceError, VerificationError
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
 from spire_pqc.x509 import certs
@@ -109,7 +109,9 @@ class PQCIssuer:
         # Serialise the replay and ledger decisions, so two racing requests cannot both pass.
         with self._lock:
             if self._ledger.seen_nonce(request.nonce, now=now, window=self._freshness):
-                raise IssuanceError("nonce already used (replayed request)", reason="replay", spiffe_id=spiffe_id)
+                raise IssuanceError(
+                    "nonce already used (replayed request)", reason="replay", spiffe_id=spiffe_id
+                )
             serial_key = f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
             fingerprint = hashlib.sha256(request.mldsa_spki + request.mlkem_spki).hexdigest()
             previous = self._ledger.lookup(serial_key, now=now)
@@ -129,14 +131,20 @@ class PQCIssuer:
                 )
             response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now)
             self._ledger.record(LedgerEntry(serial_key, fingerprint, leaf.not_valid_after_utc, response))
-        log.info("issued PQC SVID and KEM certificate for %s (until %s)", spiffe_id, leaf.not_valid_after_utc.isoformat())
+        log.info(
+            "issued PQC SVID and KEM certificate for %s (until %s)",
+            spiffe_id,
+            leaf.not_valid_after_utc.isoformat(),
+        )
         return Issued(response, spiffe_id, reissued=False)
 
     # --- checks --------------------------------------------------------------------------------
 
     def _parse(self, request: IssueRequest) -> tuple[x509.Certificate, list[x509.Certificate]]:
         if not request.classical_chain or len(request.classical_chain) > MAX_CHAIN_CERTS:
-            raise IssuanceError(f"classical chain must have 1..{MAX_CHAIN_CERTS} certificates", reason="malformed")
+            raise IssuanceError(
+                f"classical chain must have 1..{MAX_CHAIN_CERTS} certificates", reason="malformed"
+            )
         if not NONCE_MIN <= len(request.nonce) <= NONCE_MAX:
             raise IssuanceError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes", reason="malformed")
         parsed = []
@@ -146,7 +154,9 @@ class PQCIssuer:
             try:
                 parsed.append(x509.load_der_x509_certificate(raw))
             except ValueError as exc:
-                raise IssuanceError(f"certificate {index} is not DER X.509: {exc}", reason="malformed") from exc
+                raise IssuanceError(
+                    f"certificate {index} is not DER X.509: {exc}", reason="malformed"
+                ) from exc
         return parsed[0], parsed
 
     def _check_freshness(self, request: IssueRequest, now: dt.datetime) -> None:
@@ -159,11 +169,15 @@ class PQCIssuer:
                 reason="stale",
             )
 
-    def _check_classical(self, leaf: x509.Certificate, chain: list[x509.Certificate], now: dt.datetime) -> str:
+    def _check_classical(
+        self, leaf: x509.Certificate, chain: list[x509.Certificate], now: dt.datetime
+    ) -> str:
         try:
             spiffe_id = verify_classical_svid(chain, self._bundles, at=now)
         except VerificationError as exc:
-            raise IssuanceError(f"classical SVID rejected: {exc}", reason="untrusted-svid", spiffe_id=exc.spiffe_id) from exc
+            raise IssuanceError(
+                f"classical SVID rejected: {exc}", reason="untrusted-svid", spiffe_id=exc.spiffe_id
+            ) from exc
         if spiffe_id.trust_domain != self._trust_domain:
             raise IssuanceError(
                 f"SVID of trust domain {spiffe_id.trust_domain}; this CA serves {self._trust_domain}",
@@ -176,11 +190,17 @@ class PQCIssuer:
             raise IssuanceError(f"SvidBinding: {exc}", reason="binding", spiffe_id=str(spiffe_id)) from exc
         return str(spiffe_id)
 
-    def _check_keys(self, request: IssueRequest, spiffe_id: str) -> tuple[MLDSA65PublicKey, MLKEM768PublicKey]:
+    def _check_keys(
+        self, request: IssueRequest, spiffe_id: str
+    ) -> tuple[MLDSA65PublicKey, MLKEM768PublicKey]:
         try:
-            return MLDSA65PublicKey.from_spki(request.mldsa_spki), MLKEM768PublicKey.from_spki(request.mlkem_spki)
+            return MLDSA65PublicKey.from_spki(request.mldsa_spki), MLKEM768PublicKey.from_spki(
+                request.mlkem_spki
+            )
         except InvalidKeyError as exc:
-            raise IssuanceError(f"PQC public key rejected: {exc}", reason="malformed", spiffe_id=spiffe_id) from exc
+            raise IssuanceError(
+                f"PQC public key rejected: {exc}", reason="malformed", spiffe_id=spiffe_id
+            ) from exc
 
     def _check_proofs(
         self, request: IssueRequest, leaf: x509.Certificate, mldsa_key: MLDSA65PublicKey, spiffe_id: str
@@ -189,11 +209,15 @@ class PQCIssuer:
 
         tbs = request.to_be_signed()
         if not verify_classical(leaf.public_key(), request.classical_proof, tbs):
-            raise IssuanceError("classical proof does not verify with the SVID key", reason="bad-proof", spiffe_id=spiffe_id)
+            raise IssuanceError(
+                "classical proof does not verify with the SVID key", reason="bad-proof", spiffe_id=spiffe_id
+            )
         try:
             mldsa_key.verify(request.mldsa_proof, tbs, context=CONTEXT)
         except InvalidSignatureError as exc:
-            raise IssuanceError("ML-DSA-65 proof does not verify with the new key", reason="bad-proof", spiffe_id=spiffe_id) from exc
+            raise IssuanceError(
+                "ML-DSA-65 proof does not verify with the new key", reason="bad-proof", spiffe_id=spiffe_id
+            ) from exc
 
     # --- issuance ------------------------------------------------------------------------------
 

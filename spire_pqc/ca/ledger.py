@@ -118,7 +118,9 @@ class FileLedger(IssuanceLedger):
                 try:
                     entry = _decode(line)
                 except (ValueError, KeyError, TypeError) as exc:
-                    raise CorruptKeyFileError(f"issuance ledger line {number} is corrupt ({exc})", path=str(self._path)) from exc
+                    raise CorruptKeyFileError(
+                        f"issuance ledger line {number} is corrupt ({exc})", path=str(self._path)
+                    ) from exc
                 if entry.expires >= current:
                     kept.append(entry)
         for entry in kept:

@@ -52,7 +52,9 @@ class IssueRequest:
     mldsa_proof: bytes
 
     def to_be_signed(self) -> bytes:
-        return to_be_signed(self.classical_chain[0], self.mldsa_spki, self.mlkem_spki, self.timestamp_ms, self.nonce)
+        return to_be_signed(
+            self.classical_chain[0], self.mldsa_spki, self.mlkem_spki, self.timestamp_ms, self.nonce
+        )
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class IssueResponse:
     pqc_bundle: tuple[bytes, ...]
 
 
-def to_be_signed(classical_leaf_der: bytes, mldsa_spki: bytes, mlkem_spki: bytes, timestamp_ms: int, nonce: bytes) -> bytes:
+def to_be_signed(
+    classical_leaf_der: bytes, mldsa_spki: bytes, mlkem_spki: bytes, timestamp_ms: int, nonce: bytes
+) -> bytes:
     return der.sequence(
         der.integer(1),
         der.tlv(der.OCTET_STRING, hashlib.sha256(classical_leaf_der).digest()),
@@ -79,7 +83,9 @@ def sign_classical(key: PrivateKeyTypes, message: bytes) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(_ec_hash(key.curve)))
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH), hashes.SHA256())
+        return key.sign(
+            data, padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH), hashes.SHA256()
+        )
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
     raise TypeError(f"unsupported classical SVID key type {type(key).__name__}")
@@ -91,7 +97,12 @@ def verify_classical(key: PublicKeyTypes, signature: bytes, message: bytes) -> b
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, data, ec.ECDSA(_ec_hash(key.curve)))
         elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH), hashes.SHA256())
+            key.verify(
+                signature,
+                data,
+                padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
+                hashes.SHA256(),
+            )
         elif isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, data)
         else:

@@ -96,7 +96,9 @@ def connect_verified(
         _handshake(conn, raw, timeout)
     except (SSL.Error, OSError) as exc:
         raw.close()
-        raise SpirePqcError(f"TLS handshake with {address[0]}:{address[1]} failed (hybrid group required): {exc}") from exc
+        raise SpirePqcError(
+            f"TLS handshake with {address[0]}:{address[1]} failed (hybrid group required): {exc}"
+        ) from exc
     group = conn.get_group_name()
     if group != HYBRID_GROUP.decode():
         raw.close()
@@ -118,6 +120,7 @@ def _handshake(conn: SSL.Connection, raw: socket.socket, timeout: float) -> None
     raw.setblocking(False)
     deadline = time.monotonic() + timeout
     while True:
+        wait: tuple[list[socket.socket], list[socket.socket]]
         try:
             conn.do_handshake()
             return
@@ -168,7 +171,9 @@ class TLSBridge:
                 local, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(local,), name="spire-pqc-bridge-conn", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(local,), name="spire-pqc-bridge-conn", daemon=True
+            ).start()
 
     def _serve(self, local: socket.socket) -> None:
         try:
@@ -196,7 +201,9 @@ class TLSBridge:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _pump(local: socket.socket, conn: SSL.Connection, tls_sock: socket.socket, closed: threading.Event) -> None:
+def _pump(
+    local: socket.socket, conn: SSL.Connection, tls_sock: socket.socket, closed: threading.Event
+) -> None:
     """Copy bytes both ways until either side closes (non-blocking, one thread, back-pressured)."""
     tls_sock.setblocking(False)
     local.setblocking(False)
@@ -211,8 +218,8 @@ def _pump(local: socket.socket, conn: SSL.Connection, tls_sock: socket.socket, c
             readers.append(tls_sock)
         writers = ([local] if to_local else []) + ([tls_sock] if to_tls else [])
         if tls_open and conn.pending():
-            readable: list[object] = [tls_sock]
-            writable: list[object] = []
+            readable: list[socket.socket] = [tls_sock]
+            writable: list[socket.socket] = []
         else:
             readable, writable, _ = select.select(readers, writers, [], 1.0)
         if tls_sock in readable:

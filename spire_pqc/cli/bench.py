@@ -9,7 +9,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser("bench", help="run benchmarks (ratios against baselines in the same run)")
     sub = parser.add_subparsers(dest="bench_command", required=True, metavar="SUITE")
 
-    crypto = sub.add_parser("crypto", help="PQ primitives vs classical and vs `openssl speed` (OpenSSL >= 3.5)")
+    crypto = sub.add_parser(
+        "crypto", help="PQ primitives vs classical and vs `openssl speed` (OpenSSL >= 3.5)"
+    )
     crypto.add_argument("--seconds", type=float, default=1.0, help="measuring time per operation")
     crypto.add_argument("--no-openssl", action="store_true", help="skip the `openssl speed` baseline")
     crypto.set_defaults(handler=_crypto)
@@ -22,7 +24,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _crypto(args: argparse.Namespace) -> int:
     from spire_pqc.cli import bench_crypto
 
-    return bench_crypto.main(seconds=args.seconds, use_openssl=not args.no_openssl)
+    status: int = bench_crypto.main(seconds=args.seconds, use_openssl=not args.no_openssl)
+    return status
 
 
 def _ca(args: argparse.Namespace) -> int:

@@ -18,7 +18,11 @@ from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.x509 import certs
 
 ROOT_KEY, ROOT_CERT = "root.key.pem", "root.crt.pem"
-INTER_KEY, INTER_CERT, CROSS_CERT = "intermediate.key.pem", "intermediate.crt.pem", "intermediate.cross.crt.pem"
+INTER_KEY, INTER_CERT, CROSS_CERT = (
+    "intermediate.key.pem",
+    "intermediate.crt.pem",
+    "intermediate.cross.crt.pem",
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,8 +42,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     inter.add_argument("--out-dir", type=Path, required=True)
     inter.add_argument("--days", type=int, default=365)
     inter.add_argument("--root-password-file", type=Path, help="password of an encrypted root key")
-    inter.add_argument("--classical-root-cert", type=Path, help="also cross-certify with this ECDSA root (PEM)")
-    inter.add_argument("--classical-root-key", type=Path, help="private key of --classical-root-cert (PEM, 0600)")
+    inter.add_argument(
+        "--classical-root-cert", type=Path, help="also cross-certify with this ECDSA root (PEM)"
+    )
+    inter.add_argument(
+        "--classical-root-key", type=Path, help="private key of --classical-root-cert (PEM, 0600)"
+    )
     _key_options(inter)
     inter.set_defaults(handler=cmd_intermediate)
 
@@ -106,27 +114,33 @@ def load_root(root_dir: Path, password: bytes | None) -> tuple[MLDSA65PrivateKey
     return key, cert
 
 
-
-
 def cmd_intermediate(args: argparse.Namespace) -> int:
     td = TrustDomain.parse(args.trust_domain)
     out: Path = args.out_dir
     names = [INTER_KEY, INTER_CERT] + ([CROSS_CERT] if args.classical_root_cert else [])
     for name in names:
         if (out / name).exists() and not args.force:
-            raise ConfigError(f"{out / name} exists; refusing to overwrite without --force", source="ca intermediate")
+            raise ConfigError(
+                f"{out / name} exists; refusing to overwrite without --force", source="ca intermediate"
+            )
     if bool(args.classical_root_cert) != bool(args.classical_root_key):
-        raise ConfigError("--classical-root-cert and --classical-root-key go together", source="ca intermediate")
+        raise ConfigError(
+            "--classical-root-cert and --classical-root-key go together", source="ca intermediate"
+        )
     root_password = _password(args.root_password_file) if args.root_password_file else None
     root_key, root = load_root(args.root_dir, root_password)
     key = MLDSA65PrivateKey.generate()
     now = _now()
     not_after = now + dt.timedelta(days=args.days)
-    inter = certs.build_intermediate(root, root_key, key.public_key(), str(td), not_before=now, not_after=not_after)
+    inter = certs.build_intermediate(
+        root, root_key, key.public_key(), str(td), not_before=now, not_after=not_after
+    )
     cross = None
     if args.classical_root_cert:
         classical_cert = x509.load_pem_x509_certificate(read_public(args.classical_root_cert))
-        classical_key = serialization.load_pem_private_key(read_private(args.classical_root_key), password=None)
+        classical_key = serialization.load_pem_private_key(
+            read_private(args.classical_root_key), password=None
+        )
         if not isinstance(classical_key, ec.EllipticCurvePrivateKey):
             raise ConfigError("--classical-root-key must be an ECDSA key", source="ca intermediate")
         cross = certs.cross_certify_intermediate(

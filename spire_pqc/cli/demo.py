@@ -15,8 +15,10 @@ import argparse
 import datetime as dt
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._internal.files import atomic_write
@@ -48,7 +50,10 @@ def _step(text: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     td = TrustDomain.parse(args.trust_domain)
     out = args.out_dir or Path(tempfile.mkdtemp(prefix="spire-pqc-demo-"))
-    print(f"spire-pqc demo (DEV MODE: embedded development CAs, not for production); PQ backend: {backend_name()}")
+    print(
+        "spire-pqc demo (DEV MODE: embedded development CAs, not for production); "
+        f"PQ backend: {backend_name()}"
+    )
 
     _step(f"dev PQC root + intermediate PQC CA for {td.id_string()} (ML-DSA-65)")
     hierarchy = PQCHierarchy.generate(td)
@@ -60,17 +65,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _step(f"classical X509-SVID for {workload} (dev classical CA + composer: SvidBinding attached)")
     started = time.perf_counter()
     classical_leaf, classical_key = classical_ca.issue_svid(workload)
-    print(f"    issued in {(time.perf_counter() - started) * 1e3:.1f} ms, {len(_der(classical_leaf))} B with the binding")
+    print(
+        f"    issued in {(time.perf_counter() - started) * 1e3:.1f} ms, "
+        f"{len(_der(classical_leaf))} B with the binding"
+    )
 
     _step("node agent: new ML-DSA-65 + ML-KEM-768 keys, both proofs, PQC issuance")
     mldsa_key, mlkem_key = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
     chain = (_der(classical_leaf),)
-    request = build_request(chain, classical_key, mldsa_key, mlkem_key.public_key().spki(), timestamp_ms=_now_ms())
+    request = build_request(
+        chain, classical_key, mldsa_key, mlkem_key.public_key().spki(), timestamp_ms=_now_ms()
+    )
     started = time.perf_counter()
     issued = issuer.issue(request)
     print(f"    PQC SVID + KEM certificate issued in {(time.perf_counter() - started) * 1e3:.1f} ms")
-
-    from cryptography import x509
 
     load = x509.load_der_x509_certificate
     hybrid = HybridSvid(
@@ -82,9 +90,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         kem_chain=tuple(load(c) for c in issued.response.kem_certificate_chain),
         kem_key=mlkem_key,
     )
-    _step("full hybrid verification (classical chain, PQC chains, SPIFFE IDs, RelatedCertificate, binding, lifetimes)")
+    _step(
+        "full hybrid verification (classical chain, PQC chains, SPIFFE IDs, RelatedCertificate, "
+        "binding, lifetimes)"
+    )
     pqc_bundles = BundleSet.from_certificates([load(c) for c in issued.response.pqc_bundle])
-    result = hybrid.verify(classical_bundles=BundleSet.from_certificates([classical_ca.certificate]), pqc_bundles=pqc_bundles)
+    result = hybrid.verify(
+        classical_bundles=BundleSet.from_certificates([classical_ca.certificate]), pqc_bundles=pqc_bundles
+    )
     print(f"    OK: {result.spiffe_id}")
 
     _step(f"writing the hybrid SVID to {out} (keys 0600) and inspecting it")
@@ -98,7 +111,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except IssuanceError as exc:
         print(f"    replayed request refused: {exc}")
     other = MLDSA65PrivateKey.generate()
-    second = build_request(chain, classical_key, other, MLKEM768PrivateKey.generate().public_key().spki(), timestamp_ms=_now_ms())
+    second = build_request(
+        chain, classical_key, other, MLKEM768PrivateKey.generate().public_key().spki(), timestamp_ms=_now_ms()
+    )
     try:
         issuer.issue(second)
     except IssuanceError as exc:
@@ -106,10 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
-def _der(cert: object) -> bytes:
-    from cryptography import x509
-
-    assert isinstance(cert, x509.Certificate)
+def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
@@ -117,20 +129,22 @@ def _now_ms() -> int:
     return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
 
 
-def write_hybrid(out: Path, hybrid: HybridSvid, classical_root: object, pqc_roots: list[object]) -> None:
-    from cryptography import x509
+def _pem(certificates: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
 
-    def pem(certs: object) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs if isinstance(c, x509.Certificate))  # type: ignore[attr-defined]
 
+def write_hybrid(
+    out: Path, hybrid: HybridSvid, classical_root: x509.Certificate, pqc_roots: Iterable[x509.Certificate]
+) -> None:
+    """Write a hybrid SVID directory (the layout `spire-pqc svid inspect --dir` reads); keys 0600."""
     classical_key_pem = hybrid.classical_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    atomic_write(out / LAYOUT["classical"], pem(hybrid.classical_chain), mode=0o644)
+    atomic_write(out / LAYOUT["classical"], _pem(hybrid.classical_chain), mode=0o644)
     atomic_write(out / "svid.key", classical_key_pem, mode=0o600)
-    atomic_write(out / LAYOUT["pqc"], pem(hybrid.pqc_chain), mode=0o644)
+    atomic_write(out / LAYOUT["pqc"], _pem(hybrid.pqc_chain), mode=0o644)
     atomic_write(out / "pqc_svid.key", hybrid.pqc_key.pem(NoEncryption()), mode=0o600)
-    atomic_write(out / LAYOUT["kem"], pem(hybrid.kem_chain), mode=0o644)
+    atomic_write(out / LAYOUT["kem"], _pem(hybrid.kem_chain), mode=0o644)
     atomic_write(out / "kem.key", hybrid.kem_key.pem(NoEncryption()), mode=0o600)
-    atomic_write(out / LAYOUT["bundle"], pem([classical_root]), mode=0o644)
-    atomic_write(out / LAYOUT["pqc_bundle"], pem(pqc_roots), mode=0o644)
+    atomic_write(out / LAYOUT["bundle"], _pem([classical_root]), mode=0o644)
+    atomic_write(out / LAYOUT["pqc_bundle"], _pem(pqc_roots), mode=0o644)

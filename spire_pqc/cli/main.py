@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     from spire_pqc.cli import bench, ca, demo, svid
 
     parser = argparse.ArgumentParser(
-        prog="spire-pqc", description="Post-quantum (ML-DSA-65 / ML-KEM-768) credentials for SPIFFE workloads."
+        prog="spire-pqc",
+        description="Post-quantum (ML-DSA-65 / ML-KEM-768) credentials for SPIFFE workloads.",
     )
     parser.add_argument("--version", action="version", version=f"spire-pqc {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

@@ -13,7 +13,9 @@ import sys
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("plugin", help="run as SPIRE's CredentialComposer plugin (started by spire-server)")
+    parser = commands.add_parser(
+        "plugin", help="run as SPIRE's CredentialComposer plugin (started by spire-server)"
+    )
     parser.set_defaults(handler=lambda args: run())
 
 

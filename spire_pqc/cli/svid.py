@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from spire_pqc._internal.files import read_public
 from spire_pqc.bundle import BundleSet, X509Bundle
@@ -46,7 +47,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub = parser.add_subparsers(dest="svid_command", required=True, metavar="ACTION")
     inspect = sub.add_parser("inspect", help="print a hybrid SVID or certificate chains and verify them")
     inspect.add_argument("chains", nargs="*", type=Path, help="PEM chain files to print (leaf first)")
-    inspect.add_argument("--dir", type=Path, help="a hybrid SVID directory (" + ", ".join(LAYOUT.values()) + ")")
+    inspect.add_argument(
+        "--dir", type=Path, help="a hybrid SVID directory (" + ", ".join(LAYOUT.values()) + ")"
+    )
     for role in ("classical", "pqc", "kem", "bundle", "pqc_bundle"):
         inspect.add_argument(f"--{role.replace('_', '-')}", type=Path, dest=role)
     inspect.add_argument("--at", help="verify at this ISO-8601 time instead of now")
@@ -107,16 +110,10 @@ def describe(cert: x509.Certificate, role: str, classical_leaf: x509.Certificate
                 continue
             state = ""
             if classical_leaf is not None:
-                matches = digest == related_hash(classical_leaf.public_bytes(_der()))
+                matches = digest == related_hash(classical_leaf.public_bytes(Encoding.DER))
                 state = " (matches the classical SVID)" if matches else " (DOES NOT match the classical SVID)"
             lines.append(f"  RelatedCertificate: SHA-256 {digest.hex()[:16]}…{state}")
     return lines
-
-
-def _der() -> object:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 def _paths(args: argparse.Namespace) -> dict[str, Path | None]:
@@ -133,11 +130,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
     paths = _paths(args)
-    chains = {role: load_chain(p) for role, p in paths.items() if p is not None and role in ("classical", "pqc", "kem")}
+    chains = {
+        role: load_chain(p)
+        for role, p in paths.items()
+        if p is not None and role in ("classical", "pqc", "kem")
+    }
     classical_leaf = chains["classical"][0] if "classical" in chains else None
     for role, chain in chains.items():
         for index, cert in enumerate(chain):
-            print("\n".join(describe(cert, f"{role}[{index}]", classical_leaf if role != "classical" else None)))
+            print(
+                "\n".join(describe(cert, f"{role}[{index}]", classical_leaf if role != "classical" else None))
+            )
     for path in args.chains:
         for index, cert in enumerate(load_chain(path)):
             print("\n".join(describe(cert, f"{path.name}[{index}]", classical_leaf)))
@@ -156,8 +159,10 @@ def _verify(chains: dict[str, list[x509.Certificate]], paths: dict[str, Path | N
                 chains["classical"], chains["pqc"], chains["kem"],
                 classical_bundles=classical_bundles, pqc_bundles=pqc_bundles, at=at,
             )  # fmt: skip
-            print(f"verification: OK — hybrid SVID of {result.spiffe_id} (classical + ML-DSA-65 + ML-KEM-768, binding "
-                  f"by intermediate {result.binding_intermediate.key_id().hex()[:16]}…)")  # fmt: skip
+            print(
+                f"verification: OK — hybrid SVID of {result.spiffe_id} (classical + ML-DSA-65 + ML-KEM-768, "
+                f"binding by intermediate {result.binding_intermediate.key_id().hex()[:16]}…)"
+            )
             return 0
         checked = _verify_partial(chains, classical_bundles, pqc_bundles, at)
     except VerificationError as exc:

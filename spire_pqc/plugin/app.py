@@ -46,7 +46,9 @@ class EndpointSupervisor:
                 self._endpoint = None
         if config.endpoint_listen_address is None:
             return
-        threading.Thread(target=self._start, args=(config, generation), name="pqc-ca-endpoint", daemon=True).start()
+        threading.Thread(
+            target=self._start, args=(config, generation), name="pqc-ca-endpoint", daemon=True
+        ).start()
 
     def _start(self, config: Config, generation: int) -> None:
         attempt = 0
@@ -84,7 +86,11 @@ def run_plugin() -> int:
     supervisor = EndpointSupervisor(broker)
     state = PluginState(on_configured=supervisor.reconfigure)
     services: list[PluginService[Any]] = [
-        PluginService(COMPOSER_SERVICE, cc_grpc.add_CredentialComposerServicer_to_server, CredentialComposerServicer(state)),
+        PluginService(
+            COMPOSER_SERVICE,
+            cc_grpc.add_CredentialComposerServicer_to_server,
+            CredentialComposerServicer(state),
+        ),
         PluginService(CONFIG_SERVICE, config_pb2_grpc.add_ConfigServicer_to_server, ConfigServicer(state)),
     ]
     try:

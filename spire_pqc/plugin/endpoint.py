@@ -101,8 +101,10 @@ def _server_configuration(identity: ServerIdentity) -> Any:
     )
 
 
-class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):  # type: ignore[misc]
-    def __init__(self, config: Config, identities: _IdentityCache, issuer_factory: Callable[[BundleSet], PQCIssuer]) -> None:
+class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
+    def __init__(
+        self, config: Config, identities: _IdentityCache, issuer_factory: Callable[[BundleSet], PQCIssuer]
+    ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
@@ -130,7 +132,12 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):  # type: ignore[m
             log.warning("issuance refused for agent %s: %s", caller, exc)
             context.abort(_STATUS_BY_REASON.get(exc.reason, grpc.StatusCode.PERMISSION_DENIED), str(exc))
         self.issued += 1
-        log.info("agent %s obtained PQC credentials for %s%s", caller, issued.spiffe_id, " (re-sent)" if issued.reissued else "")
+        log.info(
+            "agent %s obtained PQC credentials for %s%s",
+            caller,
+            issued.spiffe_id,
+            " (re-sent)" if issued.reissued else "",
+        )
         return ca_pb2.IssuePQCSVIDResponse(
             pqc_svid_chain=list(issued.response.pqc_svid_chain),
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
@@ -138,14 +145,16 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):  # type: ignore[m
         )
 
     def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet) -> str:
-        pems = context.auth_context().get("x509_pem_cert") or []
+        pems: list[bytes] = list(context.auth_context().get("x509_pem_cert") or [])  # type: ignore[arg-type]
         if not pems:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client X509-SVID is required")
         try:
             leaf = x509.load_pem_x509_certificate(pems[0])
             caller = verify_classical_svid([leaf], bundles)
         except (ValueError, VerificationError) as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}"
+            )
         if not self._config.agent_allowed(caller):
             log.warning("security event: unauthorised caller %s refused by the PQC CA endpoint", caller)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller} is not an authorised node agent")
@@ -174,7 +183,9 @@ class CAEndpoint:
             )
 
         self.servicer = CAServicer(config, self._identities, issuer_factory)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="spire-pqc-ca"))
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="spire-pqc-ca")
+        )
         ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(self.servicer, self._server)
         credentials = grpc.dynamic_ssl_server_credentials(
             _server_configuration(self._identities.current()),

@@ -25,10 +25,14 @@ def identity_fetcher(broker: HostServiceBroker, *, timeout: float = 10.0) -> Ser
     try:
         chain = tuple(x509.load_der_x509_certificate(bytes(c)) for c in response.identity.cert_chain)
         key = serialization.load_der_private_key(bytes(response.identity.private_key), password=None)
-        bundle = tuple(x509.load_der_x509_certificate(bytes(c.asn1)) for c in response.bundle.x509_authorities)
+        bundle = tuple(
+            x509.load_der_x509_certificate(bytes(c.asn1)) for c in response.bundle.x509_authorities
+        )
     except ValueError as exc:
         raise UnavailableError(f"SPIRE IdentityProvider returned an unusable identity: {exc}") from exc
     if not chain or not bundle:
         raise UnavailableError("SPIRE IdentityProvider returned no server SVID or an empty bundle")
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return ServerIdentity(chain=chain, private_key_pem=key_pem, bundle=bundle)

@@ -80,7 +80,8 @@ class _KeyHolder:
                 if key.public_key() != self._expected:
                     raise ConfigError(
                         [
-                            f"intermediate_key_path: {self._path} now holds a key that does not match intermediate_cert_path"
+                            f"intermediate_key_path: {self._path} now holds a key that does not match "
+                            "intermediate_cert_path"
                         ],
                         source="spire-pqc",
                     )
@@ -124,7 +125,7 @@ class PluginState:
             return self._state
 
 
-class ConfigServicer(config_pb2_grpc.ConfigServicer):  # type: ignore[misc]
+class ConfigServicer(config_pb2_grpc.ConfigServicer):
     def __init__(self, state: PluginState) -> None:
         self._state = state
 
@@ -132,7 +133,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):  # type: ignore[misc]
         try:
             self._state.configure(request.core_configuration.trust_domain, request.hcl_configuration)
         except ConfigError as exc:
-            log.error("configuration rejected: %s", exc)
+            log.error("configuration rejected: %s", exc)  # noqa: TRY400 - the message is the whole story
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return config_pb2.ConfigureResponse()
 
@@ -144,7 +145,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):  # type: ignore[misc]
         return config_pb2.ValidateResponse(valid=True, notes=[])
 
 
-class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):  # type: ignore[misc]
+class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
     def __init__(self, state: PluginState) -> None:
         self._state = state
 

@@ -79,7 +79,9 @@ def parse_binding(value: bytes) -> SvidBinding:
     if not bits or bits[0] != 0:
         raise ParseError("SvidBinding: signature BIT STRING must have 0 unused bits")
     if len(bits) - 1 != SIGNATURE_LEN:
-        raise ParseError(f"SvidBinding: ML-DSA-65 signature must be {SIGNATURE_LEN} bytes, got {len(bits) - 1}")
+        raise ParseError(
+            f"SvidBinding: ML-DSA-65 signature must be {SIGNATURE_LEN} bytes, got {len(bits) - 1}"
+        )
     return SvidBinding(key_id, bits[1:])
 
 

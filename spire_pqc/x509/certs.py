@@ -19,7 +19,11 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dh, ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from spire_pqc.crypto import _backend
@@ -50,12 +54,18 @@ def _key_identifier(spki_der: bytes) -> bytes:
     return hashlib.sha1(_spki_raw_bits(spki_der), usedforsecurity=False).digest()
 
 
-def _public_key_object(spki_der: bytes) -> x509.CertificatePublicKeyTypes:
-    return serialization.load_der_public_key(spki_der)  # type: ignore[return-value]
+def _public_key_object(spki_der: bytes) -> CertificatePublicKeyTypes:
+    key = serialization.load_der_public_key(spki_der)
+    if isinstance(key, dh.DHPublicKey):
+        raise AlgorithmError("a Diffie-Hellman key cannot be certified here")
+    return key
 
 
-def _signing_key(key: MLDSA65PrivateKey) -> x509.CertificateIssuerPrivateKeyTypes:
-    return _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())  # type: ignore[no-any-return]
+def _signing_key(key: MLDSA65PrivateKey) -> CertificateIssuerPrivateKeyTypes:
+    signing_key: CertificateIssuerPrivateKeyTypes = (
+        _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())
+    )
+    return signing_key
 
 
 def _name(common_name: str, trust_domain: str) -> x509.Name:
@@ -68,7 +78,9 @@ def _name(common_name: str, trust_domain: str) -> x509.Name:
     )
 
 
-def _ca_extensions(builder: x509.CertificateBuilder, path_length: int, trust_domain: str) -> x509.CertificateBuilder:
+def _ca_extensions(
+    builder: x509.CertificateBuilder, path_length: int, trust_domain: str
+) -> x509.CertificateBuilder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
@@ -86,7 +98,8 @@ def _ca_extensions(builder: x509.CertificateBuilder, path_length: int, trust_dom
             critical=True,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+            critical=False,
         )
     )
 
@@ -112,7 +125,11 @@ def build_pqc_root(
 
 
 def _issued_builder(
-    issuer: x509.Certificate, subject: x509.Name, subject_spki: bytes, not_before: dt.datetime, not_after: dt.datetime
+    issuer: x509.Certificate,
+    subject: x509.Name,
+    subject_spki: bytes,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
 ) -> x509.CertificateBuilder:
     issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
@@ -124,7 +141,9 @@ def _issued_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+        )
     )
 
 
@@ -139,7 +158,9 @@ def build_intermediate(
 ) -> x509.Certificate:
     """Intermediate PQC CA certificate under the PQC root (cA, pathLen 0, keyCertSign)."""
     subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
-    builder = _issued_builder(root, subject, intermediate_key.spki(), not_before, min(not_after, root.not_valid_after_utc))
+    builder = _issued_builder(
+        root, subject, intermediate_key.spki(), not_before, min(not_after, root.not_valid_after_utc)
+    )
     return _ca_extensions(builder, 0, trust_domain).sign(_signing_key(root_key), None)
 
 
@@ -155,7 +176,11 @@ def cross_certify_intermediate(
     """The same intermediate public key certified by a classical (ECDSA) root (DESIGN.md §3)."""
     subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
     builder = _issued_builder(
-        classical_root, subject, intermediate_key.spki(), not_before, min(not_after, classical_root.not_valid_after_utc)
+        classical_root,
+        subject,
+        intermediate_key.spki(),
+        not_before,
+        min(not_after, classical_root.not_valid_after_utc),
     )
     return _ca_extensions(builder, 0, trust_domain).sign(classical_root_key, hashes.SHA256())
 
@@ -174,9 +199,12 @@ def _leaf_builder(
     return (
         _issued_builder(issuer, _name(common_name, trust_domain), subject_spki, not_before, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
         .add_extension(
-            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)), critical=False
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)),
+            critical=False,
         )
     )
 
@@ -216,7 +244,8 @@ def build_pqc_svid(
         ),
         critical=True,
     ).add_extension(
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        critical=False,
     )
     return builder.sign(_signing_key(issuer_key), None)
 
@@ -268,7 +297,9 @@ def public_key_oid(cert: x509.Certificate) -> str:
 
 
 def spki_der(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def mldsa_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) -> MLDSA65PublicKey:
@@ -288,7 +319,9 @@ def mlkem_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) ->
 
 def check_validity(cert: x509.Certificate, at: dt.datetime, *, role: str, spiffe_id: str | None) -> None:
     if at < cert.not_valid_before_utc:
-        raise ValidityError(f"{role} is not valid before {cert.not_valid_before_utc.isoformat()}", spiffe_id=spiffe_id)
+        raise ValidityError(
+            f"{role} is not valid before {cert.not_valid_before_utc.isoformat()}", spiffe_id=spiffe_id
+        )
     if at > cert.not_valid_after_utc:
         raise ValidityError(f"{role} expired at {cert.not_valid_after_utc.isoformat()}", spiffe_id=spiffe_id)
 
@@ -336,7 +369,10 @@ def verify_pqc_chain(
     if not chain:
         raise ChainError("empty certificate chain", spiffe_id=spiffe_id)
     if len(chain) - 1 > max_intermediates:
-        raise ChainError(f"chain has {len(chain) - 1} intermediates, at most {max_intermediates} allowed", spiffe_id=spiffe_id)
+        raise ChainError(
+            f"chain has {len(chain) - 1} intermediates, at most {max_intermediates} allowed",
+            spiffe_id=spiffe_id,
+        )
     root_by_der = {r.public_bytes(serialization.Encoding.DER): r for r in roots}
     path: list[x509.Certificate] = []
     current = chain[0]
@@ -359,7 +395,9 @@ def verify_pqc_chain(
             # A root sent in the chain is only accepted via the loop above (signature check).
             raise ChainError("root in chain did not sign the certificate below it", spiffe_id=spiffe_id)
         if issuer.subject != current.issuer:
-            raise ChainError("chain order broken: issuer name does not match the next certificate", spiffe_id=spiffe_id)
+            raise ChainError(
+                "chain order broken: issuer name does not match the next certificate", spiffe_id=spiffe_id
+            )
         issuer_key = mldsa_public_key(issuer, spiffe_id=spiffe_id)
         if not check_mldsa_signature(current, issuer_key):
             raise ChainError("ML-DSA-65 certificate signature does not verify", spiffe_id=spiffe_id)
@@ -369,7 +407,9 @@ def verify_pqc_chain(
         depth += 1
 
 
-def _check_ca(cert: x509.Certificate, depth: int, at: dt.datetime, spiffe_id: str | None, *, role: str) -> None:
+def _check_ca(
+    cert: x509.Certificate, depth: int, at: dt.datetime, spiffe_id: str | None, *, role: str
+) -> None:
     ca, path_length = _is_ca(cert)
     if not ca:
         raise ChainError(f"{role} is not a CA (basicConstraints cA is false or absent)", spiffe_id=spiffe_id)

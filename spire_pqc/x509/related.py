@@ -23,7 +23,9 @@ def encode_related_certificate(related_der: bytes) -> bytes:
 
 def parse_related_certificate(value: bytes) -> bytes:
     """Return the SHA-256 hash value; only SHA-256 (parameters absent) is accepted."""
-    reader = der.DerReader(der.read_single(value, der.SEQUENCE, what="RelatedCertificate"), what="RelatedCertificate")
+    reader = der.DerReader(
+        der.read_single(value, der.SEQUENCE, what="RelatedCertificate"), what="RelatedCertificate"
+    )
     algorithm = reader.expect(der.SEQUENCE, "hashAlgorithm")
     if der.tlv(der.SEQUENCE, algorithm) != _SHA256_ALGORITHM:
         raise ParseError("RelatedCertificate: hashAlgorithm must be SHA-256 with parameters absent")

@@ -27,7 +27,9 @@ def spire_bin(name: str) -> Path:
     cache = Path(os.environ.get("SPIRE_PQC_CACHE", Path.home() / ".cache" / "spire-pqc"))
     path = cache / f"spire-{SPIRE_VERSION}" / "bin" / name
     if not path.exists():
-        raise AssertionError(f"{path} is missing: run `make spire` (builds SPIRE {SPIRE_VERSION} from its Go module)")
+        raise AssertionError(
+            f"{path} is missing: run `make spire` (builds SPIRE {SPIRE_VERSION} from its Go module)"
+        )
     return path
 
 
@@ -166,12 +168,16 @@ plugins {{
             capture_output=True, text=True, timeout=timeout, env=self.env(), check=False,
         )  # fmt: skip
         if check and result.returncode != 0:
-            raise AssertionError(f"spire-server {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+            raise AssertionError(
+                f"spire-server {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
         return result
 
     def mint(self, spiffe_id: str, out_dir: Path, *, ttl: str = "1h") -> subprocess.CompletedProcess[str]:
         out_dir.mkdir(parents=True, exist_ok=True)
-        return self.cli("x509", "mint", "-spiffeID", spiffe_id, "-ttl", ttl, "-write", str(out_dir), check=False)
+        return self.cli(
+            "x509", "mint", "-spiffeID", spiffe_id, "-ttl", ttl, "-write", str(out_dir), check=False
+        )
 
     def bundle_pem(self) -> bytes:
         return self.cli("bundle", "show", "-format", "pem").stdout.encode()
@@ -219,9 +225,11 @@ class SpireAgent:
         bootstrap.write_bytes(self.server.bundle_pem())
         delegates = ""
         if self.authorized_delegates:
-            delegates = f'\n    admin_socket_path = "{self.admin_socket}"\n    authorized_delegates = [' + ", ".join(
-                f'"{d}"' for d in self.authorized_delegates
-            ) + "]"
+            delegates = (
+                f'\n    admin_socket_path = "{self.admin_socket}"\n    authorized_delegates = ['
+                + ", ".join(f'"{d}"' for d in self.authorized_delegates)
+                + "]"
+            )
         config = self.workdir / "agent.conf"
         config.write_text(
             f"""agent {{
@@ -272,7 +280,8 @@ plugins {{
         deadline = time.monotonic() + timeout
         while True:
             result = subprocess.run(
-                [str(spire_bin("spire-agent")), "api", "fetch", "x509", "-socketPath", str(self.socket), "-write", str(out_dir)],
+                [str(spire_bin("spire-agent")), "api", "fetch", "x509",
+                 "-socketPath", str(self.socket), "-write", str(out_dir)],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             # The entry reaches the agent's cache on its next sync: retry until then.

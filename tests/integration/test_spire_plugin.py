@@ -16,6 +16,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
@@ -27,7 +28,7 @@ from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import BindingError
 from spire_pqc.spiffeid import match_id
 from spire_pqc.svid import verify_hybrid_svid, verify_svid_binding
-from tests.integration.spire import SpireAgent, SpireServer, cleanup, free_port, short_tempdir
+from tests.integration.spire import SpireAgent, SpireServer, cleanup, free_port, short_tempdir, spire_bin
 
 pytestmark = [pytest.mark.spire, pytest.mark.timeout(900)]
 
@@ -66,7 +67,11 @@ class PQC:
 
 def spire_pqc_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "spire_pqc.cli", *args], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-m", "spire_pqc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
 
 
@@ -74,7 +79,10 @@ def spire_pqc_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def pqc(tmp_path_factory: pytest.TempPathFactory) -> PQC:
     directory = tmp_path_factory.mktemp("pqc")
     spire_pqc_cli("ca", "init", "--trust-domain", TD, "--out-dir", str(directory), "--no-encryption")
-    spire_pqc_cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(directory), "--out-dir", str(directory), "--no-encryption")  # fmt: skip
+    spire_pqc_cli(
+        "ca", "intermediate", "--trust-domain", TD,
+        "--root-dir", str(directory), "--out-dir", str(directory), "--no-encryption",
+    )  # fmt: skip
     return PQC(directory)
 
 
@@ -107,13 +115,13 @@ def server(pqc: PQC) -> Iterator[SpireServer]:
         cleanup(path)
 
 
-def load_svid(directory: Path) -> tuple[list[x509.Certificate], serialization.SSHPrivateKeyTypes]:
+def load_svid(directory: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
     chain = x509.load_pem_x509_certificates((directory / "svid.pem").read_bytes())
     key = serialization.load_pem_private_key((directory / "key.pem").read_bytes(), password=None)
-    return chain, key  # type: ignore[return-value]
+    return chain, key
 
 
-def mint(srv: SpireServer, spiffe_id: str, out: Path) -> tuple[list[x509.Certificate], object]:
+def mint(srv: SpireServer, spiffe_id: str, out: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
     result = srv.mint(spiffe_id, out)
     assert result.returncode == 0, result.stdout + result.stderr
     return load_svid(out)
@@ -129,7 +137,7 @@ def test_spire_server_validate_loads_the_plugin(pqc: PQC, workdir: Path) -> None
 
 
 def test_spire_server_validate_shows_every_plugin_data_problem(pqc: PQC, workdir: Path) -> None:
-    bad = {
+    bad: dict[str, object] = {
         "intermediate_key_path": str(workdir / "missing.pem"),
         "intermediate_cert_path": str(pqc.chain),
         "on_error": "maybe",
@@ -194,7 +202,10 @@ def test_agent_hands_a_workload_an_svid_with_binding(server: SpireServer, pqc: P
     finally:
         agent.stop()
     chain = x509.load_pem_x509_certificates((workdir / "fetched" / "svid.0.pem").read_bytes())
-    assert verify_svid_binding(chain[0], [pqc.intermediate_key().public_key()]) == pqc.intermediate_key().public_key()
+    assert (
+        verify_svid_binding(chain[0], [pqc.intermediate_key().public_key()])
+        == pqc.intermediate_key().public_key()
+    )
 
 
 # --- the PQC CA endpoint -----------------------------------------------------------------------
@@ -221,20 +232,22 @@ class EndpointClient:
 def endpoint_client(server: SpireServer, caller_dir: Path) -> EndpointClient:
     chain, key = load_svid(caller_dir)
     bundles = BundleSet.from_certificates(x509.load_pem_x509_certificates(server.bundle_pem()))
-    identity = ClientIdentity(tuple(chain), key)  # type: ignore[arg-type]
+    identity = ClientIdentity(tuple(chain), key)
     bridge = TLSBridge(
         ("127.0.0.1", server.endpoint_port),
         lambda: identity,
         lambda: bundles,
         match_id(f"spiffe://{TD}/spire/server"),
     )
-    return EndpointClient(bridge, ca_pb2_grpc.PQCCertificateAuthorityStub(grpc.insecure_channel(bridge.target)))
+    return EndpointClient(
+        bridge, ca_pb2_grpc.PQCCertificateAuthorityStub(grpc.insecure_channel(bridge.target))
+    )
 
 
-def workload_request(chain: list[x509.Certificate], key: object) -> IssueRequest:
+def workload_request(chain: list[x509.Certificate], key: PrivateKeyTypes) -> IssueRequest:
     return build_request(
         tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
-        key,  # type: ignore[arg-type]
+        key,
         MLDSA65PrivateKey.generate(),
         MLKEM768PrivateKey.generate().public_key().spki(),
         timestamp_ms=int(time.time() * 1000),
@@ -305,7 +318,9 @@ def test_forged_proof_is_refused(server: SpireServer, workdir: Path) -> None:
     mint(server, NODE_AGENT, workdir / "agent")
     chain, key = mint(server, f"spiffe://{TD}/forged", workdir / "wl")
     request = workload_request(chain, key)
-    forged = IssueRequest(**{**request.__dict__, "mldsa_proof": MLDSA65PrivateKey.generate().sign(b"x", context=b"y")})
+    forged = IssueRequest(
+        **{**request.__dict__, "mldsa_proof": MLDSA65PrivateKey.generate().sign(b"x", context=b"y")}
+    )
     client = endpoint_client(server, workdir / "agent")
     try:
         with pytest.raises(grpc.RpcError) as refused:
@@ -320,7 +335,8 @@ def test_pyopenssl_client_restricted_to_x25519mlkem768_handshakes(server: SpireS
     wait_for_endpoint(server.endpoint_port)
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    assert SSL._lib.SSL_CTX_set1_curves_list(ctx._context, b"X25519MLKEM768") == 1
+    set_groups = SSL._lib.SSL_CTX_set1_curves_list  # type: ignore[attr-defined]
+    assert set_groups(ctx._context, b"X25519MLKEM768") == 1
     ctx.set_alpn_protos([b"h2"])
     with socket.create_connection(("127.0.0.1", server.endpoint_port)) as sock:
         conn = SSL.Connection(ctx, sock)
@@ -397,11 +413,17 @@ def test_key_removed_fail_policy_stops_signing_but_not_health_checks(pqc: PQC, w
         # reach the composer and pass even now.
         marks = srv.log_text().count("health check SVID passed through")
         deadline = time.monotonic() + 150
-        while srv.log_text().count("health check SVID passed through") == marks and time.monotonic() < deadline:
+        while (
+            srv.log_text().count("health check SVID passed through") == marks and time.monotonic() < deadline
+        ):
             time.sleep(2)
         log = srv.log_text()
-        assert log.count("health check SVID passed through") > marks, "no CA health check reached the composer"
-        failures = [line for line in log.splitlines() if "for/health/check/only" in line and "level=error" in line]
+        assert log.count("health check SVID passed through") > marks, (
+            "no CA health check reached the composer"
+        )
+        failures = [
+            line for line in log.splitlines() if "for/health/check/only" in line and "level=error" in line
+        ]
         assert failures == []
         assert srv.cli("healthcheck").returncode == 0
     finally:
@@ -422,7 +444,9 @@ def test_thousand_mints_with_flat_plugin_memory(pqc: PQC, workdir: Path) -> None
             if index in (99, 999):
                 samples[index] = _rss_kib(pid)
         growth = samples[999] - samples[99]
-        print(f"\nplugin RSS after 100 mints {samples[99]} KiB, after 1000 {samples[999]} KiB (+{growth} KiB)")
+        print(
+            f"\nplugin RSS after 100 mints {samples[99]} KiB, after 1000 {samples[999]} KiB (+{growth} KiB)"
+        )
         assert growth < 8 * 1024, f"plugin RSS grew by {growth} KiB over 900 mints"
     finally:
         srv.stop()
@@ -434,12 +458,12 @@ def test_plugin_checksum_mismatch_is_refused_by_spire(pqc: PQC, workdir: Path) -
     digest = hashlib.sha256(b"not the plugin").hexdigest()
     srv.config_path.write_text(
         "\n".join(
-            f'        plugin_checksum = "{digest}"' if "plugin_checksum" in line else line for line in config.splitlines()
+            f'        plugin_checksum = "{digest}"' if "plugin_checksum" in line else line
+            for line in config.splitlines()
         )
     )
     result = subprocess.run(
-        [str(Path(os.environ.get("SPIRE_PQC_CACHE", Path.home() / ".cache/spire-pqc")) / "spire-v1.15.3/bin/spire-server"),
-         "validate", "-config", str(srv.config_path)],
+        [str(spire_bin("spire-server")), "validate", "-config", str(srv.config_path)],
         capture_output=True, text=True, timeout=60, env=srv.env(), check=False,
     )  # fmt: skip
     assert result.returncode != 0
