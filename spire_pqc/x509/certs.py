@@ -16,10 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -55,10 +56,8 @@ def _key_identifier(spki_der: bytes) -> bytes:
 
 
 def _public_key_object(spki_der: bytes) -> CertificatePublicKeyTypes:
-    key = serialization.load_der_public_key(spki_der)
-    if isinstance(key, dh.DHPublicKey):
-        raise AlgorithmError("a Diffie-Hellman key cannot be certified here")
-    return key
+    # The SPKI always comes from our own ML-DSA/ML-KEM key classes, never a DH key.
+    return cast(CertificatePublicKeyTypes, serialization.load_der_public_key(spki_der))
 
 
 def _signing_key(key: MLDSA65PrivateKey) -> CertificateIssuerPrivateKeyTypes:
