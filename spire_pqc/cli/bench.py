@@ -20,6 +20,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=200)
     ca.set_defaults(handler=_ca)
 
+    composer = sub.add_parser(
+        "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
+    )
+    composer.add_argument("--mints", type=int, default=100)
+    composer.set_defaults(handler=_composer)
+
 
 def _crypto(args: argparse.Namespace) -> int:
     from spire_pqc.cli import bench_crypto
@@ -32,4 +38,11 @@ def _ca(args: argparse.Namespace) -> int:
     from spire_pqc.cli import bench_ca
 
     print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
+    return 0
+
+
+def _composer(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_composer
+
+    print(bench_composer.format_report(bench_composer.run(mints=args.mints)))
     return 0

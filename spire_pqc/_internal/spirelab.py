@@ -1,0 +1,328 @@
+"""Drives real spire-server / spire-agent processes (loopback and Unix sockets only).
+
+Used by the integration tests and by `spire-pqc bench composer`. The binaries come from
+`make spire` (scripts/build-spire.sh) in ~/.cache/spire-pqc; a missing binary raises with the
+command that builds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+SPIRE_VERSION = "v1.15.3"
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN_CMD = REPO / "plugins" / "spire-pqc-composer" / "spire-pqc-composer"
+
+
+class SpireLabError(AssertionError):
+    """A SPIRE process did not start or a SPIRE command failed (an AssertionError: reads well in tests)."""
+
+
+def spire_bin(name: str) -> Path:
+    cache = Path(os.environ.get("SPIRE_PQC_CACHE", Path.home() / ".cache" / "spire-pqc"))
+    path = cache / f"spire-{SPIRE_VERSION}" / "bin" / name
+    if not path.exists():
+        raise SpireLabError(
+            f"{path} is missing: run `make spire` (builds SPIRE {SPIRE_VERSION} from its Go module)"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def short_tempdir() -> Path:
+    # sun_path holds ~107 bytes: keep socket directories short.
+    return Path(tempfile.mkdtemp(prefix="sp", dir="/tmp"))
+
+
+def hcl_block(values: dict[str, object], indent: str = "        ") -> str:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            rendered = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        elif isinstance(value, bool):
+            rendered = "true" if value else "false"
+        else:
+            rendered = f'"{value}"'
+        lines.append(f"{indent}{key} = {rendered}")
+    return "\n".join(lines)
+
+
+@dataclass
+class SpireServer:
+    workdir: Path
+    trust_domain: str = "example.org"
+    composer_data: dict[str, object] | None = None
+    plugin_checksum: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    endpoint_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "server.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "server.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def write_config(self) -> Path:
+        composer = ""
+        if self.composer_data is not None:
+            checksum = ""
+            if self.plugin_checksum:
+                import hashlib
+
+                digest = hashlib.sha256(PLUGIN_CMD.read_bytes()).hexdigest()
+                checksum = f'\n        plugin_checksum = "{digest}"'
+            composer = f"""
+    CredentialComposer "spire_pqc" {{
+        plugin_cmd = "{PLUGIN_CMD}"{checksum}
+        plugin_data {{
+{hcl_block(self.composer_data, "            ")}
+        }}
+    }}"""
+        (self.workdir / "server").mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            f"""server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{self.port}"
+    socket_path = "{self.socket}"
+    trust_domain = "{self.trust_domain}"
+    data_dir = "{self.workdir}/server"
+    log_level = "DEBUG"
+    default_x509_svid_ttl = "1h"
+}}
+
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{self.workdir}/server/datastore.sqlite3"
+        }}
+    }}
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}{composer}
+}}
+"""
+        )
+        return self.config_path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SPIRE_PQC_PYTHON"] = str(REPO / ".venv" / "bin" / "python")
+        env.update(self.extra_env)
+        return env
+
+    def validate(self) -> subprocess.CompletedProcess[str]:
+        self.write_config()
+        return subprocess.run(
+            [str(spire_bin("spire-server")), "validate", "-config", str(self.config_path)],
+            capture_output=True, text=True, timeout=120, env=self.env(), check=False,
+        )  # fmt: skip
+
+    def start(self, *, wait: bool = True, timeout: float = 90) -> None:
+        self.write_config()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [str(spire_bin("spire-server")), "run", "-config", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.workdir,
+        )  # fmt: skip
+        if wait:
+            self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise SpireLabError(f"spire-server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            probe = self.cli("healthcheck", check=False)
+            if probe.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise SpireLabError(f"spire-server not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(spire_bin("spire-server")), args[0], *args[1:], "-socketPath", str(self.socket)],
+            capture_output=True, text=True, timeout=timeout, env=self.env(), check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise SpireLabError(
+                f"spire-server {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def mint(self, spiffe_id: str, out_dir: Path, *, ttl: str = "1h") -> subprocess.CompletedProcess[str]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return self.cli(
+            "x509", "mint", "-spiffeID", spiffe_id, "-ttl", ttl, "-write", str(out_dir), check=False
+        )
+
+    def bundle_pem(self) -> bytes:
+        return self.cli("bundle", "show", "-format", "pem").stdout.encode()
+
+    def join_token(self, spiffe_id: str) -> str:
+        out = self.cli("token", "generate", "-spiffeID", spiffe_id).stdout
+        return out.strip().split()[-1]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class SpireAgent:
+    workdir: Path
+    server: SpireServer
+    authorized_delegates: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "agent.sock"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.workdir / "admin.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "agent.log"
+
+    def start(self, token: str, *, timeout: float = 90) -> None:
+        (self.workdir / "agent").mkdir(parents=True, exist_ok=True)
+        bootstrap = self.workdir / "bootstrap.crt"
+        bootstrap.write_bytes(self.server.bundle_pem())
+        delegates = ""
+        if self.authorized_delegates:
+            delegates = (
+                f'\n    admin_socket_path = "{self.admin_socket}"\n    authorized_delegates = ['
+                + ", ".join(f'"{d}"' for d in self.authorized_delegates)
+                + "]"
+            )
+        config = self.workdir / "agent.conf"
+        config.write_text(
+            f"""agent {{
+    data_dir = "{self.workdir}/agent"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "{self.server.port}"
+    socket_path = "{self.socket}"
+    trust_bundle_path = "{bootstrap}"
+    trust_domain = "{self.server.trust_domain}"{delegates}
+}}
+
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{self.workdir}/agent"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"""
+        )
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [str(spire_bin("spire-agent")), "run", "-config", str(config), "-joinToken", token],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SpireLabError(f"spire-agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            probe = subprocess.run(
+                [str(spire_bin("spire-agent")), "healthcheck", "-socketPath", str(self.socket)],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            if probe.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise SpireLabError(f"spire-agent not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def fetch_x509(self, out_dir: Path, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [str(spire_bin("spire-agent")), "api", "fetch", "x509",
+                 "-socketPath", str(self.socket), "-write", str(out_dir)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            # The entry reaches the agent's cache on its next sync: retry until then.
+            if result.returncode == 0 or time.monotonic() > deadline:
+                return result
+            time.sleep(1)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running(*processes: SpireServer | SpireAgent) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
