@@ -9,8 +9,8 @@ difference of the medians is the composer's cost per SVID as a SPIRE user sees i
 from __future__ import annotations
 
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
