@@ -1,0 +1,374 @@
+"""The node agent's configuration: a TOML file → a frozen, validated :class:`AgentConfig`.
+
+:func:`load` (file) and :func:`parse` (already-decoded TOML) collect *every* problem, each naming its
+key (``source.dev.entries[2].spiffe_id: ...``), and raise one :class:`~spire_pqc.errors.ConfigError`
+listing them all, so an operator fixes a file in one pass. Unknown keys are problems too: a typo
+must not silently fall back to a default. ``examples/agent/agent.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spire_pqc.errors import ConfigError, SpiffeIdError
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+
+__all__ = [
+    "AgentConfig",
+    "CAClientConfig",
+    "DevEntry",
+    "DevSourceConfig",
+    "SpireSourceConfig",
+    "load",
+    "parse",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_SELECTOR = re.compile(r"^[a-z0-9_-]+:.+$")
+DEFAULT_SOCKET_MODE = 0o666
+
+
+def parse_duration(value: object) -> dt.timedelta:
+    """``30`` (seconds), ``"30s"``, ``"5m"``, ``"1h30m"``, ``"0.5s"``; must be positive."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value and (m := _DURATION.match(value)):
+        hours, minutes, secs = m.groups()
+        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+    else:
+        raise ValueError(f"{value!r} is not a duration like 30, '30s', '5m' or '1h30m'")
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be positive")
+    return dt.timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class DevEntry:
+    """A registration entry of the dev source: all ``selectors`` must match the caller."""
+
+    spiffe_id: SpiffeId
+    selectors: frozenset[str]
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class DevSourceConfig:
+    """The embedded development source (dev classical CA + in-process PQC CA). Never for production."""
+
+    trust_domain: TrustDomain
+    svid_ttl: dt.timedelta
+    entries: tuple[DevEntry, ...]
+
+
+@dataclass(frozen=True)
+class SpireSourceConfig:
+    """SPIRE's Delegated Identity API on the SPIRE agent's admin socket."""
+
+    admin_socket_path: Path
+    # The SPIRE agent's Workload API, from which this agent takes its own SVID (for mTLS to the PQC CA).
+    workload_socket_path: Path | None
+
+
+@dataclass(frozen=True)
+class CAClientConfig:
+    """The PQC CA endpoint (spire_pqc.ca.v1.PQCCertificateAuthority), reached over mTLS."""
+
+    address: str
+    # TLS server name the CA's certificate carries as a DNS SAN (grpcio checks DNS names, not SPIFFE IDs).
+    server_name: str | None
+    timeout: dt.timedelta
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    socket_path: Path
+    socket_mode: int
+    production: bool
+    source: DevSourceConfig | SpireSourceConfig
+    ca: CAClientConfig | None
+    retry_initial: dt.timedelta
+    retry_max: dt.timedelta
+    health_address: tuple[str, int] | None
+    shutdown_grace: dt.timedelta
+    pqc_federated_bundles: Mapping[TrustDomain, Path]
+
+
+class _Collector:
+    """Reads typed values out of nested tables and records every problem with its key path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def table(
+        self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False
+    ) -> Mapping[str, Any]:
+        value = data.get(key)
+        where = f"{prefix}{key}"
+        if value is None:
+            if required:
+                self.problem(where, "missing table")
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(where, "must be a table")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in sorted(set(data) - allowed):
+            self.problem(f"{prefix}{key}", "unknown key")
+
+    def string(self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.problem(f"{prefix}{key}", "missing (required)")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(f"{prefix}{key}", "must be a non-empty string")
+            return None
+        return value
+
+    def boolean(self, data: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{prefix}{key}", "must be true or false")
+            return default
+        return value
+
+    def duration(self, data: Mapping[str, Any], key: str, prefix: str, default: dt.timedelta) -> dt.timedelta:
+        if key not in data:
+            return default
+        try:
+            return parse_duration(data[key])
+        except ValueError as exc:
+            self.problem(f"{prefix}{key}", str(exc))
+            return default
+
+    def absolute_path(
+        self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False
+    ) -> Path | None:
+        text = self.string(data, key, prefix, required=required)
+        if text is None:
+            return None
+        path = Path(text)
+        if not path.is_absolute():
+            self.problem(f"{prefix}{key}", f"{text!r} must be an absolute path")
+            return None
+        return path
+
+
+def _socket_mode(c: _Collector, value: object) -> int:
+    # TOML has no octal strings by default; accept "0660" (string) or 0o660 (TOML octal integer).
+    if isinstance(value, bool):
+        c.problem("agent.socket_mode", "must be an octal string like '0660'")
+        return DEFAULT_SOCKET_MODE
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            c.problem("agent.socket_mode", f"{value!r} is not an octal mode like '0660'")
+            return DEFAULT_SOCKET_MODE
+    elif isinstance(value, int):
+        mode = value
+    else:
+        c.problem("agent.socket_mode", "must be an octal string like '0660'")
+        return DEFAULT_SOCKET_MODE
+    if not 0 <= mode <= 0o777:
+        c.problem("agent.socket_mode", f"{oct(mode)} is not a permission mode (0..0777)")
+        return DEFAULT_SOCKET_MODE
+    return mode
+
+
+def _address(c: _Collector, key: str, text: str) -> tuple[str, int] | None:
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        c.problem(key, f"{text!r} is not host:port")
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        # Health and metrics reveal which identities the node serves: keep them local by default.
+        c.problem(key, f"{text!r} must be a loopback address (127.0.0.1, ::1 or localhost)")
+        return None
+    return host, int(port_text)
+
+
+def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | None:
+    prefix = "source.dev."
+    c.unknown(data, {"trust_domain", "svid_ttl", "entries"}, prefix)
+    td_text = c.string(data, "trust_domain", prefix, required=True)
+    trust_domain = None
+    if td_text is not None:
+        try:
+            trust_domain = TrustDomain.parse(td_text)
+        except SpiffeIdError as exc:
+            c.problem(f"{prefix}trust_domain", str(exc))
+    ttl = c.duration(data, "svid_ttl", prefix, dt.timedelta(hours=1))
+    raw_entries = data.get("entries", [])
+    entries: list[DevEntry] = []
+    if not isinstance(raw_entries, list):
+        c.problem(f"{prefix}entries", "must be an array of tables ([[source.dev.entries]])")
+        raw_entries = []
+    for index, raw in enumerate(raw_entries):
+        where = f"{prefix}entries[{index}]."
+        if not isinstance(raw, Mapping):
+            c.problem(f"{prefix}entries[{index}]", "must be a table")
+            continue
+        c.unknown(raw, {"spiffe_id", "selectors", "hint"}, where)
+        sid_text = c.string(raw, "spiffe_id", where, required=True)
+        spiffe_id = None
+        if sid_text is not None:
+            try:
+                spiffe_id = SpiffeId.parse(sid_text)
+            except SpiffeIdError as exc:
+                c.problem(f"{where}spiffe_id", str(exc))
+            else:
+                if spiffe_id.is_root:
+                    c.problem(f"{where}spiffe_id", "a workload SPIFFE ID needs a path")
+                    spiffe_id = None
+                elif trust_domain is not None and spiffe_id.trust_domain != trust_domain:
+                    c.problem(f"{where}spiffe_id", f"not in trust domain {trust_domain}")
+                    spiffe_id = None
+        selectors = raw.get("selectors")
+        if not isinstance(selectors, list) or not selectors:
+            c.problem(f"{where}selectors", "must be a non-empty array like ['unix:uid:1000']")
+            selectors = None
+        else:
+            bad = [s for s in selectors if not isinstance(s, str) or not _SELECTOR.match(s)]
+            if bad:
+                c.problem(
+                    f"{where}selectors", f"{bad!r}: each selector is 'type:value', e.g. 'unix:uid:1000'"
+                )
+                selectors = None
+        hint = raw.get("hint", "")
+        if not isinstance(hint, str) or len(hint.encode()) > 1024:
+            c.problem(f"{where}hint", "must be a string of at most 1024 bytes")
+            hint = ""
+        if spiffe_id is not None and selectors is not None:
+            entries.append(DevEntry(spiffe_id, frozenset(selectors), hint))
+    hints = [e.hint for e in entries if e.hint]
+    for hint in sorted({h for h in hints if hints.count(h) > 1}):
+        # The Workload API requires hints to be unique within a response.
+        c.problem(f"{prefix}entries", f"hint {hint!r} is used by more than one entry")
+    if trust_domain is None:
+        return None
+    return DevSourceConfig(trust_domain, ttl, tuple(entries))
+
+
+def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig | None:
+    prefix = "source.spire."
+    c.unknown(data, {"admin_socket_path", "workload_socket_path"}, prefix)
+    admin = c.absolute_path(data, "admin_socket_path", prefix, required=True)
+    workload = c.absolute_path(data, "workload_socket_path", prefix)
+    return SpireSourceConfig(admin, workload) if admin is not None else None
+
+
+def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
+    if not data:
+        return None
+    prefix = "ca."
+    c.unknown(data, {"address", "server_name", "timeout"}, prefix)
+    address = c.string(data, "address", prefix, required=True)
+    server_name = c.string(data, "server_name", prefix)
+    timeout = c.duration(data, "timeout", prefix, dt.timedelta(seconds=10))
+    if address is not None and ":" not in address:
+        c.problem(f"{prefix}address", f"{address!r} is not host:port")
+    return CAClientConfig(address, server_name, timeout) if address is not None else None
+
+
+def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:
+    """Validate decoded TOML; raise ConfigError listing every problem."""
+    c = _Collector()
+    c.unknown(data, {"agent", "source", "ca", "pqc", "health"}, "")
+    agent = c.table(data, "agent", "", required=True)
+    c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace"}, "agent.")
+    socket_path = c.absolute_path(agent, "socket_path", "agent.", required=True)
+    socket_mode = _socket_mode(c, agent.get("socket_mode", "0666"))
+    production = c.boolean(agent, "production", "agent.", False)
+    grace = c.duration(agent, "shutdown_grace", "agent.", dt.timedelta(seconds=5))
+
+    src = c.table(data, "source", "", required=True)
+    c.unknown(src, {"kind", "dev", "spire"}, "source.")
+    kind = c.string(src, "kind", "source.", required=True)
+    identity_source: DevSourceConfig | SpireSourceConfig | None = None
+    if kind == "dev":
+        identity_source = _dev_source(c, c.table(src, "dev", "source.", required=True))
+        if production:
+            c.problem("source.kind", "the dev source is refused when agent.production = true")
+    elif kind == "spire":
+        identity_source = _spire_source(c, c.table(src, "spire", "source.", required=True))
+    elif kind is not None:
+        c.problem("source.kind", f"{kind!r} is not one of 'dev', 'spire'")
+
+    ca = _ca(c, c.table(data, "ca", ""))
+    if kind == "spire" and ca is None:
+        c.problem("ca", "the spire source needs a [ca] table (the PQC CA endpoint address)")
+    if kind == "dev" and ca is not None:
+        c.problem("ca", "the dev source uses its own in-process PQC CA; remove [ca]")
+
+    pqc = c.table(data, "pqc", "")
+    c.unknown(pqc, {"retry_initial", "retry_max", "federated_bundles"}, "pqc.")
+    retry_initial = c.duration(pqc, "retry_initial", "pqc.", dt.timedelta(seconds=1))
+    retry_max = c.duration(pqc, "retry_max", "pqc.", dt.timedelta(seconds=60))
+    if retry_max < retry_initial:
+        c.problem("pqc.retry_max", "must not be smaller than pqc.retry_initial")
+    federated: dict[TrustDomain, Path] = {}
+    for name, path in c.table(pqc, "federated_bundles", "pqc.").items():
+        key = f"pqc.federated_bundles.{name}"
+        try:
+            td = TrustDomain.parse(name)
+        except SpiffeIdError as exc:
+            c.problem(key, str(exc))
+            continue
+        if not isinstance(path, str) or not Path(path).is_absolute():
+            c.problem(key, "must be the absolute path of a PEM file of PQC roots")
+            continue
+        federated[td] = Path(path)
+
+    health = c.table(data, "health", "")
+    c.unknown(health, {"listen_address"}, "health.")
+    address_text = c.string(health, "listen_address", "health.")
+    health_address = _address(c, "health.listen_address", address_text) if address_text else None
+
+    if c.problems:
+        raise ConfigError(c.problems, source=source)
+    assert socket_path is not None and identity_source is not None
+    return AgentConfig(
+        socket_path=socket_path,
+        socket_mode=socket_mode,
+        production=production,
+        source=identity_source,
+        ca=ca,
+        retry_initial=retry_initial,
+        retry_max=retry_max,
+        health_address=health_address,
+        shutdown_grace=grace,
+        pqc_federated_bundles=federated,
+    )
+
+
+def load(path: str | Path) -> AgentConfig:
+    """Read and validate a TOML configuration file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    return parse(data, source=str(path))

@@ -1,0 +1,384 @@
+"""The agent's gRPC services (grpclib): the SPIFFE Workload API and the spire_pqc HybridWorkload extension.
+
+Adapter between the domain (identity sources, PQC provisioner) and the wire: the pure ``compose_*``
+functions build messages; the stream loops apply the Workload API rules
+(reference/workload-api-and-peers.md §1):
+
+* every request must carry ``workload.spiffe.io: true`` — otherwise InvalidArgument;
+* a caller with no identity gets PermissionDenied ("no identity issued"); one whose PID was reused
+  since it connected, too (:mod:`spire_pqc.agent.peercred`);
+* Unavailable while initialising, while PQC credentials do not exist yet (extension only), or when
+  the agent shuts down, so clients retry with backoff;
+* streams send the full state at once and again after each change, never deltas, and never the
+  same state twice;
+* JWT-SVIDs are not served (no JWT source): the JWT RPCs answer Unimplemented, which clients do not
+  retry. FetchWITSVID/FetchWITBundles are not mapped, so grpclib answers Unimplemented.
+
+Message classes for the Workload API are py-spiffe's (``spiffe._proto.workload_pb2``), the only
+definition that may exist in the process (§0 item 3); the method paths are declared here because
+the proto has no package: ``/SpiffeWorkloadAPI/<Method>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+from spiffe._proto import workload_pb2 as wl
+
+from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.metrics import Metrics
+from spire_pqc.agent.model import Caller, PqcCredentials, X509State
+from spire_pqc.agent.peercred import PeerTracker, caller_of
+from spire_pqc.agent.pqc import PqcProvisioner
+from spire_pqc.agent.sources.base import IdentitySource
+from spire_pqc.errors import AuthorizationError, UnavailableError
+from spire_pqc.spiffeid import TrustDomain
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADER = "workload.spiffe.io"
+WORKLOAD_SERVICE = "SpiffeWorkloadAPI"
+HYBRID_SERVICE = "spire_pqc.workload.v1.HybridWorkload"
+NO_JWT = "JWT-SVIDs are not served by the spire-pqc agent (no JWT source is configured)"
+
+M = TypeVar("M", bound=Message)
+
+
+# --- pure composition ----------------------------------------------------------------------------
+
+
+def compose_x509_svid_response(state: X509State) -> wl.X509SVIDResponse:
+    """Each SVID with its own trust domain's bundle; every other trust domain as federated."""
+    response = wl.X509SVIDResponse()
+    own = {svid.spiffe_id.trust_domain for svid in state.svids}
+    for svid in state.svids:
+        response.svids.append(
+            wl.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                x509_svid=svid.chain_der,
+                x509_svid_key=svid.key_der,
+                bundle=state.bundles.get(svid.spiffe_id.trust_domain, b""),
+                hint=svid.hint,
+            )
+        )
+    for td, der in state.bundles.items():
+        if td not in own:
+            response.federated_bundles[td.id_string()] = der
+    return response
+
+
+def compose_x509_bundles_response(state: X509State) -> wl.X509BundlesResponse:
+    response = wl.X509BundlesResponse()
+    for td, der in state.bundles.items():
+        response.bundles[td.id_string()] = der
+    return response
+
+
+def compose_hybrid_response(
+    credentials: Sequence[PqcCredentials],
+    classical_bundles: Mapping[TrustDomain, bytes],
+    pqc_bundles: Mapping[TrustDomain, bytes],
+) -> hy.HybridSVIDResponse:
+    response = hy.HybridSVIDResponse()
+    own = set()
+    for cred in credentials:
+        svid = cred.classical
+        td = svid.spiffe_id.trust_domain
+        own.add(td)
+        response.svids.append(
+            hy.HybridSVID(
+                spiffe_id=str(svid.spiffe_id),
+                classical_chain=svid.chain_der,
+                classical_key=svid.key_der,
+                pqc_chain=b"".join(cred.pqc_chain),
+                pqc_key=cred.pqc_key.pkcs8(),
+                kem_certificate=b"".join(cred.kem_chain),
+                kem_key=cred.kem_key.pkcs8(),
+                classical_bundle=classical_bundles.get(td, b""),
+                pqc_bundle=b"".join(cred.pqc_bundle) or pqc_bundles.get(td, b""),
+                hint=svid.hint,
+            )
+        )
+    for td, der in pqc_bundles.items():
+        if td not in own:
+            response.federated_pqc_bundles[td.name] = der
+    return response
+
+
+def compose_pqc_bundles_response(pqc_bundles: Mapping[TrustDomain, bytes]) -> hy.PQCBundlesResponse:
+    response = hy.PQCBundlesResponse()
+    for td, der in pqc_bundles.items():
+        response.bundles[td.name] = der
+    return response
+
+
+# --- shared stream machinery ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _grpc_errors() -> Iterator[None]:
+    """Domain errors → Workload API status codes."""
+    try:
+        yield
+    except AuthorizationError as exc:
+        raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
+    except UnavailableError as exc:
+        raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+
+
+class _Services:
+    """State shared by both services: where identities come from and who is calling."""
+
+    def __init__(
+        self,
+        source: IdentitySource,
+        provisioner: PqcProvisioner,
+        tracker: PeerTracker,
+        metrics: Metrics,
+        *,
+        first_pqc_wait: float = 5.0,
+    ) -> None:
+        self.source = source
+        self.provisioner = provisioner
+        self.tracker = tracker
+        self.metrics = metrics
+        self.first_pqc_wait = first_pqc_wait
+
+    async def begin(self, stream: Stream[Any, Any]) -> Caller:
+        """Security header, request decoding, caller attestation — in the order SPIRE applies them."""
+        metadata = stream.metadata
+        if metadata is None or metadata.get(SECURITY_HEADER) != "true":
+            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        try:
+            await stream.recv_message()
+        except DecodeError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
+        return self.caller(stream)
+
+    def caller(self, stream: Stream[Any, Any]) -> Caller:
+        try:
+            return caller_of(self.tracker, stream)
+        except AuthorizationError as exc:
+            raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
+
+    @contextlib.contextmanager
+    def open_stream(self, rpc: str) -> Iterator[None]:
+        self.metrics.open_streams[rpc] += 1
+        try:
+            with _grpc_errors():
+                yield
+        finally:
+            self.metrics.open_streams[rpc] -= 1
+
+    async def serve(
+        self,
+        stream: Stream[Any, M],
+        rpc: str,
+        compose: Callable[[X509State], M | None],
+        *,
+        service: str,
+        follow_pqc: bool,
+        count: Callable[[M], int],
+        not_ready: Callable[[X509State], str],
+    ) -> None:
+        """The stream loop: send ``compose(state)`` now and whenever it changes.
+
+        Wakes on a new state from the identity source and, with ``follow_pqc``, on new PQC
+        credentials. ``compose`` returning None means "not available yet": before anything was
+        sent, the first issuance attempt is awaited (bounded), then Unavailable is returned.
+        """
+        caller = await self.begin(stream)
+        with self.open_stream(rpc):
+            states = self.source.watch(caller)
+            pending: asyncio.Future[X509State] | None = None
+            changed: asyncio.Future[int] | None = None
+            try:
+                state = await anext(states)
+                seen_pqc = self.provisioner.changes.version
+                last: bytes | None = None
+                while True:
+                    self.provisioner.ensure(state.svids)
+                    message = compose(state)
+                    if message is None and last is None and follow_pqc:
+                        await self.provisioner.wait_attempted(state.svids, self.first_pqc_wait)
+                        message = compose(state)
+                    if message is None and last is None:
+                        raise UnavailableError(not_ready(state))
+                    if message is not None:
+                        wire = message.SerializeToString(deterministic=True)
+                        if wire != last:
+                            self.caller(stream)  # the process that connected must still be the one answered
+                            await stream.send_message(message)
+                            self.metrics.identities_served[service] += count(message)
+                            last = wire
+                    if pending is None:
+                        pending = asyncio.ensure_future(anext(states))
+                    waiters: set[asyncio.Future[Any]] = {pending}
+                    if follow_pqc:
+                        changed = asyncio.ensure_future(self.provisioner.changes.wait_changed(seen_pqc))
+                        waiters.add(changed)
+                    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    if changed is not None:
+                        if changed in done:
+                            seen_pqc = changed.result()
+                        else:
+                            changed.cancel()
+                        changed = None
+                    if pending in done:
+                        state = pending.result()
+                        pending = None
+            except StopAsyncIteration as exc:
+                raise UnavailableError("identity source ended the stream") from exc
+            finally:
+                for future in (pending, changed):
+                    if future is None:
+                        continue
+                    if not future.done():
+                        future.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await future
+                    elif not future.cancelled():
+                        future.exception()  # both may have failed at once (shutdown); one error is enough
+                await _aclose(states)
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(RuntimeError):
+            await close()
+
+
+# --- the services ----------------------------------------------------------------------------------
+
+
+class WorkloadAPIService:
+    """``SpiffeWorkloadAPI``: X.509 profile from the identity source; JWT profile Unimplemented."""
+
+    def __init__(self, shared: _Services) -> None:
+        self._s = shared
+
+    async def fetch_x509_svid(self, stream: Stream[wl.X509SVIDRequest, wl.X509SVIDResponse]) -> None:
+        await self._s.serve(
+            stream,
+            "FetchX509SVID",
+            compose_x509_svid_response,
+            service="workload",
+            follow_pqc=False,
+            count=lambda m: len(m.svids),
+            not_ready=lambda _: "no SVID yet",
+        )
+
+    async def fetch_x509_bundles(self, stream: Stream[wl.X509BundlesRequest, wl.X509BundlesResponse]) -> None:
+        await self._s.serve(
+            stream,
+            "FetchX509Bundles",
+            compose_x509_bundles_response,
+            service="workload-bundles",
+            follow_pqc=False,
+            count=lambda m: 0,
+            not_ready=lambda _: "no bundle yet",
+        )
+
+    async def _jwt(self, stream: Stream[Any, Any]) -> None:
+        await self._s.begin(stream)
+        raise GRPCError(Status.UNIMPLEMENTED, NO_JWT)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        base = f"/{WORKLOAD_SERVICE}/"
+        return {
+            base + "FetchX509SVID": Handler(
+                self.fetch_x509_svid, Cardinality.UNARY_STREAM, wl.X509SVIDRequest, wl.X509SVIDResponse
+            ),
+            base + "FetchX509Bundles": Handler(
+                self.fetch_x509_bundles,
+                Cardinality.UNARY_STREAM,
+                wl.X509BundlesRequest,
+                wl.X509BundlesResponse,
+            ),
+            base + "FetchJWTSVID": Handler(
+                self._jwt, Cardinality.UNARY_UNARY, wl.JWTSVIDRequest, wl.JWTSVIDResponse
+            ),
+            base + "FetchJWTBundles": Handler(
+                self._jwt, Cardinality.UNARY_STREAM, wl.JWTBundlesRequest, wl.JWTBundlesResponse
+            ),
+            base + "ValidateJWTSVID": Handler(
+                self._jwt, Cardinality.UNARY_UNARY, wl.ValidateJWTSVIDRequest, wl.ValidateJWTSVIDResponse
+            ),
+        }
+
+
+class HybridWorkloadService:
+    """``spire_pqc.workload.v1.HybridWorkload``: the caller's hybrid SVIDs and the PQC bundles."""
+
+    def __init__(self, shared: _Services) -> None:
+        self._s = shared
+
+    def _hybrid(self, state: X509State) -> hy.HybridSVIDResponse | None:
+        prov = self._s.provisioner
+        ready = [c for c in (prov.credentials_for(s) for s in state.svids) if c is not None]
+        if not ready:
+            return None
+        return compose_hybrid_response(ready, state.bundles, prov.pqc_bundles())
+
+    def _not_ready(self, state: X509State) -> str:
+        errors = [e for e in (self._s.provisioner.last_error(s) for s in state.svids) if e]
+        why = f": {errors[0]}" if errors else ""
+        return f"PQC credentials are not available yet{why}"
+
+    async def fetch_hybrid_svids(self, stream: Stream[hy.HybridSVIDRequest, hy.HybridSVIDResponse]) -> None:
+        await self._s.serve(
+            stream,
+            "FetchHybridSVIDs",
+            self._hybrid,
+            service="hybrid",
+            follow_pqc=True,
+            count=lambda m: len(m.svids),
+            not_ready=self._not_ready,
+        )
+
+    def _bundles(self, state: X509State) -> hy.PQCBundlesResponse | None:
+        bundles = self._s.provisioner.pqc_bundles()
+        return compose_pqc_bundles_response(bundles) if bundles else None
+
+    async def fetch_pqc_bundles(self, stream: Stream[hy.PQCBundlesRequest, hy.PQCBundlesResponse]) -> None:
+        await self._s.serve(
+            stream,
+            "FetchPQCBundles",
+            self._bundles,
+            service="pqc-bundles",
+            follow_pqc=True,
+            count=lambda m: 0,
+            not_ready=self._not_ready,
+        )
+
+    def __mapping__(self) -> dict[str, Handler]:
+        base = f"/{HYBRID_SERVICE}/"
+        return {
+            base + "FetchHybridSVIDs": Handler(
+                self.fetch_hybrid_svids, Cardinality.UNARY_STREAM, hy.HybridSVIDRequest, hy.HybridSVIDResponse
+            ),
+            base + "FetchPQCBundles": Handler(
+                self.fetch_pqc_bundles, Cardinality.UNARY_STREAM, hy.PQCBundlesRequest, hy.PQCBundlesResponse
+            ),
+        }
+
+
+def build_services(
+    source: IdentitySource,
+    provisioner: PqcProvisioner,
+    tracker: PeerTracker,
+    metrics: Metrics,
+    *,
+    first_pqc_wait: float = 5.0,
+) -> list[Any]:
+    shared = _Services(source, provisioner, tracker, metrics, first_pqc_wait=first_pqc_wait)
+    return [WorkloadAPIService(shared), HybridWorkloadService(shared)]

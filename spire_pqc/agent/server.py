@@ -1,0 +1,204 @@
+"""The node agent: identity source + PQC provisioner + the Unix-socket gRPC server, with one lifecycle.
+
+Lifecycle mirrors ``asyncio.Server`` (STYLE.md §6): ``await start()``, ``await close()`` (graceful:
+open streams end with UNAVAILABLE so clients reconnect elsewhere or to the restarted agent), or
+``async with Agent(config):``. Signals and ``asyncio.run`` belong to ``spire_pqc.cli.agent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from pathlib import Path
+from types import TracebackType
+
+from spire_pqc.agent.caclient import CAClient
+from spire_pqc.agent.config import AgentConfig, DevSourceConfig
+from spire_pqc.agent.handler import build_services
+from spire_pqc.agent.health import HealthServer
+from spire_pqc.agent.metrics import Metrics
+from spire_pqc.agent.peercred import PeerCredServer, PeerTracker, ProcReader
+from spire_pqc.agent.pqc import PqcProvisioner
+from spire_pqc.agent.sources.base import IdentitySource
+from spire_pqc.agent.sources.dev import DevIdentitySource
+from spire_pqc.bundle import X509Bundle
+from spire_pqc.errors import ConfigError, NotConfiguredError, SpirePqcError
+from spire_pqc.spiffeid import TrustDomain
+
+log = logging.getLogger(__name__)
+
+
+def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
+    bundles: dict[TrustDomain, bytes] = {}
+    problems = []
+    for td, path in config.pqc_federated_bundles.items():
+        try:
+            bundles[td] = X509Bundle.from_pem(td, path.read_bytes()).to_der()
+        except (OSError, SpirePqcError) as exc:
+            problems.append(f"pqc.federated_bundles.{td}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return bundles
+
+
+def _prepare_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"agent.socket_path: {path} exists and is not a socket; refusing to replace it")
+    path.unlink()  # stale socket of a previous run
+
+
+class Agent:
+    """One node agent process's worth of state."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        source: IdentitySource | None = None,
+        ca_client: CAClient | None = None,
+        proc_reader: ProcReader | None = None,
+        metrics: Metrics | None = None,
+        first_pqc_wait: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._source = source
+        self._ca_client = ca_client
+        self._tracker = PeerTracker(proc_reader)
+        self._first_pqc_wait = first_pqc_wait
+        self._server: PeerCredServer | None = None
+        self._health: HealthServer | None = None
+        self._provisioner: PqcProvisioner | None = None
+        self._closing = False
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def source(self) -> IdentitySource:
+        if self._source is None:
+            raise SpirePqcError("agent not started")
+        return self._source
+
+    @property
+    def provisioner(self) -> PqcProvisioner:
+        if self._provisioner is None:
+            raise SpirePqcError("agent not started")
+        return self._provisioner
+
+    @property
+    def socket_path(self) -> Path:
+        return self.config.socket_path
+
+    @property
+    def health(self) -> HealthServer | None:
+        return self._health
+
+    def render_metrics(self) -> str:
+        self.metrics.peers = self._server.connections if self._server is not None else 0
+        return self.metrics.render()
+
+    @property
+    def live(self) -> bool:
+        return self._server is not None and not self._closing
+
+    @property
+    def ready(self) -> bool:
+        """Serving, and the identity source can answer (PQC readiness is reported by metrics)."""
+        return self.live and self._source is not None and self._source.ready
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def _build_source(self) -> IdentitySource:
+        source_config = self.config.source
+        if isinstance(source_config, DevSourceConfig):
+            return DevIdentitySource(source_config)
+        raise NotConfiguredError("source.kind = 'spire' is not available in this build")
+
+    async def _build_ca_client(self, source: IdentitySource) -> CAClient:
+        if isinstance(source, DevIdentitySource):
+            return source.ca_client()
+        raise ConfigError("ca: no PQC CA client for this identity source")
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise SpirePqcError("agent already started")
+        federated = _load_federated(self.config)
+        if self._source is None:
+            self._source = self._build_source()
+        await self._source.start()
+        if self._ca_client is None:
+            self._ca_client = await self._build_ca_client(self._source)
+        self._provisioner = PqcProvisioner(
+            self._ca_client,
+            retry_initial=self.config.retry_initial,
+            retry_max=self.config.retry_max,
+            metrics=self.metrics,
+            static_bundles=federated,
+        )
+        services = build_services(
+            self._source, self._provisioner, self._tracker, self.metrics, first_pqc_wait=self._first_pqc_wait
+        )
+        server = PeerCredServer(services, self._tracker)
+        path = self.config.socket_path
+        _prepare_socket(path)
+        # Many workloads reconnect at once after an agent restart: a deep accept queue (capped by the
+        # kernel's somaxconn) avoids refusing them; grpclib's default is 100.
+        await server.start(path=str(path), backlog=4096)
+        os.chmod(path, self.config.socket_mode)
+        self._server = server
+        if self.config.health_address is not None:
+            host, port = self.config.health_address
+            self._health = HealthServer(
+                host, port, live=lambda: self.live, ready=lambda: self.ready, metrics=self.render_metrics
+            )
+            await self._health.start()
+        log.info(
+            "agent serving the Workload API and the hybrid extension on unix://%s (mode %s, source %s)",
+            path,
+            oct(self.config.socket_mode),
+            self._source.name,
+        )
+
+    async def close(self) -> None:
+        """Graceful stop: end open streams with UNAVAILABLE, stop the server, forget every key."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._source is not None:
+            await self._source.close()  # wakes every watcher; their streams end with UNAVAILABLE
+        if self._provisioner is not None:
+            await self._provisioner.close()
+        if self._server is not None:
+            grace = self.config.shutdown_grace.total_seconds()
+            # Give handlers a moment to send their final status before grpclib cancels the rest.
+            deadline = asyncio.get_running_loop().time() + grace
+            while (
+                sum(self.metrics.open_streams.values()) > 0 and asyncio.get_running_loop().time() < deadline
+            ):
+                await asyncio.sleep(0.01)
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), grace)
+            self._server.close_connections()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket_path.unlink()
+        if self._health is not None:
+            await self._health.close()
+        log.info("agent stopped")
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

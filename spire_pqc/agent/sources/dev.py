@@ -1,0 +1,138 @@
+"""The embedded development identity source (DESIGN.md §4, "Embedded default (dev mode)").
+
+A dev classical CA (ECDSA P-256) stands in for SPIRE and issues X509-SVIDs that carry the
+SvidBinding, signed by a freshly generated dev PQC hierarchy — the same composer code path SPIRE
+plus our plugin use. Callers are attested from their Unix credentials and matched against the
+configured entries (all of an entry's selectors must match, as in SPIRE). SVIDs rotate at half
+their TTL, as SPIRE's agent does. :meth:`DevIdentitySource.ca_client` is the in-process PQC CA.
+
+Everything is labelled dev (subject O=spire-pqc-dev) and the configuration loader refuses this
+source when ``agent.production = true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from spire_pqc.agent.attestor import Attestor, matches, unix_selectors
+from spire_pqc.agent.caclient import LocalCAClient
+from spire_pqc.agent.config import DevEntry, DevSourceConfig
+from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.notify import Broadcast
+from spire_pqc.bundle import BundleSet, X509Bundle
+from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
+from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.crypto.aio import run_crypto
+from spire_pqc.errors import AuthorizationError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _State:
+    svids: Mapping[DevEntry, ClassicalSvid]
+    bundle_der: bytes
+
+
+class DevIdentitySource:
+    """Dev CA + in-process PQC CA; rotates every entry's SVID at half its TTL."""
+
+    name = "dev"
+
+    def __init__(self, config: DevSourceConfig, *, attestor: Attestor = unix_selectors) -> None:
+        self._config = config
+        self._attestor = attestor
+        self._state: Broadcast[_State] = Broadcast()
+        self._ca: DevClassicalCA | None = None
+        self._hierarchy: PQCHierarchy | None = None
+        self._issuer: PQCIssuer | None = None
+        self._rotation: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.rotations = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._state.value is not None
+
+    @property
+    def hierarchy(self) -> PQCHierarchy:
+        if self._hierarchy is None:
+            raise UnavailableError("dev source not started")
+        return self._hierarchy
+
+    @property
+    def classical_ca(self) -> DevClassicalCA:
+        if self._ca is None:
+            raise UnavailableError("dev source not started")
+        return self._ca
+
+    def ca_client(self) -> LocalCAClient:
+        """The in-process PQC CA of this dev trust domain (checks requests like the real endpoint)."""
+        if self._issuer is None:
+            raise UnavailableError("dev source not started")
+        return LocalCAClient(self._issuer)
+
+    async def start(self) -> None:
+        td = self._config.trust_domain
+        hierarchy = await run_crypto(lambda: PQCHierarchy.generate(td))
+        ca = await run_crypto(lambda: DevClassicalCA(td, hierarchy.intermediate.key))
+        self._hierarchy, self._ca = hierarchy, ca
+        bundles = BundleSet([X509Bundle(td, [ca.certificate])])
+        self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles)
+        log.warning("dev identity source for trust domain %s: NOT FOR PRODUCTION", td)
+        await self.rotate_now()
+        self._rotation = asyncio.create_task(self._rotate_forever(), name="spire-pqc-dev-rotation")
+
+    async def close(self) -> None:
+        if self._rotation is not None:
+            self._rotation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotation
+        self._state.close()
+
+    async def rotate_now(self) -> None:
+        """Issue a new SVID for every entry and push the new state to every watcher."""
+        async with self._lock:
+            ca = self.classical_ca
+            ttl = self._config.svid_ttl
+
+            def issue_all() -> dict[DevEntry, ClassicalSvid]:
+                issued = {}
+                for entry in self._config.entries:
+                    cert, key = ca.issue_svid(entry.spiffe_id, ttl=ttl)
+                    issued[entry] = ClassicalSvid(entry.spiffe_id, (cert,), key, entry.hint)
+                return issued
+
+            svids = await run_crypto(issue_all)
+            bundle = ca.certificate.public_bytes(serialization.Encoding.DER)
+            self._state.publish(_State(svids, bundle))
+            self.rotations += 1
+            log.info("dev source issued %d SVIDs (rotation %d)", len(svids), self.rotations)
+
+    async def _rotate_forever(self) -> None:
+        # SPIRE's agent renews an SVID when half of its lifetime has passed; so do we.
+        interval = self._config.svid_ttl / 2
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                await self.rotate_now()
+            except Exception:  # keep rotating: a failed rotation must not end the loop
+                log.exception("dev source rotation failed; retrying in %s", interval)
+
+    async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+        selectors = self._attestor(caller)
+        entries = [e for e in self._config.entries if matches(e.selectors, selectors)]
+        if not entries:
+            log.info("no identity issued for pid %d (selectors %s)", caller.pid, sorted(selectors))
+            raise AuthorizationError("no identity issued")
+        if self._state.value is None:
+            raise UnavailableError("dev identity source is initialising")
+        td = self._config.trust_domain
+        async for state in self._state.updates():
+            yield X509State(tuple(state.svids[e] for e in entries), {td: state.bundle_der})

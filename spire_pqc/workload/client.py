@@ -1,0 +1,256 @@
+"""asyncio client of the Workload API and the spire_pqc HybridWorkload extension (grpclib).
+
+The only module of the SDK that touches generated stubs. It returns domain objects
+(:class:`~spire_pqc.svid.HybridSvid`, :class:`~spire_pqc.bundle.BundleSet`), adds the
+``workload.spiffe.io: true`` security header to every call, and turns gRPC statuses into the
+project's errors:
+
+* PERMISSION_DENIED → :class:`~spire_pqc.errors.AuthorizationError` (no identity for this process;
+  the specification says retry with backoff);
+* UNAVAILABLE, or no connection → :class:`~spire_pqc.errors.UnavailableError` (retry with backoff);
+* anything else (INVALID_ARGUMENT, UNIMPLEMENTED, ...) → :class:`~spire_pqc.errors.SpirePqcError`
+  (do not retry).
+
+Example::
+
+    async with WorkloadClient() as client:          # SPIFFE_ENDPOINT_SOCKET
+        update = await client.fetch_hybrid_svids()
+        async for update in client.watch_hybrid_svids():
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import h2.exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import Message
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from spiffe._proto import workload_pb2 as wl
+
+from spire_pqc._internal.der import SEQUENCE, DerReader, tlv
+from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.bundle import BundleSet, X509Bundle
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.errors import (
+    AuthorizationError,
+    InvalidKeyError,
+    MalformedCredentialError,
+    ParseError,
+    SpiffeIdError,
+    SpirePqcError,
+    UnavailableError,
+)
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import HybridSvid
+from spire_pqc.workload.addr import Endpoint, resolve_endpoint
+
+SECURITY_METADATA = {"workload.spiffe.io": "true"}
+_WORKLOAD = "/SpiffeWorkloadAPI/"
+_HYBRID = "/spire_pqc.workload.v1.HybridWorkload/"
+MAX_CHAIN = 16
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClassicalSvidData:
+    """One X509-SVID from the standard Workload API (parsed, not verified)."""
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    key_der: bytes
+    hint: str
+
+
+@dataclass(frozen=True)
+class X509Context:
+    svids: tuple[ClassicalSvidData, ...]
+    bundles: BundleSet
+
+
+@dataclass(frozen=True)
+class HybridUpdate:
+    """One full state of the hybrid stream: SVIDs (default first) and both kinds of bundles."""
+
+    svids: tuple[HybridSvid, ...]
+    classical_bundles: BundleSet
+    pqc_bundles: BundleSet
+
+
+def split_certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
+    """Concatenated DER certificates (leaf first) → certificates."""
+    reader = DerReader(data, what=what)
+    out: list[x509.Certificate] = []
+    while not reader.at_end():
+        if len(out) >= MAX_CHAIN:
+            raise ParseError(f"{what}: more than {MAX_CHAIN} certificates")
+        tag, value = reader.read()
+        if tag != SEQUENCE:
+            raise ParseError(f"{what}: certificate {len(out)} is not a SEQUENCE")
+        try:
+            out.append(x509.load_der_x509_certificate(tlv(tag, value)))
+        except ValueError as exc:
+            raise ParseError(f"{what}: certificate {len(out)}: {exc}") from exc
+    if not out:
+        raise ParseError(f"{what}: no certificate")
+    return tuple(out)
+
+
+def _bundle(td: TrustDomain, der: bytes) -> X509Bundle | None:
+    return X509Bundle.from_der(td, der) if der else None
+
+
+def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
+    """Wire → domain. Keys must match certificates (HybridSvid refuses otherwise); not yet verified."""
+    svids = []
+    classical: dict[TrustDomain, X509Bundle] = {}
+    pqc: dict[TrustDomain, X509Bundle] = {}
+    for index, item in enumerate(message.svids):
+        where = f"hybrid SVID {index}"
+        try:
+            spiffe_id = SpiffeId.parse(item.spiffe_id)
+            classical_key = serialization.load_der_private_key(item.classical_key, password=None)
+            svid = HybridSvid(
+                spiffe_id=spiffe_id,
+                classical_chain=split_certificates(item.classical_chain, what=f"{where} classical chain"),
+                classical_key=classical_key,
+                pqc_chain=split_certificates(item.pqc_chain, what=f"{where} PQC chain"),
+                pqc_key=MLDSA65PrivateKey.from_pkcs8(item.pqc_key),
+                kem_chain=split_certificates(item.kem_certificate, what=f"{where} KEM certificate"),
+                kem_key=MLKEM768PrivateKey.from_pkcs8(item.kem_key),
+                hint=item.hint,
+            )
+        except (ValueError, TypeError, SpiffeIdError, InvalidKeyError, ParseError) as exc:
+            raise MalformedCredentialError(f"{where}: {exc}", spiffe_id=item.spiffe_id or None) from exc
+        td = spiffe_id.trust_domain
+        for table, der in ((classical, item.classical_bundle), (pqc, item.pqc_bundle)):
+            bundle = _bundle(td, der)
+            if bundle is not None:
+                table[td] = bundle
+        svids.append(svid)
+    for name, der in message.federated_pqc_bundles.items():
+        td = TrustDomain.parse(name)
+        bundle = _bundle(td, der)
+        if bundle is not None and td not in pqc:
+            pqc[td] = bundle
+    return HybridUpdate(tuple(svids), BundleSet(classical.values()), BundleSet(pqc.values()))
+
+
+def parse_x509_response(message: wl.X509SVIDResponse) -> X509Context:
+    svids = []
+    bundles: dict[TrustDomain, X509Bundle] = {}
+    for index, item in enumerate(message.svids):
+        spiffe_id = SpiffeId.parse(item.spiffe_id)
+        chain = split_certificates(item.x509_svid, what=f"X509-SVID {index}")
+        svids.append(ClassicalSvidData(spiffe_id, chain, bytes(item.x509_svid_key), item.hint))
+        bundle = _bundle(spiffe_id.trust_domain, item.bundle)
+        if bundle is not None:
+            bundles[spiffe_id.trust_domain] = bundle
+    for key, der in message.federated_bundles.items():
+        td = TrustDomain.parse(key)
+        bundle = _bundle(td, der)
+        if bundle is not None:
+            bundles.setdefault(td, bundle)
+    return X509Context(tuple(svids), BundleSet(bundles.values()))
+
+
+def parse_pqc_bundles(message: hy.PQCBundlesResponse) -> BundleSet:
+    return BundleSet(
+        X509Bundle.from_der(TrustDomain.parse(name), der) for name, der in message.bundles.items() if der
+    )
+
+
+@contextlib.contextmanager
+def _errors(endpoint: Endpoint) -> Iterator[None]:
+    try:
+        yield
+    except GRPCError as exc:
+        text = f"Workload API at {endpoint}: {exc.status.name}: {exc.message}"
+        if exc.status is Status.PERMISSION_DENIED:
+            raise AuthorizationError(text) from exc
+        if exc.status is Status.UNAVAILABLE:
+            raise UnavailableError(text) from exc
+        raise SpirePqcError(text) from exc
+    except (OSError, StreamTerminatedError, h2.exceptions.ProtocolError) as exc:
+        raise UnavailableError(f"Workload API at {endpoint}: {exc.__class__.__name__}: {exc}") from exc
+
+
+class WorkloadClient:
+    """One connection to the agent; every method opens its own gRPC stream on it."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.endpoint = resolve_endpoint(address)
+        self._channel: Channel | None = None
+
+    def _get_channel(self) -> Channel:
+        if self._channel is None:
+            if self.endpoint.path is not None:
+                self._channel = Channel(path=self.endpoint.path)
+            else:
+                self._channel = Channel(self.endpoint.host, self.endpoint.port)
+        return self._channel
+
+    async def _watch(self, method: str, request: Message, reply_type: type[Any]) -> AsyncIterator[Any]:
+        channel = self._get_channel()
+        with _errors(self.endpoint):
+            async with channel.request(
+                method, Cardinality.UNARY_STREAM, type(request), reply_type, metadata=SECURITY_METADATA
+            ) as stream:
+                await stream.send_message(request, end=True)
+                async for reply in stream:
+                    yield reply
+        raise UnavailableError(f"Workload API at {self.endpoint}: the server ended the stream")
+
+    async def watch_x509_context(self) -> AsyncGenerator[X509Context, None]:
+        async for reply in self._watch(
+            _WORKLOAD + "FetchX509SVID", wl.X509SVIDRequest(), wl.X509SVIDResponse
+        ):
+            yield parse_x509_response(reply)
+
+    async def fetch_x509_context(self) -> X509Context:
+        return await _first(self.watch_x509_context())
+
+    async def watch_hybrid_svids(self) -> AsyncGenerator[HybridUpdate, None]:
+        method = _HYBRID + "FetchHybridSVIDs"
+        async for reply in self._watch(method, hy.HybridSVIDRequest(), hy.HybridSVIDResponse):
+            yield parse_hybrid_response(reply)
+
+    async def fetch_hybrid_svids(self) -> HybridUpdate:
+        return await _first(self.watch_hybrid_svids())
+
+    async def watch_pqc_bundles(self) -> AsyncGenerator[BundleSet, None]:
+        method = _HYBRID + "FetchPQCBundles"
+        async for reply in self._watch(method, hy.PQCBundlesRequest(), hy.PQCBundlesResponse):
+            yield parse_pqc_bundles(reply)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> WorkloadClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+async def _first(iterator: AsyncIterator[T]) -> T:
+    try:
+        return await anext(iterator)
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
