@@ -74,7 +74,7 @@ class SpireSourceConfig:
 
     admin_socket_path: Path
     # The SPIRE agent's Workload API, from which this agent takes its own SVID (for mTLS to the PQC CA).
-    workload_socket_path: Path | None
+    workload_socket_path: Path
 
 
 @dataclass(frozen=True)
@@ -273,8 +273,8 @@ def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig |
     prefix = "source.spire."
     c.unknown(data, {"admin_socket_path", "workload_socket_path"}, prefix)
     admin = c.absolute_path(data, "admin_socket_path", prefix, required=True)
-    workload = c.absolute_path(data, "workload_socket_path", prefix)
-    return SpireSourceConfig(admin, workload) if admin is not None else None
+    workload = c.absolute_path(data, "workload_socket_path", prefix, required=True)
+    return SpireSourceConfig(admin, workload) if admin is not None and workload is not None else None
 
 
 def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:

@@ -16,16 +16,17 @@ from pathlib import Path
 from types import TracebackType
 
 from spire_pqc.agent.caclient import CAClient
-from spire_pqc.agent.config import AgentConfig, DevSourceConfig
+from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
 from spire_pqc.agent.handler import build_services
 from spire_pqc.agent.health import HealthServer
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.peercred import PeerCredServer, PeerTracker, ProcReader
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
+from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.bundle import X509Bundle
-from spire_pqc.errors import ConfigError, NotConfiguredError, SpirePqcError
+from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Agent:
         self._first_pqc_wait = first_pqc_wait
         self._server: PeerCredServer | None = None
         self._health: HealthServer | None = None
+        self._own: OwnIdentity | None = None
         self._provisioner: PqcProvisioner | None = None
         self._closing = False
 
@@ -120,12 +122,17 @@ class Agent:
         source_config = self.config.source
         if isinstance(source_config, DevSourceConfig):
             return DevIdentitySource(source_config)
-        raise NotConfiguredError("source.kind = 'spire' is not available in this build")
+        return DelegatedIdentitySource(source_config)
 
     async def _build_ca_client(self, source: IdentitySource) -> CAClient:
         if isinstance(source, DevIdentitySource):
             return source.ca_client()
-        raise ConfigError("ca: no PQC CA client for this identity source")
+        source_config = self.config.source
+        if self.config.ca is None or not isinstance(source_config, SpireSourceConfig):
+            raise ConfigError("ca: no PQC CA client for this identity source")
+        self._own = OwnIdentity(str(source_config.workload_socket_path))
+        self._own.start()
+        return grpc_ca_client(self.config.ca, self._own)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -176,6 +183,8 @@ class Agent:
             await self._source.close()  # wakes every watcher; their streams end with UNAVAILABLE
         if self._provisioner is not None:
             await self._provisioner.close()
+        if self._own is not None:
+            await self._own.close()
         if self._server is not None:
             grace = self.config.shutdown_grace.total_seconds()
             # Give handlers a moment to send their final status before grpclib cancels the rest.

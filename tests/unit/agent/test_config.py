@@ -69,7 +69,11 @@ def test_dev_source_refused_in_production() -> None:
 def test_spire_source_needs_ca_and_admin_socket() -> None:
     with pytest.raises(ConfigError) as info:
         parse({"agent": {"socket_path": "/run/a.sock"}, "source": {"kind": "spire", "spire": {}}})
-    assert [p.split(":")[0] for p in info.value.problems] == ["source.spire.admin_socket_path", "ca"]
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "source.spire.admin_socket_path",
+        "source.spire.workload_socket_path",
+        "ca",
+    ]
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

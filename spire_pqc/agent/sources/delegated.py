@@ -1,0 +1,251 @@
+"""SPIRE's Delegated Identity API as an identity source (the production source).
+
+The SPIRE agent attests the caller itself: for each open Workload API stream this source subscribes
+with ``SubscribeToX509SVIDs{pid}`` on the SPIRE agent's admin socket
+(``spire.api.agent.delegatedidentity.v1.DelegatedIdentity``, reference/workload-api-and-peers.md §1,
+"Per-workload SVIDs for a relay or broker"). SPIRE requires this agent's own SPIFFE ID to be listed
+in ``authorized_delegates``. Bundles come from one shared ``SubscribeToX509Bundles`` stream.
+
+SPIRE asks delegates to keep the PID from being recycled while the subscription is open; the
+caller's connection to us is held open for the same time, and :mod:`spire_pqc.agent.peercred`
+re-checks the PID before every answer.
+
+:class:`OwnIdentity` follows this agent's own X509-SVID from the SPIRE agent's Workload API (with the
+project's own Workload API client); it is the client certificate for the PQC CA endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+from cryptography.hazmat.primitives import serialization
+
+from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2 as di
+from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2_grpc as di_grpc
+from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
+from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
+from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.notify import Broadcast
+from spire_pqc.errors import AuthorizationError, SpiffeIdError, SpirePqcError, UnavailableError
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.workload.client import WorkloadClient
+
+log = logging.getLogger(__name__)
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError, what: str) -> SpirePqcError:
+    code = exc.code()
+    text = f"SPIRE agent {what}: {code.name}: {exc.details()}"
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        # Either the caller has no registration entry, or this agent is not an authorized delegate.
+        return AuthorizationError(text)
+    return UnavailableError(text)
+
+
+def parse_svids(response: di.SubscribeToX509SVIDsResponse) -> tuple[ClassicalSvid, ...]:
+    """Delegated Identity SVIDs → domain SVIDs (skipping, with a warning, any that do not parse)."""
+    svids = []
+    for item in response.x509_svids:
+        svid = item.x509_svid
+        try:
+            spiffe_id = SpiffeId.from_parts(svid.id.trust_domain, svid.id.path)
+            svids.append(
+                ClassicalSvid.from_der(
+                    spiffe_id, [bytes(c) for c in svid.cert_chain], bytes(item.x509_svid_key), svid.hint
+                )
+            )
+        except (SpirePqcError, ValueError) as exc:
+            log.warning("ignoring an X509-SVID from SPIRE that does not parse: %s", exc)
+    return tuple(svids)
+
+
+def parse_bundles(response: di.SubscribeToX509BundlesResponse) -> dict[TrustDomain, bytes]:
+    bundles = {}
+    for key, der in response.ca_certificates.items():
+        try:
+            bundles[TrustDomain.parse(key)] = bytes(der)  # SPIRE keys by trust domain ID or name
+        except SpiffeIdError as exc:
+            log.warning("ignoring a bundle from SPIRE with key %r: %s", key[:80], exc)
+    return bundles
+
+
+class DelegatedIdentitySource:
+    """Per-caller subscriptions on the SPIRE agent's admin socket."""
+
+    name = "spire"
+
+    def __init__(
+        self, config: SpireSourceConfig, *, retry_initial: float = 0.5, retry_max: float = 30.0
+    ) -> None:
+        self._config = config
+        self._channel: grpc.aio.Channel | None = None
+        self._bundles: Broadcast[dict[TrustDomain, bytes]] = Broadcast()
+        self._bundle_task: asyncio.Task[None] | None = None
+        self._retry = (retry_initial, retry_max)
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._bundles.value is not None and not self._closed
+
+    def _stub(self) -> di_grpc.DelegatedIdentityAsyncStub:
+        if self._channel is None:
+            raise UnavailableError("SPIRE delegated identity source not started")
+        return di_grpc.DelegatedIdentityStub(self._channel)
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(f"unix://{self._config.admin_socket_path}")
+        self._bundle_task = asyncio.create_task(self._follow_bundles(), name="spire-pqc-spire-bundles")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._bundle_task is not None:
+            self._bundle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bundle_task
+        self._bundles.close()
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def _follow_bundles(self) -> None:
+        delay, rng = self._retry[0], random.Random()  # noqa: S311 - jitter, not a secret
+        while not self._closed:
+            call = self._stub().SubscribeToX509Bundles(di.SubscribeToX509BundlesRequest())
+            try:
+                async for response in call:
+                    self._bundles.publish(parse_bundles(response))
+                    delay = self._retry[0]
+                log.warning("SPIRE agent ended the bundle stream; resubscribing")
+            except grpc.aio.AioRpcError as exc:
+                log.warning("%s; retrying in about %.1fs", _rpc_error(exc, "bundles"), delay)
+            finally:
+                call.cancel()
+            await asyncio.sleep(rng.uniform(delay / 2, delay))
+            delay = min(delay * 2, self._retry[1])
+
+    def _state(self, svids: tuple[ClassicalSvid, ...], federates_with: set[TrustDomain]) -> X509State:
+        all_bundles: Mapping[TrustDomain, bytes] = self._bundles.value or {}
+        own = {s.spiffe_id.trust_domain for s in svids}
+        return X509State(
+            svids, {td: der for td, der in all_bundles.items() if td in own or td in federates_with}
+        )
+
+    async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+        if self._bundles.value is None:
+            raise UnavailableError("waiting for the trust bundle from the SPIRE agent")
+        call = self._stub().SubscribeToX509SVIDs(di.SubscribeToX509SVIDsRequest(pid=caller.pid))
+        responses = call.__aiter__()
+        pending: asyncio.Future[Any] | None = None
+        bundles_changed: asyncio.Future[int] | None = None
+        try:
+            svids, federates = await self._next_svids(responses, caller)
+            seen = self._bundles.version
+            yield self._state(svids, federates)
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(self._next_svids(responses, caller))
+                bundles_changed = asyncio.ensure_future(self._bundles.wait_changed(seen))
+                done, _ = await asyncio.wait({pending, bundles_changed}, return_when=asyncio.FIRST_COMPLETED)
+                if bundles_changed in done:
+                    seen = bundles_changed.result()
+                else:
+                    bundles_changed.cancel()
+                bundles_changed = None
+                if pending in done:
+                    svids, federates = pending.result()
+                    pending = None
+                yield self._state(svids, federates)
+        finally:
+            for future in (pending, bundles_changed):
+                if future is not None and not future.done():
+                    future.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await future
+                elif future is not None and not future.cancelled():
+                    future.exception()
+            call.cancel()
+
+    async def _next_svids(
+        self, responses: AsyncIterator[di.SubscribeToX509SVIDsResponse], caller: Caller
+    ) -> tuple[tuple[ClassicalSvid, ...], set[TrustDomain]]:
+        try:
+            response = await anext(responses)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(exc, f"SVIDs for pid {caller.pid}") from exc
+        except StopAsyncIteration as exc:
+            raise UnavailableError("SPIRE agent ended the SVID stream") from exc
+        svids = parse_svids(response)
+        if not svids:
+            raise AuthorizationError("no identity issued")
+        federates = set()
+        for name in response.federates_with:
+            with contextlib.suppress(SpiffeIdError):
+                federates.add(TrustDomain.parse(name))
+        return svids, federates
+
+
+class OwnIdentity:
+    """This agent's own X509-SVID, followed on the SPIRE agent's Workload API (for mTLS to the PQC CA)."""
+
+    def __init__(self, workload_socket: str) -> None:
+        self._address = f"unix://{workload_socket}"
+        self._current: TLSIdentity | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="spire-pqc-own-identity")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def current(self, timeout: float = 10.0) -> TLSIdentity:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError as exc:
+            raise UnavailableError(f"no X509-SVID for this agent from {self._address} yet") from exc
+        assert self._current is not None
+        return self._current
+
+    async def _follow(self) -> None:
+        delay = 0.5
+        while True:
+            client = WorkloadClient(self._address)
+            try:
+                async for context in client.watch_x509_context():
+                    svid = context.svids[0]
+                    bundle = context.bundles.get(svid.spiffe_id.trust_domain)
+                    pem = serialization.Encoding.PEM
+                    key = serialization.load_der_private_key(svid.key_der, password=None)
+                    self._current = TLSIdentity(
+                        chain_pem=b"".join(c.public_bytes(pem) for c in svid.chain),
+                        key_pem=key.private_bytes(
+                            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                        ),
+                        bundle_pem=bundle.to_pem(),
+                    )
+                    self._ready.set()
+                    delay = 0.5
+            except SpirePqcError as exc:
+                log.warning("own X509-SVID from %s unavailable (%s); retrying", self._address, exc)
+            finally:
+                client.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def grpc_ca_client(config: CAClientConfig, own: OwnIdentity) -> GrpcCAClient:
+    return GrpcCAClient(
+        config.address, own.current, server_name=config.server_name, timeout=config.timeout.total_seconds()
+    )
