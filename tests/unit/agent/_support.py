@@ -49,13 +49,14 @@ def dev_config(
 
 @asynccontextmanager
 async def running_agent(config: AgentConfig | None = None, **kwargs: Any) -> AsyncIterator[Agent]:
-    directory = short_dir()
-    agent = Agent(config or dev_config(directory), **kwargs)
+    config = config or dev_config(short_dir())
+    agent = Agent(config, **kwargs)
     try:
         async with agent:
             yield agent
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if config.socket_path.parent.name.startswith("spa-"):  # made by short_dir()
+            shutil.rmtree(config.socket_path.parent, ignore_errors=True)
 
 
 async def first_reply(
