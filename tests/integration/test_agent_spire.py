@@ -1,0 +1,114 @@
+"""Real SPIRE v1.15.3 (no spire-pqc plugin): the agent relays SVIDs from SPIRE's Delegated Identity API.
+
+spire-server + spire-agent are started with the project's harness; the SPIRE agent's admin socket
+lists the spire-pqc agent's SPIFFE ID in ``authorized_delegates``. The test process is both the
+spire-pqc agent (in-process) and the workload: SPIRE attests it by PID for the subscription. The
+server runs without the CredentialComposer, so SVIDs carry no binding and PQC issuance cannot succeed:
+only the classical relay is checked here, and the hybrid extension must answer UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from spiffe import WorkloadApiClient
+
+from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.config import parse
+from spire_pqc.agent.server import Agent
+from tests.integration.spire import SpireAgent, SpireServer, cleanup, running, short_tempdir
+from tests.unit.agent._support import HEADER, first_reply
+
+pytestmark = pytest.mark.spire
+
+TD = "example.org"
+NODE = f"spiffe://{TD}/node1"
+DELEGATE = f"spiffe://{TD}/spire-pqc/agent"
+WORKLOAD = f"spiffe://{TD}/app"
+
+
+@dataclass
+class DelegatingSpireAgent(SpireAgent):
+    """SPIRE refuses an admin socket in (a subdirectory of) the Workload API socket's directory."""
+
+    admin_dir: Path = field(default_factory=short_tempdir)
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.admin_dir / "admin.sock"
+
+
+def _fetch(address: str) -> tuple[list[str], bytes]:
+    client = WorkloadApiClient(socket_path=address)
+    try:
+        context = client.fetch_x509_context()
+        ids = sorted(str(s.spiffe_id) for s in context.x509_svids)
+        bundle = context.x509_bundle_set.get_bundle_for_trust_domain(
+            context.default_svid.spiffe_id.trust_domain
+        )
+        assert bundle is not None
+        from cryptography.hazmat.primitives import serialization
+
+        return ids, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in bundle.x509_authorities)
+    finally:
+        client.close()
+
+
+@pytest.mark.asyncio
+async def test_relays_spire_svids_through_delegated_identity() -> None:
+    workdir = short_tempdir()
+    server = SpireServer(workdir)
+    spire_agent = DelegatingSpireAgent(workdir, server, authorized_delegates=[DELEGATE])
+    try:
+        with running(server, spire_agent):
+            await asyncio.to_thread(server.start)
+            token = await asyncio.to_thread(server.join_token, NODE)
+            for spiffe_id in (DELEGATE, WORKLOAD):
+                await asyncio.to_thread(
+                    server.cli, "entry", "create", "-parentID", NODE, "-spiffeID", spiffe_id,
+                    "-selector", f"unix:uid:{os.getuid()}",
+                )  # fmt: skip
+            await asyncio.to_thread(spire_agent.start, token)
+            # Wait until the SPIRE agent has synced the entries (its own Workload API serves them).
+            result = await asyncio.to_thread(spire_agent.fetch_x509, workdir / "fetched")
+            assert result.returncode == 0, result.stdout + result.stderr
+            config = parse(
+                {
+                    "agent": {"socket_path": str(workdir / "pqc.sock"), "shutdown_grace": "1s"},
+                    "source": {
+                        "kind": "spire",
+                        "spire": {
+                            "admin_socket_path": str(spire_agent.admin_socket),
+                            "workload_socket_path": str(spire_agent.socket),
+                        },
+                    },
+                    "ca": {"address": "127.0.0.1:1", "timeout": "1s"},  # no PQC CA in this test
+                    "pqc": {"retry_initial": "0.2s", "retry_max": "1s"},
+                }
+            )
+            async with Agent(config, first_pqc_wait=2.0) as agent:
+                deadline = time.monotonic() + 30
+                while not agent.ready:
+                    assert time.monotonic() < deadline, "no bundle from the SPIRE agent"
+                    await asyncio.sleep(0.1)
+                ids, bundle_pem = await asyncio.to_thread(_fetch, f"unix://{config.socket_path}")
+                assert ids == sorted([DELEGATE, WORKLOAD])
+                spire_bundle = x509.load_pem_x509_certificates(server.bundle_pem())
+                assert x509.load_pem_x509_certificates(bundle_pem) == spire_bundle
+                with pytest.raises(GRPCError) as info:
+                    await first_reply(
+                        config.socket_path, "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs",
+                        hy.HybridSVIDRequest(), hy.HybridSVIDResponse, metadata=HEADER,
+                    )  # fmt: skip
+                assert info.value.status is Status.UNAVAILABLE
+    finally:
+        cleanup(workdir)
+        cleanup(spire_agent.admin_dir)
