@@ -216,9 +216,12 @@ class SpireAgent:
     def socket(self) -> Path:
         return self.workdir / "agent.sock"
 
+    # spire-agent refuses an admin socket in (a subdirectory of) the Workload API socket's directory.
+    admin_dir: Path = field(default_factory=short_tempdir)
+
     @property
     def admin_socket(self) -> Path:
-        return self.workdir / "admin.sock"
+        return self.admin_dir / "admin.sock"
 
     @property
     def log_path(self) -> Path:
@@ -303,6 +306,7 @@ plugins {{
         if self._log is not None:
             self._log.close()
             self._log = None
+        shutil.rmtree(self.admin_dir, ignore_errors=True)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:

@@ -5,10 +5,11 @@ are :class:`~spire_pqc.errors.IssuanceError` (the CA refused; ``reason`` says wh
 :class:`~spire_pqc.errors.UnavailableError` (the CA could not be reached; retry later).
 
 :class:`GrpcCAClient` calls ``spire_pqc.ca.v1.PQCCertificateAuthority/IssuePQCSVID`` over TLS 1.3
-with mutual authentication: the client certificate is the node agent's own X509-SVID, the server is
-verified against the trust domain's classical bundle. grpcio's TLS (BoringSSL) offers
-X25519MLKEM768. grpcio verifies the server *name* (DNS SAN) and offers no hook to check a SPIFFE
-ID (STYLE.md §6), so the CA certificate must carry the DNS name given as ``ca.server_name``.
+with mutual authentication: the client certificate is the node agent's own X509-SVID. grpcio's
+TLS client only checks DNS names and SPIRE's server SVID carries only a SPIFFE URI SAN, so the
+connection goes through :class:`spire_pqc.channel.bridge.TLSBridge`: TLS 1.3 with X25519MLKEM768
+only, the server verified against the trust domain's classical bundle and required to be
+``server_id`` (default ``spiffe://<td>/spire/server``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from typing import Protocol
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
+from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import IssueRequest, IssueResponse
+from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
 from spire_pqc.crypto.aio import run_crypto
-from spire_pqc.errors import IssuanceError, UnavailableError
+from spire_pqc.errors import IssuanceError, SpirePqcError, UnavailableError
+from spire_pqc.spiffeid import SpiffeId, match_id
+from spire_pqc.svid import spiffe_id_of
 
 log = logging.getLogger(__name__)
 
@@ -75,36 +82,67 @@ _TRANSIENT = {
 
 
 class GrpcCAClient:
-    """``IssuePQCSVID`` over mTLS; a new channel whenever the agent's own SVID rotates."""
+    """``IssuePQCSVID`` through a hybrid-TLS bridge; picks up the agent's rotated SVID per connection."""
 
     def __init__(
         self,
         address: str,
         identity: Callable[[], Awaitable[TLSIdentity]],
         *,
-        server_name: str | None = None,
+        server_id: SpiffeId | None = None,
         timeout: float = 10.0,
     ) -> None:
+        host, _, port = address.rpartition(":")
         self._address = address
+        self._host_port = (host.strip("[]"), int(port))
         self._identity = identity
-        self._server_name = server_name
+        self._server_id = server_id
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
-        self._channel_identity: TLSIdentity | None = None
+        self._bridge: TLSBridge | None = None
+        self._tls: TLSIdentity | None = None
+        self._client: ClientIdentity | None = None
+        self._bundles: BundleSet | None = None
+
+    def _load(self, identity: TLSIdentity) -> None:
+        chain = tuple(x509.load_pem_x509_certificates(identity.chain_pem))
+        key = serialization.load_pem_private_key(identity.key_pem, password=None)
+        own = spiffe_id_of(chain[0])
+        self._client = ClientIdentity(chain, key)
+        self._bundles = BundleSet.from_certificates(
+            x509.load_pem_x509_certificates(identity.bundle_pem), trust_domain=own.trust_domain
+        )
+        if self._server_id is None:
+            # SPIRE's server SVID: the identity the plugin's endpoint presents.
+            self._server_id = SpiffeId.from_parts(own.trust_domain, "/spire/server")
+        self._tls = identity
+
+    def _current_client(self) -> ClientIdentity:
+        assert self._client is not None
+        return self._client
+
+    def _current_bundles(self) -> BundleSet:
+        assert self._bundles is not None
+        return self._bundles
 
     async def _stub(self) -> ca_pb2_grpc.PQCCertificateAuthorityAsyncStub:
         identity = await self._identity()
-        if self._channel is None or identity != self._channel_identity:
-            if self._channel is not None:
-                await self._channel.close(None)
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=identity.bundle_pem,
-                private_key=identity.key_pem,
-                certificate_chain=identity.chain_pem,
+        if identity != self._tls:
+            try:
+                self._load(identity)
+            except (ValueError, SpirePqcError) as exc:
+                raise UnavailableError(f"the agent's own X509-SVID is unusable for mTLS: {exc}") from exc
+        if self._bridge is None:
+            assert self._server_id is not None
+            self._bridge = TLSBridge(
+                self._host_port,
+                self._current_client,
+                self._current_bundles,
+                match_id(self._server_id),
+                timeout=self._timeout,
             )
-            options = [("grpc.ssl_target_name_override", self._server_name)] if self._server_name else []
-            self._channel = grpc.aio.secure_channel(self._address, credentials, options=options)
-            self._channel_identity = identity
+            self._channel = grpc.aio.insecure_channel(self._bridge.target)
+        assert self._channel is not None
         return ca_pb2_grpc.PQCCertificateAuthorityStub(self._channel)
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
@@ -136,3 +174,6 @@ class GrpcCAClient:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None

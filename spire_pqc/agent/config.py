@@ -75,6 +75,8 @@ class SpireSourceConfig:
     admin_socket_path: Path
     # The SPIRE agent's Workload API, from which this agent takes its own SVID (for mTLS to the PQC CA).
     workload_socket_path: Path
+    # Which of the SVIDs SPIRE gives this agent is its own identity (default: the first, SPIRE's default).
+    agent_id: SpiffeId | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ class CAClientConfig:
     """The PQC CA endpoint (spire_pqc.ca.v1.PQCCertificateAuthority), reached over mTLS."""
 
     address: str
-    # TLS server name the CA's certificate carries as a DNS SAN (grpcio checks DNS names, not SPIFFE IDs).
-    server_name: str | None
+    # SPIFFE ID the endpoint must present (default: spiffe://<td>/spire/server, SPIRE's server SVID).
+    server_id: SpiffeId | None
     timeout: dt.timedelta
 
 
@@ -271,23 +273,38 @@ def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | Non
 
 def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig | None:
     prefix = "source.spire."
-    c.unknown(data, {"admin_socket_path", "workload_socket_path"}, prefix)
+    c.unknown(data, {"admin_socket_path", "workload_socket_path", "agent_id"}, prefix)
     admin = c.absolute_path(data, "admin_socket_path", prefix, required=True)
     workload = c.absolute_path(data, "workload_socket_path", prefix, required=True)
-    return SpireSourceConfig(admin, workload) if admin is not None and workload is not None else None
+    agent_id = None
+    agent_id_text = c.string(data, "agent_id", prefix)
+    if agent_id_text is not None:
+        try:
+            agent_id = SpiffeId.parse(agent_id_text)
+        except SpiffeIdError as exc:
+            c.problem(f"{prefix}agent_id", str(exc))
+    return (
+        SpireSourceConfig(admin, workload, agent_id) if admin is not None and workload is not None else None
+    )
 
 
 def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
     if not data:
         return None
     prefix = "ca."
-    c.unknown(data, {"address", "server_name", "timeout"}, prefix)
+    c.unknown(data, {"address", "server_id", "timeout"}, prefix)
     address = c.string(data, "address", prefix, required=True)
-    server_name = c.string(data, "server_name", prefix)
+    server_id_text = c.string(data, "server_id", prefix)
+    server_id = None
+    if server_id_text is not None:
+        try:
+            server_id = SpiffeId.parse(server_id_text)
+        except SpiffeIdError as exc:
+            c.problem(f"{prefix}server_id", str(exc))
     timeout = c.duration(data, "timeout", prefix, dt.timedelta(seconds=10))
     if address is not None and ":" not in address:
         c.problem(f"{prefix}address", f"{address!r} is not host:port")
-    return CAClientConfig(address, server_name, timeout) if address is not None else None
+    return CAClientConfig(address, server_id, timeout) if address is not None else None
 
 
 def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:

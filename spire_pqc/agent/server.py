@@ -130,7 +130,7 @@ class Agent:
         source_config = self.config.source
         if self.config.ca is None or not isinstance(source_config, SpireSourceConfig):
             raise ConfigError("ca: no PQC CA client for this identity source")
-        self._own = OwnIdentity(str(source_config.workload_socket_path))
+        self._own = OwnIdentity(str(source_config.workload_socket_path), source_config.agent_id)
         self._own.start()
         return grpc_ca_client(self.config.ca, self._own)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -33,17 +31,6 @@ TD = "example.org"
 NODE = f"spiffe://{TD}/node1"
 DELEGATE = f"spiffe://{TD}/spire-pqc/agent"
 WORKLOAD = f"spiffe://{TD}/app"
-
-
-@dataclass
-class DelegatingSpireAgent(SpireAgent):
-    """SPIRE refuses an admin socket in (a subdirectory of) the Workload API socket's directory."""
-
-    admin_dir: Path = field(default_factory=short_tempdir)
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.admin_dir / "admin.sock"
 
 
 def _fetch(address: str) -> tuple[list[str], bytes]:
@@ -66,7 +53,7 @@ def _fetch(address: str) -> tuple[list[str], bytes]:
 async def test_relays_spire_svids_through_delegated_identity() -> None:
     workdir = short_tempdir()
     server = SpireServer(workdir)
-    spire_agent = DelegatingSpireAgent(workdir, server, authorized_delegates=[DELEGATE])
+    spire_agent = SpireAgent(workdir, server, authorized_delegates=[DELEGATE])
     try:
         with running(server, spire_agent):
             await asyncio.to_thread(server.start)
@@ -111,4 +98,3 @@ async def test_relays_spire_svids_through_delegated_identity() -> None:
                 assert info.value.status is Status.UNAVAILABLE
     finally:
         cleanup(workdir)
-        cleanup(spire_agent.admin_dir)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -194,8 +194,9 @@ class DelegatedIdentitySource:
 class OwnIdentity:
     """This agent's own X509-SVID, followed on the SPIRE agent's Workload API (for mTLS to the PQC CA)."""
 
-    def __init__(self, workload_socket: str) -> None:
+    def __init__(self, workload_socket: str, agent_id: SpiffeId | None = None) -> None:
         self._address = f"unix://{workload_socket}"
+        self._agent_id = agent_id
         self._current: TLSIdentity | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -218,13 +219,21 @@ class OwnIdentity:
         assert self._current is not None
         return self._current
 
+    def _pick(self, svids: Sequence[Any]) -> Any | None:
+        if self._agent_id is None:
+            return svids[0] if svids else None
+        return next((s for s in svids if s.spiffe_id == self._agent_id), None)
+
     async def _follow(self) -> None:
         delay = 0.5
         while True:
             client = WorkloadClient(self._address)
             try:
                 async for context in client.watch_x509_context():
-                    svid = context.svids[0]
+                    svid = self._pick(context.svids)
+                    if svid is None:
+                        log.warning("SPIRE gave this agent no SVID for %s; waiting", self._agent_id)
+                        continue
                     bundle = context.bundles.get(svid.spiffe_id.trust_domain)
                     pem = serialization.Encoding.PEM
                     key = serialization.load_der_private_key(svid.key_der, password=None)
@@ -247,5 +256,5 @@ class OwnIdentity:
 
 def grpc_ca_client(config: CAClientConfig, own: OwnIdentity) -> GrpcCAClient:
     return GrpcCAClient(
-        config.address, own.current, server_name=config.server_name, timeout=config.timeout.total_seconds()
+        config.address, own.current, server_id=config.server_id, timeout=config.timeout.total_seconds()
     )

@@ -9,9 +9,7 @@ import grpc
 import grpc.aio
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
@@ -34,27 +32,8 @@ def _pem_key(key: Any) -> bytes:
 
 
 def _server_cert(ca: DevClassicalCA) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pqc-ca.test")]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("pqc-ca.test"),
-                    x509.UniformResourceIdentifier("spiffe://example.org/spire/server"),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(ca.private_key, hashes.SHA256())
-    )
+    """The endpoint's identity: an X509-SVID for SPIRE's server ID, as the plugin presents."""
+    cert, key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/spire/server"))
     return cert.public_bytes(PEM), _pem_key(key)
 
 
@@ -104,7 +83,7 @@ async def test_issue_over_mtls_and_error_mapping() -> None:
     async def current() -> TLSIdentity:
         return identity
 
-    client = GrpcCAClient(f"127.0.0.1:{port}", current, server_name="pqc-ca.test", timeout=10)
+    client = GrpcCAClient(f"127.0.0.1:{port}", current, timeout=10)
     try:
         workload_cert, workload_key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/web"))
         mldsa, mlkem = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
@@ -132,7 +111,7 @@ async def test_issue_over_mtls_and_error_mapping() -> None:
         await client.close()
         await server.stop(None)
     # Nobody listening any more: UnavailableError, so the provisioner retries.
-    client = GrpcCAClient(f"127.0.0.1:{port}", current, server_name="pqc-ca.test", timeout=2)
+    client = GrpcCAClient(f"127.0.0.1:{port}", current, timeout=2)
     try:
         with pytest.raises(UnavailableError):
             await client.issue(request)
