@@ -184,3 +184,31 @@ class LifetimeError(VerificationError):
     """A PQC credential outlives the classical SVID it is bound to."""
 
     check = "pqc-outlives-classical"
+
+
+# --- channels (spire_pqc.channel) --------------------------------------------------------------
+
+
+class ChannelError(SpirePqcError):
+    """A secure channel could not be established or was broken."""
+
+
+class HandshakeError(ChannelError):
+    """The TLS handshake failed (or timed out) before any identity was established."""
+
+
+class NoHybridGroupError(HandshakeError):
+    """The peer offered no X25519MLKEM768 key exchange; a classical-only key exchange is refused."""
+
+
+class ProofMissingError(VerificationError):
+    """The peer sent no hybrid-mode PQ proof within the timeout, or closed the channel first."""
+
+    check = "pq-proof-missing"
+
+
+class ProofSignatureError(VerificationError):
+    """The peer's PQ proof signature does not verify over this session's channel binding (replayed
+    from another session, or made by a key other than the PQC SVID's)."""
+
+    check = "pq-proof-signature"

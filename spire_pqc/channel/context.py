@@ -1,0 +1,102 @@
+"""pyOpenSSL contexts for the channel: TLS 1.3 only, X25519MLKEM768 only, SVIDs as certificates.
+
+Certificate *verification* is deliberately not OpenSSL's: the verify callback accepts every chain
+at the OpenSSL layer, and the channel verifies the peer right after the handshake against the
+bundle of the peer's own trust domain (never a store merged across trust domains, the flaw
+described in reference/workload-api-and-peers.md §0 item 6), then runs the authorizer. No
+application byte is delivered before that.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from spire_pqc.channel.sources import Mode
+from spire_pqc.crypto.keys import NoEncryption
+from spire_pqc.errors import ChannelError, HandshakeError, NoHybridGroupError
+from spire_pqc.svid import HybridSvid
+
+HYBRID_GROUP = "X25519MLKEM768"
+# OpenSSL's SSL_MODE_NO_AUTO_CHAIN (ssl.h); cryptography's binding does not export the name.
+_SSL_MODE_NO_AUTO_CHAIN = 0x00000008
+
+
+def restrict_groups(ctx: SSL.Context, groups: bytes = HYBRID_GROUP.encode()) -> None:
+    """Offer/accept only ``groups``. pyOpenSSL 26.4 has no public group API (pyca/pyopenssl#1477),
+    so this is OpenSSL's ``SSL_CTX_set1_curves_list`` through the private binding
+    (reference/workload-api-and-peers.md §0 item 1, §5); hybrid groups exist only by name."""
+    lib = SSL._lib  # type: ignore[attr-defined]
+    setter = getattr(lib, "SSL_CTX_set1_groups_list", None) or lib.SSL_CTX_set1_curves_list
+    if setter(ctx._context, groups) != 1:
+        raise ChannelError(f"this OpenSSL cannot restrict TLS key exchange to {groups.decode()}")
+
+
+def _accept_at_openssl_layer(conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int) -> bool:
+    # The real verification runs after the handshake (module docstring); OpenSSL only has to ask
+    # for and receive the peer's chain.
+    return True
+
+
+def base_context() -> SSL.Context:
+    """TLS 1.3 only, hybrid group only, mutual authentication requested, no resumption."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    restrict_groups(ctx)
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_at_openssl_layer)
+    # No resumption: a resumed session would skip certificate authentication, and ML-DSA tickets
+    # are large (reference §4: 11.5 KB of ticket traffic per ML-DSA-65 mTLS connection).
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return ctx
+
+
+def _use_pqc_key(ctx: SSL.Context, svid: HybridSvid) -> None:
+    # crypto.PKey.from_cryptography_key rejects ML-DSA keys (reference §5 item 1, API notes), but
+    # OpenSSL's own PEM reader takes the seed-form PKCS#8 that MLDSA65PrivateKey writes. Passing
+    # the resulting PKey to Context.use_privatekey is deprecated in pyOpenSSL 26, so the key is
+    # installed with the same OpenSSL call that method makes (no key file is ever written).
+    pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, svid.pqc_key.pem(NoEncryption()))
+    if SSL._lib.SSL_CTX_use_PrivateKey(ctx._context, pkey._pkey) != 1:  # type: ignore[attr-defined]
+        raise ChannelError("OpenSSL refused the ML-DSA-65 private key")
+
+
+def _use_chain(ctx: SSL.Context, chain: tuple[x509.Certificate, ...]) -> None:
+    ctx.use_certificate(chain[0])
+    for cert in chain[1:]:
+        ctx.add_extra_chain_cert(cert)
+    # Send exactly the SVID chain: do not let OpenSSL add certificates from a verify store.
+    ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
+
+
+def context_for(mode: Mode, svid: HybridSvid) -> SSL.Context:
+    """A context presenting ``svid``'s classical chain (hybrid, spiffe) or PQC chain (pq-tls)."""
+    ctx = base_context()
+    if mode is Mode.PQ_TLS:
+        _use_chain(ctx, svid.pqc_chain)
+        _use_pqc_key(ctx, svid)
+    else:
+        _use_chain(ctx, svid.classical_chain)
+        ctx.use_privatekey(svid.classical_key)  # type: ignore[arg-type]  # EC/RSA/Ed25519 SVID keys
+    ctx.check_privatekey()
+    return ctx
+
+
+def classify_handshake_error(exc: SSL.Error, *, server_side: bool) -> HandshakeError:
+    """Turn OpenSSL's error stack into a typed error; a missing hybrid group gets its own type."""
+    reasons = " / ".join(str(item[2]) for item in exc.args[0] if len(item) > 2) if exc.args else ""
+    reasons = reasons or str(exc) or type(exc).__name__
+    if "no suitable key share" in reasons or "no shared group" in reasons:
+        return NoHybridGroupError(
+            f"the peer offered no {HYBRID_GROUP} key exchange (classical-only peer?); "
+            f"a classical key exchange is never negotiated ({reasons})"
+        )
+    if not server_side and "alert handshake failure" in reasons:
+        # We offer only X25519MLKEM768, and a server that supports no hybrid group answers the
+        # ClientHello with a handshake_failure alert (reference §5 item 1, observed).
+        return NoHybridGroupError(
+            f"the server refused our ClientHello, which offers only {HYBRID_GROUP}; it most likely "
+            f"supports no hybrid key exchange ({reasons})"
+        )
+    return HandshakeError(f"TLS handshake failed: {reasons}")
