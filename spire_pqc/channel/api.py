@@ -1,0 +1,264 @@
+"""asyncio streams over verified post-quantum channels: ``open_connection`` and ``start_server``.
+
+They mirror :func:`asyncio.open_connection` / :func:`asyncio.start_server`, plus what SPIFFE needs:
+a source of the local hybrid SVID, the bundles that verify peers (per trust domain) and a required
+authorizer. The returned :class:`SecureStreamWriter` tells who the peer is (``peer_id()``), which
+key exchange was negotiated (``group``, always X25519MLKEM768) and the ``mode``.
+
+Example::
+
+    reader, writer = await open_connection(
+        "127.0.0.1", 8443, source=source, classical_bundles=bundles, pqc_bundles=pqc_bundles,
+        authorizer=authorize_id("spiffe://example.org/api"),
+    )
+    writer.write(b"ping")
+    await writer.drain()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from OpenSSL import SSL
+
+from spire_pqc.bundle import BundleSource
+from spire_pqc.channel.authorize import Authorizer, check_authorizer
+from spire_pqc.channel.context import context_for
+from spire_pqc.channel.session import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_PROOF_TIMEOUT,
+    ConnectionInfo,
+    establish,
+)
+from spire_pqc.channel.sources import ChannelConfig, HybridSvidSource, Mode
+from spire_pqc.channel.tlsproto import TlsProtocol
+from spire_pqc.errors import SpirePqcError
+from spire_pqc.spiffeid import SpiffeId
+from spire_pqc.svid import HybridSvid
+
+log = logging.getLogger(__name__)
+
+_STREAM_LIMIT = 64 * 1024
+EXTRA_INFO_KEY = "spire_pqc"
+
+
+class SecureStreamWriter(asyncio.StreamWriter):
+    """An :class:`asyncio.StreamWriter` that also reports the verified peer and the channel."""
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.BaseProtocol,
+        reader: asyncio.StreamReader,
+        info: ConnectionInfo,
+    ) -> None:
+        super().__init__(transport, protocol, reader, asyncio.get_running_loop())
+        self.info = info
+
+    def peer_id(self) -> SpiffeId:
+        return self.info.peer_id
+
+    @property
+    def group(self) -> str:
+        return self.info.group
+
+    @property
+    def mode(self) -> Mode:
+        return self.info.mode
+
+
+class _ContextCache:
+    """One SSL.Context per (mode, SVID object): new connections use the source's current SVID."""
+
+    def __init__(self, mode: Mode) -> None:
+        self._mode = mode
+        self._svid: HybridSvid | None = None
+        self._context: SSL.Context | None = None
+
+    def get(self, svid: HybridSvid) -> SSL.Context:
+        if self._svid is not svid or self._context is None:
+            self._context = context_for(self._mode, svid)
+            self._svid = svid
+        return self._context
+
+
+def _config(
+    mode: Mode | str,
+    source: HybridSvidSource,
+    classical_bundles: BundleSource | None,
+    pqc_bundles: BundleSource | None,
+) -> ChannelConfig:
+    return ChannelConfig(Mode.parse(mode), source, classical_bundles, pqc_bundles)
+
+
+def _streams(
+    proto: TlsProtocol, info: ConnectionInfo, limit: int
+) -> tuple[asyncio.StreamReader, SecureStreamWriter]:
+    reader = asyncio.StreamReader(limit=limit)
+    app = asyncio.StreamReaderProtocol(reader)
+    transport = proto.attach(app, {EXTRA_INFO_KEY: info, "peer_id": info.peer_id})
+    return reader, SecureStreamWriter(transport, app, reader, info)
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    *,
+    source: HybridSvidSource,
+    authorizer: Authorizer,
+    classical_bundles: BundleSource | None = None,
+    pqc_bundles: BundleSource | None = None,
+    mode: Mode | str = Mode.HYBRID,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    proof_timeout: float = DEFAULT_PROOF_TIMEOUT,
+    limit: int = _STREAM_LIMIT,
+) -> tuple[asyncio.StreamReader, SecureStreamWriter]:
+    """Connect, verify the server for ``mode`` and return streams; raise a typed error otherwise."""
+    authorizer = check_authorizer(authorizer)
+    config = _config(mode, source, classical_bundles, pqc_bundles)
+    svid = source.get_hybrid_svid()
+    context = context_for(config.mode, svid)
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(lambda: TlsProtocol(context, server_side=False), host, port)
+    info = await establish(
+        proto, config, svid, authorizer, handshake_timeout=handshake_timeout, proof_timeout=proof_timeout
+    )
+    return _streams(proto, info, limit)
+
+
+ClientConnected = Callable[[asyncio.StreamReader, SecureStreamWriter], Awaitable[None] | None]
+
+
+class SecureServer:
+    """A listening channel server; ``async with`` closes it. ``failures`` keeps recent refusals."""
+
+    def __init__(
+        self,
+        callback: ClientConnected,
+        config: ChannelConfig,
+        authorizer: Authorizer,
+        *,
+        handshake_timeout: float,
+        proof_timeout: float,
+        limit: int,
+    ) -> None:
+        self._callback = callback
+        self._config = config
+        self._authorizer = authorizer
+        self._handshake_timeout = handshake_timeout
+        self._proof_timeout = proof_timeout
+        self._limit = limit
+        self._contexts = _ContextCache(config.mode)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failures: deque[SpirePqcError] = deque(maxlen=64)
+        self.accepted = 0
+
+    def _protocol(self) -> TlsProtocol:
+        svid = self._config.source.get_hybrid_svid()
+        proto = TlsProtocol(self._contexts.get(svid), server_side=True)
+        task = asyncio.get_running_loop().create_task(self._setup(proto, svid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return proto
+
+    async def _setup(self, proto: TlsProtocol, svid: HybridSvid) -> None:
+        try:
+            info = await establish(
+                proto,
+                self._config,
+                svid,
+                self._authorizer,
+                handshake_timeout=self._handshake_timeout,
+                proof_timeout=self._proof_timeout,
+            )
+        except SpirePqcError as exc:
+            self.failures.append(exc)
+            log.warning("refused %s connection from %s: %s", self._config.mode.value, _peername(proto), exc)
+            return
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("connection from %s failed during setup: %s", _peername(proto), exc)
+            return
+        self.accepted += 1
+        reader, writer = _streams(proto, info, self._limit)
+        try:
+            result = self._callback(reader, writer)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                await result
+        except Exception:
+            log.exception("connection handler for %s failed", info.peer_id)
+            writer.close()
+
+    async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._server = await asyncio.get_running_loop().create_server(self._protocol, host, port, **kwargs)
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first socket (useful with ``port=0``)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> SecureServer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _peername(proto: TlsProtocol) -> str:
+    raw = proto.raw
+    name = raw.get_extra_info("peername") if raw is not None else None
+    return str(name) if name else "(unknown)"
+
+
+async def start_server(
+    client_connected_cb: ClientConnected,
+    host: str | None,
+    port: int,
+    *,
+    source: HybridSvidSource,
+    authorizer: Authorizer,
+    classical_bundles: BundleSource | None = None,
+    pqc_bundles: BundleSource | None = None,
+    mode: Mode | str = Mode.HYBRID,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    proof_timeout: float = DEFAULT_PROOF_TIMEOUT,
+    limit: int = _STREAM_LIMIT,
+    **server_kwargs: Any,
+) -> SecureServer:
+    """Listen; ``client_connected_cb(reader, writer)`` runs only for verified, authorized peers."""
+    server = SecureServer(
+        client_connected_cb,
+        _config(mode, source, classical_bundles, pqc_bundles),
+        check_authorizer(authorizer),
+        handshake_timeout=handshake_timeout,
+        proof_timeout=proof_timeout,
+        limit=limit,
+    )
+    await server.start(host, port, **server_kwargs)
+    return server

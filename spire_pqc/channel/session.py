@@ -1,0 +1,188 @@
+"""Connection setup for every mode: handshake, peer verification, authorizer, hybrid PQ proof.
+
+:func:`establish` runs on a :class:`~spire_pqc.channel.tlsproto.TlsProtocol` that has not been
+attached to the application yet, so no application byte can be delivered before it returns. Each
+step fails with a typed error; the connection is closed on any failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from spire_pqc.channel import proof as pq
+from spire_pqc.channel.authorize import Authorizer
+from spire_pqc.channel.context import HYBRID_GROUP
+from spire_pqc.channel.sources import ChannelConfig, Mode
+from spire_pqc.channel.tlsproto import TlsProtocol
+from spire_pqc.crypto.aio import run_crypto
+from spire_pqc.errors import (
+    AuthorizationError,
+    HandshakeError,
+    NoHybridGroupError,
+    ProofMissingError,
+)
+from spire_pqc.spiffeid import SpiffeId
+from spire_pqc.svid import HybridSvid, verify_classical_svid, verify_pqc_svid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_PROOF_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What setup established about one connection."""
+
+    mode: Mode
+    group: str
+    role: str  # "client" or "server": this side's role
+    local_id: SpiffeId
+    peer_id: SpiffeId
+    peer_chain: tuple[x509.Certificate, ...] = field(repr=False)  # the TLS chain, leaf first
+    peer_pqc_chain: tuple[x509.Certificate, ...] = field(repr=False)  # () in spiffe mode
+
+
+def peer_chain(proto: TlsProtocol) -> tuple[x509.Certificate, ...]:
+    """The peer's TLS chain, leaf first (OpenSSL omits the leaf from a server's view of a client)."""
+    leaf = proto.tls.get_peer_certificate(as_cryptography=True)
+    rest = proto.tls.get_peer_cert_chain(as_cryptography=True) or []
+    if leaf is None:
+        raise HandshakeError("the peer presented no certificate")
+    if rest and rest[0] == leaf:
+        return tuple(rest)
+    return (leaf, *rest)
+
+
+async def establish(
+    proto: TlsProtocol,
+    config: ChannelConfig,
+    svid: HybridSvid,
+    authorizer: Authorizer,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    proof_timeout: float = DEFAULT_PROOF_TIMEOUT,
+) -> ConnectionInfo:
+    """Complete and verify the connection; raise a typed SpirePqcError (and close it) otherwise."""
+    try:
+        return await _establish(proto, config, svid, authorizer, handshake_timeout, proof_timeout)
+    except BaseException:
+        proto.abort()
+        raise
+
+
+async def _establish(
+    proto: TlsProtocol,
+    config: ChannelConfig,
+    svid: HybridSvid,
+    authorizer: Authorizer,
+    handshake_timeout: float,
+    proof_timeout: float,
+) -> ConnectionInfo:
+    role = "server" if proto.server_side else "client"
+    try:
+        async with asyncio.timeout(handshake_timeout):
+            await proto.handshake()
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake did not complete within {handshake_timeout:g}s") from None
+    group = proto.tls.get_group_name()
+    if group != HYBRID_GROUP:  # defence in depth: the context offers nothing else
+        raise NoHybridGroupError(f"negotiated key exchange {group}, not {HYBRID_GROUP}")
+    chain = peer_chain(proto)
+    now = dt.datetime.now(dt.UTC)
+    exporter_value = pq.exporter(proto.tls)
+
+    own_proof: asyncio.Future[pq.Proof] | None = None
+    if config.mode is Mode.HYBRID:
+        # Sign our proof while the peer's TLS chain is checked; send it as early as possible.
+        own_proof = asyncio.ensure_future(
+            run_crypto(functools.partial(pq.make_proof, svid, exporter_value, role=role))
+        )
+    try:
+        peer_id = await _verify_tls_identity(config, chain, now)
+        _authorize(authorizer, peer_id, chain)
+        pqc_chain: tuple[x509.Certificate, ...] = ()
+        if config.mode is Mode.PQ_TLS:
+            pqc_chain = chain
+        elif own_proof is not None:
+            try:
+                proto.write((await own_proof).encode())
+            except ConnectionError as exc:
+                raise ProofMissingError(
+                    f"the peer closed the channel before its PQ proof (it may have refused us: {exc})",
+                    spiffe_id=str(peer_id),
+                ) from exc
+            pqc_chain = await _receive_proof(
+                proto, config, peer_id, chain, exporter_value, role, proof_timeout, now
+            )
+    finally:
+        if own_proof is not None and not own_proof.done():
+            own_proof.cancel()
+    return ConnectionInfo(config.mode, group, role, svid.spiffe_id, peer_id, chain, pqc_chain)
+
+
+async def _verify_tls_identity(
+    config: ChannelConfig, chain: Sequence[x509.Certificate], now: dt.datetime
+) -> SpiffeId:
+    if config.mode is Mode.PQ_TLS:
+        assert config.pqc_bundles is not None
+        # ML-DSA-65 chain verification is CPU-bound: off the event loop.
+        spiffe_id, _ = await run_crypto(functools.partial(verify_pqc_svid, chain, config.pqc_bundles, at=now))
+        return spiffe_id
+    assert config.classical_bundles is not None
+    return verify_classical_svid(chain, config.classical_bundles, at=now)
+
+
+def _authorize(authorizer: Authorizer, peer_id: SpiffeId, chain: Sequence[x509.Certificate]) -> None:
+    try:
+        authorizer(peer_id, chain)
+    except AuthorizationError:
+        raise
+    except Exception as exc:  # an authorizer bug must refuse, never accept
+        raise AuthorizationError(f"authorizer failed for {peer_id}: {exc!r}") from exc
+
+
+async def _receive_proof(
+    proto: TlsProtocol,
+    config: ChannelConfig,
+    peer_id: SpiffeId,
+    chain: tuple[x509.Certificate, ...],
+    exporter_value: bytes,
+    role: str,
+    timeout: float,
+    now: dt.datetime,
+) -> tuple[x509.Certificate, ...]:
+    assert config.pqc_bundles is not None
+    sid = str(peer_id)
+    try:
+        async with asyncio.timeout(timeout):
+            length = pq.parse_header(await proto.read_exactly(pq.HEADER.size))
+            body = await proto.read_exactly(length)
+    except TimeoutError:
+        raise ProofMissingError(f"no PQ proof from the peer within {timeout:g}s", spiffe_id=sid) from None
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise ProofMissingError(
+            f"the peer closed the channel before its PQ proof ({exc})", spiffe_id=sid
+        ) from exc
+    proof = pq.parse_body(body)
+    peer_role = "client" if role == "server" else "server"
+    await run_crypto(
+        functools.partial(
+            pq.verify_proof,
+            proof,
+            tls_id=peer_id,
+            tls_leaf=chain[0],
+            exporter_value=exporter_value,
+            signer_role=peer_role,
+            pqc_bundles=config.pqc_bundles,
+            at=now,
+        )
+    )
+    return proof.chain

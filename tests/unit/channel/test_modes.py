@@ -1,0 +1,167 @@
+"""Every channel mode end to end on loopback, with credentials minted through devca + PQCIssuer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
+from spire_pqc.channel.authorize import authorize_id
+from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.errors import ConfigError
+from spire_pqc.svid import HybridSvid, der
+from tests.unit.channel._creds import World
+
+MODES = [Mode.HYBRID, Mode.SPIFFE, Mode.PQ_TLS]
+
+
+class RotatingSource:
+    """A source whose SVID changes between connections (what a live Workload API source does)."""
+
+    def __init__(self, svid: HybridSvid) -> None:
+        self.svid = svid
+
+    def get_hybrid_svid(self) -> HybridSvid:
+        return self.svid
+
+
+async def _echo_upper(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+    data = await reader.read()  # until the client's close_notify
+    writer.write(data.upper() + b"|" + str(writer.peer_id()).encode() + b"|" + writer.mode.value.encode())
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES, ids=[m.value for m in MODES])
+async def test_mode_end_to_end(
+    mode: Mode, world: World, server_svid: HybridSvid, client_svid: HybridSvid
+) -> None:
+    seen: list[tuple[str, str, Mode]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+        seen.append((str(writer.peer_id()), writer.group, writer.mode))
+        await _echo_upper(reader, writer)
+
+    async with await start_server(
+        handler, "127.0.0.1", 0,
+        source=StaticHybridSvidSource(server_svid),
+        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        authorizer=authorize_id(client_svid.spiffe_id), mode=mode,
+    ) as server:  # fmt: skip
+        reader, writer = await open_connection(
+            "127.0.0.1", server.port,
+            source=StaticHybridSvidSource(client_svid),
+            classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+            authorizer=authorize_id(server_svid.spiffe_id), mode=mode.value,
+        )  # fmt: skip
+        assert writer.group == "X25519MLKEM768"
+        assert writer.mode is mode
+        assert writer.peer_id() == server_svid.spiffe_id
+        tls_leaf = writer.info.peer_chain[0]
+        if mode is Mode.PQ_TLS:
+            assert der(tls_leaf) == der(server_svid.pqc_chain[0])
+        else:
+            assert der(tls_leaf) == der(server_svid.classical_chain[0])
+        if mode is Mode.HYBRID:
+            assert der(writer.info.peer_pqc_chain[0]) == der(server_svid.pqc_chain[0])
+        assert writer.get_extra_info("ssl_object").get_group_name() == "X25519MLKEM768"
+        writer.write(b"hello ")
+        writer.write(b"world")
+        writer.write_eof()  # TLS 1.3 half-close: the server still answers
+        reply = await reader.read()
+        assert reply == f"HELLO WORLD|{client_svid.spiffe_id}|{mode.value}".encode()
+        assert reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+    assert seen == [(str(client_svid.spiffe_id), "X25519MLKEM768", mode)]
+    assert server.accepted == 1 and not server.failures
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", [Mode.HYBRID, Mode.PQ_TLS], ids=["hybrid", "pq-tls"])
+async def test_large_transfer_is_back_pressured(
+    mode: Mode, world: World, server_svid: HybridSvid, client_svid: HybridSvid
+) -> None:
+    """The writer's drain() blocks while the server does not read, and every byte arrives intact."""
+    payload = os.urandom(24 * 1024 * 1024)
+    release = asyncio.Event()
+    digest: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+        await release.wait()
+        hasher, total = hashlib.sha256(), 0
+        while chunk := await reader.read(256 * 1024):
+            hasher.update(chunk)
+            total += len(chunk)
+        digest.set_result(hasher.digest() + total.to_bytes(8, "big"))
+        writer.close()
+
+    async with await start_server(
+        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
+        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        authorizer=authorize_id(client_svid.spiffe_id), mode=mode,
+    ) as server:  # fmt: skip
+        _, writer = await open_connection(
+            "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
+            classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+            authorizer=authorize_id(server_svid.spiffe_id), mode=mode,
+        )  # fmt: skip
+        writer.write(payload)
+        drain = asyncio.ensure_future(writer.drain())
+        await asyncio.sleep(0.3)
+        assert not drain.done(), "drain() must wait while the peer does not read"
+        release.set()
+        await asyncio.wait_for(drain, 30)
+        writer.write_eof()
+        assert await asyncio.wait_for(digest, 30) == hashlib.sha256(payload).digest() + len(payload).to_bytes(
+            8, "big"
+        )
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_new_connections_use_current_credentials(world: World, client_svid: HybridSvid) -> None:
+    first, second = world.main.mint("/rotating"), world.main.mint("/rotating")
+    source = RotatingSource(first)
+
+    async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+        writer.close()
+
+    async with await start_server(
+        handler, "127.0.0.1", 0, source=source,
+        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        authorizer=authorize_id(client_svid.spiffe_id),
+    ) as server:  # fmt: skip
+        leaves = []
+        for svid in (first, second):
+            source.svid = svid
+            _, writer = await open_connection(
+                "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
+                classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+                authorizer=authorize_id(first.spiffe_id),
+            )  # fmt: skip
+            leaves.append((der(writer.info.peer_chain[0]), der(writer.info.peer_pqc_chain[0])))
+            writer.close()
+            await writer.wait_closed()
+    assert leaves[0] == (der(first.classical_chain[0]), der(first.pqc_chain[0]))
+    assert leaves[1] == (der(second.classical_chain[0]), der(second.pqc_chain[0]))
+
+
+@pytest.mark.asyncio
+async def test_mode_needs_its_bundles(client_svid: HybridSvid) -> None:
+    with pytest.raises(ConfigError, match="pqc_bundles: required in hybrid mode"):
+        await open_connection(
+            "127.0.0.1", 1, source=StaticHybridSvidSource(client_svid),
+            authorizer=authorize_id(client_svid.spiffe_id), classical_bundles=None,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="not one of hybrid, spiffe, pq-tls"):
+        await open_connection(
+            "127.0.0.1", 1, source=StaticHybridSvidSource(client_svid),
+            authorizer=authorize_id(client_svid.spiffe_id), mode="tls12",
+        )  # fmt: skip
