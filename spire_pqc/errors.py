@@ -212,3 +212,9 @@ class ProofSignatureError(VerificationError):
     from another session, or made by a key other than the PQC SVID's)."""
 
     check = "pq-proof-signature"
+
+
+class MessageSignatureError(VerificationError):
+    """A PQ-signed message's ML-DSA-65 signature does not verify under the signer's PQC SVID."""
+
+    check = "message-signature"
