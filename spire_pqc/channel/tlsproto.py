@@ -69,6 +69,8 @@ class TlsProtocol(asyncio.Protocol):
         self._raw_read_paused = False
         self._write_paused = False  # raw transport above its high-water mark
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self.wire_received = 0  # raw TLS bytes from the network (for byte-cost measurements)
+        self.wire_sent = 0
 
     # --- raw transport callbacks -------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class TlsProtocol(asyncio.Protocol):
             self._advance()  # emits the ClientHello
 
     def data_received(self, data: bytes) -> None:
+        self.wire_received += len(data)
         try:
             self.tls.bio_write(data)
         except SSL.Error as exc:
@@ -185,6 +188,7 @@ class TlsProtocol(asyncio.Protocol):
             except SSL.WantReadError:
                 return
             if self._raw is not None and not self._raw.is_closing():
+                self.wire_sent += len(data)
                 self._raw.write(data)
 
     def _deliver_eof(self) -> None:
@@ -358,6 +362,10 @@ class TlsAppTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self._proto.is_closing()
+
+    def wire_bytes(self) -> tuple[int, int]:
+        """Raw TLS bytes ``(sent, received)`` on this connection so far, handshake included."""
+        return self._proto.wire_sent, self._proto.wire_received
 
     def close(self) -> None:
         self._proto.close()

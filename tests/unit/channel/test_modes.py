@@ -11,6 +11,7 @@ import pytest
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.tlsproto import TlsAppTransport
 from spire_pqc.errors import ConfigError
 from spire_pqc.svid import HybridSvid, der
 from tests.unit.channel._creds import World
@@ -70,6 +71,12 @@ async def test_mode_end_to_end(
         if mode is Mode.HYBRID:
             assert der(writer.info.peer_pqc_chain[0]) == der(server_svid.pqc_chain[0])
         assert writer.get_extra_info("ssl_object").get_group_name() == "X25519MLKEM768"
+        # The server's PQC chain crossed the wire in hybrid (proof) and pq-tls (TLS certificates) only.
+        transport = writer.transport
+        assert isinstance(transport, TlsAppTransport)
+        _, received = transport.wire_bytes()
+        pqc_chain_bytes = sum(len(der(c)) for c in server_svid.pqc_chain)
+        assert (received > pqc_chain_bytes) is (mode is not Mode.SPIFFE)
         writer.write(b"hello ")
         writer.write(b"world")
         writer.write_eof()  # TLS 1.3 half-close: the server still answers
