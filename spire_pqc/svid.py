@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import verification
@@ -61,6 +62,25 @@ def _now() -> dt.datetime:
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _check_parseable(chain: Sequence[x509.Certificate], role: str) -> None:
+    """Refuse a certificate whose lazily parsed parts (names, extensions, key) do not parse.
+
+    cryptography loads a certificate without parsing its names, extensions or public key; reading
+    them later raises ValueError (or UnsupportedAlgorithm). Parsing them here, before any check
+    reads them, makes such input end in a typed VerificationError like every other bad credential.
+    """
+    for index, cert in enumerate(chain):
+        try:
+            _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
+        except (
+            ValueError,
+            UnsupportedAlgorithm,
+            x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType,
+        ) as exc:
+            raise MalformedCredentialError(f"{role} certificate {index} does not parse: {exc}") from exc
 
 
 # --- leaf rules --------------------------------------------------------------------------------
@@ -141,6 +161,7 @@ def verify_classical_svid(
         raise ChainError("empty classical certificate chain")
     if len(chain) > MAX_CHAIN_LEN:
         raise ChainError(f"classical chain longer than {MAX_CHAIN_LEN} certificates")
+    _check_parseable(chain, "classical")
     when = at or _now()
     leaf = chain[0]
     spiffe_id = check_svid_leaf(leaf, role="classical leaf")
@@ -238,6 +259,7 @@ def verify_pqc_svid(
     """
     if not chain:
         raise ChainError("empty PQC SVID chain")
+    _check_parseable(chain, "PQC SVID")
     when = at or _now()
     leaf = chain[0]
     if leaf.public_key_algorithm_oid == ML_KEM_768:
@@ -276,6 +298,7 @@ def verify_kem_certificate(
     """Verify a KEM certificate chain: ML-KEM-768 key, keyEncipherment only, chains to the PQC bundle."""
     if not chain:
         raise ChainError("empty KEM certificate chain")
+    _check_parseable(chain, "KEM")
     when = at or _now()
     leaf = chain[0]
     spiffe_id = spiffe_id_of(leaf, role="KEM certificate")

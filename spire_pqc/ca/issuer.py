@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRESHNESS = dt.timedelta(seconds=60)
 DEFAULT_MAX_TTL = dt.timedelta(hours=24)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -153,18 +154,20 @@ class PQCIssuer:
                 raise IssuanceError(f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason="malformed")
             try:
                 parsed.append(x509.load_der_x509_certificate(raw))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
                 raise IssuanceError(
                     f"certificate {index} is not DER X.509: {exc}", reason="malformed"
                 ) from exc
         return parsed[0], parsed
 
     def _check_freshness(self, request: IssueRequest, now: dt.datetime) -> None:
-        stamped = dt.datetime.fromtimestamp(request.timestamp_ms / 1000, dt.UTC)
-        skew = abs(now - stamped)
-        if skew > self._freshness:
+        # Compare integer milliseconds: the wire carries any int64, and a datetime built from a
+        # timestamp outside years 1..9999 raises ValueError instead of refusing the request.
+        now_ms = (now - _EPOCH) // dt.timedelta(milliseconds=1)
+        skew_ms = abs(now_ms - request.timestamp_ms)
+        if skew_ms > self._freshness / dt.timedelta(milliseconds=1):
             raise IssuanceError(
-                f"request timestamp is {skew.total_seconds():.0f}s from the CA clock (window "
+                f"request timestamp is {skew_ms // 1000}s from the CA clock (window "
                 f"{self._freshness.total_seconds():.0f}s)",
                 reason="stale",
             )

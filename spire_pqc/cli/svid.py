@@ -59,7 +59,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def load_chain(path: Path) -> list[x509.Certificate]:
     try:
         chain = x509.load_pem_x509_certificates(read_public(path))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
         raise ParseError(f"{path}: not a PEM certificate chain ({exc})") from exc
     return chain
 
