@@ -65,10 +65,14 @@ def read_private(path: str | os.PathLike[str], *, max_size: int = 1 << 20) -> by
         raise KeyFileError("no such key file", path=str(target)) from exc
     except OSError as exc:
         raise KeyFileError(f"cannot open key file: {exc.strerror}", path=str(target)) from exc
+    except ValueError as exc:  # os.open refuses a path with a NUL byte this way
+        raise KeyFileError(f"cannot open key file: {exc}", path=str(target)) from exc
+    # Check the type before os.fdopen, which raises IsADirectoryError for a directory.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError("not a regular file", path=str(target))
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError("not a regular file", path=str(target))
         if info.st_mode & 0o077:
             raise KeyFilePermissionError(
                 f"mode {stat.S_IMODE(info.st_mode):04o} lets other users access a private key; "
@@ -91,6 +95,8 @@ def read_public(path: str | os.PathLike[str], *, max_size: int = 16 << 20) -> by
         raise KeyFileError("no such file", path=str(target)) from exc
     except OSError as exc:
         raise KeyFileError(f"cannot read: {exc.strerror}", path=str(target)) from exc
+    except ValueError as exc:  # a path with a NUL byte
+        raise KeyFileError(f"cannot read: {exc}", path=str(target)) from exc
     if len(data) > max_size:
         raise KeyFileError(f"larger than {max_size} bytes", path=str(target))
     return data

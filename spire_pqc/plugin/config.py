@@ -92,7 +92,10 @@ def parse_duration(text: str) -> dt.timedelta:
     if not text.strip() or not match:
         raise ValueError(f"{text!r} is not a duration like 60s, 5m or 1h30m")
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError as exc:  # timedelta's limit is 999999999 days
+        raise ValueError(f"{text!r} is longer than any usable duration") from exc
 
 
 def _parse_hcl(text: str) -> dict[str, Any]:
@@ -102,7 +105,11 @@ def _parse_hcl(text: str) -> dict[str, Any]:
         return {}
     try:
         data = hcl.loads(text)
-    except ValueError as exc:
+    # pyhcl raises ValueError for syntax errors, but its internals leak other exceptions on odd
+    # input (found by tests/unit/credentials/test_parsers_property.py): ZeroDivisionError for
+    # "a = 0/0", RecursionError for deep nesting, AttributeError for 'k = "" k {a = 1}'. All of
+    # them mean the text is not usable HCL, and plugin_data must fail as a ConfigError.
+    except Exception as exc:
         raise ConfigError([f"plugin_data is not valid HCL: {exc}"], source="spire-pqc plugin_data") from exc
     if not isinstance(data, dict):
         raise ConfigError(
