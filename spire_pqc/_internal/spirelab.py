@@ -124,8 +124,10 @@ plugins {{
     NodeAttestor "join_token" {{
         plugin_data {{}}
     }}
-    KeyManager "memory" {{
-        plugin_data {{}}
+    KeyManager "disk" {{
+        plugin_data {{
+            keys_path = "{self.workdir}/server/keys.json"
+        }}
     }}{composer}
 }}
 """
@@ -227,10 +229,13 @@ class SpireAgent:
     def log_path(self) -> Path:
         return self.workdir / "agent.log"
 
-    def start(self, token: str, *, timeout: float = 90) -> None:
+    def start(self, token: str | None, *, timeout: float = 90) -> None:
+        """Start; ``token`` is the join token (None on a restart: the agent reuses its cached SVID)."""
         (self.workdir / "agent").mkdir(parents=True, exist_ok=True)
+        self.admin_dir.mkdir(parents=True, exist_ok=True)
         bootstrap = self.workdir / "bootstrap.crt"
-        bootstrap.write_bytes(self.server.bundle_pem())
+        if token is not None or not bootstrap.exists():
+            bootstrap.write_bytes(self.server.bundle_pem())
         delegates = ""
         if self.authorized_delegates:
             delegates = (
@@ -267,7 +272,7 @@ plugins {{
         )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
-            [str(spire_bin("spire-agent")), "run", "-config", str(config), "-joinToken", token],
+            [str(spire_bin("spire-agent")), "run", "-config", str(config), *(["-joinToken", token] if token else [])],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )  # fmt: skip
         deadline = time.monotonic() + timeout

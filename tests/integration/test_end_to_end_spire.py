@@ -5,7 +5,8 @@ Delegated Identity API to the spire-pqc node agent; the spire-pqc agent obtains 
 SVID and KEM certificate from the endpoint with its own SPIRE-issued SVID; the workload (this test
 process, registered by unix:uid and attested by PID) receives a hybrid SVID over our socket that
 passes full hybrid verification, and — with a short SVID TTL — sees classical and PQC credentials
-rotate together.
+rotate together. The fault test stops and restarts spire-agent and spire-server (which hosts the
+PQC CA endpoint) under a running spire-pqc agent.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from spiffe import WorkloadApiClient
+from spiffe.workloadapi.errors import FetchX509SvidError
 
-from spire_pqc.agent.config import parse
+from spire_pqc.agent.config import AgentConfig, parse
 from spire_pqc.agent.server import Agent
 from spire_pqc.bundle import BundleSet
+from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.source import HybridX509Source
 from spire_pqc.x509 import certs
 from tests.integration.spire import SpireAgent, SpireServer, cleanup, free_port, running, short_tempdir
@@ -47,8 +54,37 @@ def _pqc_ca(directory: Path) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.asyncio
-async def test_workload_gets_verified_hybrid_svid_and_rotation_through_real_spire() -> None:
+@dataclass
+class Stack:
+    server: SpireServer
+    spire_agent: SpireAgent
+    config: AgentConfig
+    agent: Agent
+    classical: BundleSet
+    pqc: BundleSet
+
+    def workload(self, source: HybridX509Source) -> HybridSvid:
+        return next(s for s in source.svids if str(s.spiffe_id) == WORKLOAD)
+
+    async def next_rotation(
+        self, source: HybridX509Source, after_serial: int, timeout: float = 120
+    ) -> HybridSvid:
+        """Wait for a hybrid SVID whose classical leaf differs from ``after_serial``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = next((s for s in source.svids if str(s.spiffe_id) == WORKLOAD), None)
+            if current is not None and current.classical_chain[0].serial_number != after_serial:
+                return current
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "no rotation delivered"
+            try:
+                await source.wait_until_updated(timeout=min(remaining, 10.0))
+            except TimeoutError:
+                continue
+
+
+@asynccontextmanager
+async def spire_stack(ttl_seconds: int = 30) -> AsyncIterator[Stack]:
     workdir = short_tempdir()
     pqc_dir = workdir / "pqc"
     _pqc_ca(pqc_dir)
@@ -61,6 +97,7 @@ async def test_workload_gets_verified_hybrid_svid_and_rotation_through_real_spir
             "pqc_bundle_path": str(pqc_dir / "root.crt.pem"),
             "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
             "authorized_agents": [DELEGATE],
+            "ledger_path": str(workdir / "ledger.jsonl"),
         },
     )
     spire_agent = SpireAgent(workdir / "a", server, authorized_delegates=[DELEGATE])
@@ -68,15 +105,11 @@ async def test_workload_gets_verified_hybrid_svid_and_rotation_through_real_spir
         with running(server, spire_agent):
             await asyncio.to_thread(server.start)
             token = await asyncio.to_thread(server.join_token, NODE)
-            await asyncio.to_thread(
-                server.cli, "entry", "create", "-parentID", NODE, "-spiffeID", DELEGATE,
-                "-selector", f"unix:uid:{os.getuid()}",
-            )  # fmt: skip
-            # The workload: short TTL so SPIRE rotates its SVID during the test.
-            await asyncio.to_thread(
-                server.cli, "entry", "create", "-parentID", NODE, "-spiffeID", WORKLOAD,
-                "-selector", f"unix:uid:{os.getuid()}", "-x509SVIDTTL", "30",
-            )  # fmt: skip
+            for spiffe_id, ttl in ((DELEGATE, 3600), (WORKLOAD, ttl_seconds)):
+                await asyncio.to_thread(
+                    server.cli, "entry", "create", "-parentID", NODE, "-spiffeID", spiffe_id,
+                    "-selector", f"unix:uid:{os.getuid()}", "-x509SVIDTTL", str(ttl),
+                )  # fmt: skip
             await asyncio.to_thread(spire_agent.start, token)
             result = await asyncio.to_thread(spire_agent.fetch_x509, workdir / "fetched")
             assert result.returncode == 0, result.stdout + result.stderr
@@ -100,35 +133,85 @@ async def test_workload_gets_verified_hybrid_svid_and_rotation_through_real_spir
                 while not agent.ready:
                     assert time.monotonic() < deadline, "the spire-pqc agent never became ready"
                     await asyncio.sleep(0.2)
-                source = HybridX509Source(address=f"unix://{config.socket_path}")
-                try:
-                    await source.start(timeout=90)
-                    hybrid = next(s for s in source.svids if str(s.spiffe_id) == WORKLOAD)
-                    # Full hybrid verification, against the bundles SPIRE and our CA publish.
-                    classical = BundleSet.from_certificates(
-                        x509.load_pem_x509_certificates(server.bundle_pem())
-                    )
-                    pqc = BundleSet.from_certificates(
-                        x509.load_pem_x509_certificates((pqc_dir / "root.crt.pem").read_bytes())
-                    )
-                    verified = hybrid.verify(classical_bundles=classical, pqc_bundles=pqc)
-                    assert str(verified.spiffe_id) == WORKLOAD
-                    assert certs.mldsa_public_key(hybrid.pqc_chain[0]) == hybrid.pqc_key.public_key()
-                    first_serial = hybrid.classical_chain[0].serial_number
-                    first_pqc = hybrid.pqc_chain[0].serial_number
-
-                    # Rotation: SPIRE renews the 30 s SVID; the stream must deliver new classical AND PQC
-                    # credentials together (never a new classical SVID with the old PQC SVID).
-                    deadline = time.monotonic() + 120
-                    while True:
-                        await source.wait_until_updated(timeout=max(1.0, deadline - time.monotonic()))
-                        rotated = next((s for s in source.svids if str(s.spiffe_id) == WORKLOAD), None)
-                        if rotated is not None and rotated.classical_chain[0].serial_number != first_serial:
-                            break
-                        assert time.monotonic() < deadline, "no rotation delivered"
-                    assert rotated.pqc_chain[0].serial_number != first_pqc
-                    rotated.verify(classical_bundles=classical, pqc_bundles=pqc)
-                finally:
-                    await source.close()
+                classical = BundleSet.from_certificates(x509.load_pem_x509_certificates(server.bundle_pem()))
+                pqc_roots = x509.load_pem_x509_certificates((pqc_dir / "root.crt.pem").read_bytes())
+                yield Stack(
+                    server, spire_agent, config, agent, classical, BundleSet.from_certificates(pqc_roots)
+                )
     finally:
         cleanup(workdir)
+
+
+@asynccontextmanager
+async def hybrid_source(stack: Stack) -> AsyncIterator[HybridX509Source]:
+    source = HybridX509Source(address=f"unix://{stack.config.socket_path}")
+    try:
+        await source.start(timeout=90)
+        yield source
+    finally:
+        await source.close()
+
+
+async def _eventually_fetch(address: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.to_thread(_standard_fetch, address)
+        except FetchX509SvidError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+def _standard_fetch(address: str) -> str:
+    client = WorkloadApiClient(socket_path=address)
+    try:
+        return str(client.fetch_x509_svid().spiffe_id)
+    finally:
+        client.close()
+
+
+@pytest.mark.asyncio
+async def test_workload_gets_verified_hybrid_svid_and_rotation_through_real_spire() -> None:
+    async with spire_stack() as stack, hybrid_source(stack) as source:
+        hybrid = stack.workload(source)
+        verified = hybrid.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+        assert str(verified.spiffe_id) == WORKLOAD
+        assert certs.mldsa_public_key(hybrid.pqc_chain[0]) == hybrid.pqc_key.public_key()
+        # SPIRE renews the 30 s SVID; classical and PQC credentials must arrive together
+        # (never a new classical SVID beside the old PQC SVID).
+        rotated = await stack.next_rotation(source, hybrid.classical_chain[0].serial_number)
+        assert rotated.pqc_chain[0].serial_number != hybrid.pqc_chain[0].serial_number
+        assert rotated.pqc_key.public_key() != hybrid.pqc_key.public_key()
+        rotated.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+
+
+@pytest.mark.asyncio
+async def test_spire_agent_and_pqc_ca_restarts_under_a_running_agent() -> None:
+    async with spire_stack() as stack, hybrid_source(stack) as source:
+        socket_uri = f"unix://{stack.config.socket_path}"
+        first = stack.workload(source)
+
+        # 1. spire-agent restarts. Meanwhile a *new* caller cannot be attested (SPIRE is the source
+        #    of identities): it gets UNAVAILABLE, which clients retry; the open stream keeps its
+        #    current credentials. Afterwards new callers are served and rotations arrive again.
+        stack.spire_agent.stop()
+        with pytest.raises(FetchX509SvidError, match="UNAVAILABLE"):
+            await asyncio.to_thread(_standard_fetch, socket_uri)
+        stack.workload(source).verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+        await asyncio.to_thread(stack.spire_agent.start, None)
+        assert await _eventually_fetch(socket_uri) in (WORKLOAD, DELEGATE)
+        after_agent = await stack.next_rotation(source, first.classical_chain[0].serial_number)
+        after_agent.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+
+        # 2. spire-server (and with it the PQC CA endpoint) stops: the standard API is unaffected
+        #    and the hybrid stream keeps the still-valid credentials; after the restart, the next
+        #    rotation brings freshly issued PQC credentials again.
+        stack.server.stop()
+        assert await asyncio.to_thread(_standard_fetch, socket_uri) in (WORKLOAD, DELEGATE)
+        still = stack.workload(source)
+        still.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+        await asyncio.to_thread(stack.server.start)
+        recovered = await stack.next_rotation(source, still.classical_chain[0].serial_number, timeout=180)
+        assert recovered.pqc_chain[0].serial_number != still.pqc_chain[0].serial_number
+        recovered.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)

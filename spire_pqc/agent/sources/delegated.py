@@ -39,6 +39,14 @@ from spire_pqc.workload.client import WorkloadClient
 
 log = logging.getLogger(__name__)
 
+# The admin socket is local: reconnect quickly after a SPIRE agent restart instead of grpc's default
+# backoff (up to 120 s), during which every call would fail fast with the stale connect error.
+_LOCAL_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 
 def _rpc_error(exc: grpc.aio.AioRpcError, what: str) -> SpirePqcError:
     code = exc.code()
@@ -100,8 +108,19 @@ class DelegatedIdentitySource:
             raise UnavailableError("SPIRE delegated identity source not started")
         return di_grpc.DelegatedIdentityStub(self._channel)
 
+    def _connect(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            f"unix://{self._config.admin_socket_path}", options=_LOCAL_CHANNEL_OPTIONS
+        )
+
+    async def _reconnect(self) -> None:
+        """Replace the channel (a restarted SPIRE agent is a new socket)."""
+        old, self._channel = self._channel, self._connect()
+        if old is not None:
+            await old.close(None)
+
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(f"unix://{self._config.admin_socket_path}")
+        self._channel = self._connect()
         self._bundle_task = asyncio.create_task(self._follow_bundles(), name="spire-pqc-spire-bundles")
 
     async def close(self) -> None:
@@ -125,6 +144,8 @@ class DelegatedIdentitySource:
                 log.warning("SPIRE agent ended the bundle stream; resubscribing")
             except grpc.aio.AioRpcError as exc:
                 log.warning("%s; retrying in about %.1fs", _rpc_error(exc, "bundles"), delay)
+                if exc.code() is grpc.StatusCode.UNAVAILABLE and not self._closed:
+                    await self._reconnect()
             finally:
                 call.cancel()
             await asyncio.sleep(rng.uniform(delay / 2, delay))
