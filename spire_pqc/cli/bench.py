@@ -20,6 +20,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=200)
     ca.set_defaults(handler=_ca)
 
+    agent = sub.add_parser("agent", help="rotation fan-out to N open streams, RSS with 100 identities")
+    agent.set_defaults(handler=_agent)
+
+    channel = sub.add_parser("channel", help="mutual handshake latency and bytes per mode vs classical mTLS")
+    channel.add_argument("--handshakes", type=int, default=100)
+    channel.set_defaults(handler=_channel)
+
     composer = sub.add_parser(
         "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
     )
@@ -45,4 +52,18 @@ def _composer(args: argparse.Namespace) -> int:
     from spire_pqc.cli import bench_composer
 
     print(bench_composer.format_report(bench_composer.run(mints=args.mints)))
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_agent
+
+    print(bench_agent.run())
+    return 0
+
+
+def _channel(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_channel
+
+    print(bench_channel.format_report(bench_channel.run(handshakes=args.handshakes)))
     return 0

@@ -109,6 +109,10 @@ class HybridX509Source:
         svids = self.svids
         return self._picker(svids) if self._picker is not None else svids[0]
 
+    def get_hybrid_svid(self) -> HybridSvid:
+        """The channel layer's HybridSvidSource protocol: new connections use the current SVID."""
+        return self.svid
+
     @property
     def classical_bundles(self) -> BundleSet:
         return self._current().classical_bundles
