@@ -18,6 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,13 @@ class RssResult:
     baseline_kib: int
     serving_kib: int
     provisioned_kib: int
+    # Python heap growth while provisioning (tracemalloc): precise, unlike RSS deltas, which the
+    # allocator's reuse of freed arenas can hide or even invert.
+    heap_growth_kib: float
 
     @property
     def per_identity_kib(self) -> float:
-        return (self.provisioned_kib - self.serving_kib) / self.identities
+        return self.heap_growth_kib / self.identities
 
 
 def _rss_kib() -> int:
@@ -118,6 +122,8 @@ async def rss_with_identities(identities: int) -> RssResult:
         baseline = _rss_kib()
         async with Agent(_config(directory, identities)) as agent:
             serving = _rss_kib()
+            tracemalloc.start()
+            heap_before = tracemalloc.get_traced_memory()[0]
             channel = Channel(path=str(agent.socket_path))
             try:
                 async with channel.request(
@@ -133,7 +139,9 @@ async def rss_with_identities(identities: int) -> RssResult:
             finally:
                 channel.close()
             provisioned = _rss_kib()
-        return RssResult(identities, baseline, serving, provisioned)
+            heap_growth = (tracemalloc.get_traced_memory()[0] - heap_before) / 1024
+            tracemalloc.stop()
+        return RssResult(identities, baseline, serving, provisioned, heap_growth)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -142,16 +150,17 @@ def run(stream_counts: tuple[int, ...] = (10, 100, 1000), identities: int = 100)
     """Run both benchmarks and return a printable report."""
 
     async def both() -> tuple[list[FanoutResult], RssResult]:
-        fanouts = [await rotation_fanout(n) for n in stream_counts]
-        return fanouts, await rss_with_identities(identities)
+        # Memory first, before the 1,000-stream run inflates the heap.
+        rss = await rss_with_identities(identities)
+        return [await rotation_fanout(n) for n in stream_counts], rss
 
     fanouts, rss = asyncio.run(both())
     lines = ["agent: rotation -> last of N FetchX509SVID streams updated (in-process clients)"]
     lines += [f"  N={f.streams:5d}  last {f.last_ms:8.1f} ms  median {f.median_ms:8.1f} ms" for f in fanouts]
     lines.append(
         f"agent: RSS {rss.baseline_kib} KiB before start, {rss.serving_kib} KiB serving, "
-        f"{rss.provisioned_kib} KiB with {rss.identities} identities provisioned "
-        f"({rss.per_identity_kib:.1f} KiB per identity)"
+        f"{rss.provisioned_kib} KiB with {rss.identities} identities provisioned; "
+        f"Python heap +{rss.heap_growth_kib:.0f} KiB ({rss.per_identity_kib:.1f} KiB per identity)"
     )
     return "\n".join(lines)
 
