@@ -16,7 +16,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spire_pqc._internal.spirelab import SpireServer, cleanup, short_tempdir
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from spire_pqc._internal.spirelab import SpireServer, cleanup, free_port, short_tempdir
+from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
+from spire_pqc.bundle import BundleSet
+from spire_pqc.ca.request import build_request
+from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.spiffeid import match_id
+
+AGENT_ID = "spiffe://example.org/bench/node-agent"
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,10 @@ class ComposerReport:
     baseline_p99_ms: float
     plugin_p50_ms: float
     plugin_p99_ms: float
+    endpoint_requests: int = 0
+    endpoint_per_s: float = 0.0
+    endpoint_p50_ms: float = 0.0
+    endpoint_p99_ms: float = 0.0
 
 
 def _p99(samples: list[float]) -> float:
@@ -46,11 +64,73 @@ def _pqc_files(directory: Path, trust_domain: str) -> dict[str, object]:
     }
 
 
+def _load_svid(directory: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+    chain = x509.load_pem_x509_certificates((directory / "svid.pem").read_bytes())
+    return chain, serialization.load_pem_private_key((directory / "key.pem").read_bytes(), password=None)
+
+
+def _endpoint_latencies(server: SpireServer, port: int, requests: int) -> tuple[list[float], float]:
+    """IssuePQCSVID through the real endpoint (bridge, hybrid mTLS, one connection), one at a time."""
+    agent_dir, workload_dir = server.workdir / "agent-svid", server.workdir / "wl"
+    if server.mint(AGENT_ID, agent_dir).returncode != 0:
+        raise RuntimeError("cannot mint the node-agent SVID")
+    agent_chain, agent_key = _load_svid(agent_dir)
+    bundles = BundleSet.from_certificates(x509.load_pem_x509_certificates(server.bundle_pem()))
+    prepared = []
+    for index in range(requests):  # client-side work (SVIDs, keys, proofs) is not timed
+        if server.mint(f"spiffe://example.org/bench/wl/{index}", workload_dir).returncode != 0:
+            raise RuntimeError("cannot mint a workload SVID")
+        chain, key = _load_svid(workload_dir)
+        request = build_request(
+            tuple(c.public_bytes(serialization.Encoding.DER) for c in chain), key,
+            MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate().public_key().spki(),
+            timestamp_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        prepared.append(
+            ca_pb2.IssuePQCSVIDRequest(
+                classical_svid_chain=list(request.classical_chain),
+                mldsa65_public_key=request.mldsa_spki,
+                mlkem768_public_key=request.mlkem_spki,
+                timestamp_unix_ms=request.timestamp_ms,
+                nonce=request.nonce,
+                classical_proof=request.classical_proof,
+                mldsa_proof=request.mldsa_proof,
+            )
+        )
+    identity = ClientIdentity(tuple(agent_chain), agent_key)
+    bridge = TLSBridge(
+        ("127.0.0.1", port), lambda: identity, lambda: bundles, match_id("spiffe://example.org/spire/server")
+    )
+    channel = grpc.insecure_channel(bridge.target)
+    try:
+        stub = ca_pb2_grpc.PQCCertificateAuthorityStub(channel)
+        stub.IssuePQCSVID(prepared[0], timeout=30)  # warm-up: connection and handshake
+        latencies = []
+        started = time.perf_counter()
+        for message in prepared[1:]:
+            t0 = time.perf_counter()
+            stub.IssuePQCSVID(message, timeout=30)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+    finally:
+        channel.close()
+        bridge.close()
+    return latencies, elapsed
+
+
 def run(*, mints: int = 100) -> ComposerReport:
     base_dir, plugin_dir = short_tempdir(), short_tempdir()
     pqc_dir = Path(tempfile.mkdtemp(prefix="spire-pqc-bench-"))
     baseline = SpireServer(base_dir)
-    with_plugin = SpireServer(plugin_dir, composer_data=_pqc_files(pqc_dir, "example.org"))
+    endpoint_port = free_port()
+    with_plugin = SpireServer(
+        plugin_dir,
+        composer_data={
+            **_pqc_files(pqc_dir, "example.org"),
+            "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
+            "authorized_agents": [AGENT_ID],
+        },
+    )
     try:
         baseline.start()
         with_plugin.start()
@@ -62,6 +142,7 @@ def run(*, mints: int = 100) -> ComposerReport:
                 times[name].append(time.perf_counter() - started)
                 if result.returncode != 0:
                     raise RuntimeError(f"x509 mint failed on the {name} server: {result.stderr}")
+        endpoint, endpoint_elapsed = _endpoint_latencies(with_plugin, endpoint_port, max(2, mints // 2))
     finally:
         baseline.stop()
         with_plugin.stop()
@@ -73,6 +154,10 @@ def run(*, mints: int = 100) -> ComposerReport:
         baseline_p99_ms=_p99(times["baseline"]) * 1e3,
         plugin_p50_ms=statistics.median(times["plugin"]) * 1e3,
         plugin_p99_ms=_p99(times["plugin"]) * 1e3,
+        endpoint_requests=len(endpoint),
+        endpoint_per_s=len(endpoint) / endpoint_elapsed,
+        endpoint_p50_ms=statistics.median(endpoint) * 1e3,
+        endpoint_p99_ms=_p99(endpoint) * 1e3,
     )
 
 
@@ -85,5 +170,8 @@ def format_report(report: ComposerReport) -> str:
             f"  SPIRE with spire-pqc: p50 {report.plugin_p50_ms:7.1f} ms  p99 {report.plugin_p99_ms:7.1f} ms",
             f"  composer overhead at p50: {overhead:+.1f} ms per SVID "
             f"(ratio {report.plugin_p50_ms / report.baseline_p50_ms:.2f})",
+            f"  PQC CA endpoint ({report.endpoint_requests} sequential IssuePQCSVID, one hybrid mTLS connection): "
+            f"{report.endpoint_per_s:.1f} req/s",
+            f"    p50 {report.endpoint_p50_ms:.1f} ms  p99 {report.endpoint_p99_ms:.1f} ms",
         ]
     )
