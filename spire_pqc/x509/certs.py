@@ -348,7 +348,9 @@ def _can_sign_certs(cert: x509.Certificate) -> bool:
     try:
         return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     except x509.ExtensionNotFound:
-        return False
+        # RFC 5280 §4.2.1.3: without keyUsage the key is not restricted (OpenSSL's `req -x509`
+        # makes such roots); cA=true is still required by the caller.
+        return True
 
 
 def verify_pqc_chain(

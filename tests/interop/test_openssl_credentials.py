@@ -15,9 +15,9 @@ What OpenSSL 3.5 accepts (observed with 3.5.9, and asserted below so a change is
   digitalSignature or keyAgreement). Our own verifier never lets a KEM certificate authenticate
   anything (tests/unit/credentials: "kem-cert-as-pqc-svid").
 * A self-signed ML-DSA-65 certificate from ``openssl req -x509`` carries no keyUsage by default;
-  its signature verifies with ours, but our PQC chain verifier requires an explicit keyCertSign on
-  every CA, root included (stricter than RFC 5280 §4.2.1.3 allows for an absent keyUsage), so it
-  is a usable root only when made with ``-addext keyUsage=critical,keyCertSign``.
+  its signature verifies with ours, and our PQC chain verifier accepts it as a root: an absent
+  keyUsage does not restrict the key (RFC 5280 §4.2.1.3), while a present one must include
+  keyCertSign.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.bundle import BundleSet
 from spire_pqc.crypto.keys import NoEncryption
-from spire_pqc.errors import KeyUsageError, NotConfiguredError
+from spire_pqc.errors import NotConfiguredError
 from spire_pqc.svid import verify_pqc_svid
 from spire_pqc.x509 import certs
 
@@ -183,9 +183,8 @@ def test_openssl_self_signed_mldsa_certificate_verifies_with_ours(
     raw = bytearray(cert.public_bytes(serialization.Encoding.DER))
     raw[-7] ^= 0x01
     assert not certs.check_mldsa_signature(x509.load_der_x509_certificate(bytes(raw)), key)
-    # Without keyUsage (OpenSSL's default here) it is not a CA we chain to (see the module docstring).
-    with pytest.raises(KeyUsageError, match="lacks keyCertSign"):
-        certs.verify_pqc_chain([cert], [cert], at=dt.datetime.now(dt.UTC), spiffe_id=None)
+    # Without keyUsage (OpenSSL's default here) the CA key is unrestricted (RFC 5280 §4.2.1.3).
+    assert certs.verify_pqc_chain([cert], [cert], at=dt.datetime.now(dt.UTC), spiffe_id=None) == [cert]
 
 
 def test_openssl_root_and_leaf_verify_as_pqc_svid(openssl: OpenSSLCli, tmp_path: Path) -> None:
