@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from spire_pqc.bundle import BundleSource
+from spire_pqc.channel._framing import decode_chain_and_signature, encode_chain_and_signature
 from spire_pqc.channel.authorize import Authorizer
 from spire_pqc.crypto.mlkem import CIPHERTEXT_LEN
 from spire_pqc.errors import (
@@ -57,7 +58,7 @@ from spire_pqc.errors import (
     SpiffeIdError,
 )
 from spire_pqc.spiffeid import SpiffeId
-from spire_pqc.svid import HybridSvid, der, verify_kem_certificate, verify_pqc_svid
+from spire_pqc.svid import HybridSvid, verify_kem_certificate, verify_pqc_svid
 from spire_pqc.x509 import certs
 
 MESSAGE_CONTEXT = b"spire-pqc/message/v1"
@@ -65,7 +66,6 @@ SEAL_INFO = b"spire-pqc/seal/v1"
 _SIG_MAGIC = b"SPQS\x01"
 _ENV_MAGIC = b"SPQE\x01"
 _NONCE_LEN = 12
-_MAX_CERTS = 8
 
 
 def _bad(what: str) -> MalformedCredentialError:
@@ -87,42 +87,13 @@ def _authorize(authorizer: Authorizer, spiffe_id: SpiffeId, chain: Sequence[x509
 def sign_message(signer: HybridSvid, message: bytes) -> bytes:
     """A detached signature blob over ``message`` by ``signer``'s PQC SVID (CPU-bound)."""
     signature = signer.pqc_key.sign(message, context=MESSAGE_CONTEXT)
-    parts = [_SIG_MAGIC, bytes([len(signer.pqc_chain)])]
-    for cert in signer.pqc_chain:
-        raw = der(cert)
-        parts += [struct.pack(">I", len(raw)), raw]
-    parts += [struct.pack(">H", len(signature)), signature]
-    return b"".join(parts)
+    return _SIG_MAGIC + encode_chain_and_signature(signer.pqc_chain, signature)
 
 
 def _parse_signature(blob: bytes) -> tuple[tuple[x509.Certificate, ...], bytes]:
     if not blob.startswith(_SIG_MAGIC) or len(blob) < len(_SIG_MAGIC) + 1:
         raise _bad("not a spire-pqc message signature (magic/version)")
-    offset = len(_SIG_MAGIC)
-    count = blob[offset]
-    offset += 1
-    if not 1 <= count <= _MAX_CERTS:
-        raise _bad(f"signature chain must have 1..{_MAX_CERTS} certificates, has {count}")
-    chain = []
-    for index in range(count):
-        if offset + 4 > len(blob):
-            raise _bad("truncated certificate length")
-        (length,) = struct.unpack_from(">I", blob, offset)
-        offset += 4
-        if offset + length > len(blob):
-            raise _bad(f"certificate {index} truncated")
-        try:
-            chain.append(x509.load_der_x509_certificate(blob[offset : offset + length]))
-        except ValueError as exc:
-            raise _bad(f"certificate {index} is not DER X.509: {exc}") from exc
-        offset += length
-    if offset + 2 > len(blob):
-        raise _bad("truncated signature length")
-    (sig_len,) = struct.unpack_from(">H", blob, offset)
-    offset += 2
-    if offset + sig_len != len(blob):
-        raise _bad("signature length does not match the blob")
-    return tuple(chain), blob[offset:]
+    return decode_chain_and_signature(blob[len(_SIG_MAGIC) :], _bad, what="blob")
 
 
 def verify_message(

@@ -32,6 +32,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from spire_pqc.bundle import BundleSource
+from spire_pqc.channel._framing import decode_chain_and_signature, encode_chain_and_signature
 from spire_pqc.errors import (
     IdentityMismatchError,
     InvalidSignatureError,
@@ -53,7 +54,6 @@ RECORD_PROOF = 0x01
 VERSION = 0x01
 HEADER = struct.Struct(">BBI")
 MAX_BODY = 128 * 1024
-MAX_CERTS = 8
 _LABEL = b"spire-pqc hybrid proof v1"
 
 
@@ -74,12 +74,7 @@ class Proof:
 
     def encode(self) -> bytes:
         """The whole record (header included)."""
-        parts = [bytes([len(self.chain)])]
-        for cert in self.chain:
-            raw = der(cert)
-            parts += [struct.pack(">I", len(raw)), raw]
-        parts += [struct.pack(">H", len(self.signature)), self.signature]
-        body = b"".join(parts)
+        body = encode_chain_and_signature(self.chain, self.signature)
         return HEADER.pack(RECORD_PROOF, VERSION, len(body)) + body
 
 
@@ -112,31 +107,8 @@ def parse_body(body: bytes) -> Proof:
     def bad(why: str) -> MalformedCredentialError:
         return MalformedCredentialError(f"PQ proof: {why}", check="pq-proof-format")
 
-    if not body:
-        raise bad("empty")
-    count, offset = body[0], 1
-    if not 1 <= count <= MAX_CERTS:
-        raise bad(f"chain must have 1..{MAX_CERTS} certificates, has {count}")
-    chain = []
-    for index in range(count):
-        if offset + 4 > len(body):
-            raise bad("truncated certificate length")
-        (length,) = struct.unpack_from(">I", body, offset)
-        offset += 4
-        if offset + length > len(body):
-            raise bad(f"certificate {index} truncated")
-        try:
-            chain.append(x509.load_der_x509_certificate(body[offset : offset + length]))
-        except ValueError as exc:
-            raise bad(f"certificate {index} is not DER X.509: {exc}") from exc
-        offset += length
-    if offset + 2 > len(body):
-        raise bad("truncated signature length")
-    (sig_len,) = struct.unpack_from(">H", body, offset)
-    offset += 2
-    if offset + sig_len != len(body):
-        raise bad("signature length does not match the record")
-    return Proof(tuple(chain), body[offset:])
+    chain, signature = decode_chain_and_signature(body, bad, what="record")
+    return Proof(chain, signature)
 
 
 def verify_proof(
