@@ -26,6 +26,7 @@ __all__ = [
     "DevEntry",
     "DevSourceConfig",
     "SpireSourceConfig",
+    "TunnelConfig",
     "load",
     "parse",
     "parse_duration",
@@ -90,6 +91,23 @@ class CAClientConfig:
 
 
 @dataclass(frozen=True)
+class TunnelConfig:
+    """One tunnel (DESIGN.md §4): ``outbound`` (loopback plaintext → channel to ``remote``) or ``inbound``."""
+
+    direction: str  # "outbound" | "inbound"
+    name: str
+    listen: tuple[str, int]
+    spiffe_id: SpiffeId  # the local service whose hybrid SVID the tunnel presents
+    mode: str = "hybrid"
+    remote: tuple[str, int] | None = None  # outbound
+    peer_ids: tuple[SpiffeId, ...] = ()  # outbound: the remote must be one of these
+    target: tuple[str, int] | None = None  # inbound: local plaintext address
+    allowed_ids: tuple[SpiffeId, ...] = ()  # inbound: exactly one of allowed_ids / allowed_trust_domain
+    allowed_trust_domain: TrustDomain | None = None
+    allow_non_loopback: bool = False  # outbound: let non-local processes use this node's identity
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     socket_path: Path
     socket_mode: int
@@ -101,6 +119,7 @@ class AgentConfig:
     health_address: tuple[str, int] | None
     shutdown_grace: dt.timedelta
     pqc_federated_bundles: Mapping[TrustDomain, Path]
+    tunnels: tuple[TunnelConfig, ...] = ()
 
 
 class _Collector:
@@ -192,7 +211,7 @@ def _socket_mode(c: _Collector, value: object) -> int:
     return mode
 
 
-def _address(c: _Collector, key: str, text: str) -> tuple[str, int] | None:
+def _address(c: _Collector, key: str, text: str, *, loopback_only: bool = True) -> tuple[str, int] | None:
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -202,7 +221,7 @@ def _address(c: _Collector, key: str, text: str) -> tuple[str, int] | None:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
+    if loopback_only and not loopback:
         # Health and metrics reveal which identities the node serves: keep them local by default.
         c.problem(key, f"{text!r} must be a loopback address (127.0.0.1, ::1 or localhost)")
         return None
@@ -307,10 +326,148 @@ def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
     return CAClientConfig(address, server_id, timeout) if address is not None else None
 
 
+_MODES = ("hybrid", "spiffe", "pq-tls")  # spire_pqc.channel.Mode (agent config does not import the channel)
+_TUNNEL_KEYS = {
+    "outbound": {"name", "listen", "remote", "peer_ids", "mode", "spiffe_id", "allow_non_loopback"},
+    "inbound": {"name", "listen", "target", "allowed_ids", "allowed_trust_domain", "mode", "spiffe_id"},
+}
+
+
+def _spiffe_id(c: _Collector, key: str, value: object) -> SpiffeId | None:
+    if not isinstance(value, str):
+        c.problem(key, "must be a SPIFFE ID string")
+        return None
+    try:
+        sid = SpiffeId.parse(value)
+    except SpiffeIdError as exc:
+        c.problem(key, str(exc))
+        return None
+    if sid.is_root:
+        c.problem(key, "a workload SPIFFE ID needs a path")
+        return None
+    return sid
+
+
+def _id_list(c: _Collector, data: Mapping[str, Any], key: str, prefix: str) -> tuple[SpiffeId, ...] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        c.problem(f"{prefix}{key}", "must be a non-empty array of SPIFFE IDs")
+        return ()
+    ids = [_spiffe_id(c, f"{prefix}{key}[{i}]", v) for i, v in enumerate(value)]
+    return tuple(i for i in ids if i is not None)
+
+
+def _tunnel(
+    c: _Collector, direction: str, index: int, raw: object, identities: set[SpiffeId] | None
+) -> TunnelConfig | None:
+    where = f"tunnel.{direction}[{index}]."
+    if not isinstance(raw, Mapping):
+        c.problem(where[:-1], "must be a table")
+        return None
+    c.unknown(raw, _TUNNEL_KEYS[direction], where)
+    name = c.string(raw, "name", where, required=True)
+    mode = c.string(raw, "mode", where) or "hybrid"
+    if mode not in _MODES:
+        c.problem(f"{where}mode", f"{mode!r} is not one of {', '.join(_MODES)}")
+    sid = None
+    if "spiffe_id" not in raw:
+        c.problem(f"{where}spiffe_id", "missing (required): the local service identity the tunnel presents")
+    else:
+        sid = _spiffe_id(c, f"{where}spiffe_id", raw["spiffe_id"])
+        if sid is not None and identities is not None and sid not in identities:
+            c.problem(f"{where}spiffe_id", f"{sid} is not the SPIFFE ID of any [[source.dev.entries]]")
+    allow_non_loopback = False
+    if direction == "outbound":
+        allow_non_loopback = c.boolean(raw, "allow_non_loopback", where, False)
+    listen_text = c.string(raw, "listen", where, required=True)
+    listen = None
+    if listen_text is not None:
+        # Outbound: whoever reaches the plaintext listener speaks with this node's identity.
+        local_only = direction == "outbound" and not allow_non_loopback
+        listen = _address(c, f"{where}listen", listen_text, loopback_only=local_only)
+    remote = target = None
+    peer_ids: tuple[SpiffeId, ...] = ()
+    allowed_ids: tuple[SpiffeId, ...] = ()
+    allowed_td = None
+    if direction == "outbound":
+        remote_text = c.string(raw, "remote", where, required=True)
+        if remote_text is not None:
+            remote = _address(c, f"{where}remote", remote_text, loopback_only=False)
+        found = _id_list(c, raw, "peer_ids", where)
+        if found is None:
+            c.problem(f"{where}peer_ids", "missing (required): the SPIFFE ID(s) the remote must present")
+        peer_ids = found or ()
+    else:
+        target_text = c.string(raw, "target", where, required=True)
+        if target_text is not None:
+            target = _address(c, f"{where}target", target_text, loopback_only=False)
+        allowed_ids = _id_list(c, raw, "allowed_ids", where) or ()
+        td_text = c.string(raw, "allowed_trust_domain", where)
+        if td_text is not None:
+            try:
+                allowed_td = TrustDomain.parse(td_text)
+            except SpiffeIdError as exc:
+                c.problem(f"{where}allowed_trust_domain", str(exc))
+        if ("allowed_ids" in raw) == ("allowed_trust_domain" in raw):
+            c.problem(where[:-1], "give exactly one of allowed_ids, allowed_trust_domain")
+    if name is None or listen is None or sid is None:
+        return None
+    return TunnelConfig(
+        direction,
+        name,
+        listen,
+        sid,
+        mode,
+        remote,
+        peer_ids,
+        target,
+        allowed_ids,
+        allowed_td,
+        allow_non_loopback,
+    )
+
+
+def _tunnels(
+    c: _Collector, data: Mapping[str, Any], identity_source: DevSourceConfig | SpireSourceConfig | None
+) -> tuple[TunnelConfig, ...]:
+    c.unknown(data, {"outbound", "inbound"}, "tunnel.")
+    identities = None
+    if isinstance(identity_source, DevSourceConfig):
+        identities = {e.spiffe_id for e in identity_source.entries}
+    elif isinstance(identity_source, SpireSourceConfig) and data:
+        c.problem("tunnel", "tunnels need the dev source for now (selector-based SPIRE identities: not yet)")
+    tunnels: list[TunnelConfig] = []
+    for direction in ("outbound", "inbound"):
+        raw_list = data.get(direction, [])
+        if not isinstance(raw_list, list):
+            c.problem(f"tunnel.{direction}", f"must be an array of tables ([[tunnel.{direction}]])")
+            continue
+        for index, raw in enumerate(raw_list):
+            tunnel = _tunnel(c, direction, index, raw, identities)
+            if tunnel is not None:
+                tunnels.append(tunnel)
+    # Duplicate names are reported even among tunnels with other problems (one pass fixes all).
+    names = [
+        raw["name"]
+        for direction in ("outbound", "inbound")
+        if isinstance(data.get(direction), list)
+        for raw in data[direction]
+        if isinstance(raw, Mapping) and isinstance(raw.get("name"), str)
+    ]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        c.problem("tunnel", f"name {name!r} is used by more than one tunnel")
+    listens = [t.listen for t in tunnels if t.listen[1] != 0]
+    for host, port in sorted({a for a in listens if listens.count(a) > 1}):
+        c.problem("tunnel", f"listen address {host}:{port} is used by more than one tunnel")
+    return tuple(tunnels)
+
+
 def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:
     """Validate decoded TOML; raise ConfigError listing every problem."""
     c = _Collector()
-    c.unknown(data, {"agent", "source", "ca", "pqc", "health"}, "")
+    c.unknown(data, {"agent", "source", "ca", "pqc", "health", "tunnel"}, "")
     agent = c.table(data, "agent", "", required=True)
     c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace"}, "agent.")
     socket_path = c.absolute_path(agent, "socket_path", "agent.", required=True)
@@ -361,6 +518,8 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
     address_text = c.string(health, "listen_address", "health.")
     health_address = _address(c, "health.listen_address", address_text) if address_text else None
 
+    tunnels = _tunnels(c, c.table(data, "tunnel", ""), identity_source)
+
     if c.problems:
         raise ConfigError(c.problems, source=source)
     assert socket_path is not None and identity_source is not None
@@ -375,6 +534,7 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
         health_address=health_address,
         shutdown_grace=grace,
         pqc_federated_bundles=federated,
+        tunnels=tunnels,
     )
 
 

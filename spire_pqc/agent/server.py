@@ -25,9 +25,11 @@ from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
+from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, render_metrics
+from spire_pqc.agent.tunnel_identity import AgentSvidSource
 from spire_pqc.bundle import X509Bundle
 from spire_pqc.errors import ConfigError, SpirePqcError
-from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class Agent:
         self._own: OwnIdentity | None = None
         self._provisioner: PqcProvisioner | None = None
         self._closing = False
+        self._identities: dict[SpiffeId, AgentSvidSource] = {}
+        self.tunnels: list[OutboundTunnel | InboundTunnel] = []
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -105,7 +109,8 @@ class Agent:
 
     def render_metrics(self) -> str:
         self.metrics.peers = self._server.connections if self._server is not None else 0
-        return self.metrics.render()
+        text = self.metrics.render()
+        return text + render_metrics(self.tunnels) if self.tunnels else text
 
     @property
     def live(self) -> bool:
@@ -161,6 +166,7 @@ class Agent:
         await server.start(path=str(path), backlog=4096)
         os.chmod(path, self.config.socket_mode)
         self._server = server
+        await self._start_tunnels()
         if self.config.health_address is not None:
             host, port = self.config.health_address
             self._health = HealthServer(
@@ -174,11 +180,50 @@ class Agent:
             self._source.name,
         )
 
+    def tunnel_identity(self, spiffe_id: SpiffeId) -> AgentSvidSource:
+        """The hybrid SVID (and bundles) of ``spiffe_id`` from this agent's source, shared by its tunnels."""
+        identity = self._identities.get(spiffe_id)
+        if identity is None:
+            source = self.source
+            if not isinstance(source, DevIdentitySource):
+                raise ConfigError("tunnel: tunnels need the dev identity source for now")
+            identity = AgentSvidSource(spiffe_id, source.watch_id, self.provisioner)
+            identity.start()
+            self._identities[spiffe_id] = identity
+        return identity
+
+    async def _start_tunnels(self) -> None:
+        for tc in self.config.tunnels:
+            identity = self.tunnel_identity(tc.spiffe_id)
+            # Inbound listeners ask for the SVID on every accept: have one before listening.
+            await identity.wait_ready(max(self._first_pqc_wait, 10.0))
+            tunnel: OutboundTunnel | InboundTunnel
+            if tc.direction == "outbound":
+                assert tc.remote is not None
+                tunnel = OutboundTunnel(
+                    tc.name, listen=tc.listen, remote=tc.remote, peer_ids=tc.peer_ids, source=identity,
+                    classical_bundles=identity, pqc_bundles=identity.pqc_bundles, mode=tc.mode,
+                    allow_non_loopback=tc.allow_non_loopback,
+                )  # fmt: skip
+            else:
+                assert tc.target is not None
+                tunnel = InboundTunnel(
+                    tc.name, listen=tc.listen, target=tc.target, source=identity, classical_bundles=identity,
+                    pqc_bundles=identity.pqc_bundles, allowed_ids=tc.allowed_ids,
+                    allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode,
+                )  # fmt: skip
+            await tunnel.start()
+            self.tunnels.append(tunnel)
+
     async def close(self) -> None:
         """Graceful stop: end open streams with UNAVAILABLE, stop the server, forget every key."""
         if self._closing:
             return
         self._closing = True
+        for tunnel in self.tunnels:
+            await tunnel.close()
+        for identity in self._identities.values():
+            await identity.close()
         if self._source is not None:
             await self._source.close()  # wakes every watcher; their streams end with UNAVAILABLE
         if self._provisioner is not None:

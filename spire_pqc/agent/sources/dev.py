@@ -30,6 +30,7 @@ from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, UnavailableError
+from spire_pqc.spiffeid import SpiffeId
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,14 @@ class DevIdentitySource:
         td = self._config.trust_domain
         async for state in self._state.updates():
             yield X509State(tuple(state.svids[e] for e in entries), {td: state.bundle_der})
+
+    async def watch_id(self, spiffe_id: SpiffeId) -> AsyncIterator[X509State]:
+        """Like :meth:`watch`, for the agent itself acting as ``spiffe_id`` (its tunnels), not a caller."""
+        entries = [e for e in self._config.entries if e.spiffe_id == spiffe_id]
+        if not entries:
+            raise AuthorizationError(f"no dev entry has the SPIFFE ID {spiffe_id}")
+        if self._state.value is None:
+            raise UnavailableError("dev identity source is initialising")
+        td = self._config.trust_domain
+        async for state in self._state.updates():
+            yield X509State((state.svids[entries[0]],), {td: state.bundle_der})

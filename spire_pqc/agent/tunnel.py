@@ -1,0 +1,338 @@
+"""Tunnels: the post-quantum channel for processes that cannot change their code (DESIGN.md §4).
+
+An :class:`OutboundTunnel` listens for plaintext TCP on loopback and carries each connection over a
+hybrid (or ``spiffe`` / ``pq-tls``) channel to a remote agent whose SPIFFE ID must be one of the
+expected ones. An :class:`InboundTunnel` listens for channel connections, admits the allowed peers
+only, and forwards each to a local plaintext address. Both present the hybrid SVID of a local
+service (an :class:`~spire_pqc.channel.HybridSvidSource`, asked again for every new connection, so a
+rotation takes effect on new connections while open ones keep running).
+
+Bytes are pumped both ways with back-pressure (``drain()`` after each chunk), half-close is passed on
+(EOF on one side becomes ``write_eof`` on the other: a TLS close_notify, RFC 8446 §6.1, or a TCP FIN),
+and the connection is closed once both directions ended. Counters (:class:`TunnelStats`) feed the
+agent's ``/metrics``; every refusal is logged with the peer and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spire_pqc.bundle import BundleSource
+from spire_pqc.channel import (
+    Authorizer,
+    HybridSvidSource,
+    Mode,
+    SecureServer,
+    authorize_member_of,
+    authorize_one_of,
+    open_connection,
+    start_server,
+)
+from spire_pqc.errors import ConfigError, SpirePqcError, UnavailableError
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024  # bytes read per pump step; large enough that TLS record overhead stays small
+_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass
+class TunnelStats:
+    """Counters of one tunnel (monotonic except ``open``)."""
+
+    accepted: int = 0  # connections carried
+    refused: int = 0  # refused for the peer's credentials or authorization
+    failed: int = 0  # network failures (remote or target unreachable, resets)
+    open: int = 0
+    bytes_out: int = 0  # towards the remote side (over the channel)
+    bytes_in: int = 0  # from the remote side
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: list[int]) -> None:
+    """Copy until EOF, then pass the half-close on; ``count[0]`` accumulates the bytes copied."""
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        count[0] += len(data)
+        await writer.drain()  # back-pressure: never buffer more than the transport's high-water mark
+    if writer.can_write_eof() and not writer.is_closing():
+        writer.write_eof()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, SpirePqcError, asyncio.IncompleteReadError):
+        await writer.wait_closed()
+
+
+async def splice(
+    local: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    remote: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    stats: TunnelStats,
+) -> None:
+    """Pump local → remote and remote → local until both ended; any error aborts both sides."""
+    out, back = [0], [0]
+    tasks = [
+        asyncio.create_task(_pump(local[0], remote[1], out)),
+        asyncio.create_task(_pump(remote[0], local[1], back)),
+    ]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+        if errors:
+            for task in pending:
+                task.cancel()
+            local[1].transport.abort()
+            remote[1].transport.abort()
+            await asyncio.gather(*pending, return_exceptions=True)
+            stats.failed += 1
+            log.info("tunnel connection ended with an error: %s", errors[0])
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stats.bytes_out += out[0]
+        stats.bytes_in += back[0]
+        await _close(local[1])
+        await _close(remote[1])
+
+
+class _Tunnel:
+    """Shared lifecycle: connection tasks are tracked so ``close()`` ends them cleanly."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = TunnelStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_connections(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class OutboundTunnel(_Tunnel):
+    """Local plaintext listener → channel to ``remote``, whose SPIFFE ID must be one of ``peer_ids``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        listen: tuple[str, int],
+        remote: tuple[str, int],
+        peer_ids: Sequence[SpiffeId | str],
+        source: HybridSvidSource,
+        classical_bundles: BundleSource | None,
+        pqc_bundles: BundleSource | None,
+        mode: Mode | str = Mode.HYBRID,
+        allow_non_loopback: bool = False,
+    ) -> None:
+        super().__init__(name)
+        if not peer_ids:
+            raise ConfigError(f"tunnel {name}: peer_ids must name at least one SPIFFE ID")
+        if not allow_non_loopback and not is_loopback(listen[0]):
+            # Anyone who can reach the plaintext side speaks with this node's identity: keep it local.
+            raise ConfigError(f"tunnel {name}: listen address {listen[0]!r} is not loopback")
+        self.listen = listen
+        self.remote = remote
+        self.mode = Mode.parse(mode)
+        self._authorizer: Authorizer = authorize_one_of(*peer_ids)
+        self._source = source
+        self._classical = classical_bundles
+        self._pqc = pqc_bundles
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None:
+            raise SpirePqcError(f"tunnel {self.name} not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+        log.info(
+            "tunnel %s: %s:%d → %s %s:%d",
+            self.name, self.listen[0], self.port, self.mode.value, self.remote[0], self.remote[1],
+        )  # fmt: skip
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track()
+        client = writer.get_extra_info("peername")
+        host, port = self.remote
+        try:
+            remote = await asyncio.wait_for(
+                open_connection(
+                    host, port, source=self._source, authorizer=self._authorizer,
+                    classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
+                ),
+                _CONNECT_TIMEOUT,
+            )  # fmt: skip
+        except UnavailableError as exc:  # our own identity is not ready: not the remote's fault
+            self.stats.failed += 1
+            log.warning("tunnel %s: no local credentials yet: %s", self.name, exc)
+            await _close(writer)
+            return
+        except SpirePqcError as exc:
+            self.stats.refused += 1
+            log.warning("tunnel %s: refused remote %s:%d (for %s): %s", self.name, host, port, client, exc)
+            await _close(writer)
+            return
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            self.stats.failed += 1
+            log.warning("tunnel %s: cannot reach %s:%d: %s", self.name, host, port, exc)
+            await _close(writer)
+            return
+        self.stats.accepted += 1
+        self.stats.open += 1
+        try:
+            await splice((reader, writer), remote, self.stats)
+        finally:
+            self.stats.open -= 1
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._cancel_connections()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _RefusalLog(deque[SpirePqcError]):
+    """The channel server's refusal log, counted into the tunnel's stats (the deque itself is bounded)."""
+
+    def __init__(self, stats: TunnelStats) -> None:
+        super().__init__(maxlen=64)
+        self._stats = stats
+
+    def append(self, item: SpirePqcError) -> None:
+        self._stats.refused += 1
+        super().append(item)
+
+
+class InboundTunnel(_Tunnel):
+    """Channel listener admitting ``allowed_ids`` (or members of ``allowed_trust_domain``) → ``target``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        source: HybridSvidSource,
+        classical_bundles: BundleSource | None,
+        pqc_bundles: BundleSource | None,
+        allowed_ids: Sequence[SpiffeId | str] = (),
+        allowed_trust_domain: TrustDomain | str | None = None,
+        mode: Mode | str = Mode.HYBRID,
+    ) -> None:
+        super().__init__(name)
+        authorizer: Authorizer
+        if allowed_ids and allowed_trust_domain is None:
+            authorizer = authorize_one_of(*allowed_ids)
+        elif allowed_trust_domain is not None and not allowed_ids:
+            authorizer = authorize_member_of(allowed_trust_domain)
+        else:
+            raise ConfigError(f"tunnel {name}: give exactly one of allowed_ids, allowed_trust_domain")
+        self.listen = listen
+        self.target = target
+        self.mode = Mode.parse(mode)
+        self._authorizer = authorizer
+        self._source = source
+        self._classical = classical_bundles
+        self._pqc = pqc_bundles
+        self._server: SecureServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise SpirePqcError(f"tunnel {self.name} not started")
+        return self._server.port
+
+    async def start(self) -> None:
+        self._server = await start_server(
+            self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
+            classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
+        )  # fmt: skip
+        # The channel server logs each refusal with the peer address and reason; we count them.
+        self._server.failures = _RefusalLog(self.stats)
+        log.info(
+            "tunnel %s: %s %s:%d → %s:%d",
+            self.name, self.mode.value, self.listen[0], self.port, self.target[0], self.target[1],
+        )  # fmt: skip
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track()
+        peer = writer.get_extra_info("peer_id")
+        try:
+            local = await asyncio.wait_for(asyncio.open_connection(*self.target), _CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            self.stats.failed += 1
+            log.warning("tunnel %s: target %s:%d unreachable for %s: %s", self.name, *self.target, peer, exc)
+            await _close(writer)
+            return
+        self.stats.accepted += 1
+        self.stats.open += 1
+        try:
+            await splice(local, (reader, writer), self.stats)
+        finally:
+            self.stats.open -= 1
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._cancel_connections()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def render_metrics(tunnels: Sequence[OutboundTunnel | InboundTunnel]) -> str:
+    """Tunnel counters in the Prometheus text format, appended to the agent's ``/metrics``."""
+    families = (
+        ("connections_total", "counter", "Tunnel connections by result.", None),
+        ("open_connections", "gauge", "Open tunnel connections.", "open"),
+        (
+            "bytes_total",
+            "counter",
+            "Bytes carried by tunnels, by direction (out = towards the remote).",
+            None,
+        ),
+    )
+    lines: list[str] = []
+    for suffix, kind, help_text, attr in families:
+        name = f"spire_pqc_agent_tunnel_{suffix}"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for t in tunnels:
+            label = t.name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            base = f'tunnel="{label}",kind="{"outbound" if isinstance(t, OutboundTunnel) else "inbound"}"'
+            s = t.stats
+            if suffix == "connections_total":
+                for result, value in (("accepted", s.accepted), ("refused", s.refused), ("failed", s.failed)):
+                    lines.append(f'{name}{{{base},result="{result}"}} {value}')
+            elif suffix == "bytes_total":
+                lines.append(f'{name}{{{base},direction="out"}} {s.bytes_out}')
+                lines.append(f'{name}{{{base},direction="in"}} {s.bytes_in}')
+            elif attr is not None:
+                lines.append(f"{name}{{{base}}} {getattr(s, attr)}")
+    return "\n".join(lines) + "\n"
