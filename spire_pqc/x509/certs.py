@@ -77,23 +77,27 @@ def _name(common_name: str, trust_domain: str) -> x509.Name:
     )
 
 
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage with only the named bits set (e.g. ``_key_usage(key_cert_sign=True)``)."""
+    bits = dict.fromkeys(
+        ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+         "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+        False,
+    )  # fmt: skip
+    unknown = set(allowed) - set(bits)
+    if unknown:
+        raise ValueError(f"unknown keyUsage bits: {sorted(unknown)}")
+    bits.update(allowed)
+    return x509.KeyUsage(**bits)
+
+
 def _ca_extensions(
     builder: x509.CertificateBuilder, path_length: int, trust_domain: str
 ) -> x509.CertificateBuilder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(
@@ -230,17 +234,7 @@ def build_pqc_svid(
         trust_domain=trust_domain,
     )
     builder = builder.add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
+        _key_usage(digital_signature=True),
         critical=True,
     ).add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
@@ -272,17 +266,7 @@ def build_kem_certificate(
     )
     # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
     builder = builder.add_extension(
-        x509.KeyUsage(
-            digital_signature=False,
-            content_commitment=False,
-            key_encipherment=True,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
+        _key_usage(key_encipherment=True),
         critical=True,
     )
     return builder.sign(_signing_key(issuer_key), None)
