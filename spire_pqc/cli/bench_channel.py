@@ -49,6 +49,8 @@ class ModeResult:
     ready_p99_ms: float
     client_sent: int
     client_received: int
+    # Process CPU (both ends, all threads) per handshake: what a busy node pays, unlike latency.
+    cpu_p50_ms: float = 0.0
 
     @property
     def total_bytes(self) -> int:
@@ -202,12 +204,15 @@ async def _run(handshakes: int) -> ChannelReport:
         servers.append(secure)
         connectors[f"{mode.value} (X25519MLKEM768)"] = _connector(world, mode, secure.port)
     samples: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in connectors}
+    cpu: dict[str, list[float]] = {name: [] for name in connectors}
     try:
         for connect in connectors.values():  # warm-up: thread pool, contexts, code paths
             await _one(connect)
         for _ in range(handshakes):
             for name, connect in connectors.items():
+                started = time.process_time()
                 samples[name].append(await _one(connect))
+                cpu[name].append((time.process_time() - started) * 1e3)
     finally:
         for server in servers:
             server.close()
@@ -224,6 +229,7 @@ async def _run(handshakes: int) -> ChannelReport:
                 _p99(ready_ms),
                 rows[-1][2],
                 rows[-1][3],
+                statistics.median(cpu[name]),
             )
         )
     return ChannelReport(handshakes, tuple(results))
@@ -239,12 +245,12 @@ def format_report(report: ChannelReport) -> str:
     lines = [
         f"channel: {report.handshakes} mutual handshakes per mode, loopback, both ends in one process",
         f"{'mode':<28} {'connect p50':>12} {'ready p50':>10} {'ready p99':>10} {'vs classical':>13} "
-        f"{'client sent':>12} {'received':>9} {'total B':>8}",
+        f"{'CPU p50':>9} {'client sent':>12} {'received':>9} {'total B':>8}",
     ]
     for r in report.results:
         ratio = r.ready_p50_ms / base.ready_p50_ms if base.ready_p50_ms else float("nan")
         lines.append(
             f"{r.name:<28} {r.connect_p50_ms:>10.2f}ms {r.ready_p50_ms:>8.2f}ms {r.ready_p99_ms:>8.2f}ms "
-            f"{ratio:>12.2f}x {r.client_sent:>12,} {r.client_received:>9,} {r.total_bytes:>8,}"
+            f"{ratio:>12.2f}x {r.cpu_p50_ms:>7.2f}ms {r.client_sent:>12,} {r.client_received:>9,} {r.total_bytes:>8,}"
         )
     return "\n".join(lines)
