@@ -5,13 +5,15 @@
 2. A workload's classical SVID is issued; the node-agent side generates ML-DSA-65 and ML-KEM-768
    keys, proves possession of both the classical and the new key, and the PQC CA issues the PQC
    SVID and the KEM certificate.
-3. The hybrid SVID is verified with the one verification function, written to disk, inspected;
-   a replayed request and a second request for the same classical SVID are refused.
+3. The hybrid SVID is verified with the one verification function, written to disk, inspected.
+4. A second workload gets its hybrid SVID, and the two talk over a ``hybrid`` channel.
+5. A replayed request and a second request for the same classical SVID are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import tempfile
 import time
@@ -26,6 +28,9 @@ from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import build_request
+from spire_pqc.channel.api import open_connection, start_server
+from spire_pqc.channel.authorize import authorize_id
+from spire_pqc.channel.sources import StaticHybridSvidSource
 from spire_pqc.cli.svid import LAYOUT, cmd_inspect
 from spire_pqc.crypto import backend_name
 from spire_pqc.crypto.keys import NoEncryption
@@ -105,6 +110,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     inspect_args = argparse.Namespace(chains=[], dir=out, at=None, **dict.fromkeys(LAYOUT))
     status = cmd_inspect(inspect_args)
 
+    _step("a hybrid TLS channel between two workloads (X25519MLKEM768 + PQ proofs on both sides)")
+    peer_id = SpiffeId.parse(f"{td.id_string()}/demo/billing")
+    peer_leaf, peer_key = classical_ca.issue_svid(peer_id)
+    peer_mldsa, peer_mlkem = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
+    peer_issued = issuer.issue(
+        build_request(
+            (_der(peer_leaf),), peer_key, peer_mldsa, peer_mlkem.public_key().spki(), timestamp_ms=_now_ms()
+        )
+    )
+    peer = HybridSvid(
+        spiffe_id=peer_id,
+        classical_chain=(peer_leaf,),
+        classical_key=peer_key,
+        pqc_chain=tuple(load(c) for c in peer_issued.response.pqc_svid_chain),
+        pqc_key=peer_mldsa,
+        kem_chain=tuple(load(c) for c in peer_issued.response.kem_certificate_chain),
+        kem_key=peer_mlkem,
+    )
+    classical_bundles = BundleSet.from_certificates([classical_ca.certificate])
+    asyncio.run(_channel(hybrid, peer, classical_bundles, pqc_bundles))
+
     _step("refusals")
     try:
         issuer.issue(request)
@@ -119,6 +145,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except IssuanceError as exc:
         print(f"    second issuance for the same classical SVID refused: {exc}")
     return status
+
+
+async def _channel(client: HybridSvid, server: HybridSvid, classical: BundleSet, pqc: BundleSet) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write((await reader.read(64)).upper())
+        await writer.drain()
+        writer.close()
+
+    listener = await start_server(
+        echo, "127.0.0.1", 0, source=StaticHybridSvidSource(server), classical_bundles=classical,
+        pqc_bundles=pqc, authorizer=authorize_id(client.spiffe_id),
+    )  # fmt: skip
+    try:
+        started = time.perf_counter()
+        reader, writer = await open_connection(
+            "127.0.0.1", listener.port, source=StaticHybridSvidSource(client), classical_bundles=classical,
+            pqc_bundles=pqc, authorizer=authorize_id(server.spiffe_id),
+        )  # fmt: skip
+        writer.write(b"hello, post-quantum world")
+        await writer.drain()
+        reply = await reader.read(64)
+        elapsed = (time.perf_counter() - started) * 1e3
+        print(f"    {client.spiffe_id} -> {writer.peer_id()}: mode {writer.mode.value}, group {writer.group}")
+        print(f"    echoed {reply.decode()!r} after {elapsed:.1f} ms (both PQ proofs verified first)")
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        listener.close()
+        await listener.wait_closed()
 
 
 def _der(cert: x509.Certificate) -> bytes:

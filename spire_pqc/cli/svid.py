@@ -91,7 +91,7 @@ def describe(cert: x509.Certificate, role: str, classical_leaf: x509.Certificate
         f"  SPIFFE ID / URI SAN: {', '.join(uris) or '(none)'}   [{ca}]",
         f"  key: {_algorithm(cert.public_key_algorithm_oid.dotted_string)} (SPKI {len(spki)} B)   "
         f"signature: {_algorithm(cert.signature_algorithm_oid.dotted_string)} ({len(cert.signature)} B)   "
-        f"certificate: {len(cert.tbs_certificate_bytes) + len(cert.signature)}+ B",
+        f"certificate: {len(cert.public_bytes(Encoding.DER))} B",
         f"  valid: {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}   "
         f"serial: {cert.serial_number:x}",
     ]
