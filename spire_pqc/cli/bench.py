@@ -25,6 +25,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     channel = sub.add_parser("channel", help="mutual handshake latency and bytes per mode vs classical mTLS")
     channel.add_argument("--handshakes", type=int, default=100)
+    channel.add_argument(
+        "--s-time",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="also run `openssl s_time` against OpenSSL's s_server and our pq-tls server (0: skip)",
+    )
     channel.set_defaults(handler=_channel)
 
     composer = sub.add_parser(
@@ -66,4 +73,6 @@ def _channel(args: argparse.Namespace) -> int:
     from spire_pqc.cli import bench_channel
 
     print(bench_channel.format_report(bench_channel.run(handshakes=args.handshakes)))
+    if args.s_time:
+        print(bench_channel.format_s_time(bench_channel.run_s_time(seconds=args.s_time)))
     return 0

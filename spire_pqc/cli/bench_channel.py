@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
+from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
@@ -254,3 +259,137 @@ def format_report(report: ChannelReport) -> str:
             f"{ratio:>12.2f}x {r.cpu_p50_ms:>7.2f}ms {r.client_sent:>12,} {r.client_received:>9,} {r.total_bytes:>8,}"
         )
     return "\n".join(lines)
+
+
+# --- the OpenSSL command line as a reference point for pq-tls ----------------------------------------
+
+_S_TIME_REAL = re.compile(rb"(\d+) connections in (\d+) real seconds")
+
+
+@dataclass(frozen=True)
+class STimeReport:
+    seconds: int
+    openssl_server_per_s: float
+    ours_per_s: float
+
+
+async def _s_time(openssl: OpenSSLCli, port: int, files: dict[str, Path], seconds: int) -> float:
+    proc = await asyncio.create_subprocess_exec(
+        str(openssl.path), "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3", "-time", str(seconds),
+        # s_time sends only the first certificate of -cert; OpenSSL appends the intermediate from the
+        # verify store (auto-chain), so -CAfile holds the root and the intermediate.
+        "-cert", str(files["client_chain"]), "-key", str(files["client_key"]), "-CAfile", str(files["client_cas"]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    match = _S_TIME_REAL.search(stdout)
+    if match is None:
+        raise RuntimeError(f"unexpected s_time output: {stdout[-300:]!r} {stderr[-300:]!r}")
+    return int(match.group(1)) / int(match.group(2))
+
+
+def _write_pq_files(directory: Path, world: _World) -> dict[str, Path]:
+    from cryptography.hazmat.primitives import serialization
+
+    from spire_pqc.crypto.keys import NoEncryption
+
+    def pem(chain: tuple[x509.Certificate, ...]) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+
+    files = {
+        "server_chain": (pem(world.server.pqc_chain), 0o644),
+        "server_key": (world.server.pqc_key.pem(NoEncryption()), 0o600),
+        "client_chain": (pem(world.client.pqc_chain), 0o644),
+        "client_key": (world.client.pqc_key.pem(NoEncryption()), 0o600),
+        "root": (pem(tuple(world.pqc.get(world.server.spiffe_id.trust_domain).authorities)), 0o644),
+        "client_cas": (
+            pem(
+                tuple(world.pqc.get(world.server.spiffe_id.trust_domain).authorities)
+                + world.client.pqc_chain[1:]
+            ),
+            0o644,
+        ),
+    }
+    paths = {}
+    for name, (data, mode) in files.items():
+        path = directory / f"{name}.pem"
+        path.write_bytes(data)
+        path.chmod(mode)
+        paths[name] = path
+    return paths
+
+
+async def _s_time_run(seconds: int) -> STimeReport:
+    openssl = find_openssl35()
+    world = _world()
+    with tempfile.TemporaryDirectory(prefix="spire-pqc-stime-") as tmp:
+        files = _write_pq_files(Path(tmp), world)
+        # 1. OpenSSL client against OpenSSL's own server: the same certificates, group and mutual auth.
+        port = _free_port()
+        server = await asyncio.create_subprocess_exec(
+            str(openssl.path), "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3", "-groups", "X25519MLKEM768",
+            "-cert", str(files["server_chain"]), "-key", str(files["server_key"]), "-Verify", "3",
+            "-CAfile", str(files["root"]), "-quiet",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await _wait_listening(port)
+            reference = await _s_time(openssl, port, files, seconds)
+        finally:
+            server.kill()
+            await server.wait()
+        # 2. The same OpenSSL client against our pq-tls server (verification, authorizer and all).
+        ours = await start_server(
+            _close, "127.0.0.1", 0, source=StaticHybridSvidSource(world.server),
+            classical_bundles=world.classical, pqc_bundles=world.pqc,
+            authorizer=authorize_id(world.client.spiffe_id), mode=Mode.PQ_TLS,
+        )  # fmt: skip
+        try:
+            ours_rate = await _s_time(openssl, ours.port, files, seconds)
+            if ours.failures:
+                raise RuntimeError(f"our pq-tls server refused s_time's connections: {ours.failures[-1]}")
+        finally:
+            ours.close()
+            await ours.wait_closed()
+    return STimeReport(seconds, reference, ours_rate)
+
+
+async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """s_time only handshakes, then disconnects: accept the verified peer and close."""
+    writer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"openssl s_server did not listen on {port}")
+
+
+def run_s_time(*, seconds: int = 5) -> STimeReport:
+    """`openssl s_time` mutual handshakes/s against OpenSSL's s_server and against our pq-tls server."""
+    return asyncio.run(_s_time_run(seconds))
+
+
+def format_s_time(report: STimeReport) -> str:
+    return "\n".join(
+        [
+            f"openssl s_time -new, {report.seconds} s, ML-DSA-65 certificates, X25519MLKEM768, mutual TLS:",
+            f"  against openssl s_server:       {report.openssl_server_per_s:8.1f} handshakes/s",
+            f"  against our pq-tls server:      {report.ours_per_s:8.1f} handshakes/s "
+            f"(ratio {report.ours_per_s / report.openssl_server_per_s:.2f})",
+        ]
+    )
