@@ -105,6 +105,8 @@ class TunnelConfig:
     allowed_ids: tuple[SpiffeId, ...] = ()  # inbound: exactly one of allowed_ids / allowed_trust_domain
     allowed_trust_domain: TrustDomain | None = None
     allow_non_loopback: bool = False  # outbound: let non-local processes use this node's identity
+    # spire source: the local service's selectors, for Delegated Identity SubscribeToX509SVIDs.
+    selectors: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,26 @@ def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
 
 _MODES = ("hybrid", "spiffe", "pq-tls")  # spire_pqc.channel.Mode (agent config does not import the channel)
 _TUNNEL_KEYS = {
-    "outbound": {"name", "listen", "remote", "peer_ids", "mode", "spiffe_id", "allow_non_loopback"},
-    "inbound": {"name", "listen", "target", "allowed_ids", "allowed_trust_domain", "mode", "spiffe_id"},
+    "outbound": {
+        "name",
+        "listen",
+        "remote",
+        "peer_ids",
+        "mode",
+        "spiffe_id",
+        "selectors",
+        "allow_non_loopback",
+    },
+    "inbound": {
+        "name",
+        "listen",
+        "target",
+        "allowed_ids",
+        "allowed_trust_domain",
+        "mode",
+        "spiffe_id",
+        "selectors",
+    },
 }
 
 
@@ -359,8 +379,28 @@ def _id_list(c: _Collector, data: Mapping[str, Any], key: str, prefix: str) -> t
     return tuple(i for i in ids if i is not None)
 
 
+def _tunnel_selectors(c: _Collector, raw: Mapping[str, Any], where: str, spire: bool) -> frozenset[str]:
+    key = f"{where}selectors"
+    if not spire:
+        if "selectors" in raw:
+            c.problem(key, "only with the spire source (the dev source uses the entry of spiffe_id)")
+        return frozenset()
+    value = raw.get("selectors")
+    if value is None:
+        c.problem(key, "missing (required with the spire source): the local service's SPIRE selectors")
+        return frozenset()
+    if not isinstance(value, list) or not value:
+        c.problem(key, "must be a non-empty array like ['unix:uid:1000']")
+        return frozenset()
+    bad = [v for v in value if not isinstance(v, str) or not _SELECTOR.match(v)]
+    if bad:
+        c.problem(key, f"{bad!r}: each selector is 'type:value', e.g. 'unix:uid:1000'")
+        return frozenset()
+    return frozenset(value)
+
+
 def _tunnel(
-    c: _Collector, direction: str, index: int, raw: object, identities: set[SpiffeId] | None
+    c: _Collector, direction: str, index: int, raw: object, identities: set[SpiffeId] | None, spire: bool
 ) -> TunnelConfig | None:
     where = f"tunnel.{direction}[{index}]."
     if not isinstance(raw, Mapping):
@@ -378,6 +418,7 @@ def _tunnel(
         sid = _spiffe_id(c, f"{where}spiffe_id", raw["spiffe_id"])
         if sid is not None and identities is not None and sid not in identities:
             c.problem(f"{where}spiffe_id", f"{sid} is not the SPIFFE ID of any [[source.dev.entries]]")
+    selectors = _tunnel_selectors(c, raw, where, spire)
     allow_non_loopback = False
     if direction == "outbound":
         allow_non_loopback = c.boolean(raw, "allow_non_loopback", where, False)
@@ -426,6 +467,7 @@ def _tunnel(
         allowed_ids,
         allowed_td,
         allow_non_loopback,
+        selectors,
     )
 
 
@@ -436,8 +478,6 @@ def _tunnels(
     identities = None
     if isinstance(identity_source, DevSourceConfig):
         identities = {e.spiffe_id for e in identity_source.entries}
-    elif isinstance(identity_source, SpireSourceConfig) and data:
-        c.problem("tunnel", "tunnels need the dev source for now (selector-based SPIRE identities: not yet)")
     tunnels: list[TunnelConfig] = []
     for direction in ("outbound", "inbound"):
         raw_list = data.get(direction, [])
@@ -445,7 +485,8 @@ def _tunnels(
             c.problem(f"tunnel.{direction}", f"must be an array of tables ([[tunnel.{direction}]])")
             continue
         for index, raw in enumerate(raw_list):
-            tunnel = _tunnel(c, direction, index, raw, identities)
+            spire = isinstance(identity_source, SpireSourceConfig)
+            tunnel = _tunnel(c, direction, index, raw, identities, spire)
             if tunnel is not None:
                 tunnels.append(tunnel)
     # Duplicate names are reported even among tunnels with other problems (one pass fixes all).

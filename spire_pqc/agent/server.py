@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import stat
@@ -26,7 +27,7 @@ from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, render_metrics
-from spire_pqc.agent.tunnel_identity import AgentSvidSource
+from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
 from spire_pqc.bundle import X509Bundle
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
@@ -82,7 +83,7 @@ class Agent:
         self._own: OwnIdentity | None = None
         self._provisioner: PqcProvisioner | None = None
         self._closing = False
-        self._identities: dict[SpiffeId, AgentSvidSource] = {}
+        self._identities: dict[tuple[SpiffeId, frozenset[str]], AgentSvidSource] = {}
         self.tunnels: list[OutboundTunnel | InboundTunnel] = []
 
     # --- state -----------------------------------------------------------------------------------
@@ -166,7 +167,11 @@ class Agent:
         await server.start(path=str(path), backlog=4096)
         os.chmod(path, self.config.socket_mode)
         self._server = server
-        await self._start_tunnels()
+        try:
+            await self._start_tunnels()
+        except BaseException:
+            await self.close()  # e.g. a tunnel's port is taken: do not leave a half-started agent behind
+            raise
         if self.config.health_address is not None:
             host, port = self.config.health_address
             self._health = HealthServer(
@@ -180,21 +185,33 @@ class Agent:
             self._source.name,
         )
 
-    def tunnel_identity(self, spiffe_id: SpiffeId) -> AgentSvidSource:
-        """The hybrid SVID (and bundles) of ``spiffe_id`` from this agent's source, shared by its tunnels."""
-        identity = self._identities.get(spiffe_id)
+    def tunnel_identity(
+        self, spiffe_id: SpiffeId, selectors: frozenset[str] = frozenset()
+    ) -> AgentSvidSource:
+        """The hybrid SVID (and bundles) of ``spiffe_id`` from this agent's source, shared by its tunnels.
+
+        Dev source: the entry with that SPIFFE ID. SPIRE source: the SVID of that ID among those SPIRE
+        issues to ``selectors`` (Delegated Identity ``SubscribeToX509SVIDs{selectors}``).
+        """
+        key = (spiffe_id, selectors)
+        identity = self._identities.get(key)
         if identity is None:
             source = self.source
-            if not isinstance(source, DevIdentitySource):
-                raise ConfigError("tunnel: tunnels need the dev identity source for now")
-            identity = AgentSvidSource(spiffe_id, source.watch_id, self.provisioner)
+            watch: StateWatch
+            if isinstance(source, DevIdentitySource):
+                watch = source.watch_id
+            elif isinstance(source, DelegatedIdentitySource):
+                watch = functools.partial(source.watch_selectors, sorted(selectors))
+            else:
+                raise ConfigError(f"tunnel: the {source.name} identity source cannot serve tunnels")
+            identity = AgentSvidSource(spiffe_id, watch, self.provisioner)
             identity.start()
-            self._identities[spiffe_id] = identity
+            self._identities[key] = identity
         return identity
 
     async def _start_tunnels(self) -> None:
         for tc in self.config.tunnels:
-            identity = self.tunnel_identity(tc.spiffe_id)
+            identity = self.tunnel_identity(tc.spiffe_id, tc.selectors)
             # Inbound listeners ask for the SVID on every accept: have one before listening.
             await identity.wait_ready(max(self._first_pqc_wait, 10.0))
             tunnel: OutboundTunnel | InboundTunnel

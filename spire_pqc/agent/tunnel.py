@@ -162,16 +162,18 @@ class OutboundTunnel(_Tunnel):
         self._classical = classical_bundles
         self._pqc = pqc_bundles
         self._server: asyncio.Server | None = None
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._server is None:
+        if self._port is None:
             raise SpirePqcError(f"tunnel {self.name} not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+        self._port = int(self._server.sockets[0].getsockname()[1])
         log.info(
             "tunnel %s: %s:%d → %s %s:%d",
             self.name, self.listen[0], self.port, self.mode.value, self.remote[0], self.remote[1],

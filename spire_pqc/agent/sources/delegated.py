@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2 as di
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2_grpc as di_grpc
+from spire_pqc._proto.spire.api.types import types_pb2
 from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
 from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
 from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
@@ -158,20 +159,41 @@ class DelegatedIdentitySource:
             svids, {td: der for td, der in all_bundles.items() if td in own or td in federates_with}
         )
 
-    async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+    def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+        return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
+
+    async def watch_selectors(
+        self, selectors: Sequence[str], spiffe_id: SpiffeId
+    ) -> AsyncIterator[X509State]:
+        """The SVID of ``spiffe_id`` among those SPIRE issues to ``selectors`` ('type:value', e.g.
+        'unix:uid:1000'): the agent itself acting for a local service (its tunnels), not a caller."""
+        request = di.SubscribeToX509SVIDsRequest(
+            selectors=[
+                types_pb2.Selector(type=t, value=v) for t, _, v in (s.partition(":") for s in selectors)
+            ]
+        )
+        async for state in self._watch(request, f"selectors {sorted(selectors)}"):
+            mine = tuple(svid for svid in state.svids if svid.spiffe_id == spiffe_id)
+            if not mine:
+                raise AuthorizationError(
+                    f"SPIRE issues no SVID of {spiffe_id} to selectors {sorted(selectors)}"
+                )
+            yield X509State(mine, state.bundles)
+
+    async def _watch(self, request: di.SubscribeToX509SVIDsRequest, what: str) -> AsyncIterator[X509State]:
         if self._bundles.value is None:
             raise UnavailableError("waiting for the trust bundle from the SPIRE agent")
-        call = self._stub().SubscribeToX509SVIDs(di.SubscribeToX509SVIDsRequest(pid=caller.pid))
+        call = self._stub().SubscribeToX509SVIDs(request)
         responses = call.__aiter__()
         pending: asyncio.Future[Any] | None = None
         bundles_changed: asyncio.Future[int] | None = None
         try:
-            svids, federates = await self._next_svids(responses, caller)
+            svids, federates = await self._next_svids(responses, what)
             seen = self._bundles.version
             yield self._state(svids, federates)
             while True:
                 if pending is None:
-                    pending = asyncio.ensure_future(self._next_svids(responses, caller))
+                    pending = asyncio.ensure_future(self._next_svids(responses, what))
                 bundles_changed = asyncio.ensure_future(self._bundles.wait_changed(seen))
                 done, _ = await asyncio.wait({pending, bundles_changed}, return_when=asyncio.FIRST_COMPLETED)
                 if bundles_changed in done:
@@ -194,12 +216,12 @@ class DelegatedIdentitySource:
             call.cancel()
 
     async def _next_svids(
-        self, responses: AsyncIterator[di.SubscribeToX509SVIDsResponse], caller: Caller
+        self, responses: AsyncIterator[di.SubscribeToX509SVIDsResponse], what: str
     ) -> tuple[tuple[ClassicalSvid, ...], set[TrustDomain]]:
         try:
             response = await anext(responses)
         except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(exc, f"SVIDs for pid {caller.pid}") from exc
+            raise _rpc_error(exc, f"SVIDs for {what}") from exc
         except StopAsyncIteration as exc:
             raise UnavailableError("SPIRE agent ended the SVID stream") from exc
         svids = parse_svids(response)

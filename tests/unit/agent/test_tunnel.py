@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
+from spire_pqc.agent.server import Agent
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.tunnel import OutboundTunnel
 from spire_pqc.channel import authorize_id, open_connection
@@ -189,3 +191,24 @@ def test_outbound_listen_must_be_loopback_unless_allowed(allow: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="not loopback"):
             build()
+
+
+@pytest.mark.asyncio
+async def test_a_taken_tunnel_port_fails_start_and_cleans_up() -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    try:
+        taken = int(blocker.sockets[0].getsockname()[1])
+        config = tunnel_config(1)
+        raw = config.tunnels[1]
+        config = replace(config, tunnels=(config.tunnels[0], replace(raw, listen=("127.0.0.1", taken))))
+        agent = Agent(config)
+        with pytest.raises(OSError):
+            await agent.start()
+        assert not agent.live and not config.socket_path.exists()
+        (started,) = agent.tunnels  # the outbound tunnel started before the inbound one failed ...
+        assert isinstance(started, OutboundTunnel)
+        with pytest.raises(ConnectionRefusedError):  # ... and was closed again
+            await asyncio.open_connection("127.0.0.1", started.port)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()

@@ -95,8 +95,23 @@ def test_inbound_trust_domain() -> None:
     assert inb.allowed_trust_domain == TrustDomain.parse("example.org") and inb.mode == "pq-tls"
 
 
-def test_tunnels_with_the_spire_source_are_refused_for_now() -> None:
-    tunnel = {"inbound": [{"name": "i", "listen": "0.0.0.0:1", "target": "127.0.0.1:2", "spiffe_id": SVC,
-                           "allowed_trust_domain": "example.org"}]}  # fmt: skip
-    with pytest.raises(ConfigError, match="tunnels need the dev source"):
+def test_spire_source_tunnels_need_selectors() -> None:
+    base = {"name": "i", "listen": "0.0.0.0:1", "target": "127.0.0.1:2", "spiffe_id": SVC,
+            "allowed_trust_domain": "example.org"}  # fmt: skip
+    tunnel = {"inbound": [base, {**base, "name": "j", "listen": "0.0.0.0:3", "selectors": ["uid"]}]}
+    with pytest.raises(ConfigError) as info:
         parse(_config(tunnel, kind="spire"))
+    assert [p.split(": ")[0] for p in info.value.problems] == [
+        "tunnel.inbound[0].selectors",
+        "tunnel.inbound[1].selectors",
+    ]
+    ok = {"inbound": [{**base, "selectors": ["unix:uid:1000", "unix:gid:1000"]}]}
+    (inb,) = parse(_config(ok, kind="spire")).tunnels
+    assert inb.selectors == {"unix:uid:1000", "unix:gid:1000"}
+
+
+def test_dev_source_tunnels_take_no_selectors() -> None:
+    tunnel = {"inbound": [{"name": "i", "listen": "0.0.0.0:1", "target": "127.0.0.1:2", "spiffe_id": SVC,
+                           "allowed_trust_domain": "example.org", "selectors": ["unix:uid:1"]}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"tunnel.inbound\[0\].selectors: only with the spire source"):
+        parse(_config(tunnel))
