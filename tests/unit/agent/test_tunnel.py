@@ -124,7 +124,7 @@ async def test_rotation_during_a_long_transfer() -> None:
 
 
 @pytest.mark.asyncio
-async def test_outbound_refuses_an_unexpected_remote() -> None:
+async def test_outbound_refuses_an_unexpected_remote(caplog: pytest.LogCaptureFixture) -> None:
     config = tunnel_config(1, peer_ids=["spiffe://example.org/svc/someone-else"])
     async with tunnel_agent(config) as (_, out, inb):
         reader, writer = await asyncio.open_connection("127.0.0.1", out.port)
@@ -132,6 +132,8 @@ async def test_outbound_refuses_an_unexpected_remote() -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
         await _wait(lambda: out.stats.refused == 1, "the outbound refusal")
+        refusal = [r.getMessage() for r in caplog.records if "tunnel out: refused remote" in r.getMessage()]
+        assert len(refusal) == 1 and "someone-else" in refusal[0] and SERVER_ID in refusal[0]
         assert out.stats.accepted == 0 and out.stats.bytes_out == 0 and inb.stats.bytes_in == 0
 
 
