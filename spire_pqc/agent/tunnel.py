@@ -210,6 +210,10 @@ class OutboundTunnel(_Tunnel):
         self.stats.open += 1
         try:
             await splice((reader, writer), remote, self.stats)
+        except asyncio.CancelledError:
+            # The tunnel is closing. This task belongs to asyncio.start_server, whose callback calls
+            # task.exception() on it and would log a spurious traceback for a cancelled task.
+            log.debug("tunnel %s: connection from %s closed by shutdown", self.name, client)
         finally:
             self.stats.open -= 1
 

@@ -34,6 +34,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     channel.set_defaults(handler=_channel)
 
+    tunnel = sub.add_parser(
+        "tunnel", help="agent tunnel pair vs direct TCP: MB/s, connect and round-trip latency"
+    )
+    tunnel.add_argument("--megabytes", type=int, default=100)
+    tunnel.set_defaults(handler=_tunnel)
+
     composer = sub.add_parser(
         "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
     )
@@ -75,4 +81,11 @@ def _channel(args: argparse.Namespace) -> int:
     print(bench_channel.format_report(bench_channel.run(handshakes=args.handshakes)))
     if args.s_time:
         print(bench_channel.format_s_time(bench_channel.run_s_time(seconds=args.s_time)))
+    return 0
+
+
+def _tunnel(args: argparse.Namespace) -> int:
+    from spire_pqc.cli import bench_tunnel
+
+    print(bench_tunnel.format_report(bench_tunnel.run(megabytes=args.megabytes)))
     return 0
