@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the hybrid-echo example end to end: agent, server, one client call, then stops everything.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+py="$repo/.venv/bin/python"
+work=$(mktemp -d /tmp/hybrid-echo.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+sed -e "s|@SOCKET@|$work/agent.sock|" -e "s|@UID@|$(id -u)|" "$here/agent.toml" > "$work/agent.toml"
+"$py" -m spire_pqc.cli agent run -c "$work/agent.toml" &
+for _ in $(seq 50); do [ -S "$work/agent.sock" ] && break; sleep 0.2; done
+export SPIFFE_ENDPOINT_SOCKET="unix://$work/agent.sock"
+"$py" "$here/echo.py" server 127.0.0.1:9443 &
+sleep 3
+"$py" "$here/echo.py" client 127.0.0.1:9443 "hello, post-quantum world"
