@@ -39,7 +39,7 @@ test-unit: venv
 lint: venv proto-check
 	$(VENV)/bin/ruff check spire_pqc tests plugins examples scripts
 	$(VENV)/bin/ruff format --check spire_pqc tests plugins examples scripts
-	$(VENV)/bin/mypy spire_pqc tests
+	$(VENV)/bin/mypy spire_pqc tests examples
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/check_pq_imports.py
 

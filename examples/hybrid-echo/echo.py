@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from spire_pqc.channel.api import open_connection, start_server
+from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_member_of
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.workload.source import HybridX509Source
@@ -23,7 +23,7 @@ PEERS = authorize_member_of(TrustDomain.parse("example.org"))
 async def serve(host: str, port: int) -> None:
     async with HybridX509Source() as source:
 
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def echo(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
             data = await reader.read(1024)
             print(
                 f"from {writer.peer_id()} ({writer.mode.value}, {writer.group}): {data.decode()!r}",
