@@ -10,6 +10,7 @@ sed -e "s|@SOCKET@|$work/agent.sock|" -e "s|@UID@|$(id -u)|" "$here/agent.toml" 
 "$py" -m spire_pqc.cli agent run -c "$work/agent.toml" &
 for _ in $(seq 50); do [ -S "$work/agent.sock" ] && break; sleep 0.2; done
 export SPIFFE_ENDPOINT_SOCKET="unix://$work/agent.sock"
-"$py" "$here/echo.py" server 127.0.0.1:9443 &
+port="${PORT:-9443}"
+"$py" "$here/echo.py" server "127.0.0.1:$port" &
 sleep 3
-"$py" "$here/echo.py" client 127.0.0.1:9443 "hello, post-quantum world"
+"$py" "$here/echo.py" client "127.0.0.1:$port" "hello, post-quantum world"
