@@ -12,5 +12,6 @@ for _ in $(seq 50); do [ -S "$work/agent.sock" ] && break; sleep 0.2; done
 export SPIFFE_ENDPOINT_SOCKET="unix://$work/agent.sock"
 port="${PORT:-9443}"
 "$py" "$here/echo.py" server "127.0.0.1:$port" &
-sleep 3
+# Wait until the server listens (it first waits for its hybrid SVID from the agent).
+for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
 "$py" "$here/echo.py" client "127.0.0.1:$port" "hello, post-quantum world"
