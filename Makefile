@@ -49,8 +49,14 @@ proto: venv
 proto-check: venv
 	$(PY) scripts/gen_proto.py --check
 
-bench: venv openssl
+## Every benchmark (each compares against a baseline measured in the same run; about 6 minutes).
+bench: venv tools
 	$(VENV)/bin/spire-pqc bench crypto
+	$(VENV)/bin/spire-pqc bench ca
+	$(VENV)/bin/spire-pqc bench channel
+	$(VENV)/bin/spire-pqc bench tunnel
+	$(VENV)/bin/spire-pqc bench agent
+	$(VENV)/bin/spire-pqc bench composer
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
