@@ -37,6 +37,19 @@ from spire_pqc.svid import spiffe_id_of
 log = logging.getLogger(__name__)
 
 
+def issue_request_message(request: IssueRequest) -> ca_pb2.IssuePQCSVIDRequest:
+    """The domain issue request as the endpoint's protobuf message (the one place that converts it)."""
+    return ca_pb2.IssuePQCSVIDRequest(
+        classical_svid_chain=list(request.classical_chain),
+        mldsa65_public_key=request.mldsa_spki,
+        mlkem768_public_key=request.mlkem_spki,
+        timestamp_unix_ms=request.timestamp_ms,
+        nonce=request.nonce,
+        classical_proof=request.classical_proof,
+        mldsa_proof=request.mldsa_proof,
+    )
+
+
 class CAClient(Protocol):
     async def issue(self, request: IssueRequest) -> IssueResponse: ...
 
@@ -147,15 +160,7 @@ class GrpcCAClient:
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         stub = await self._stub()
-        message = ca_pb2.IssuePQCSVIDRequest(
-            classical_svid_chain=list(request.classical_chain),
-            mldsa65_public_key=request.mldsa_spki,
-            mlkem768_public_key=request.mlkem_spki,
-            timestamp_unix_ms=request.timestamp_ms,
-            nonce=request.nonce,
-            classical_proof=request.classical_proof,
-            mldsa_proof=request.mldsa_proof,
-        )
+        message = issue_request_message(request)
         try:
             reply = await stub.IssuePQCSVID(message, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:

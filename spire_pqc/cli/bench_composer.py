@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from spire_pqc._internal.spirelab import SpireServer, cleanup, free_port, short_tempdir
-from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
+from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2_grpc
+from spire_pqc.agent.caclient import issue_request_message
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import build_request
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
@@ -86,17 +87,7 @@ def _endpoint_latencies(server: SpireServer, port: int, requests: int) -> tuple[
             MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate().public_key().spki(),
             timestamp_ms=int(time.time() * 1000),
         )  # fmt: skip
-        prepared.append(
-            ca_pb2.IssuePQCSVIDRequest(
-                classical_svid_chain=list(request.classical_chain),
-                mldsa65_public_key=request.mldsa_spki,
-                mlkem768_public_key=request.mlkem_spki,
-                timestamp_unix_ms=request.timestamp_ms,
-                nonce=request.nonce,
-                classical_proof=request.classical_proof,
-                mldsa_proof=request.mldsa_proof,
-            )
-        )
+        prepared.append(issue_request_message(request))
     identity = ClientIdentity(tuple(agent_chain), agent_key)
     bridge = TLSBridge(
         ("127.0.0.1", port), lambda: identity, lambda: bundles, match_id("spiffe://example.org/spire/server")

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_pqc._internal.files import atomic_write
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.request import build_request
+from spire_pqc.ca.request import IssueResponse, build_request
 from spire_pqc.channel.api import open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.sources import StaticHybridSvidSource
@@ -86,15 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"    PQC SVID + KEM certificate issued in {(time.perf_counter() - started) * 1e3:.1f} ms")
 
     load = x509.load_der_x509_certificate
-    hybrid = HybridSvid(
-        spiffe_id=workload,
-        classical_chain=(classical_leaf,),
-        classical_key=classical_key,
-        pqc_chain=tuple(load(c) for c in issued.response.pqc_svid_chain),
-        pqc_key=mldsa_key,
-        kem_chain=tuple(load(c) for c in issued.response.kem_certificate_chain),
-        kem_key=mlkem_key,
-    )
+    hybrid = _hybrid(workload, classical_leaf, classical_key, mldsa_key, mlkem_key, issued.response)
     _step(
         "full hybrid verification (classical chain, PQC chains, SPIFFE IDs, RelatedCertificate, "
         "binding, lifetimes)"
@@ -114,20 +107,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     peer_id = SpiffeId.parse(f"{td.id_string()}/demo/billing")
     peer_leaf, peer_key = classical_ca.issue_svid(peer_id)
     peer_mldsa, peer_mlkem = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
-    peer_issued = issuer.issue(
-        build_request(
-            (_der(peer_leaf),), peer_key, peer_mldsa, peer_mlkem.public_key().spki(), timestamp_ms=_now_ms()
-        )
+    peer_request = build_request(
+        (_der(peer_leaf),), peer_key, peer_mldsa, peer_mlkem.public_key().spki(), timestamp_ms=_now_ms()
     )
-    peer = HybridSvid(
-        spiffe_id=peer_id,
-        classical_chain=(peer_leaf,),
-        classical_key=peer_key,
-        pqc_chain=tuple(load(c) for c in peer_issued.response.pqc_svid_chain),
-        pqc_key=peer_mldsa,
-        kem_chain=tuple(load(c) for c in peer_issued.response.kem_certificate_chain),
-        kem_key=peer_mlkem,
-    )
+    peer = _hybrid(peer_id, peer_leaf, peer_key, peer_mldsa, peer_mlkem, issuer.issue(peer_request).response)
     classical_bundles = BundleSet.from_certificates([classical_ca.certificate])
     asyncio.run(_channel(hybrid, peer, classical_bundles, pqc_bundles))
 
@@ -145,6 +128,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except IssuanceError as exc:
         print(f"    second issuance for the same classical SVID refused: {exc}")
     return status
+
+
+def _hybrid(
+    spiffe_id: SpiffeId,
+    leaf: x509.Certificate,
+    classical_key: ec.EllipticCurvePrivateKey,
+    mldsa_key: MLDSA65PrivateKey,
+    mlkem_key: MLKEM768PrivateKey,
+    response: IssueResponse,
+) -> HybridSvid:
+    """What the node agent assembles for a workload: its classical SVID plus the CA's answer."""
+    load = x509.load_der_x509_certificate
+    return HybridSvid(
+        spiffe_id=spiffe_id,
+        classical_chain=(leaf,),
+        classical_key=classical_key,
+        pqc_chain=tuple(load(c) for c in response.pqc_svid_chain),
+        pqc_key=mldsa_key,
+        kem_chain=tuple(load(c) for c in response.kem_certificate_chain),
+        kem_key=mlkem_key,
+    )
 
 
 async def _channel(client: HybridSvid, server: HybridSvid, classical: BundleSet, pqc: BundleSet) -> None:

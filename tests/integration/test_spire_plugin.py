@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
+from spire_pqc.agent.caclient import issue_request_message
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import IssueRequest, build_request
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
@@ -217,15 +218,7 @@ class EndpointClient:
     stub: ca_pb2_grpc.PQCCertificateAuthorityStub
 
     def issue(self, request: IssueRequest) -> ca_pb2.IssuePQCSVIDResponse:
-        message = ca_pb2.IssuePQCSVIDRequest(
-            classical_svid_chain=list(request.classical_chain),
-            mldsa65_public_key=request.mldsa_spki,
-            mlkem768_public_key=request.mlkem_spki,
-            timestamp_unix_ms=request.timestamp_ms,
-            nonce=request.nonce,
-            classical_proof=request.classical_proof,
-            mldsa_proof=request.mldsa_proof,
-        )
+        message = issue_request_message(request)
         return self.stub.IssuePQCSVID(message, timeout=20)
 
 
