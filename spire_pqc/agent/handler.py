@@ -11,8 +11,13 @@ functions build messages; the stream loops apply the Workload API rules
   the agent shuts down, so clients retry with backoff;
 * streams send the full state at once and again after each change, never deltas, and never the
   same state twice;
-* JWT-SVIDs are not served (no JWT source): the JWT RPCs answer Unimplemented, which clients do not
-  retry. FetchWITSVID/FetchWITBundles are not mapped, so grpclib answers Unimplemented.
+* JWT profile (:mod:`spire_pqc.agent.jwtsvid`), when the identity source implements it (else
+  Unimplemented): FetchJWTSVID requires a non-empty audience (InvalidArgument) and returns a JWT-SVID
+  per identity of the caller, or only the requested ``spiffe_id`` (PermissionDenied if it is not
+  one of them); FetchJWTBundles streams trust domain → JWKS JSON; ValidateJWTSVID requires audience
+  and token and answers InvalidArgument with the reason when the token does not verify against the
+  JWT bundle of its ``sub``'s trust domain. FetchWITSVID/FetchWITBundles are not mapped, so grpclib
+  answers Unimplemented.
 
 Message classes for the Workload API are py-spiffe's (``spiffe._proto.workload_pb2``), the only
 definition that may exist in the process (§0 item 3); the method paths are declared here because
@@ -28,26 +33,28 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.struct_pb2 import Struct
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller, PqcCredentials, X509State
 from spire_pqc.agent.peercred import PeerTracker, caller_of
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
-from spire_pqc.errors import AuthorizationError, UnavailableError
-from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.errors import AuthorizationError, SpiffeIdError, UnavailableError, VerificationError
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
 SECURITY_HEADER = "workload.spiffe.io"
 WORKLOAD_SERVICE = "SpiffeWorkloadAPI"
 HYBRID_SERVICE = "spire_pqc.workload.v1.HybridWorkload"
-NO_JWT = "JWT-SVIDs are not served by the spire-pqc agent (no JWT source is configured)"
+NO_JWT = "JWT-SVIDs are not served by this identity source"
 
 M = TypeVar("M", bound=Message)
 
@@ -79,6 +86,20 @@ def compose_x509_bundles_response(state: X509State) -> wl.X509BundlesResponse:
     response = wl.X509BundlesResponse()
     for td, der in state.bundles.items():
         response.bundles[td.id_string()] = der
+    return response
+
+
+def compose_jwt_svid_response(svids: Sequence[JwtSvid]) -> wl.JWTSVIDResponse:
+    response = wl.JWTSVIDResponse()
+    for svid in svids:
+        response.svids.append(wl.JWTSVID(spiffe_id=str(svid.spiffe_id), svid=svid.token, hint=svid.hint))
+    return response
+
+
+def compose_jwt_bundles_response(bundles: Mapping[TrustDomain, bytes]) -> wl.JWTBundlesResponse:
+    response = wl.JWTBundlesResponse()
+    for td, jwks in bundles.items():
+        response.bundles[td.id_string()] = jwks
     return response
 
 
@@ -153,15 +174,24 @@ class _Services:
         self.first_pqc_wait = first_pqc_wait
 
     async def begin(self, stream: Stream[Any, Any]) -> Caller:
+        caller, _ = await self.begin_request(stream)
+        return caller
+
+    async def begin_request(self, stream: Stream[Any, Any]) -> tuple[Caller, Any]:
         """Security header, request decoding, caller attestation — in the order SPIRE applies them."""
         metadata = stream.metadata
         if metadata is None or metadata.get(SECURITY_HEADER) != "true":
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         try:
-            await stream.recv_message()
+            request = await stream.recv_message()
         except DecodeError as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
-        return self.caller(stream)
+        return self.caller(stream), request
+
+    def jwt_source(self) -> JwtProfile:
+        if not isinstance(self.source, JwtProfile):
+            raise GRPCError(Status.UNIMPLEMENTED, NO_JWT)
+        return self.source
 
     def caller(self, stream: Stream[Any, Any]) -> Caller:
         try:
@@ -261,7 +291,7 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
 
 
 class WorkloadAPIService:
-    """``SpiffeWorkloadAPI``: X.509 profile from the identity source; JWT profile Unimplemented."""
+    """``SpiffeWorkloadAPI``: X.509 and JWT profiles from the identity source."""
 
     def __init__(self, shared: _Services) -> None:
         self._s = shared
@@ -288,9 +318,62 @@ class WorkloadAPIService:
             not_ready=lambda _: "no bundle yet",
         )
 
-    async def _jwt(self, stream: Stream[Any, Any]) -> None:
-        await self._s.begin(stream)
-        raise GRPCError(Status.UNIMPLEMENTED, NO_JWT)
+    async def fetch_jwt_svid(self, stream: Stream[wl.JWTSVIDRequest, wl.JWTSVIDResponse]) -> None:
+        caller, request = await self._s.begin_request(stream)
+        source = self._s.jwt_source()
+        audience = list(request.audience)
+        if not audience or not all(audience):
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        spiffe_id = None
+        if request.spiffe_id:
+            try:
+                spiffe_id = SpiffeId.parse(request.spiffe_id)
+            except SpiffeIdError as exc:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
+        with _grpc_errors():
+            svids = await source.fetch_jwt_svids(caller, audience, spiffe_id)
+        if not svids:
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+        self._s.caller(stream)  # the process that connected must still be the one answered
+        await stream.send_message(compose_jwt_svid_response(svids))
+        self._s.metrics.identities_served["jwt"] += len(svids)
+
+    async def fetch_jwt_bundles(self, stream: Stream[wl.JWTBundlesRequest, wl.JWTBundlesResponse]) -> None:
+        caller = await self._s.begin(stream)
+        source = self._s.jwt_source()
+        with self._s.open_stream("FetchJWTBundles"):
+            updates = source.watch_jwt_bundles(caller)
+            try:
+                last: bytes | None = None
+                async for bundles in updates:
+                    message = compose_jwt_bundles_response(bundles)
+                    wire = message.SerializeToString(deterministic=True)
+                    if wire != last:  # full state, never the same state twice
+                        self._s.caller(stream)
+                        await stream.send_message(message)
+                        last = wire
+                raise UnavailableError("identity source ended the stream")
+            finally:
+                await _aclose(updates)
+
+    async def validate_jwt_svid(
+        self, stream: Stream[wl.ValidateJWTSVIDRequest, wl.ValidateJWTSVIDResponse]
+    ) -> None:
+        _, request = await self._s.begin_request(stream)
+        source = self._s.jwt_source()
+        if not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
+        with _grpc_errors():
+            bundles = source.jwt_bundles()
+        try:
+            spiffe_id, claims = validate(request.svid, request.audience, bundles)
+        except VerificationError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
+        struct = Struct()
+        struct.update(claims)
+        await stream.send_message(wl.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id), claims=struct))
 
     def __mapping__(self) -> dict[str, Handler]:
         base = f"/{WORKLOAD_SERVICE}/"
@@ -305,13 +388,16 @@ class WorkloadAPIService:
                 wl.X509BundlesResponse,
             ),
             base + "FetchJWTSVID": Handler(
-                self._jwt, Cardinality.UNARY_UNARY, wl.JWTSVIDRequest, wl.JWTSVIDResponse
+                self.fetch_jwt_svid, Cardinality.UNARY_UNARY, wl.JWTSVIDRequest, wl.JWTSVIDResponse
             ),
             base + "FetchJWTBundles": Handler(
-                self._jwt, Cardinality.UNARY_STREAM, wl.JWTBundlesRequest, wl.JWTBundlesResponse
+                self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, wl.JWTBundlesRequest, wl.JWTBundlesResponse
             ),
             base + "ValidateJWTSVID": Handler(
-                self._jwt, Cardinality.UNARY_UNARY, wl.ValidateJWTSVIDRequest, wl.ValidateJWTSVIDResponse
+                self.validate_jwt_svid,
+                Cardinality.UNARY_UNARY,
+                wl.ValidateJWTSVIDRequest,
+                wl.ValidateJWTSVIDResponse,
             ),
         }
 

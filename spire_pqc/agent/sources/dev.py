@@ -8,14 +8,18 @@ their TTL, as SPIRE's agent does. :meth:`DevIdentitySource.ca_client` is the in-
 
 Everything is labelled dev (subject O=spire-pqc-dev) and the configuration loader refuses this
 source when ``agent.production = true``.
+
+JWT-SVIDs are signed with a dev ES256 key (P-256) per trust domain, generated at start and
+published as the trust domain's JWT bundle (JWKS); they live ``jwt_ttl`` (5 minutes by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from spire_pqc.agent.attestor import Attestor, matches, unix_selectors
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import DevEntry, DevSourceConfig
+from spire_pqc.agent.jwtsvid import DEFAULT_JWT_TTL, JwtSigningKey, JwtSvid, jwks_bytes
 from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.bundle import BundleSet, X509Bundle
@@ -30,7 +35,7 @@ from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, UnavailableError
-from spire_pqc.spiffeid import SpiffeId
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,17 @@ class DevIdentitySource:
 
     name = "dev"
 
-    def __init__(self, config: DevSourceConfig, *, attestor: Attestor = unix_selectors) -> None:
+    def __init__(
+        self,
+        config: DevSourceConfig,
+        *,
+        attestor: Attestor = unix_selectors,
+        jwt_ttl: dt.timedelta = DEFAULT_JWT_TTL,
+    ) -> None:
         self._config = config
+        self._jwt_ttl = jwt_ttl
+        self._jwt_key: JwtSigningKey | None = None
+        self._jwt_bundles: Broadcast[Mapping[TrustDomain, bytes]] = Broadcast()
         self._attestor = attestor
         self._state: Broadcast[_State] = Broadcast()
         self._ca: DevClassicalCA | None = None
@@ -73,6 +87,13 @@ class DevIdentitySource:
             raise UnavailableError("dev source not started")
         return self._ca
 
+    @property
+    def jwt_key(self) -> JwtSigningKey:
+        """The dev trust domain's JWT signing key."""
+        if self._jwt_key is None:
+            raise UnavailableError("dev source not started")
+        return self._jwt_key
+
     def ca_client(self) -> LocalCAClient:
         """The in-process PQC CA of this dev trust domain (checks requests like the real endpoint)."""
         if self._issuer is None:
@@ -86,6 +107,8 @@ class DevIdentitySource:
         self._hierarchy, self._ca = hierarchy, ca
         bundles = BundleSet([X509Bundle(td, [ca.certificate])])
         self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles)
+        self._jwt_key = await run_crypto(JwtSigningKey.generate)
+        self._jwt_bundles.publish({td: jwks_bytes([self._jwt_key.public_jwk()])})
         log.warning("dev identity source for trust domain %s: NOT FOR PRODUCTION", td)
         await self.rotate_now()
         self._rotation = asyncio.create_task(self._rotate_forever(), name="spire-pqc-dev-rotation")
@@ -96,6 +119,7 @@ class DevIdentitySource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rotation
         self._state.close()
+        self._jwt_bundles.close()
 
     async def rotate_now(self) -> None:
         """Issue a new SVID for every entry and push the new state to every watcher."""
@@ -126,12 +150,16 @@ class DevIdentitySource:
             except Exception:  # keep rotating: a failed rotation must not end the loop
                 log.exception("dev source rotation failed; retrying in %s", interval)
 
-    async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+    def _entries_for(self, caller: Caller) -> list[DevEntry]:
         selectors = self._attestor(caller)
         entries = [e for e in self._config.entries if matches(e.selectors, selectors)]
         if not entries:
             log.info("no identity issued for pid %d (selectors %s)", caller.pid, sorted(selectors))
             raise AuthorizationError("no identity issued")
+        return entries
+
+    async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
+        entries = self._entries_for(caller)
         if self._state.value is None:
             raise UnavailableError("dev identity source is initialising")
         td = self._config.trust_domain
@@ -148,3 +176,35 @@ class DevIdentitySource:
         td = self._config.trust_domain
         async for state in self._state.updates():
             yield X509State((state.svids[entries[0]],), {td: state.bundle_der})
+
+    async def fetch_jwt_svids(
+        self, caller: Caller, audience: Sequence[str], spiffe_id: SpiffeId | None
+    ) -> list[JwtSvid]:
+        """One JWT-SVID per identity of the caller (only ``spiffe_id``'s when given)."""
+        entries = self._entries_for(caller)
+        if spiffe_id is not None:
+            entries = [e for e in entries if e.spiffe_id == spiffe_id]
+            if not entries:
+                raise AuthorizationError(f"no identity issued for {spiffe_id}")
+        key = self._jwt_key
+        if key is None:
+            raise UnavailableError("dev identity source is initialising")
+        ttl = self._jwt_ttl
+        return await run_crypto(
+            lambda: [JwtSvid(e.spiffe_id, key.sign(e.spiffe_id, audience, ttl), e.hint) for e in entries]
+        )
+
+    async def watch_jwt_bundles(self, caller: Caller) -> AsyncIterator[Mapping[TrustDomain, bytes]]:
+        """The dev trust domain's JWT bundle (fixed for the source's lifetime)."""
+        self._entries_for(caller)
+        if self._jwt_bundles.value is None:
+            raise UnavailableError("dev identity source is initialising")
+        async for bundles in self._jwt_bundles.updates():
+            yield bundles
+
+    def jwt_bundles(self) -> Mapping[TrustDomain, bytes]:
+        """The current JWT bundles, for validating tokens."""
+        value = self._jwt_bundles.value
+        if value is None:
+            raise UnavailableError("dev identity source is initialising")
+        return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import grpc
@@ -89,15 +90,15 @@ async def test_reused_pid_is_permission_denied() -> None:
 
 
 @pytest.mark.asyncio
-async def test_jwt_profile_is_unimplemented() -> None:
+async def test_jwt_bundles_stream_sends_the_jwks_and_checks_the_header() -> None:
     async with running_agent() as agent:
-        with pytest.raises(GRPCError) as info:
-            await first_reply(
-                agent.socket_path, "/SpiffeWorkloadAPI/FetchJWTBundles", wl.JWTBundlesRequest(),
-                wl.JWTBundlesResponse, metadata=HEADER,
-            )  # fmt: skip
-        assert info.value.status is Status.UNIMPLEMENTED
-        assert "JWT" in (info.value.message or "")
+        reply = await first_reply(
+            agent.socket_path, "/SpiffeWorkloadAPI/FetchJWTBundles", wl.JWTBundlesRequest(),
+            wl.JWTBundlesResponse, metadata=HEADER,
+        )  # fmt: skip
+        keys = json.loads(reply.bundles["spiffe://example.org"])["keys"]
+        assert [(k["kty"], k["crv"], k["use"]) for k in keys] == [("EC", "P-256", "jwt-svid")]
+        assert keys[0]["kid"]
         with pytest.raises(GRPCError) as info:
             await first_reply(
                 agent.socket_path,
