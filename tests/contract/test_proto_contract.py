@@ -281,6 +281,8 @@ def test_the_spire_services_the_plugin_needs_are_defined(ours: Fds) -> None:
         "spire.api.agent.delegatedidentity.v1.DelegatedIdentity": {
             "SubscribeToX509SVIDs",
             "SubscribeToX509Bundles",
+            "FetchJWTSVIDs",
+            "SubscribeToJWTBundles",
         },
     }
     for service, methods in expected.items():

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspire/api/types/types.proto\x12\x0fspire.api.types\".\n\x08SPIFFEID\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\'\n\x08Selector\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"g\n\x08X509SVID\x12\x12\n\ncert_chain\x18\x01 \x03(\x0c\x12%\n\x02id\x18\x02 \x01(\x0b\x32\x19.spire.api.types.SPIFFEID\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x0c\n\x04hint\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspire/api/types/types.proto\x12\x0fspire.api.types\".\n\x08SPIFFEID\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\'\n\x08Selector\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"g\n\x08X509SVID\x12\x12\n\ncert_chain\x18\x01 \x03(\x0c\x12%\n\x02id\x18\x02 \x01(\x0b\x32\x19.spire.api.types.SPIFFEID\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x0c\n\x04hint\x18\x04 \x01(\t\"t\n\x07JWTSVID\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x02id\x18\x02 \x01(\x0b\x32\x19.spire.api.types.SPIFFEID\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x11\n\tissued_at\x18\x04 \x01(\x03\x12\x0c\n\x04hint\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELECTOR']._serialized_end=135
   _globals['_X509SVID']._serialized_start=137
   _globals['_X509SVID']._serialized_end=240
+  _globals['_JWTSVID']._serialized_start=242
+  _globals['_JWTSVID']._serialized_end=358
 # @@protoc_insertion_point(module_scope)

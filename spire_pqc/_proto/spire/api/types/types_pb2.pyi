@@ -33,3 +33,17 @@ class X509SVID(_message.Message):
     expires_at: int
     hint: str
     def __init__(self, cert_chain: _Optional[_Iterable[bytes]] = ..., id: _Optional[_Union[SPIFFEID, _Mapping]] = ..., expires_at: _Optional[int] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class JWTSVID(_message.Message):
+    __slots__ = ("token", "id", "expires_at", "issued_at", "hint")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    id: SPIFFEID
+    expires_at: int
+    issued_at: int
+    hint: str
+    def __init__(self, token: _Optional[str] = ..., id: _Optional[_Union[SPIFFEID, _Mapping]] = ..., expires_at: _Optional[int] = ..., issued_at: _Optional[int] = ..., hint: _Optional[str] = ...) -> None: ...

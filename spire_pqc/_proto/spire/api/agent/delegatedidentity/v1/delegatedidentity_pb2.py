@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from spire_pqc._proto.spire.api.types import types_pb2 as spire_dot_api_dot_types_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n<spire/api/agent/delegatedidentity/v1/delegatedidentity.proto\x12$spire.api.agent.delegatedidentity.v1\x1a\x1bspire/api/types/types.proto\"V\n\x0fX509SVIDWithKey\x12,\n\tx509_svid\x18\x01 \x01(\x0b\x32\x19.spire.api.types.X509SVID\x12\x15\n\rx509_svid_key\x18\x02 \x01(\x0c\"X\n\x1bSubscribeToX509SVIDsRequest\x12,\n\tselectors\x18\x01 \x03(\x0b\x32\x19.spire.api.types.Selector\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"\x81\x01\n\x1cSubscribeToX509SVIDsResponse\x12I\n\nx509_svids\x18\x01 \x03(\x0b\x32\x35.spire.api.agent.delegatedidentity.v1.X509SVIDWithKey\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x02 \x03(\t\"\x1f\n\x1dSubscribeToX509BundlesRequest\"\xca\x01\n\x1eSubscribeToX509BundlesResponse\x12q\n\x0f\x63\x61_certificates\x18\x01 \x03(\x0b\x32X.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesResponse.CaCertificatesEntry\x1a\x35\n\x13\x43\x61\x43\x65rtificatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xdd\x02\n\x11\x44\x65legatedIdentity\x12\x9f\x01\n\x14SubscribeToX509SVIDs\x12\x41.spire.api.agent.delegatedidentity.v1.SubscribeToX509SVIDsRequest\x1a\x42.spire.api.agent.delegatedidentity.v1.SubscribeToX509SVIDsResponse0\x01\x12\xa5\x01\n\x16SubscribeToX509Bundles\x12\x43.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesRequest\x1a\x44.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n<spire/api/agent/delegatedidentity/v1/delegatedidentity.proto\x12$spire.api.agent.delegatedidentity.v1\x1a\x1bspire/api/types/types.proto\"V\n\x0fX509SVIDWithKey\x12,\n\tx509_svid\x18\x01 \x01(\x0b\x32\x19.spire.api.types.X509SVID\x12\x15\n\rx509_svid_key\x18\x02 \x01(\x0c\"X\n\x1bSubscribeToX509SVIDsRequest\x12,\n\tselectors\x18\x01 \x03(\x0b\x32\x19.spire.api.types.Selector\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"\x81\x01\n\x1cSubscribeToX509SVIDsResponse\x12I\n\nx509_svids\x18\x01 \x03(\x0b\x32\x35.spire.api.agent.delegatedidentity.v1.X509SVIDWithKey\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x02 \x03(\t\"\x1f\n\x1dSubscribeToX509BundlesRequest\"\xca\x01\n\x1eSubscribeToX509BundlesResponse\x12q\n\x0f\x63\x61_certificates\x18\x01 \x03(\x0b\x32X.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesResponse.CaCertificatesEntry\x1a\x35\n\x13\x43\x61\x43\x65rtificatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"c\n\x14\x46\x65tchJWTSVIDsRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12,\n\tselectors\x18\x02 \x03(\x0b\x32\x19.spire.api.types.Selector\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"@\n\x15\x46\x65tchJWTSVIDsResponse\x12\'\n\x05svids\x18\x01 \x03(\x0b\x32\x18.spire.api.types.JWTSVID\"\x1e\n\x1cSubscribeToJWTBundlesRequest\"\xb2\x01\n\x1dSubscribeToJWTBundlesResponse\x12\x61\n\x07\x62undles\x18\x01 \x03(\x0b\x32P.spire.api.agent.delegatedidentity.v1.SubscribeToJWTBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\x8d\x05\n\x11\x44\x65legatedIdentity\x12\x9f\x01\n\x14SubscribeToX509SVIDs\x12\x41.spire.api.agent.delegatedidentity.v1.SubscribeToX509SVIDsRequest\x1a\x42.spire.api.agent.delegatedidentity.v1.SubscribeToX509SVIDsResponse0\x01\x12\xa5\x01\n\x16SubscribeToX509Bundles\x12\x43.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesRequest\x1a\x44.spire.api.agent.delegatedidentity.v1.SubscribeToX509BundlesResponse0\x01\x12\x88\x01\n\rFetchJWTSVIDs\x12:.spire.api.agent.delegatedidentity.v1.FetchJWTSVIDsRequest\x1a;.spire.api.agent.delegatedidentity.v1.FetchJWTSVIDsResponse\x12\xa2\x01\n\x15SubscribeToJWTBundles\x12\x42.spire.api.agent.delegatedidentity.v1.SubscribeToJWTBundlesRequest\x1a\x43.spire.api.agent.delegatedidentity.v1.SubscribeToJWTBundlesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBETOX509BUNDLESRESPONSE_CACERTIFICATESENTRY']._loaded_options = None
   _globals['_SUBSCRIBETOX509BUNDLESRESPONSE_CACERTIFICATESENTRY']._serialized_options = b'8\001'
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE_BUNDLESENTRY']._loaded_options = None
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_options = b'8\001'
   _globals['_X509SVIDWITHKEY']._serialized_start=131
   _globals['_X509SVIDWITHKEY']._serialized_end=217
   _globals['_SUBSCRIBETOX509SVIDSREQUEST']._serialized_start=219
@@ -46,6 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBETOX509BUNDLESRESPONSE']._serialized_end=677
   _globals['_SUBSCRIBETOX509BUNDLESRESPONSE_CACERTIFICATESENTRY']._serialized_start=624
   _globals['_SUBSCRIBETOX509BUNDLESRESPONSE_CACERTIFICATESENTRY']._serialized_end=677
-  _globals['_DELEGATEDIDENTITY']._serialized_start=680
-  _globals['_DELEGATEDIDENTITY']._serialized_end=1029
+  _globals['_FETCHJWTSVIDSREQUEST']._serialized_start=679
+  _globals['_FETCHJWTSVIDSREQUEST']._serialized_end=778
+  _globals['_FETCHJWTSVIDSRESPONSE']._serialized_start=780
+  _globals['_FETCHJWTSVIDSRESPONSE']._serialized_end=844
+  _globals['_SUBSCRIBETOJWTBUNDLESREQUEST']._serialized_start=846
+  _globals['_SUBSCRIBETOJWTBUNDLESREQUEST']._serialized_end=876
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE']._serialized_start=879
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE']._serialized_end=1057
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=1011
+  _globals['_SUBSCRIBETOJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=1057
+  _globals['_DELEGATEDIDENTITY']._serialized_start=1060
+  _globals['_DELEGATEDIDENTITY']._serialized_end=1713
 # @@protoc_insertion_point(module_scope)

@@ -47,3 +47,36 @@ class SubscribeToX509BundlesResponse(_message.Message):
     CA_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     ca_certificates: _containers.ScalarMap[str, bytes]
     def __init__(self, ca_certificates: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class FetchJWTSVIDsRequest(_message.Message):
+    __slots__ = ("audience", "selectors", "pid")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    audience: _containers.RepeatedScalarFieldContainer[str]
+    selectors: _containers.RepeatedCompositeFieldContainer[_types_pb2.Selector]
+    pid: int
+    def __init__(self, audience: _Optional[_Iterable[str]] = ..., selectors: _Optional[_Iterable[_Union[_types_pb2.Selector, _Mapping]]] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class FetchJWTSVIDsResponse(_message.Message):
+    __slots__ = ("svids",)
+    SVIDS_FIELD_NUMBER: _ClassVar[int]
+    svids: _containers.RepeatedCompositeFieldContainer[_types_pb2.JWTSVID]
+    def __init__(self, svids: _Optional[_Iterable[_Union[_types_pb2.JWTSVID, _Mapping]]] = ...) -> None: ...
+
+class SubscribeToJWTBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SubscribeToJWTBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    class BundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.ScalarMap[str, bytes]
+    def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

@@ -44,6 +44,16 @@ class DelegatedIdentityStub:
                 request_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesRequest.SerializeToString,
                 response_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesResponse.FromString,
                 _registered_method=True)
+        self.FetchJWTSVIDs = channel.unary_unary(
+                '/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/FetchJWTSVIDs',
+                request_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsRequest.SerializeToString,
+                response_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsResponse.FromString,
+                _registered_method=True)
+        self.SubscribeToJWTBundles = channel.unary_stream(
+                '/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/SubscribeToJWTBundles',
+                request_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesRequest.SerializeToString,
+                response_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class DelegatedIdentityServicer:
@@ -61,6 +71,18 @@ class DelegatedIdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchJWTSVIDs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeToJWTBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DelegatedIdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +95,16 @@ def add_DelegatedIdentityServicer_to_server(servicer, server):
                     servicer.SubscribeToX509Bundles,
                     request_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesRequest.FromString,
                     response_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesResponse.SerializeToString,
+            ),
+            'FetchJWTSVIDs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchJWTSVIDs,
+                    request_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsRequest.FromString,
+                    response_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsResponse.SerializeToString,
+            ),
+            'SubscribeToJWTBundles': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeToJWTBundles,
+                    request_deserializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesRequest.FromString,
+                    response_serializer=spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +161,60 @@ class DelegatedIdentity:
             '/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/SubscribeToX509Bundles',
             spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesRequest.SerializeToString,
             spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToX509BundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchJWTSVIDs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/FetchJWTSVIDs',
+            spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsRequest.SerializeToString,
+            spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.FetchJWTSVIDsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeToJWTBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spire.api.agent.delegatedidentity.v1.DelegatedIdentity/SubscribeToJWTBundles',
+            spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesRequest.SerializeToString,
+            spire_dot_api_dot_agent_dot_delegatedidentity_dot_v1_dot_delegatedidentity__pb2.SubscribeToJWTBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

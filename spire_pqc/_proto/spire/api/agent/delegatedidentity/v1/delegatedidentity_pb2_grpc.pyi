@@ -29,18 +29,24 @@ class DelegatedIdentityStub:
     def __new__(cls, channel: grpc.aio.Channel) -> DelegatedIdentityAsyncStub: ...
     SubscribeToX509SVIDs: grpc.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsResponse]
     SubscribeToX509Bundles: grpc.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesResponse]
+    FetchJWTSVIDs: grpc.UnaryUnaryMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsResponse]
+    SubscribeToJWTBundles: grpc.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesResponse]
 
 class DelegatedIdentityAsyncStub:
     """Type-only: what DelegatedIdentityStub(grpc.aio.Channel) returns."""
 
     SubscribeToX509SVIDs: grpc.aio.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsResponse]
     SubscribeToX509Bundles: grpc.aio.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesResponse]
+    FetchJWTSVIDs: grpc.aio.UnaryUnaryMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsResponse]
+    SubscribeToJWTBundles: grpc.aio.UnaryStreamMultiCallable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesRequest, _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesResponse]
 
 class DelegatedIdentityServicer:
     """Server side of spire.api.agent.delegatedidentity.v1.DelegatedIdentity; every method answers UNIMPLEMENTED unless overridden."""
 
     def SubscribeToX509SVIDs(self, request: _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsResponse] | collections.abc.AsyncIterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509SVIDsResponse]: ...
     def SubscribeToX509Bundles(self, request: _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesResponse] | collections.abc.AsyncIterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToX509BundlesResponse]: ...
+    def FetchJWTSVIDs(self, request: _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsRequest, context: _ServicerContext) -> _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsResponse | collections.abc.Awaitable[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.FetchJWTSVIDsResponse]: ...
+    def SubscribeToJWTBundles(self, request: _spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesResponse] | collections.abc.AsyncIterator[_spire_api_agent_delegatedidentity_v1_delegatedidentity_pb2.SubscribeToJWTBundlesResponse]: ...
 
 def add_DelegatedIdentityServicer_to_server(
     servicer: DelegatedIdentityServicer, server: grpc.Server | grpc.aio.Server
