@@ -17,11 +17,13 @@ import pytest
 from cryptography import x509
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from spiffe import WorkloadApiClient
+from spiffe import JwtSvid, SpiffeId, WorkloadApiClient
 
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.server import Agent
+from spire_pqc.agent.sources.delegated import DelegatedIdentitySource
+from spire_pqc.errors import UnavailableError
 from tests.integration.spire import SpireAgent, SpireServer, cleanup, running, short_tempdir
 from tests.unit.agent._support import HEADER, first_reply
 
@@ -47,6 +49,26 @@ def _fetch(address: str) -> tuple[list[str], bytes]:
         return ids, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in bundle.x509_authorities)
     finally:
         client.close()
+
+
+def _jwt_round_trip(ours: str, spire: str) -> tuple[str, str, set[str]]:
+    """A JWT-SVID fetched and validated through our agent, then checked against SPIRE's own JWT bundle."""
+    client = WorkloadApiClient(socket_path=ours)
+    spire_client = WorkloadApiClient(socket_path=spire)
+    try:
+        svid = client.fetch_jwt_svid(audience={"a"}, subject=SpiffeId(WORKLOAD))
+        validated = client.validate_jwt_svid(svid.token, "a")
+        ours_bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        spire_bundle = spire_client.fetch_jwt_bundles().get_bundle_for_trust_domain(
+            svid.spiffe_id.trust_domain
+        )
+        assert ours_bundle is not None and spire_bundle is not None
+        assert set(ours_bundle.jwt_authorities) == set(spire_bundle.jwt_authorities)
+        checked = JwtSvid.parse_and_validate(svid.token, spire_bundle, {"a"})
+        return str(validated.spiffe_id), str(checked.spiffe_id), set(checked.audience)
+    finally:
+        client.close()
+        spire_client.close()
 
 
 @pytest.mark.asyncio
@@ -96,5 +118,19 @@ async def test_relays_spire_svids_through_delegated_identity() -> None:
                         hy.HybridSVIDRequest(), hy.HybridSVIDResponse, metadata=HEADER,
                     )  # fmt: skip
                 assert info.value.status is Status.UNAVAILABLE
+                # JWT profile through FetchJWTSVIDs{pid} and SubscribeToJWTBundles.
+                source = agent.source
+                assert isinstance(source, DelegatedIdentitySource)
+                while True:
+                    try:
+                        source.jwt_bundles()
+                        break
+                    except UnavailableError:
+                        assert time.monotonic() < deadline + 30, "no JWT bundle from the SPIRE agent"
+                        await asyncio.sleep(0.1)
+                validated, checked, audience = await asyncio.to_thread(
+                    _jwt_round_trip, f"unix://{config.socket_path}", f"unix://{spire_agent.socket}"
+                )
+                assert (validated, checked, audience) == (WORKLOAD, WORKLOAD, {"a"})
     finally:
         cleanup(workdir)

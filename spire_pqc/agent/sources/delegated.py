@@ -6,6 +6,10 @@ with ``SubscribeToX509SVIDs{pid}`` on the SPIRE agent's admin socket
 "Per-workload SVIDs for a relay or broker"). SPIRE requires this agent's own SPIFFE ID to be listed
 in ``authorized_delegates``. Bundles come from one shared ``SubscribeToX509Bundles`` stream.
 
+JWT profile: ``FetchJWTSVIDs{audience, pid}`` per request (SPIRE attests the PID and signs), and one
+shared ``SubscribeToJWTBundles`` stream (trust domain → JWKS) that FetchJWTBundles serves and
+ValidateJWTSVID verifies against (:mod:`spire_pqc.agent.jwtsvid`).
+
 SPIRE asks delegates to keep the PID from being recycled while the subscription is open; the
 caller's connection to us is held open for the same time, and :mod:`spire_pqc.agent.peercred`
 re-checks the PID before every answer.
@@ -32,6 +36,7 @@ from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedident
 from spire_pqc._proto.spire.api.types import types_pb2
 from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
 from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
+from spire_pqc.agent.jwtsvid import JwtSvid
 from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.errors import AuthorizationError, SpiffeIdError, SpirePqcError, UnavailableError
@@ -75,9 +80,17 @@ def parse_svids(response: di.SubscribeToX509SVIDsResponse) -> tuple[ClassicalSvi
     return tuple(svids)
 
 
-def parse_bundles(response: di.SubscribeToX509BundlesResponse) -> dict[TrustDomain, bytes]:
+def parse_bundles(
+    response: di.SubscribeToX509BundlesResponse | di.SubscribeToJWTBundlesResponse,
+) -> dict[TrustDomain, bytes]:
+    """X.509 (DER) or JWT (JWKS JSON) bundles by trust domain."""
+    items = (
+        response.ca_certificates
+        if isinstance(response, di.SubscribeToX509BundlesResponse)
+        else response.bundles
+    )
     bundles = {}
-    for key, der in response.ca_certificates.items():
+    for key, der in items.items():
         try:
             bundles[TrustDomain.parse(key)] = bytes(der)  # SPIRE keys by trust domain ID or name
         except SpiffeIdError as exc:
@@ -97,6 +110,8 @@ class DelegatedIdentitySource:
         self._channel: grpc.aio.Channel | None = None
         self._bundles: Broadcast[dict[TrustDomain, bytes]] = Broadcast()
         self._bundle_task: asyncio.Task[None] | None = None
+        self._jwt_bundles: Broadcast[dict[TrustDomain, bytes]] = Broadcast()
+        self._jwt_bundle_task: asyncio.Task[None] | None = None
         self._retry = (retry_initial, retry_max)
         self._closed = False
 
@@ -122,30 +137,44 @@ class DelegatedIdentitySource:
 
     async def start(self) -> None:
         self._channel = self._connect()
-        self._bundle_task = asyncio.create_task(self._follow_bundles(), name="spire-pqc-spire-bundles")
+        self._bundle_task = asyncio.create_task(
+            self._follow_bundles(self._bundles, jwt=False), name="spire-pqc-spire-bundles"
+        )
+        self._jwt_bundle_task = asyncio.create_task(
+            self._follow_bundles(self._jwt_bundles, jwt=True), name="spire-pqc-spire-jwt-bundles"
+        )
 
     async def close(self) -> None:
         self._closed = True
-        if self._bundle_task is not None:
-            self._bundle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._bundle_task
+        for task in (self._bundle_task, self._jwt_bundle_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._bundles.close()
+        self._jwt_bundles.close()
         if self._channel is not None:
             await self._channel.close(None)
 
-    async def _follow_bundles(self) -> None:
+    async def _follow_bundles(self, into: Broadcast[dict[TrustDomain, bytes]], *, jwt: bool) -> None:
         delay, rng = self._retry[0], random.Random()  # noqa: S311 - jitter, not a secret
+        what = "JWT bundles" if jwt else "bundles"
         while not self._closed:
-            call = self._stub().SubscribeToX509Bundles(di.SubscribeToX509BundlesRequest())
+            stub = self._stub()
+            call: Any = (
+                stub.SubscribeToJWTBundles(di.SubscribeToJWTBundlesRequest())
+                if jwt
+                else stub.SubscribeToX509Bundles(di.SubscribeToX509BundlesRequest())
+            )
             try:
                 async for response in call:
-                    self._bundles.publish(parse_bundles(response))
+                    into.publish(parse_bundles(response))
                     delay = self._retry[0]
-                log.warning("SPIRE agent ended the bundle stream; resubscribing")
+                log.warning("SPIRE agent ended the %s stream; resubscribing", what)
             except grpc.aio.AioRpcError as exc:
-                log.warning("%s; retrying in about %.1fs", _rpc_error(exc, "bundles"), delay)
-                if exc.code() is grpc.StatusCode.UNAVAILABLE and not self._closed:
+                log.warning("%s; retrying in about %.1fs", _rpc_error(exc, what), delay)
+                # Only the X.509 follower replaces the shared channel, so a restart reconnects once.
+                if exc.code() is grpc.StatusCode.UNAVAILABLE and not self._closed and not jwt:
                     await self._reconnect()
             finally:
                 call.cancel()
@@ -158,6 +187,43 @@ class DelegatedIdentitySource:
         return X509State(
             svids, {td: der for td, der in all_bundles.items() if td in own or td in federates_with}
         )
+
+    async def fetch_jwt_svids(
+        self, caller: Caller, audience: Sequence[str], spiffe_id: SpiffeId | None
+    ) -> list[JwtSvid]:
+        """JWT-SVIDs SPIRE issues to the caller's PID for ``audience`` (only ``spiffe_id``'s when given)."""
+        request = di.FetchJWTSVIDsRequest(audience=list(audience), pid=caller.pid)
+        try:
+            response = await self._stub().FetchJWTSVIDs(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(exc, f"JWT-SVIDs for pid {caller.pid}") from exc
+        svids = []
+        for item in response.svids:
+            try:
+                sid = SpiffeId.from_parts(item.id.trust_domain, item.id.path)
+            except SpiffeIdError as exc:
+                log.warning("ignoring a JWT-SVID from SPIRE with an invalid SPIFFE ID: %s", exc)
+                continue
+            if spiffe_id is None or sid == spiffe_id:
+                svids.append(JwtSvid(sid, item.token, item.hint))
+        if not svids:
+            raise AuthorizationError(
+                "no identity issued" if spiffe_id is None else f"no identity {spiffe_id}"
+            )
+        return svids
+
+    async def watch_jwt_bundles(self, caller: Caller) -> AsyncIterator[Mapping[TrustDomain, bytes]]:
+        """SPIRE's JWT bundles (trust domain → JWKS), full state after every change."""
+        if self._jwt_bundles.value is None:
+            raise UnavailableError("waiting for the JWT bundles from the SPIRE agent")
+        async for bundles in self._jwt_bundles.updates():
+            yield bundles
+
+    def jwt_bundles(self) -> Mapping[TrustDomain, bytes]:
+        value = self._jwt_bundles.value
+        if value is None:
+            raise UnavailableError("waiting for the JWT bundles from the SPIRE agent")
+        return value
 
     def watch(self, caller: Caller) -> AsyncIterator[X509State]:
         return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
