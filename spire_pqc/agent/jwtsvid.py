@@ -143,4 +143,6 @@ def validate(
         )
     except jwt.PyJWTError as exc:
         raise VerificationError(f"token is invalid: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # PyJWT's way of saying the key does not fit the algorithm
+        raise VerificationError(f"key {kid!r} cannot verify a {alg} token: {exc}") from exc
     return spiffe_id, claims
