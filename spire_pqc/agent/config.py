@@ -67,6 +67,8 @@ class DevSourceConfig:
     trust_domain: TrustDomain
     svid_ttl: dt.timedelta
     entries: tuple[DevEntry, ...]
+    # Lifetime of the dev JWT-SVIDs (each FetchJWTSVID signs new ones).
+    jwt_svid_ttl: dt.timedelta = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def _address(c: _Collector, key: str, text: str, *, loopback_only: bool = True) 
 
 def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | None:
     prefix = "source.dev."
-    c.unknown(data, {"trust_domain", "svid_ttl", "entries"}, prefix)
+    c.unknown(data, {"trust_domain", "svid_ttl", "jwt_svid_ttl", "entries"}, prefix)
     td_text = c.string(data, "trust_domain", prefix, required=True)
     trust_domain = None
     if td_text is not None:
@@ -241,6 +243,7 @@ def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | Non
         except SpiffeIdError as exc:
             c.problem(f"{prefix}trust_domain", str(exc))
     ttl = c.duration(data, "svid_ttl", prefix, dt.timedelta(hours=1))
+    jwt_ttl = c.duration(data, "jwt_svid_ttl", prefix, dt.timedelta(minutes=5))
     raw_entries = data.get("entries", [])
     entries: list[DevEntry] = []
     if not isinstance(raw_entries, list):
@@ -289,7 +292,7 @@ def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | Non
         c.problem(f"{prefix}entries", f"hint {hint!r} is used by more than one entry")
     if trust_domain is None:
         return None
-    return DevSourceConfig(trust_domain, ttl, tuple(entries))
+    return DevSourceConfig(trust_domain, ttl, tuple(entries), jwt_ttl)
 
 
 def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig | None:

@@ -127,7 +127,7 @@ class Agent:
     def _build_source(self) -> IdentitySource:
         source_config = self.config.source
         if isinstance(source_config, DevSourceConfig):
-            return DevIdentitySource(source_config)
+            return DevIdentitySource(source_config, jwt_ttl=source_config.jwt_svid_ttl)
         return DelegatedIdentitySource(source_config)
 
     async def _build_ca_client(self, source: IdentitySource) -> CAClient:

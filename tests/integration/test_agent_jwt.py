@@ -20,6 +20,7 @@ from grpclib.exceptions import GRPCError
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc.agent.config import parse
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.spiffeid import SpiffeId
 from tests.unit.agent._support import HEADER, ME, TRUST_DOMAIN, dev_config, running_agent, short_dir
@@ -190,3 +191,22 @@ async def test_unknown_caller_is_permission_denied() -> None:
             await unary(agent.socket_path, FETCH, wl.JWTSVIDRequest(audience=["a"]), wl.JWTSVIDResponse)
         assert info.value.status is Status.PERMISSION_DENIED
         assert info.value.message == "no identity issued"
+
+
+@pytest.mark.asyncio
+async def test_jwt_svid_ttl_is_configurable() -> None:
+    directory = short_dir()
+    entry = {"spiffe_id": ME, "selectors": [f"unix:uid:{os.getuid()}"]}
+    config = parse(
+        {
+            "agent": {"socket_path": str(directory / "agent.sock"), "shutdown_grace": "1s"},
+            "source": {
+                "kind": "dev",
+                "dev": {"trust_domain": TRUST_DOMAIN, "jwt_svid_ttl": "90s", "entries": [entry]},
+            },
+        }
+    )
+    async with running_agent(config) as agent:
+        reply = await unary(agent.socket_path, FETCH, wl.JWTSVIDRequest(audience=["a"]), wl.JWTSVIDResponse)
+        claims = jwt.decode(reply.svids[0].svid, options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 90
