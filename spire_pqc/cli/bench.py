@@ -48,35 +48,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _crypto(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_crypto
+    from spire_pqc.bench import crypto as bench_crypto
 
     status: int = bench_crypto.main(seconds=args.seconds, use_openssl=not args.no_openssl)
     return status
 
 
 def _ca(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_ca
+    from spire_pqc.bench import ca as bench_ca
 
     print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
     return 0
 
 
 def _composer(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_composer
+    from spire_pqc.bench import composer as bench_composer
 
     print(bench_composer.format_report(bench_composer.run(mints=args.mints)))
     return 0
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_agent
+    from spire_pqc.bench import agent as bench_agent
 
     print(bench_agent.run())
     return 0
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_channel
+    from spire_pqc.bench import channel as bench_channel
 
     print(bench_channel.format_report(bench_channel.run(handshakes=args.handshakes)))
     if args.s_time:
@@ -85,7 +85,7 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 def _tunnel(args: argparse.Namespace) -> int:
-    from spire_pqc.cli import bench_tunnel
+    from spire_pqc.bench import tunnel as bench_tunnel
 
     print(bench_tunnel.format_report(bench_tunnel.run(megabytes=args.megabytes)))
     return 0

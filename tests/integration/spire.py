@@ -1,7 +1,6 @@
-"""The SPIRE process harness, shared with `spire-pqc bench composer` (spire_pqc._internal.spirelab)."""
+"""The SPIRE process harness, shared with `spire-pqc bench composer` (spire_pqc.bench.spirelab)."""
 
-from spire_pqc._internal.spirelab import (
-    PLUGIN_CMD,
+from spire_pqc.bench.spirelab import (
     SpireAgent,
     SpireServer,
     cleanup,
@@ -13,7 +12,6 @@ from spire_pqc._internal.spirelab import (
 )
 
 __all__ = [
-    "PLUGIN_CMD",
     "SpireAgent",
     "SpireServer",
     "cleanup",

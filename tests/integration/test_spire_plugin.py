@@ -137,6 +137,14 @@ def test_spire_server_validate_loads_the_plugin(pqc: PQC, workdir: Path) -> None
     assert "valid" in result.stdout
 
 
+def test_the_checkout_wrapper_loads_the_plugin_too(pqc: PQC, workdir: Path) -> None:
+    """plugins/spire-pqc-composer (the shell wrapper for a source checkout) execs the same plugin."""
+    wrapper = Path(__file__).resolve().parents[2] / "plugins" / "spire-pqc-composer" / "spire-pqc-composer"
+    result = SpireServer(workdir, composer_data=pqc.plugin_data(), plugin_cmd=wrapper).validate()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout
+
+
 def test_spire_server_validate_shows_every_plugin_data_problem(pqc: PQC, workdir: Path) -> None:
     bad: dict[str, object] = {
         "intermediate_key_path": str(workdir / "missing.pem"),

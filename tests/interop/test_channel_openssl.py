@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
+from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.sources import Mode, StaticHybridSvidSource

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
-from spire_pqc.cli.bench_crypto import openssl_speed
+from spire_pqc.bench.crypto import openssl_speed
+from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey

@@ -30,7 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
+from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.bundle import BundleSet
 from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.errors import NotConfiguredError

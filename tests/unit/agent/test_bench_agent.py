@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spire_pqc.cli.bench_agent import rotation_fanout, rss_with_identities
+from spire_pqc.bench.agent import rotation_fanout, rss_with_identities
 
 
 @pytest.mark.asyncio

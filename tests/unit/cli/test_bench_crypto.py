@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from spire_pqc.cli.bench_crypto import (
+from spire_pqc.bench.crypto import (
     BenchInfo,
     Row,
     format_table,

@@ -21,9 +21,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from spire_pqc._internal.spirelab import SpireServer, cleanup, free_port, short_tempdir
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2_grpc
 from spire_pqc.agent.caclient import issue_request_message
+from spire_pqc.bench.spirelab import SpireServer, cleanup, free_port, short_tempdir
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import build_request
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge

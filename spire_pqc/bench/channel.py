@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
+from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer

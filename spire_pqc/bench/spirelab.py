@@ -2,7 +2,9 @@
 
 Used by the integration tests and by `spire-pqc bench composer`. The binaries come from
 `make spire` (scripts/build-spire.sh) in ~/.cache/spire-pqc; a missing binary raises with the
-command that builds it.
+command that builds it. Nothing here depends on a source checkout: the plugin executable is the
+``spire-pqc-composer`` console script installed beside the running interpreter (or
+``$SPIRE_PQC_PLUGIN_CMD``), so the same code runs from an installed wheel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,8 +23,7 @@ from pathlib import Path
 from typing import IO
 
 SPIRE_VERSION = "v1.15.3"
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN_CMD = REPO / "plugins" / "spire-pqc-composer" / "spire-pqc-composer"
+ENV_PLUGIN_CMD = "SPIRE_PQC_PLUGIN_CMD"
 
 
 class SpireLabError(AssertionError):
@@ -36,6 +38,27 @@ def spire_bin(name: str) -> Path:
             f"{path} is missing: run `make spire` (builds SPIRE {SPIRE_VERSION} from its Go module)"
         )
     return path
+
+
+def plugin_command() -> Path:
+    """The executable spire-server runs as ``plugin_cmd``.
+
+    ``$SPIRE_PQC_PLUGIN_CMD`` when set, else the ``spire-pqc-composer`` console script that pip
+    installed beside this interpreter (a virtualenv's ``bin/``), else the one on ``PATH``.
+    """
+    override = os.environ.get(ENV_PLUGIN_CMD, "").strip()
+    if override:
+        return Path(override)
+    beside = Path(sys.executable).parent / "spire-pqc-composer"
+    if beside.exists():
+        return beside
+    found = shutil.which("spire-pqc-composer")
+    if found:
+        return Path(found)
+    raise SpireLabError(
+        f"spire-pqc-composer not found beside {sys.executable} nor on PATH: install spire-pqc "
+        f"(pip install spire-pqc) or set {ENV_PLUGIN_CMD}"
+    )
 
 
 def free_port() -> int:
@@ -68,6 +91,7 @@ class SpireServer:
     trust_domain: str = "example.org"
     composer_data: dict[str, object] | None = None
     plugin_checksum: bool = True
+    plugin_cmd: Path = field(default_factory=plugin_command)
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     endpoint_port: int = 0
@@ -93,11 +117,11 @@ class SpireServer:
             if self.plugin_checksum:
                 import hashlib
 
-                digest = hashlib.sha256(PLUGIN_CMD.read_bytes()).hexdigest()
+                digest = hashlib.sha256(self.plugin_cmd.read_bytes()).hexdigest()
                 checksum = f'\n        plugin_checksum = "{digest}"'
             composer = f"""
     CredentialComposer "spire_pqc" {{
-        plugin_cmd = "{PLUGIN_CMD}"{checksum}
+        plugin_cmd = "{self.plugin_cmd}"{checksum}
         plugin_data {{
 {hcl_block(self.composer_data, "            ")}
         }}
@@ -136,7 +160,8 @@ plugins {{
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["SPIRE_PQC_PYTHON"] = str(REPO / ".venv" / "bin" / "python")
+        # For the repository's shell wrapper (plugins/spire-pqc-composer): run this interpreter.
+        env["SPIRE_PQC_PYTHON"] = sys.executable
         env.update(self.extra_env)
         return env
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from spire_pqc._internal.openssl_cli import OpenSSLCli, find_openssl35
+from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.crypto import backend_name
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
