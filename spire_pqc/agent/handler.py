@@ -201,12 +201,12 @@ class _Services:
 
     @contextlib.contextmanager
     def open_stream(self, rpc: str) -> Iterator[None]:
-        self.metrics.open_streams[rpc] += 1
+        self.metrics.open_streams.labels(rpc=rpc).inc()
         try:
             with _grpc_errors():
                 yield
         finally:
-            self.metrics.open_streams[rpc] -= 1
+            self.metrics.open_streams.labels(rpc=rpc).dec()
 
     async def serve(
         self,
@@ -247,7 +247,7 @@ class _Services:
                         if wire != last:
                             self.caller(stream)  # the process that connected must still be the one answered
                             await stream.send_message(message)
-                            self.metrics.identities_served[service] += count(message)
+                            self.metrics.identities_served.labels(service=service).inc(count(message))
                             last = wire
                     if pending is None:
                         pending = asyncio.ensure_future(anext(states))
@@ -336,7 +336,7 @@ class WorkloadAPIService:
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
         self._s.caller(stream)  # the process that connected must still be the one answered
         await stream.send_message(compose_jwt_svid_response(svids))
-        self._s.metrics.identities_served["jwt"] += len(svids)
+        self._s.metrics.identities_served.labels(service="jwt").inc(len(svids))
 
     async def fetch_jwt_bundles(self, stream: Stream[wl.JWTBundlesRequest, wl.JWTBundlesResponse]) -> None:
         caller = await self._s.begin(stream)

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from spire_pqc.agent.metrics import CONTENT_TYPE
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
@@ -65,7 +67,7 @@ class HealthServer:
             ok = self._ready()
             return (200 if ok else 503), "text/plain", "ready\n" if ok else "not ready\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+            return 200, CONTENT_TYPE, self._metrics()
         return 404, "text/plain", "not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,83 +1,67 @@
-"""The agent's counters and gauges, rendered in the Prometheus text exposition format (0.0.4)."""
+"""The agent's metrics: prometheus_client families in one registry per agent.
+
+Each :class:`Metrics` owns its own ``CollectorRegistry`` (never the process-global one), so several
+agents can live in one process (tests, benchmarks) without their numbers mixing. Components update
+the metric objects directly (``metrics.issuance.labels(result="success").inc()``); state that lives
+elsewhere (tunnel counters, open connections) is read at scrape time by a collector or a gauge
+function. :meth:`Metrics.render` is the Prometheus text exposition served on ``/metrics``.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds from a new classical SVID to its PQC credentials: ~10 ms in-process, up to minutes while the
+# CA is unreachable.
+ROTATION_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels
-    )
-    return "{" + inner + "}"
-
-
-@dataclass
 class Metrics:
-    """Plain numbers updated by the agent's components; :meth:`render` is called per scrape."""
+    """The agent's metric families; :meth:`render` is called per scrape."""
 
-    identities_served: Counter[str] = field(default_factory=Counter)  # SVIDs sent, by service
-    issuance: Counter[str] = field(default_factory=Counter)  # "success" / "failure"
-    open_streams: Counter[str] = field(default_factory=Counter)  # by RPC name
-    rotation_lag_seconds: float = 0.0  # last: classical SVID first seen → PQC credentials ready
-    rotation_lag_sum: float = 0.0
-    rotation_lag_count: int = 0
-    pqc_identities: int = 0  # classical SVIDs with PQC credentials held in memory
-    peers: int = 0
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.identities_served = Counter(
+            "spire_pqc_agent_identities_served",
+            "SVIDs sent to workloads, by service.",
+            ["service"],
+            registry=r,
+        )
+        self.issuance = Counter(
+            "spire_pqc_agent_pqc_issuance", "PQC issuance attempts by result.", ["result"], registry=r
+        )
+        self.open_streams = Gauge(
+            "spire_pqc_agent_open_streams",
+            "Open Workload API and hybrid streams, by RPC.",
+            ["rpc"],
+            registry=r,
+        )
+        self.rotation_lag = Histogram(
+            "spire_pqc_agent_rotation_lag_seconds",
+            "Seconds from a new classical SVID to its PQC credentials.",
+            buckets=ROTATION_LAG_BUCKETS,
+            registry=r,
+        )
+        self.pqc_identities = Gauge(
+            "spire_pqc_agent_pqc_identities", "Classical SVIDs with PQC credentials held.", registry=r
+        )
+        self.connections = Gauge("spire_pqc_agent_connections", "Open client connections.", registry=r)
+        for result in ("success", "failure"):
+            self.issuance.labels(result=result)  # exported as 0 before the first attempt
 
-    def observe_rotation_lag(self, seconds: float) -> None:
-        self.rotation_lag_seconds = seconds
-        self.rotation_lag_sum += seconds
-        self.rotation_lag_count += 1
+    def register(self, collector: Collector) -> None:
+        """Add a collector that reads state kept elsewhere at scrape time (e.g. tunnel counters)."""
+        self.registry.register(collector)
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample (0 when absent), e.g. ``value("…_total", result="success")``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def open_stream_count(self) -> int:
+        return int(sum(s.value for family in self.open_streams.collect() for s in family.samples))
 
     def render(self) -> str:
-        lines: list[str] = []
-
-        def family(
-            name: str, kind: str, help_text: str, samples: list[tuple[tuple[tuple[str, str], ...], float]]
-        ) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{_labels(labels)} {value:g}")
-
-        family(
-            "spire_pqc_agent_identities_served_total",
-            "counter",
-            "SVIDs sent to workloads, by service.",
-            [((("service", k),), v) for k, v in sorted(self.identities_served.items())]
-            or [((("service", "workload"),), 0)],
-        )
-        family(
-            "spire_pqc_agent_pqc_issuance_total",
-            "counter",
-            "PQC issuance attempts by result.",
-            [((("result", r),), self.issuance[r]) for r in ("success", "failure")],
-        )
-        family(
-            "spire_pqc_agent_open_streams",
-            "gauge",
-            "Open Workload API and hybrid streams, by RPC.",
-            [((("rpc", k),), v) for k, v in sorted(self.open_streams.items())] or [((("rpc", "none"),), 0)],
-        )
-        family(
-            "spire_pqc_agent_rotation_lag_seconds",
-            "gauge",
-            "Seconds from a new classical SVID to its PQC credentials (last rotation).",
-            [((), self.rotation_lag_seconds)],
-        )
-        lines.append("# HELP spire_pqc_agent_rotation_lag_seconds_total Summary of rotation lags.")
-        lines.append("# TYPE spire_pqc_agent_rotation_lag_seconds_total summary")
-        lines.append(f"spire_pqc_agent_rotation_lag_seconds_total_sum {self.rotation_lag_sum:g}")
-        lines.append(f"spire_pqc_agent_rotation_lag_seconds_total_count {self.rotation_lag_count}")
-        family(
-            "spire_pqc_agent_pqc_identities",
-            "gauge",
-            "Classical SVIDs with PQC credentials held in memory.",
-            [((), self.pqc_identities)],
-        )
-        family("spire_pqc_agent_connections", "gauge", "Open client connections.", [((), self.peers)])
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

@@ -157,7 +157,7 @@ class PqcProvisioner:
                 if slot.task is not None:
                     slot.task.cancel()
                 del self._slots[key]  # the private keys go with it
-        self._metrics.pqc_identities = sum(1 for s in self._slots.values() if s.credentials is not None)
+        self._metrics.pqc_identities.set(sum(1 for s in self._slots.values() if s.credentials is not None))
 
     async def _provision(self, slot: _Slot) -> None:
         svid = slot.svid
@@ -173,15 +173,15 @@ class PqcProvisioner:
                 slot.credentials = await self._issue_once(svid, mldsa, mlkem)
             except SpirePqcError as exc:
                 slot.last_error = str(exc)
-                self._metrics.issuance["failure"] += 1
+                self._metrics.issuance.labels(result="failure").inc()
                 log.warning("PQC issuance for %s failed (will retry): %s", sid, exc)
             else:
                 slot.last_error = None
-                self._metrics.issuance["success"] += 1
+                self._metrics.issuance.labels(result="success").inc()
                 lag = time.monotonic() - slot.first_seen
-                self._metrics.observe_rotation_lag(lag)
-                self._metrics.pqc_identities = sum(
-                    1 for s in self._slots.values() if s.credentials is not None
+                self._metrics.rotation_lag.observe(lag)
+                self._metrics.pqc_identities.set(
+                    sum(1 for s in self._slots.values() if s.credentials is not None)
                 )
                 td = svid.spiffe_id.trust_domain
                 if slot.credentials.pqc_bundle:

@@ -26,7 +26,7 @@ from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
-from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, render_metrics
+from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
 from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
 from spire_pqc.bundle import X509Bundle
 from spire_pqc.errors import ConfigError, SpirePqcError
@@ -74,6 +74,7 @@ class Agent:
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.metrics.register(TunnelCollector(lambda: self.tunnels))
         self._source = source
         self._ca_client = ca_client
         self._tracker = PeerTracker(proc_reader)
@@ -109,9 +110,7 @@ class Agent:
         return self._health
 
     def render_metrics(self) -> str:
-        self.metrics.peers = self._server.connections if self._server is not None else 0
-        text = self.metrics.render()
-        return text + render_metrics(self.tunnels) if self.tunnels else text
+        return self.metrics.render()
 
     @property
     def live(self) -> bool:
@@ -160,6 +159,7 @@ class Agent:
             self._source, self._provisioner, self._tracker, self.metrics, first_pqc_wait=self._first_pqc_wait
         )
         server = PeerCredServer(services, self._tracker)
+        self.metrics.connections.set_function(lambda: server.connections)
         path = self.config.socket_path
         _prepare_socket(path)
         # Many workloads reconnect at once after an agent restart: a deep accept queue (capped by the
@@ -251,9 +251,7 @@ class Agent:
             grace = self.config.shutdown_grace.total_seconds()
             # Give handlers a moment to send their final status before grpclib cancels the rest.
             deadline = asyncio.get_running_loop().time() + grace
-            while (
-                sum(self.metrics.open_streams.values()) > 0 and asyncio.get_running_loop().time() < deadline
-            ):
+            while self.metrics.open_stream_count() > 0 and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             self._server.close()
             with contextlib.suppress(TimeoutError):

@@ -20,8 +20,12 @@ import contextlib
 import ipaddress
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (
@@ -313,32 +317,30 @@ class InboundTunnel(_Tunnel):
             await self._server.wait_closed()
 
 
-def render_metrics(tunnels: Sequence[OutboundTunnel | InboundTunnel]) -> str:
-    """Tunnel counters in the Prometheus text format, appended to the agent's ``/metrics``."""
-    families = (
-        ("connections_total", "counter", "Tunnel connections by result.", None),
-        ("open_connections", "gauge", "Open tunnel connections.", "open"),
-        (
-            "bytes_total",
-            "counter",
+class TunnelCollector(Collector):
+    """Tunnel counters as Prometheus families, read from each tunnel's :class:`TunnelStats` per scrape."""
+
+    def __init__(self, tunnels: Callable[[], Sequence[OutboundTunnel | InboundTunnel]]) -> None:
+        self._tunnels = tunnels
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["tunnel", "kind"]
+        connections = CounterMetricFamily(
+            "spire_pqc_agent_tunnel_connections", "Tunnel connections by result.", labels=[*labels, "result"]
+        )
+        open_now = GaugeMetricFamily("spire_pqc_agent_tunnel_open_connections", "Open tunnel connections.",
+                                     labels=labels)  # fmt: skip
+        carried = CounterMetricFamily(
+            "spire_pqc_agent_tunnel_bytes",
             "Bytes carried by tunnels, by direction (out = towards the remote).",
-            None,
-        ),
-    )
-    lines: list[str] = []
-    for suffix, kind, help_text, attr in families:
-        name = f"spire_pqc_agent_tunnel_{suffix}"
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for t in tunnels:
-            label = t.name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            base = f'tunnel="{label}",kind="{"outbound" if isinstance(t, OutboundTunnel) else "inbound"}"'
-            s = t.stats
-            if suffix == "connections_total":
-                for result, value in (("accepted", s.accepted), ("refused", s.refused), ("failed", s.failed)):
-                    lines.append(f'{name}{{{base},result="{result}"}} {value}')
-            elif suffix == "bytes_total":
-                lines.append(f'{name}{{{base},direction="out"}} {s.bytes_out}')
-                lines.append(f'{name}{{{base},direction="in"}} {s.bytes_in}')
-            elif attr is not None:
-                lines.append(f"{name}{{{base}}} {getattr(s, attr)}")
-    return "\n".join(lines) + "\n"
+            labels=[*labels, "direction"],
+        )
+        for tunnel in self._tunnels():
+            base = [tunnel.name, "outbound" if isinstance(tunnel, OutboundTunnel) else "inbound"]
+            s = tunnel.stats
+            for result, value in (("accepted", s.accepted), ("refused", s.refused), ("failed", s.failed)):
+                connections.add_metric([*base, result], value)
+            open_now.add_metric(base, s.open)
+            carried.add_metric([*base, "out"], s.bytes_out)
+            carried.add_metric([*base, "in"], s.bytes_in)
+        yield from (connections, open_now, carried)

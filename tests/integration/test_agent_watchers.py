@@ -47,7 +47,7 @@ async def test_200_watchers_all_receive_a_rotation(summary: Summary) -> None:
                 waiting: list[asyncio.Future[Any]] = [ready, *tasks]
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 assert ready in done, [t.exception() for t in tasks if t.done()][:3]
-                assert agent.metrics.open_streams["FetchX509SVID"] == WATCHERS
+                assert agent.metrics.value("spire_pqc_agent_open_streams", rpc="FetchX509SVID") == WATCHERS
                 start = time.perf_counter()
                 await agent.source.rotate_now()  # type: ignore[attr-defined]
                 results = await asyncio.gather(*tasks)

@@ -34,9 +34,10 @@ async def test_probes_and_metrics() -> None:
                           wl.X509SVIDResponse, metadata=HEADER)  # fmt: skip
         status, body = await _get(port, "/metrics")
         assert status == 200
-        assert 'spire_pqc_agent_identities_served_total{service="workload"} 1' in body
+        assert 'spire_pqc_agent_identities_served_total{service="workload"} 1.0' in body
         assert "# TYPE spire_pqc_agent_pqc_issuance_total counter" in body
-        assert "spire_pqc_agent_rotation_lag_seconds " in body
+        assert "# TYPE spire_pqc_agent_rotation_lag_seconds histogram" in body
+        assert "\nspire_pqc_agent_connections 0.0\n" in body  # the probe above closed its connection
         assert (await _get(port, "/nope"))[0] == 404
         assert (await _get(port, "/live", "POST"))[0] == 405
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -123,7 +123,9 @@ async def test_unreachable_ca_gives_unavailable_then_recovers() -> None:
         assert len(flaky.attempts) >= 2  # retried with backoff
         flaky.up.set()
         async with asyncio.timeout(10):
-            while agent.metrics.issuance["success"] == 0:  # the next retry succeeds
+            while (
+                agent.metrics.value("spire_pqc_agent_pqc_issuance_total", result="success") == 0
+            ):  # the next retry succeeds
                 await asyncio.sleep(0.02)
         reply = await first_reply(
             agent.socket_path, HYBRID, hy.HybridSVIDRequest(), hy.HybridSVIDResponse, metadata=HEADER
@@ -132,7 +134,8 @@ async def test_unreachable_ca_gives_unavailable_then_recovers() -> None:
         # Every retry presented the same keys (so a lost reply cannot trigger the CA's duplicate rule).
         assert len(set(flaky.attempts)) == 1
         assert update.svids[0].pqc_key.public_key().spki() == flaky.attempts[0]
-        assert agent.metrics.issuance["failure"] >= 2 and agent.metrics.issuance["success"] == 1
+        assert agent.metrics.value("spire_pqc_agent_pqc_issuance_total", result="failure") >= 2
+        assert agent.metrics.value("spire_pqc_agent_pqc_issuance_total", result="success") == 1
 
 
 @pytest.mark.asyncio

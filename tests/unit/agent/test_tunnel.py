@@ -63,11 +63,11 @@ async def test_http_request_through_the_tunnel_pair() -> None:
         assert out.stats.bytes_in == inb.stats.bytes_out == len(response)
         metrics = agent.render_metrics()
     assert (
-        'spire_pqc_agent_tunnel_connections_total{tunnel="out",kind="outbound",result="accepted"} 1'
+        'spire_pqc_agent_tunnel_connections_total{kind="outbound",result="accepted",tunnel="out"} 1.0'
         in metrics
     )
     assert (
-        f'spire_pqc_agent_tunnel_bytes_total{{tunnel="in",kind="inbound",direction="out"}} {len(response)}'
+        f'spire_pqc_agent_tunnel_bytes_total{{direction="out",kind="inbound",tunnel="in"}} {float(len(response))}'
         in (metrics)
     )
 
