@@ -371,7 +371,10 @@ def plugin_pid(srv: SpireServer) -> int:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == srv.proc.pid and b"spire_pqc.cli.plugin" in cmdline:
+        # The console script (spire-pqc-composer) or the checkout's wrapper (python -m spire_pqc.cli.plugin).
+        if parent == srv.proc.pid and (
+            b"spire-pqc-composer" in cmdline or b"spire_pqc.cli.plugin" in cmdline
+        ):
             return int(entry.name)
     raise AssertionError("plugin process not found")
 
