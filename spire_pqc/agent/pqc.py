@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from spire_pqc._internal.backoff import backoff_delays
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
@@ -49,18 +50,6 @@ class _Slot:
     credentials: PqcCredentials | None = None
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
-
-
-def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Callable[[], float]:
-    """Exponential backoff with "equal jitter": each delay is uniform in [d/2, d]; d doubles up to maximum."""
-    state = {"next": initial}
-
-    def delay() -> float:
-        d = state["next"]
-        state["next"] = min(d * 2, maximum)
-        return rng.uniform(d / 2, d)
-
-    return delay
 
 
 class PqcProvisioner:
