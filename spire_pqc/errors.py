@@ -7,6 +7,8 @@ needs a single ``except`` clause. Subclasses name *what* failed; verification er
 
 from __future__ import annotations
 
+import enum
+
 
 class SpirePqcError(Exception):
     """Root of every error raised by spire-pqc."""
@@ -104,14 +106,35 @@ class AuthorizationError(SpirePqcError):
     """A verified peer is not allowed by the authorizer."""
 
 
+class RefusalReason(enum.StrEnum):
+    """Why an issue request was refused: the one list of reasons, shared by the CA, the endpoint (on the
+    wire as ``spire_pqc.ca.v1.RefusalReason`` in the gRPC status details) and the agent. The values are
+    stable tokens: log them, alert on them, compare ``IssuanceError.reason`` against them."""
+
+    MALFORMED = "malformed"  # request shape, sizes, encodings
+    STALE = "stale"  # timestamp outside the freshness window
+    UNTRUSTED_SVID = "untrusted-svid"  # classical chain does not verify for this trust domain
+    BINDING = "binding"  # no SvidBinding from a trusted intermediate in the classical leaf
+    BAD_PROOF = "bad-proof"  # a proof of possession does not verify
+    REPLAY = "replay"  # the nonce was used before (at any server sharing the ledger)
+    DUPLICATE = "duplicate"  # the classical SVID already obtained PQC credentials for other keys
+    UNAVAILABLE = "unavailable"  # the CA cannot decide now (its ledger database is down): retry
+    UNAUTHENTICATED = "unauthenticated"  # the caller presented no valid X509-SVID
+    UNAUTHORIZED = "unauthorized"  # the caller is not an authorised node agent
+    BAD_RESPONSE = "bad-response"  # (agent side) the CA's reply is unusable
+    REFUSED = "refused"  # a refusal that carried no reason (a CA older than the reason codes)
+
+
 class IssuanceError(SpirePqcError):
-    """The PQC CA refused an issuance request. ``reason`` is a stable token."""
+    """The PQC CA refused an issuance request. ``reason`` is a :class:`RefusalReason` (a str)."""
 
-    reason: str = "refused"
+    reason: RefusalReason = RefusalReason.REFUSED
 
-    def __init__(self, message: str, *, reason: str | None = None, spiffe_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: RefusalReason | str | None = None, spiffe_id: str | None = None
+    ) -> None:
         if reason is not None:
-            self.reason = reason
+            self.reason = RefusalReason(reason)
         self.spiffe_id = spiffe_id
         who = f" for {spiffe_id}" if spiffe_id else ""
         super().__init__(f"{self.reason}{who}: {message}")
@@ -123,6 +146,18 @@ class NotConfiguredError(SpirePqcError):
 
 class UnavailableError(SpirePqcError):
     """A dependency (SPIRE agent, PQC CA endpoint) cannot be reached right now; retry later."""
+
+
+class LedgerError(UnavailableError):
+    """The issuance ledger's database cannot answer (down, unreachable, corrupt, newer schema).
+
+    ``database`` names it as an operator would look for it (``postgresql://spire@db:5432/ledger``,
+    ``sqlite:///var/lib/spire-pqc/ledger.db``), never with a password. Issuance fails closed on it.
+    """
+
+    def __init__(self, message: str, *, database: str) -> None:
+        self.database = database
+        super().__init__(f"issuance ledger {database}: {message}")
 
 
 # --- verification failures, one class per check (``check`` is the stable token) ---------------

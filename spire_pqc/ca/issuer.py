@@ -6,6 +6,13 @@ chain against the trust domain's classical bundle and the SPIFFE leaf rules (``u
 → our own SvidBinding in the leaf (``binding``) → both proofs of possession (``bad-proof``) →
 nonce replay (``replay``) → one issuance per classical SVID (``duplicate``, a security event).
 Then the PQC SVID and the KEM certificate are issued with notAfter ≤ the classical SVID's.
+
+The last two rules live in the :mod:`~spire_pqc.ca.ledger` database, which decides them atomically
+(so they hold across threads, processes and SPIRE servers). Issuing is: record the nonce; if the
+serial is already answered, answer from the ledger; else sign and *insert-or-read* the entry. Of two
+racing requests for one serial exactly one entry is stored and both get it back: the same keys get
+the same certificates, other keys get ``duplicate``. A ledger that cannot answer refuses with
+``unavailable`` (fail closed): nothing is signed that the ledger did not record.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from spire_pqc.bundle import BundleSource
-from spire_pqc.ca.ledger import IssuanceLedger, LedgerEntry
+from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, LedgerEntry, open_ledger
 from spire_pqc.ca.request import (
     MAX_CERT_BYTES,
     MAX_CHAIN_CERTS,
@@ -33,7 +39,14 @@ from spire_pqc.ca.request import (
 )
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
-from spire_pqc.errors import InvalidKeyError, InvalidSignatureError, IssuanceError, VerificationError
+from spire_pqc.errors import (
+    InvalidKeyError,
+    InvalidSignatureError,
+    IssuanceError,
+    LedgerError,
+    RefusalReason,
+    VerificationError,
+)
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
 from spire_pqc.x509 import certs
@@ -89,16 +102,20 @@ class PQCIssuer:
         self._bundles = classical_bundles
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         self._binding_keys = [ca.public_key, *trusted_binding_keys]
-        # Not `ledger or ...`: an empty ledger has len() 0 and would be silently replaced.
-        self._ledger = ledger if ledger is not None else IssuanceLedger()
+        # Without a ledger: a private in-memory database (the rules then hold in this process only).
+        self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
         self._max_ttl = max_ttl
         self._clock = clock
-        self._lock = threading.Lock()
+        self._key_id = ca.public_key.key_id().hex()
 
     @property
     def ca(self) -> IntermediateCA:
         return self._ca
+
+    @property
+    def ledger(self) -> IssuanceLedger:
+        return self._ledger
 
     def issue(self, request: IssueRequest) -> Issued:
         now = self._clock()
@@ -107,56 +124,75 @@ class PQCIssuer:
         spiffe_id = self._check_classical(leaf, chain, now)
         mldsa_key, mlkem_key = self._check_keys(request, spiffe_id)
         self._check_proofs(request, leaf, mldsa_key, spiffe_id)
-        # Serialise the replay and ledger decisions, so two racing requests cannot both pass.
-        with self._lock:
-            if self._ledger.seen_nonce(request.nonce, now=now, window=self._freshness):
+        serial_key = f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
+        fingerprint = hashlib.sha256(request.mldsa_spki + request.mlkem_spki).hexdigest()
+        try:
+            # A nonce needs remembering while a request carrying it could still be fresh at any
+            # server: its timestamp is within the window of now, and servers' clocks differ a little.
+            if not self._ledger.use_nonce(request.nonce, expires=now + 2 * self._freshness):
                 raise IssuanceError(
-                    "nonce already used (replayed request)", reason="replay", spiffe_id=spiffe_id
+                    "nonce already used (replayed request)", reason=RefusalReason.REPLAY, spiffe_id=spiffe_id
                 )
-            serial_key = f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
-            fingerprint = hashlib.sha256(request.mldsa_spki + request.mlkem_spki).hexdigest()
-            previous = self._ledger.lookup(serial_key, now=now)
-            if previous is not None:
-                if previous.keys_fingerprint == fingerprint:
-                    return Issued(previous.response, spiffe_id, reissued=True)
-                log.warning(
-                    "security event: second PQC issuance with different keys refused for %s "
-                    "(classical SVID serial %x)",
-                    spiffe_id,
-                    leaf.serial_number,
-                )
-                raise IssuanceError(
-                    "this classical SVID already obtained PQC credentials for other keys",
-                    reason="duplicate",
+            stored = self._ledger.lookup(serial_key, now=now)
+            if stored is None:
+                response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now)
+                entry = LedgerEntry(
+                    serial_key=serial_key,
+                    keys_fingerprint=fingerprint,
                     spiffe_id=spiffe_id,
+                    issuer_key_id=self._key_id,
+                    issued=now,
+                    expires=leaf.not_valid_after_utc + self._freshness,
+                    response=response,
                 )
-            response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now)
-            self._ledger.record(LedgerEntry(serial_key, fingerprint, leaf.not_valid_after_utc, response))
-        log.info(
-            "issued PQC SVID and KEM certificate for %s (until %s)",
+                stored = self._ledger.record(entry)
+                if stored is entry:
+                    log.info(
+                        "issued PQC SVID and KEM certificate for %s (until %s)",
+                        spiffe_id,
+                        leaf.not_valid_after_utc.isoformat(),
+                    )
+                    return Issued(response, spiffe_id, reissued=False)
+        except LedgerError as exc:
+            raise IssuanceError(str(exc), reason=RefusalReason.UNAVAILABLE, spiffe_id=spiffe_id) from exc
+        if stored.keys_fingerprint == fingerprint:
+            return Issued(stored.response, spiffe_id, reissued=True)
+        log.warning(
+            "security event: second PQC issuance with different keys refused for %s "
+            "(classical SVID serial %x, first answered by intermediate %s at %s)",
             spiffe_id,
-            leaf.not_valid_after_utc.isoformat(),
+            leaf.serial_number,
+            stored.issuer_key_id[:16],
+            stored.issued.isoformat(),
         )
-        return Issued(response, spiffe_id, reissued=False)
+        raise IssuanceError(
+            "this classical SVID already obtained PQC credentials for other keys",
+            reason=RefusalReason.DUPLICATE,
+            spiffe_id=spiffe_id,
+        )
 
     # --- checks --------------------------------------------------------------------------------
 
     def _parse(self, request: IssueRequest) -> tuple[x509.Certificate, list[x509.Certificate]]:
         if not request.classical_chain or len(request.classical_chain) > MAX_CHAIN_CERTS:
             raise IssuanceError(
-                f"classical chain must have 1..{MAX_CHAIN_CERTS} certificates", reason="malformed"
+                f"classical chain must have 1..{MAX_CHAIN_CERTS} certificates", reason=RefusalReason.MALFORMED
             )
         if not NONCE_MIN <= len(request.nonce) <= NONCE_MAX:
-            raise IssuanceError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes", reason="malformed")
+            raise IssuanceError(
+                f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes", reason=RefusalReason.MALFORMED
+            )
         parsed = []
         for index, raw in enumerate(request.classical_chain):
             if len(raw) > MAX_CERT_BYTES:
-                raise IssuanceError(f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason="malformed")
+                raise IssuanceError(
+                    f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason=RefusalReason.MALFORMED
+                )
             try:
                 parsed.append(x509.load_der_x509_certificate(raw))
             except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
                 raise IssuanceError(
-                    f"certificate {index} is not DER X.509: {exc}", reason="malformed"
+                    f"certificate {index} is not DER X.509: {exc}", reason=RefusalReason.MALFORMED
                 ) from exc
         return parsed[0], parsed
 
@@ -169,7 +205,7 @@ class PQCIssuer:
             raise IssuanceError(
                 f"request timestamp is {skew_ms // 1000}s from the CA clock (window "
                 f"{self._freshness.total_seconds():.0f}s)",
-                reason="stale",
+                reason=RefusalReason.STALE,
             )
 
     def _check_classical(
@@ -179,18 +215,22 @@ class PQCIssuer:
             spiffe_id = verify_classical_svid(chain, self._bundles, at=now)
         except VerificationError as exc:
             raise IssuanceError(
-                f"classical SVID rejected: {exc}", reason="untrusted-svid", spiffe_id=exc.spiffe_id
+                f"classical SVID rejected: {exc}",
+                reason=RefusalReason.UNTRUSTED_SVID,
+                spiffe_id=exc.spiffe_id,
             ) from exc
         if spiffe_id.trust_domain != self._trust_domain:
             raise IssuanceError(
                 f"SVID of trust domain {spiffe_id.trust_domain}; this CA serves {self._trust_domain}",
-                reason="untrusted-svid",
+                reason=RefusalReason.UNTRUSTED_SVID,
                 spiffe_id=str(spiffe_id),
             )
         try:
             verify_svid_binding(leaf, self._binding_keys)
         except VerificationError as exc:
-            raise IssuanceError(f"SvidBinding: {exc}", reason="binding", spiffe_id=str(spiffe_id)) from exc
+            raise IssuanceError(
+                f"SvidBinding: {exc}", reason=RefusalReason.BINDING, spiffe_id=str(spiffe_id)
+            ) from exc
         return str(spiffe_id)
 
     def _check_keys(
@@ -202,7 +242,7 @@ class PQCIssuer:
             )
         except InvalidKeyError as exc:
             raise IssuanceError(
-                f"PQC public key rejected: {exc}", reason="malformed", spiffe_id=spiffe_id
+                f"PQC public key rejected: {exc}", reason=RefusalReason.MALFORMED, spiffe_id=spiffe_id
             ) from exc
 
     def _check_proofs(
@@ -213,13 +253,17 @@ class PQCIssuer:
         tbs = request.to_be_signed()
         if not verify_classical(leaf.public_key(), request.classical_proof, tbs):
             raise IssuanceError(
-                "classical proof does not verify with the SVID key", reason="bad-proof", spiffe_id=spiffe_id
+                "classical proof does not verify with the SVID key",
+                reason=RefusalReason.BAD_PROOF,
+                spiffe_id=spiffe_id,
             )
         try:
             mldsa_key.verify(request.mldsa_proof, tbs, context=CONTEXT)
         except InvalidSignatureError as exc:
             raise IssuanceError(
-                "ML-DSA-65 proof does not verify with the new key", reason="bad-proof", spiffe_id=spiffe_id
+                "ML-DSA-65 proof does not verify with the new key",
+                reason=RefusalReason.BAD_PROOF,
+                spiffe_id=spiffe_id,
             ) from exc
 
     # --- issuance ------------------------------------------------------------------------------

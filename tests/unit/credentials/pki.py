@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.devca import DEV_ORGANIZATION, DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.ledger import IssuanceLedger
+from spire_pqc.ca.ledger import MEMORY, open_ledger
 from spire_pqc.ca.request import IssueRequest, build_request
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
@@ -170,7 +170,7 @@ class Domain:
             self.hierarchy.intermediate,
             self.trust_domain,
             self.classical_bundles,
-            ledger=IssuanceLedger(),
+            ledger=open_ledger(MEMORY),
             **kwargs,  # type: ignore[arg-type]
         )
 

@@ -28,7 +28,7 @@ from spire_pqc._internal import der
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.ledger import IssuanceLedger
+from spire_pqc.ca.ledger import MEMORY, open_ledger
 from spire_pqc.ca.request import IssueRequest
 from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.crypto.mldsa import SIGNATURE_LEN
@@ -264,7 +264,7 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """What the servicer uses of grpc.ServicerContext: the peer's certificate and abort()."""
+    """What the servicer uses of grpc.ServicerContext: the peer's certificate and abort*()."""
 
     def __init__(self, client_pem: bytes) -> None:
         self._client_pem = client_pem
@@ -274,6 +274,9 @@ class FakeContext:
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)
+
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        raise Aborted(status.code, status.details)
 
 
 class AllowAll:
@@ -291,7 +294,7 @@ class StaticIdentity:
 
 def servicer(f: Fixture) -> CAServicer:
     d = f.domain
-    ledger = IssuanceLedger()
+    ledger = open_ledger(MEMORY)
 
     def factory(bundles: BundleSet) -> PQCIssuer:
         return PQCIssuer(d.hierarchy.intermediate, d.trust_domain, bundles, ledger=ledger, clock=lambda: f.at)
