@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
-import time
 from typing import Any
 
+from spire_pqc._internal.backoff import backoff_delays
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
 from spire_pqc.errors import SpirePqcError
@@ -14,6 +15,7 @@ from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
 from spire_pqc.plugin.host import HostServiceBroker, PluginService, serve_plugin
 from spire_pqc.plugin.hostservices import identity_fetcher
+from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
 
 log = logging.getLogger(__name__)
@@ -22,69 +24,109 @@ PLUGIN_TYPE = "CredentialComposer"
 COMPOSER_SERVICE = "spire.plugin.server.credentialcomposer.v1.CredentialComposer"
 CONFIG_SERVICE = "spire.service.common.config.v1.Config"
 ENDPOINT_RETRY_SECONDS = 2.0
+ENDPOINT_RETRY_MAX_SECONDS = 60.0
 
 
 class EndpointSupervisor:
     """Starts the PQC CA endpoint once SPIRE can tell the server's identity; restarts it on reconfigure.
 
     SPIRE loads plugins before its CA is ready, so the first identity fetch may fail: retry in the
-    background instead of failing Configure (issuance is "fail soft", DESIGN.md §2).
+    background instead of failing Configure (issuance is "fail soft", DESIGN.md §2). The starting
+    thread never ends silently: every failure is logged (the expected wait for SPIRE at INFO, anything
+    else at ERROR with its traceback) and retried with backoff until it starts or is superseded.
+    Also owns the metrics listener (``metrics_listen_address``).
     """
 
-    def __init__(self, broker: HostServiceBroker) -> None:
+    def __init__(self, broker: HostServiceBroker, metrics: PluginMetrics | None = None) -> None:
         self._broker = broker
+        self.metrics = metrics or PluginMetrics()
         self._lock = threading.Lock()
         self._endpoint: CAEndpoint | None = None
+        self._listener: MetricsListener | None = None
         self._generation = 0
+        self._superseded = threading.Event()
+
+    @property
+    def endpoint(self) -> CAEndpoint | None:
+        return self._endpoint
 
     def reconfigure(self, config: Config) -> None:
         with self._lock:
             self._generation += 1
             generation = self._generation
+            self._superseded.set()
+            self._superseded = threading.Event()
+            superseded = self._superseded
             if self._endpoint is not None:
                 self._endpoint.stop()
                 self._endpoint = None
+            self._serve_metrics(config)
         if config.endpoint_listen_address is None:
             return
         threading.Thread(
-            target=self._start, args=(config, generation), name="pqc-ca-endpoint", daemon=True
+            target=self._start, args=(config, generation, superseded), name="pqc-ca-endpoint", daemon=True
         ).start()
 
-    def _start(self, config: Config, generation: int) -> None:
-        attempt = 0
-        while True:
-            with self._lock:
-                if generation != self._generation:
-                    return
+    def _serve_metrics(self, config: Config) -> None:
+        wanted = config.metrics_listen_address
+        if self._listener is not None and (wanted is None or self._listener.address != wanted):
+            self._listener.close()
+            self._listener = None
+        if wanted is not None and self._listener is None:
             try:
-                endpoint = CAEndpoint(config, lambda: identity_fetcher(self._broker))
+                self._listener = MetricsListener(self.metrics.registry, *wanted)
+            except OSError as exc:  # the plugin still signs and issues without its metrics
+                log.error("metrics_listen_address %s:%d: cannot listen (%s)", *wanted, exc.strerror)  # noqa: TRY400
+
+    def _start(self, config: Config, generation: int, superseded: threading.Event) -> None:
+        attempt = 0
+        delay = backoff_delays(ENDPOINT_RETRY_SECONDS, ENDPOINT_RETRY_MAX_SECONDS, random.Random())  # noqa: S311
+        while not superseded.is_set():
+            attempt += 1
+            try:
+                endpoint = CAEndpoint(config, lambda: identity_fetcher(self._broker), metrics=self.metrics)
             except SpirePqcError as exc:
-                attempt += 1
                 if attempt == 1 or attempt % 15 == 0:
                     log.info("PQC CA endpoint waiting for SPIRE's server identity (%s)", exc)
-                time.sleep(ENDPOINT_RETRY_SECONDS)
+                superseded.wait(ENDPOINT_RETRY_SECONDS)
+                continue
+            except Exception:  # a bug or an OS error: say so loudly, and keep trying
+                log.exception("PQC CA endpoint failed to start (attempt %d); retrying", attempt)
+                superseded.wait(delay())
                 continue
             with self._lock:
                 if generation != self._generation:
                     endpoint.stop(0)
                     return
-                endpoint.start()
+                try:
+                    endpoint.start()
+                except Exception:
+                    log.exception("PQC CA endpoint failed to start (attempt %d); retrying", attempt)
+                    endpoint.stop(0)
+                    superseded.wait(delay())
+                    continue
                 self._endpoint = endpoint
             return
 
     def stop(self) -> None:
         with self._lock:
             self._generation += 1
+            self._superseded.set()
             if self._endpoint is not None:
                 self._endpoint.stop()
                 self._endpoint = None
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
 
 
 def run_plugin() -> int:
     """Serve the composer until SPIRE stops it (call from the entry point's main thread)."""
     broker = HostServiceBroker()
-    supervisor = EndpointSupervisor(broker)
+    metrics = PluginMetrics()
+    supervisor = EndpointSupervisor(broker, metrics)
     state = PluginState(on_configured=supervisor.reconfigure)
+    metrics.register(BindingCounters(lambda: _binding_counts(state)))
     services: list[PluginService[Any]] = [
         PluginService(
             COMPOSER_SERVICE,
@@ -102,3 +144,13 @@ def run_plugin() -> int:
             "plugin stopped: %d bindings added, %d skipped (unusable key), %d failed, %d health checks",
             s.bindings, s.skipped_unusable_key, s.failed, s.skipped_health_check,
         )  # fmt: skip
+
+
+def _binding_counts(state: PluginState) -> dict[str, int]:
+    s = state.stats
+    return {
+        "added": s.bindings,
+        "skipped_unusable_key": s.skipped_unusable_key,
+        "skipped_health_check": s.skipped_health_check,
+        "failed": s.failed,
+    }

@@ -10,7 +10,10 @@ the first signing.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,9 @@ from cryptography import x509
 
 from spire_pqc._internal.files import read_private, read_public
 from spire_pqc.ca.issuer import IntermediateCA
+from spire_pqc.ca.ledger import MEMORY, LedgerDsn, read_legacy
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
-from spire_pqc.errors import ConfigError, SpiffeIdError, SpirePqcError, VerificationError
+from spire_pqc.errors import ConfigError, ParseError, SpiffeIdError, SpirePqcError, VerificationError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.x509 import certs
 
@@ -37,7 +41,13 @@ KEYS: dict[str, str] = {
     "authorized_agents": "SPIFFE IDs allowed to call the endpoint: exact IDs or 'spiffe://td/prefix/*'",
     "freshness_window": "accepted clock difference of issue requests (Go duration, default 60s)",
     "max_pqc_ttl": "upper bound of PQC SVID lifetimes (Go duration, default 24h)",
-    "ledger_path": "file that records issuances (one per classical SVID) across restarts",
+    "ledger_dsn": "issuance ledger database: 'sqlite:///ABSOLUTE/PATH' or 'postgresql://user@host:port/db' "
+    "(SPIRE HA: one PostgreSQL database shared by every server); default: in memory",
+    "ledger_password_file": "file (mode 0600) holding the ledger database's password",
+    "ledger_password_env": "environment variable holding the ledger database's password",
+    "ledger_prune_interval": "how often expired ledger entries are removed (Go duration, default 30s)",
+    "ledger_path": "the 0.1 JSON-lines ledger: imported once into ledger_dsn, then renamed <file>.imported",
+    "metrics_listen_address": "loopback host:port serving Prometheus /metrics; omit to disable",
     "on_error": "'skip' (default: sign without the binding, log, count) or 'fail' (fail SPIRE's signing)",
 }
 
@@ -80,8 +90,12 @@ class Config:
     authorized_agents: tuple[AgentPattern, ...]
     freshness_window: dt.timedelta
     max_pqc_ttl: dt.timedelta
-    ledger_path: Path | None
+    ledger_path: Path | None  # the 0.1 JSON-lines ledger, still to be imported (None: nothing to import)
     on_error: str
+    ledger_dsn: LedgerDsn = field(default_factory=lambda: LedgerDsn.parse(MEMORY))
+    ledger_password: str | None = field(default=None, repr=False)
+    ledger_prune_interval: dt.timedelta = dt.timedelta(seconds=30)
+    metrics_listen_address: tuple[str, int] | None = None
 
     def agent_allowed(self, spiffe_id: SpiffeId) -> bool:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
@@ -157,8 +171,13 @@ class _Collector:
         return value
 
 
-def build_config(core_trust_domain: str, hcl_text: str) -> Config:
-    """Parse and check everything; raise one ConfigError naming every problem with its key."""
+def build_config(
+    core_trust_domain: str, hcl_text: str, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and check everything; raise one ConfigError naming every problem with its key.
+
+    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up.
+    """
     source = "spire-pqc plugin_data"
     data = _parse_hcl(hcl_text)
     c = _Collector(data)
@@ -177,6 +196,9 @@ def build_config(core_trust_domain: str, hcl_text: str) -> Config:
     trusted_path = c.string("trusted_intermediates_path")
     listen = c.string("endpoint_listen_address")
     ledger = c.string("ledger_path")
+    ledger_dsn, ledger_password = _ledger(c, os.environ if environ is None else environ)
+    prune_interval = c.duration("ledger_prune_interval", dt.timedelta(seconds=30))
+    metrics_address = _loopback_address(c, "metrics_listen_address")
     on_error = c.string("on_error") or "skip"
     if on_error not in ON_ERROR_VALUES:
         c.problems.append(f"on_error: must be one of {', '.join(ON_ERROR_VALUES)}, got {on_error!r}")
@@ -205,6 +227,8 @@ def build_config(core_trust_domain: str, hcl_text: str) -> Config:
     intermediate, roots, trusted = _load_pki(
         c, key_path, cert_path, bundle_path, trusted_path, password, trust_domain
     )
+    if ledger is not None:
+        _check_legacy_ledger(c, Path(ledger), ledger_dsn, freshness)
     if c.problems:
         raise ConfigError(c.problems, source=source)
     assert trust_domain is not None and intermediate is not None and key_path is not None
@@ -221,7 +245,87 @@ def build_config(core_trust_domain: str, hcl_text: str) -> Config:
         max_pqc_ttl=max_ttl,
         ledger_path=Path(ledger) if ledger else None,
         on_error=on_error,
+        ledger_dsn=ledger_dsn or LedgerDsn.parse(MEMORY),
+        ledger_password=ledger_password,
+        ledger_prune_interval=prune_interval,
+        metrics_listen_address=metrics_address,
     )
+
+
+def _ledger(c: _Collector, environ: Mapping[str, str]) -> tuple[LedgerDsn | None, str | None]:
+    dsn_text = c.string("ledger_dsn")
+    dsn = None
+    if dsn_text is not None:
+        try:
+            dsn = LedgerDsn.parse(dsn_text)
+        except ValueError as exc:
+            c.problems.append(f"ledger_dsn: {exc}")
+    password_file = c.string("ledger_password_file")
+    password_env = c.string("ledger_password_env")
+    if password_file and password_env:
+        c.problems.append("ledger_password_file, ledger_password_env: set at most one of them")
+        return dsn, None
+    if (password_file or password_env) and dsn is not None and dsn.kind != "postgresql":
+        c.problems.append(
+            "ledger_password_file/ledger_password_env: only a postgresql:// ledger has a password"
+        )
+    password = None
+    if password_file:
+        try:
+            password = read_private(password_file).decode("utf-8").rstrip("\r\n")
+        except SpirePqcError as exc:
+            c.problems.append(f"ledger_password_file: {exc}")
+        except UnicodeDecodeError:
+            c.problems.append(f"ledger_password_file: {password_file} is not UTF-8 text")
+    elif password_env:
+        password = environ.get(password_env)
+        if not password:
+            c.problems.append(
+                f"ledger_password_env: the environment variable {password_env} is not set or empty"
+            )
+    return dsn, password
+
+
+def _loopback_address(c: _Collector, key: str) -> tuple[str, int] | None:
+    text = c.string(key)
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        c.problems.append(f"{key}: expected host:port, got {text!r}")
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        # Metrics name the workloads' refusal reasons and the ledger's size: keep them on the node.
+        c.problems.append(f"{key}: {text!r} must be a loopback address (127.0.0.1, ::1 or localhost)")
+        return None
+    return host, int(port)
+
+
+def _check_legacy_ledger(c: _Collector, path: Path, dsn: LedgerDsn | None, freshness: dt.timedelta) -> None:
+    """The 0.1 JSON-lines file must be importable, into a database that outlives the process."""
+    if dsn is None or dsn.in_memory:
+        c.problems.append(
+            f"ledger_path: the JSON-lines ledger is replaced by a database; set ledger_dsn (e.g. "
+            f'"sqlite://{path.parent / "ledger.db"}") and keep ledger_path: its entries are imported at '
+            "the first start, then the file is renamed *.imported"
+        )
+    if not path.exists():
+        return  # imported before (or never written): nothing to import
+    try:
+        for _ in read_legacy(path, freshness=freshness):
+            pass
+    except ParseError as exc:
+        c.problems.append(
+            f"ledger_path: {exc}; nothing was imported. Fix or delete that line (an entry only matters "
+            "until its classical SVID expires), then start again"
+        )
+    except OSError as exc:
+        c.problems.append(f"ledger_path: {path}: cannot read ({exc.strerror})")
 
 
 def load_intermediate_key(path: str | Path, password: bytes | None) -> MLDSA65PrivateKey:

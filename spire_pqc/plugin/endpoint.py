@@ -8,6 +8,14 @@ credentials). grpcio's TLS stack negotiates X25519MLKEM768 with every client tha
 Authorization: the caller's TLS client certificate must be an X509-SVID of the trust domain
 (verified against the current bundle) whose SPIFFE ID matches ``authorized_agents``; then the
 request itself is checked by :class:`spire_pqc.ca.issuer.PQCIssuer`.
+
+Every refusal carries its :class:`~spire_pqc.errors.RefusalReason` twice: as a gRPC status code
+(``_STATUS_BY_REASON``: UNAVAILABLE means "retry", ALREADY_EXISTS "never retry this") and, exactly,
+as a ``spire_pqc.ca.v1.IssuanceRefusal`` in the google.rpc.Status details.
+
+The endpoint owns the issuance ledger (:func:`spire_pqc.ca.ledger.open_ledger` on ``ledger_dsn``)
+and its pruner. The ledger connects lazily: with its database down the endpoint still serves, and
+refuses issuance with UNAVAILABLE until the database answers again.
 """
 
 from __future__ import annotations
@@ -15,37 +23,69 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.ledger import FileLedger, IssuanceLedger
+from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
-from spire_pqc.errors import IssuanceError, SpirePqcError, VerificationError
+from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
 from spire_pqc.plugin.config import Config
+from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.svid import verify_classical_svid
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = dt.timedelta(seconds=30)
+WORKERS = 4
 
 _STATUS_BY_REASON = {
-    "malformed": grpc.StatusCode.INVALID_ARGUMENT,
-    "stale": grpc.StatusCode.FAILED_PRECONDITION,
-    "untrusted-svid": grpc.StatusCode.PERMISSION_DENIED,
-    "binding": grpc.StatusCode.PERMISSION_DENIED,
-    "bad-proof": grpc.StatusCode.PERMISSION_DENIED,
-    "replay": grpc.StatusCode.ALREADY_EXISTS,
-    "duplicate": grpc.StatusCode.ALREADY_EXISTS,
+    RefusalReason.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalReason.STALE: grpc.StatusCode.FAILED_PRECONDITION,
+    RefusalReason.UNTRUSTED_SVID: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.BINDING: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.BAD_PROOF: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.REPLAY: grpc.StatusCode.ALREADY_EXISTS,
+    RefusalReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
+    RefusalReason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    RefusalReason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    RefusalReason.UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.BAD_RESPONSE: grpc.StatusCode.INTERNAL,
+    RefusalReason.REFUSED: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+
+def refusal_status(reason: RefusalReason, message: str, spiffe_id: str | None = None) -> grpc.Status:
+    """The gRPC status of a refusal: code by reason, and the exact reason in the status details."""
+    detail = any_pb2.Any()
+    refusal = ca_pb2.IssuanceRefusal(spiffe_id=spiffe_id or "")
+    if reason.name in _WIRE:  # REFUSED and BAD_RESPONSE never leave a CA: they stay UNSPECIFIED
+        refusal.reason = ca_pb2.RefusalReason.Value(f"REFUSAL_REASON_{reason.name}")  # type: ignore[assignment]
+    detail.Pack(refusal)
+    status = status_pb2.Status(code=_STATUS_BY_REASON[reason].value[0], message=message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+_WIRE = {name.removeprefix("REFUSAL_REASON_") for name in ca_pb2.RefusalReason.keys()}  # noqa: SIM118
+
+
+def _refuse(
+    context: grpc.ServicerContext, reason: RefusalReason, message: str, spiffe_id: str | None = None
+) -> NoReturn:
+    context.abort_with_status(refusal_status(reason, message, spiffe_id))
+    raise AssertionError("abort_with_status returned")  # grpcio raises; this line is never reached
 
 
 @dataclass(frozen=True)
@@ -103,15 +143,25 @@ def _server_configuration(identity: ServerIdentity) -> Any:
 
 class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
     def __init__(
-        self, config: Config, identities: _IdentityCache, issuer_factory: Callable[[BundleSet], PQCIssuer]
+        self,
+        config: Config,
+        identities: _IdentityCache,
+        issuer_factory: Callable[[BundleSet], PQCIssuer],
+        metrics: PluginMetrics | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
-        self.issued = 0
-        self.refused = 0
+        self.metrics = metrics or PluginMetrics()
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._issue(request, context)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    def _issue(self, request: Any, context: grpc.ServicerContext) -> Any:
         identity = self._identities.current()
         bundles = BundleSet.from_certificates(list(identity.bundle))
         caller = self._authorize(context, bundles)
@@ -128,10 +178,10 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         try:
             issued = issuer.issue(domain_request)
         except IssuanceError as exc:
-            self.refused += 1
+            self._count_refusal(exc.reason)
             log.warning("issuance refused for agent %s: %s", caller, exc)
-            context.abort(_STATUS_BY_REASON.get(exc.reason, grpc.StatusCode.PERMISSION_DENIED), str(exc))
-        self.issued += 1
+            _refuse(context, exc.reason, str(exc), exc.spiffe_id)
+        self.metrics.issuance.labels(result="reissued" if issued.reissued else "issued").inc()
         log.info(
             "agent %s obtained PQC credentials for %s%s",
             caller,
@@ -144,32 +194,63 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_bundle=list(issued.response.pqc_bundle),
         )
 
+    def _count_refusal(self, reason: RefusalReason) -> None:
+        self.metrics.issuance.labels(result="refused").inc()
+        self.metrics.refusals.labels(reason=reason.value).inc()
+
     def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet) -> str:
         pems: list[bytes] = list(context.auth_context().get("x509_pem_cert") or [])  # type: ignore[arg-type]
         if not pems:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client X509-SVID is required")
+            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            _refuse(context, RefusalReason.UNAUTHENTICATED, "a client X509-SVID is required")
         try:
             leaf = x509.load_pem_x509_certificate(pems[0])
             caller = verify_classical_svid([leaf], bundles)
         except (ValueError, VerificationError) as exc:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}"
+            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            _refuse(
+                context, RefusalReason.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}"
             )
         if not self._config.agent_allowed(caller):
             log.warning("security event: unauthorised caller %s refused by the PQC CA endpoint", caller)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller} is not an authorised node agent")
+            self._count_refusal(RefusalReason.UNAUTHORIZED)
+            _refuse(context, RefusalReason.UNAUTHORIZED, f"{caller} is not an authorised node agent")
         return str(caller)
 
 
-class CAEndpoint:
-    """Owns the gRPC server of the PQC CA endpoint; start / stop."""
+def open_configured_ledger(config: Config) -> SqlLedger:
+    """The ledger of ``ledger_dsn``; the 0.1 JSON-lines file (``ledger_path``) is imported on first use."""
+    legacy = None
+    if config.ledger_path is not None:
+        legacy = LegacyImport(
+            config.ledger_path, database=config.ledger_dsn.display, freshness=config.freshness_window
+        )
+    return open_ledger(config.ledger_dsn, password=config.ledger_password, on_ready=legacy)
 
-    def __init__(self, config: Config, fetch_identity: IdentityFetcher) -> None:
+
+class CAEndpoint:
+    """Owns the gRPC server of the PQC CA endpoint, the ledger and its pruner; start / stop."""
+
+    def __init__(
+        self, config: Config, fetch_identity: IdentityFetcher, *, metrics: PluginMetrics | None = None
+    ) -> None:
         if config.endpoint_listen_address is None:
             raise ValueError("endpoint_listen_address is not configured")
         self._config = config
+        self.metrics = metrics or PluginMetrics()
         self._identities = _IdentityCache(fetch_identity)
-        ledger: IssuanceLedger = FileLedger(config.ledger_path) if config.ledger_path else IssuanceLedger()
+        self.ledger = open_configured_ledger(config)
+        if config.ledger_dsn.in_memory:
+            log.warning(
+                "ledger_dsn is not set: the issuance ledger is in memory, so one issuance per classical "
+                "SVID holds only until this plugin restarts and is not shared with other SPIRE servers"
+            )
+        self._pruner = Pruner(
+            self.ledger,
+            interval=config.ledger_prune_interval.total_seconds(),
+            on_run=self.metrics.observe_prune,
+        )
+        ledger = self.ledger
 
         def issuer_factory(bundles: BundleSet) -> PQCIssuer:
             return PQCIssuer(
@@ -182,9 +263,9 @@ class CAEndpoint:
                 max_ttl=config.max_pqc_ttl,
             )
 
-        self.servicer = CAServicer(config, self._identities, issuer_factory)
+        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="spire-pqc-ca")
+            futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")
         )
         ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(self.servicer, self._server)
         credentials = grpc.dynamic_ssl_server_credentials(
@@ -194,11 +275,20 @@ class CAEndpoint:
         )
         self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
         if self.port == 0:
+            self.ledger.close()
             raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
 
     def start(self) -> None:
         self._server.start()
-        log.info("PQC CA endpoint listening on %s (mTLS, TLS 1.3)", self._config.endpoint_listen_address)
+        self._pruner.start()
+        self.metrics.watch_ledger(lambda: self.ledger.available)
+        log.info(
+            "PQC CA endpoint listening on %s (mTLS, TLS 1.3); issuance ledger %s",
+            self._config.endpoint_listen_address,
+            self._config.ledger_dsn.display,
+        )
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait()
+        self._pruner.stop()
+        self.ledger.close()

@@ -1,10 +1,36 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFUSAL_REASON_UNSPECIFIED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_MALFORMED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_STALE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNTRUSTED_SVID: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BINDING: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_PROOF: _ClassVar[RefusalReason]
+    REFUSAL_REASON_REPLAY: _ClassVar[RefusalReason]
+    REFUSAL_REASON_DUPLICATE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNAVAILABLE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNAUTHENTICATED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNAUTHORIZED: _ClassVar[RefusalReason]
+REFUSAL_REASON_UNSPECIFIED: RefusalReason
+REFUSAL_REASON_MALFORMED: RefusalReason
+REFUSAL_REASON_STALE: RefusalReason
+REFUSAL_REASON_UNTRUSTED_SVID: RefusalReason
+REFUSAL_REASON_BINDING: RefusalReason
+REFUSAL_REASON_BAD_PROOF: RefusalReason
+REFUSAL_REASON_REPLAY: RefusalReason
+REFUSAL_REASON_DUPLICATE: RefusalReason
+REFUSAL_REASON_UNAVAILABLE: RefusalReason
+REFUSAL_REASON_UNAUTHENTICATED: RefusalReason
+REFUSAL_REASON_UNAUTHORIZED: RefusalReason
 
 class IssuePQCSVIDRequest(_message.Message):
     __slots__ = ("classical_svid_chain", "mldsa65_public_key", "mlkem768_public_key", "timestamp_unix_ms", "nonce", "classical_proof", "mldsa_proof")
@@ -33,3 +59,11 @@ class IssuePQCSVIDResponse(_message.Message):
     kem_certificate_chain: _containers.RepeatedScalarFieldContainer[bytes]
     pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class IssuanceRefusal(_message.Message):
+    __slots__ = ("reason", "spiffe_id")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    reason: RefusalReason
+    spiffe_id: str
+    def __init__(self, reason: _Optional[_Union[RefusalReason, str]] = ..., spiffe_id: _Optional[str] = ...) -> None: ...

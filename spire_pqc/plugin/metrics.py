@@ -1,0 +1,169 @@
+"""The plugin's metrics: prometheus_client families in one registry per plugin, served on loopback.
+
+Like the agent's (:mod:`spire_pqc.agent.metrics`), :class:`PluginMetrics` owns its own
+``CollectorRegistry``. The PQC CA endpoint updates the issuance families directly; the ledger
+families are set by the pruner after each run (counting rows is not free, so never per scrape);
+the composer's binding counters are read from its stats at scrape time.
+
+:class:`MetricsListener` serves ``GET /metrics`` on ``metrics_listen_address`` (loopback only): at
+most ``MAX_CONNECTIONS`` requests at once, each closed after ``REQUEST_TIMEOUT`` seconds, so a
+local user cannot make the plugin hold threads or descriptors without bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import MetricsHandler
+from prometheus_client.registry import Collector
+
+from spire_pqc.ca.ledger import PruneRun
+from spire_pqc.errors import RefusalReason
+
+log = logging.getLogger(__name__)
+
+# Seconds per answered issue request: ~5 ms signing, plus the ledger's round trips and fsyncs.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_CONNECTIONS = 8
+REQUEST_TIMEOUT = 5.0
+ISSUANCE_RESULTS = ("issued", "reissued", "refused")
+BINDING_RESULTS = ("added", "skipped_unusable_key", "skipped_health_check", "failed")
+
+
+class PluginMetrics:
+    """The plugin's metric families; :meth:`render` is the Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.issuance = Counter(
+            "spire_pqc_plugin_issuance",
+            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys).",
+            ["result"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "spire_pqc_plugin_issuance_refusals",
+            "Refused PQC issue requests, by reason (duplicate is a security event).",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "spire_pqc_plugin_issuance_latency_seconds",
+            "Seconds to answer a PQC issue request (issued, reissued or refused).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_entries = Gauge(
+            "spire_pqc_plugin_ledger_entries",
+            "Rows in the issuance ledger at the last prune run, by kind (issuance, nonce).",
+            ["kind"],
+            registry=r,
+        )
+        self.ledger_pruned = Counter(
+            "spire_pqc_plugin_ledger_pruned",
+            "Expired ledger rows removed, by kind (issuance, nonce).",
+            ["kind"],
+            registry=r,
+        )
+        self.ledger_up = Gauge(
+            "spire_pqc_plugin_ledger_up",
+            "1 while the issuance ledger's database answers, 0 while PQC issuance is UNAVAILABLE.",
+            registry=r,
+        )
+        for result in ISSUANCE_RESULTS:
+            self.issuance.labels(result=result)
+        for reason in RefusalReason:
+            self.refusals.labels(reason=reason.value)
+        for kind in ("issuance", "nonce"):
+            self.ledger_pruned.labels(kind=kind)
+
+    def observe_prune(self, run: PruneRun) -> None:
+        self.ledger_pruned.labels(kind="issuance").inc(run.pruned.issuances)
+        self.ledger_pruned.labels(kind="nonce").inc(run.pruned.nonces)
+        if run.size is not None:
+            self.ledger_entries.labels(kind="issuance").set(run.size.issuances)
+            self.ledger_entries.labels(kind="nonce").set(run.size.nonces)
+
+    def watch_ledger(self, available: Callable[[], bool]) -> None:
+        """Report ``available()`` as ``spire_pqc_plugin_ledger_up`` (the current endpoint's ledger)."""
+        self.ledger_up.set_function(lambda: 1.0 if available() else 0.0)
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample (0 when absent)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class BindingCounters(Collector):
+    """``spire_pqc_plugin_bindings_total{result}``, read from the composer's counters at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "spire_pqc_plugin_bindings",
+            "Workload X509-SVIDs composed: SvidBinding added, skipped (unusable key, SPIRE health check), failed.",
+            labels=["result"],
+        )
+        values = self._read()
+        for result in BINDING_RESULTS:
+            family.add_metric([result], values.get(result, 0))
+        yield family
+
+
+class _BoundedServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the limit: closed at once, nothing read
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsListener:
+    """``GET /metrics`` of a registry on a loopback address, in a background thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        handler = type("_Handler", (MetricsHandler.factory(registry),), {"timeout": REQUEST_TIMEOUT})
+        self._server = _BoundedServer((host, port), handler)
+        self.address = (host, int(self._server.server_address[1]))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="spire-pqc-plugin-metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("plugin metrics on http://%s:%d/metrics", host, self.address[1])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.shutdown()
+            self._server.server_close()
+        self._thread.join(timeout=10)
