@@ -10,27 +10,38 @@ TLS client only checks DNS names and SPIRE's server SVID carries only a SPIFFE U
 connection goes through :class:`spire_pqc.channel.bridge.TLSBridge`: TLS 1.3 with X25519MLKEM768
 only, the server verified against the trust domain's classical bundle and required to be
 ``server_id`` (default ``spiffe://<td>/spire/server``).
+
+A refusal's reason is read from the status details (``spire_pqc.ca.v1.IssuanceRefusal`` in the
+google.rpc.Status), so ``IssuanceError.reason`` is the CA's exact :class:`RefusalReason`; a CA that
+sends no details is understood from the status code alone. ``unavailable`` (the CA's ledger database
+is down) is an :class:`UnavailableError` like a transport failure: retried, never final.
+
+:class:`FailoverCAClient` spreads one agent over several endpoints (SPIRE HA, ``ca.addresses``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from grpc_status import rpc_status
 
+from spire_pqc._internal.backoff import backoff_delays
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import IssueRequest, IssueResponse
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
 from spire_pqc.crypto.aio import run_crypto
-from spire_pqc.errors import IssuanceError, SpirePqcError, UnavailableError
+from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, match_id
 from spire_pqc.svid import spiffe_id_of
 
@@ -79,19 +90,44 @@ class TLSIdentity:
     bundle_pem: bytes
 
 
-# What grpc status the endpoint uses for each refusal reason (spire_pqc/plugin/endpoint.py), inverted.
+# A CA that sends no IssuanceRefusal detail: the reason as far as its status code tells. ALREADY_EXISTS
+# is replay *or* duplicate there; "duplicate" is the cautious reading (never retried blindly).
 _REASON_BY_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: "malformed",
-    grpc.StatusCode.FAILED_PRECONDITION: "stale",
-    grpc.StatusCode.PERMISSION_DENIED: "refused",
-    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
-    grpc.StatusCode.ALREADY_EXISTS: "duplicate",
+    grpc.StatusCode.INVALID_ARGUMENT: RefusalReason.MALFORMED,
+    grpc.StatusCode.FAILED_PRECONDITION: RefusalReason.STALE,
+    grpc.StatusCode.PERMISSION_DENIED: RefusalReason.REFUSED,
+    grpc.StatusCode.UNAUTHENTICATED: RefusalReason.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS: RefusalReason.DUPLICATE,
 }
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# grpcio's own reconnection backoff grows to 120 s by default; a restarted endpoint must be found
+# again within the agent's retry_max, so cap it.
+_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
+
+
+def refusal_of(error: grpc.aio.AioRpcError) -> tuple[RefusalReason, str | None] | None:
+    """The CA's IssuanceRefusal detail (reason, SPIFFE ID), if the status carries one we understand."""
+    try:
+        # An AioRpcError answers code()/details()/trailing_metadata() like the grpc.Call this reads.
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except ValueError:  # details that contradict the status itself: ignore them, use the code
+        return None
+    for detail in status.details if status is not None else ():
+        refusal = ca_pb2.IssuanceRefusal()
+        if not detail.Unpack(refusal):
+            continue
+        name = ca_pb2.RefusalReason.Name(refusal.reason) if refusal.reason in _KNOWN_WIRE else ""
+        token = name.removeprefix("REFUSAL_REASON_")
+        if token in RefusalReason.__members__:
+            return RefusalReason[token], refusal.spiffe_id or None
+    return None
+
+
+_KNOWN_WIRE = set(ca_pb2.RefusalReason.values())
 
 
 class GrpcCAClient:
@@ -154,7 +190,7 @@ class GrpcCAClient:
                 match_id(self._server_id),
                 timeout=self._timeout,
             )
-            self._channel = grpc.aio.insecure_channel(self._bridge.target)
+            self._channel = grpc.aio.insecure_channel(self._bridge.target, options=_CHANNEL_OPTIONS)
         assert self._channel is not None
         return ca_pb2_grpc.PQCCertificateAuthorityStub(self._channel)
 
@@ -165,10 +201,13 @@ class GrpcCAClient:
             reply = await stub.IssuePQCSVID(message, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code in _TRANSIENT:
+            refusal = refusal_of(exc)
+            if code in _TRANSIENT or (refusal is not None and refusal[0] is RefusalReason.UNAVAILABLE):
                 raise UnavailableError(f"PQC CA {self._address}: {code.name}: {exc.details()}") from exc
-            reason = _REASON_BY_STATUS.get(code, code.name.lower())
-            raise IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason) from exc
+            reason = refusal[0] if refusal is not None else _REASON_BY_STATUS.get(code, RefusalReason.REFUSED)
+            error = IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason)
+            error.spiffe_id = refusal[1] if refusal is not None else None
+            raise error from exc
         return IssueResponse(
             pqc_svid_chain=tuple(bytes(c) for c in reply.pqc_svid_chain),
             kem_certificate_chain=tuple(bytes(c) for c in reply.kem_certificate_chain),
@@ -182,3 +221,75 @@ class GrpcCAClient:
         if self._bridge is not None:
             self._bridge.close()
             self._bridge = None
+
+
+@dataclass
+class _Endpoint:
+    address: str
+    client: CAClient
+    delay: Callable[[], float] | None = None  # set while the endpoint is backing off
+    retry_at: float = 0.0
+
+
+class FailoverCAClient:
+    """Several PQC CA endpoints (SPIRE HA: every server hosts one, all share one ledger).
+
+    Each :meth:`issue` asks the endpoints in the configured order, healthy ones first; one that was
+    unavailable is moved behind the others for a backoff delay (exponential with jitter, from
+    ``retry_initial`` to ``retry_max``; reset by its next success), so a dead server costs one failed
+    attempt per delay, not one per request. Only :class:`UnavailableError` moves on to the next
+    endpoint: a refusal (:class:`IssuanceError`) is the CA's decision about the request, the same at
+    every server sharing the ledger, and is raised at once. When every endpoint is unavailable the
+    caller gets one UnavailableError naming each failure (and retries with its own backoff).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, CAClient]],
+        *,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one PQC CA endpoint is needed")
+        self._endpoints = [_Endpoint(address, client) for address, client in endpoints]
+        self._retry = (retry_initial, retry_max)
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+
+    @property
+    def addresses(self) -> list[str]:
+        return [e.address for e in self._endpoints]
+
+    def _order(self) -> list[_Endpoint]:
+        now = self._clock()
+        healthy = [e for e in self._endpoints if e.retry_at <= now]
+        backing_off = sorted((e for e in self._endpoints if e.retry_at > now), key=lambda e: e.retry_at)
+        return healthy + backing_off
+
+    async def issue(self, request: IssueRequest) -> IssueResponse:
+        failures = []
+        for endpoint in self._order():
+            try:
+                response = await endpoint.client.issue(request)
+            except UnavailableError as exc:
+                if endpoint.delay is None:
+                    endpoint.delay = backoff_delays(*self._retry, self._rng)
+                endpoint.retry_at = self._clock() + endpoint.delay()
+                failures.append(str(exc))
+                if len(self._endpoints) > 1:
+                    log.warning("PQC CA %s unavailable (%s); trying the next endpoint", endpoint.address, exc)
+                continue
+            if endpoint.delay is not None:
+                log.info("PQC CA %s answers again", endpoint.address)
+            endpoint.delay, endpoint.retry_at = None, 0.0
+            return response
+        if len(failures) == 1:
+            raise UnavailableError(failures[0])
+        raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
+
+    async def close(self) -> None:
+        for endpoint in self._endpoints:
+            await endpoint.client.close()

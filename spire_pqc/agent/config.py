@@ -84,12 +84,21 @@ class SpireSourceConfig:
 
 @dataclass(frozen=True)
 class CAClientConfig:
-    """The PQC CA endpoint (spire_pqc.ca.v1.PQCCertificateAuthority), reached over mTLS."""
+    """The PQC CA endpoint(s) (spire_pqc.ca.v1.PQCCertificateAuthority), reached over mTLS.
 
-    address: str
+    Several addresses (SPIRE HA: one endpoint per SPIRE server) are tried in order, a failed one
+    moved behind the others for a backoff delay (:class:`spire_pqc.agent.caclient.FailoverCAClient`).
+    """
+
+    addresses: tuple[str, ...]
     # SPIFFE ID the endpoint must present (default: spiffe://<td>/spire/server, SPIRE's server SVID).
     server_id: SpiffeId | None
     timeout: dt.timedelta
+
+    @property
+    def address(self) -> str:
+        """The first (preferred) endpoint."""
+        return self.addresses[0]
 
 
 @dataclass(frozen=True)
@@ -316,8 +325,29 @@ def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
     if not data:
         return None
     prefix = "ca."
-    c.unknown(data, {"address", "server_id", "timeout"}, prefix)
-    address = c.string(data, "address", prefix, required=True)
+    c.unknown(data, {"address", "addresses", "server_id", "timeout"}, prefix)
+    single = c.string(data, "address", prefix)
+    many = data.get("addresses")
+    addresses: list[str] = []
+    if single is not None and many is not None:
+        c.problem(f"{prefix}addresses", "set either ca.address or ca.addresses, not both")
+    elif many is not None:
+        if not isinstance(many, list) or not many or not all(isinstance(a, str) and a for a in many):
+            c.problem(f"{prefix}addresses", "must be a non-empty array of 'host:port' strings")
+        else:
+            addresses = list(many)
+    elif single is not None:
+        addresses = [single]
+    else:
+        c.problem(f"{prefix}addresses", "missing (required): the PQC CA endpoint(s) as 'host:port'")
+    key = f"{prefix}address" if single is not None else f"{prefix}addresses"
+    for index, address in enumerate(addresses):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            where = key if single is not None else f"{key}[{index}]"
+            c.problem(where, f"{address!r} is not host:port")
+    for address in sorted({a for a in addresses if addresses.count(a) > 1}):
+        c.problem(key, f"{address!r} is listed more than once")
     server_id_text = c.string(data, "server_id", prefix)
     server_id = None
     if server_id_text is not None:
@@ -326,9 +356,7 @@ def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
         except SpiffeIdError as exc:
             c.problem(f"{prefix}server_id", str(exc))
     timeout = c.duration(data, "timeout", prefix, dt.timedelta(seconds=10))
-    if address is not None and ":" not in address:
-        c.problem(f"{prefix}address", f"{address!r} is not host:port")
-    return CAClientConfig(address, server_id, timeout) if address is not None else None
+    return CAClientConfig(tuple(addresses), server_id, timeout) if addresses else None
 
 
 _MODES = ("hybrid", "spiffe", "pq-tls")  # spire_pqc.channel.Mode (agent config does not import the channel)

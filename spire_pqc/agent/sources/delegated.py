@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2 as di
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2_grpc as di_grpc
 from spire_pqc._proto.spire.api.types import types_pb2
-from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
+from spire_pqc.agent.caclient import FailoverCAClient, GrpcCAClient, TLSIdentity
 from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
 from spire_pqc.agent.jwtsvid import JwtSvid
 from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
@@ -363,7 +363,12 @@ class OwnIdentity:
             delay = min(delay * 2, 30.0)
 
 
-def grpc_ca_client(config: CAClientConfig, own: OwnIdentity) -> GrpcCAClient:
-    return GrpcCAClient(
-        config.address, own.current, server_id=config.server_id, timeout=config.timeout.total_seconds()
+def grpc_ca_client(config: CAClientConfig, own: OwnIdentity) -> FailoverCAClient:
+    """One client per configured endpoint, behind failover (``ca.addresses``)."""
+    timeout = config.timeout.total_seconds()
+    return FailoverCAClient(
+        [
+            (address, GrpcCAClient(address, own.current, server_id=config.server_id, timeout=timeout))
+            for address in config.addresses
+        ]
     )
