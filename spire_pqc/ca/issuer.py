@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import serialization
 
 from spire_pqc.bundle import BundleSource
@@ -189,11 +190,19 @@ class PQCIssuer:
                     f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason=RefusalReason.MALFORMED
                 )
             try:
-                parsed.append(x509.load_der_x509_certificate(raw))
-            except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
+                cert = x509.load_der_x509_certificate(raw)
+            # InvalidVersion is not a ValueError. cryptography *warns* about a serial that is not
+            # positive (RFC 5280 forbids it); where warnings are errors that warning is raised here.
+            except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as exc:
                 raise IssuanceError(
                     f"certificate {index} is not DER X.509: {exc}", reason=RefusalReason.MALFORMED
                 ) from exc
+            if cert.serial_number <= 0:
+                raise IssuanceError(
+                    f"certificate {index} has a serial number that is not positive",
+                    reason=RefusalReason.MALFORMED,
+                )
+            parsed.append(cert)
         return parsed[0], parsed
 
     def _check_freshness(self, request: IssueRequest, now: dt.datetime) -> None:

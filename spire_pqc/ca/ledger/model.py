@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Self
 
 from spire_pqc._internal import der
 from spire_pqc.ca.request import IssueResponse
@@ -90,7 +91,7 @@ class IssuanceLedger(ABC):
     def close(self) -> None:
         """Close every connection (idempotent)."""
 
-    def __enter__(self) -> IssuanceLedger:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from spire_pqc.agent.pqc import backoff_delays
+from spire_pqc._internal.backoff import backoff_delays
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:

@@ -1,0 +1,136 @@
+"""Racing on one classical SVID serial: N threads in each of M processes, one winner, every time.
+
+The processes are real (``spawn``), with their own connections, so nothing in Python can serialise
+them: only the database's constraint can. The same race through the issuer reproduces issue 10's
+measurement (two requests for one SVID with different keys both succeeding) and must now end in
+one issuance and duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spire_pqc.bench.postgres import PostgresCluster
+from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.ledger import open_ledger
+from spire_pqc.ca.request import build_request
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.errors import IssuanceError
+from tests.unit.credentials.pki import Domain, der, now_ms
+from tests.unit.ledger.entries import entry
+
+PROCESSES = 3
+THREADS = 8
+SERIAL = "CN=race|42"
+
+
+def race(dsn: str, password: str | None, process: int, barrier: Any) -> list[tuple[bool, str, bool]]:
+    """In a child process: THREADS threads record SERIAL with their own keys and use one nonce."""
+    ledger = open_ledger(dsn, password=password)
+
+    def one(thread: int) -> tuple[bool, str, bool]:
+        mine = entry(SERIAL, keys=f"{process}-{thread}".encode())
+        ledger.size()  # connect (and migrate) before the start line, so the race is the insert
+        barrier.wait(timeout=120)
+        stored = ledger.record(mine)
+        fresh_nonce = ledger.use_nonce(b"shared-nonce-16b", expires=dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+        return stored is mine, stored.keys_fingerprint, fresh_nonce
+
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:
+            return list(pool.map(one, range(THREADS)))
+    finally:
+        ledger.close()
+
+
+def run_race(dsn: str, password: str | None) -> list[tuple[bool, str, bool]]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(PROCESSES * THREADS)
+    with ctx.Pool(PROCESSES) as pool:
+        results = pool.starmap(race, [(dsn, password, p, barrier) for p in range(PROCESSES)], chunksize=1)
+    return [r for rs in results for r in rs]
+
+
+def assert_one_winner(results: list[tuple[bool, str, bool]]) -> None:
+    assert len(results) == PROCESSES * THREADS
+    winners = [fp for won, fp, _ in results if won]
+    assert len(winners) == 1, f"{len(winners)} racers inserted"
+    assert {fp for _, fp, _ in results} == set(winners)  # everyone read back the one winner
+    assert sum(fresh for *_, fresh in results) == 1  # and the nonce was fresh exactly once
+
+
+@pytest.mark.timeout(300)
+def test_threads_times_processes_on_sqlite(tmp_path: Path) -> None:
+    for round_ in range(2):
+        assert_one_winner(run_race(f"sqlite://{tmp_path / f'ledger-{round_}.db'}", None))
+
+
+@pytest.mark.timeout(300)
+def test_threads_times_processes_on_postgres(postgres: PostgresCluster, pg_dsn: str) -> None:
+    assert_one_winner(run_race(pg_dsn, postgres.password))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_concurrent_issue_for_one_svid_with_different_keys(tmp_path: Path, kind: str) -> None:
+    """Issue 10's measurement: 8 threads, one classical SVID, 8 key pairs → 1 issued, 7 duplicates.
+
+    Each attempt has its own PQCIssuer over the shared ledger, as the endpoint builds one per request
+    (the old per-issuer lock therefore serialised nothing: 2 to 7 issuances per round on 0.1)."""
+    domain = Domain.create("example.org")
+    dsn = f"sqlite://{tmp_path / 'ledger.db'}" if kind == "sqlite" else "sqlite://:memory:"
+    ledger = open_ledger(dsn)
+
+    def issuer() -> PQCIssuer:
+        return PQCIssuer(
+            domain.hierarchy.intermediate, domain.trust_domain, domain.classical_bundles, ledger=ledger
+        )
+
+    leaf, key = domain.classical_ca.issue_svid(domain.spiffe_id())
+    keys = [(MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()) for _ in range(THREADS)]
+
+    def request(index: int) -> Any:
+        mldsa, mlkem = keys[index]
+        return build_request((der(leaf),), key, mldsa, mlkem.public_key().spki(), timestamp_ms=now_ms())
+
+    requests = [request(i) for i in range(THREADS)]
+    start = threading.Barrier(THREADS)
+
+    def attempt(index: int) -> str:
+        start.wait(timeout=60)
+        try:
+            issuer().issue(requests[index])
+        except IssuanceError as exc:
+            return exc.reason
+        return "issued"
+
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:
+            outcomes = sorted(pool.map(attempt, range(THREADS)))
+        assert outcomes == ["duplicate"] * (THREADS - 1) + ["issued"]
+        assert ledger.size().issuances == 1
+        # The winner's retry (same keys, a new request and nonce) gets the same certificates back.
+        stored = ledger.lookup(_serial(leaf), now=dt.datetime.now(dt.UTC))
+        assert stored is not None
+        winner = next(i for i, r in enumerate(requests) if _fingerprint(r) == stored.keys_fingerprint)
+        again = issuer().issue(request(winner))
+        assert again.reissued and again.response == stored.response
+    finally:
+        ledger.close()
+
+
+def _fingerprint(request: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(request.mldsa_spki + request.mlkem_spki).hexdigest()
+
+
+def _serial(leaf: Any) -> str:
+    return f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
