@@ -38,6 +38,7 @@ from spire_pqc.errors import (
     BindingError,
     BundleError,
     ChainError,
+    CryptoError,
     IdentityMismatchError,
     KeyUsageError,
     LeafError,
@@ -46,6 +47,7 @@ from spire_pqc.errors import (
     ParseError,
     RelatedCertificateError,
     SpiffeIdError,
+    VerificationError,
 )
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.x509 import certs
@@ -353,10 +355,15 @@ def verify_hybrid_svid(
     classical_der = der(classical_leaf)
     _related(pqc_chain[0], classical_der, "PQC SVID", sid)
     _related(kem_chain[0], classical_der, "KEM certificate", sid)
-    # Only intermediates of the verified PQC path are trusted binding signers (roots sign nothing else).
-    intermediates = [certs.mldsa_public_key(c) for c in pqc_path[:-1]]
-    if not intermediates:
+    # Only intermediate PQC CAs are trusted binding signers (roots sign nothing else): the one of the
+    # verified PQC path, and (SPIRE HA) a sibling intermediate the chain carries when another
+    # server's intermediate made the binding, accepted if the trust domain's PQC root certified it.
+    path_intermediates = pqc_path[:-1]
+    if not path_intermediates:
         raise BindingError("PQC SVID was not issued by an intermediate PQC CA", spiffe_id=sid)
+    roots = list(pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain).authorities)
+    siblings = [c for c in pqc_chain[1:] if c not in path_intermediates and _is_intermediate(c, roots, when)]
+    intermediates = [certs.mldsa_public_key(c) for c in (*path_intermediates, *siblings)]
     signer = verify_svid_binding(classical_leaf, intermediates)
     classical_end = classical_leaf.not_valid_after_utc
     for cert, role in ((pqc_chain[0], "PQC SVID"), (kem_chain[0], "KEM certificate")):
@@ -367,6 +374,18 @@ def verify_hybrid_svid(
                 spiffe_id=sid,
             )
     return VerifiedHybridSvid(spiffe_id, classical_leaf, pqc_chain[0], kem_chain[0], signer)
+
+
+def _is_intermediate(cert: x509.Certificate, roots: Sequence[x509.Certificate], when: dt.datetime) -> bool:
+    """``cert`` is an intermediate PQC CA (cA=true) signed by one of ``roots`` and valid at ``when``."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if not constraints.ca:
+            return False
+        certs.verify_pqc_chain([cert], roots, at=when, spiffe_id=None)
+    except (x509.ExtensionNotFound, ValueError, VerificationError, CryptoError):
+        return False
+    return True
 
 
 # --- the model a workload holds ----------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -95,6 +96,10 @@ class SpireServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     endpoint_port: int = 0
+    # SPIRE's DataStore "sql": "sqlite3" (a file in workdir) or "postgres" with a lib/pq connection
+    # string; two servers given the same PostgreSQL database form a SPIRE HA pair.
+    datastore_type: str = "sqlite3"
+    datastore_connection: str = ""
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -141,8 +146,8 @@ class SpireServer:
 plugins {{
     DataStore "sql" {{
         plugin_data {{
-            database_type = "sqlite3"
-            connection_string = "{self.workdir}/server/datastore.sqlite3"
+            database_type = "{self.datastore_type}"
+            connection_string = "{self.datastore_connection or f"{self.workdir}/server/datastore.sqlite3"}"
         }}
     }}
     NodeAttestor "join_token" {{
@@ -229,6 +234,42 @@ plugins {{
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL spire-server and its plugins (a crash: no shutdown of any kind)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        children = _children(self.proc.pid)
+        self.proc.kill()
+        self.proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def plugin_pid(self) -> int:
+        """The pid of the spire-pqc plugin process this server started."""
+        assert self.proc is not None
+        for pid in _children(self.proc.pid):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"spire_pqc.cli.plugin" in cmdline or b"spire-pqc-composer" in cmdline:
+                    return pid
+        raise SpireLabError("the spire-pqc plugin process of this spire-server is not running")
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
 
 
 @dataclass

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from spire_pqc.bundle import BundleSource
 from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, LedgerEntry, open_ledger
@@ -93,6 +93,7 @@ class PQCIssuer:
         classical_bundles: BundleSource,
         *,
         trusted_binding_keys: Sequence[MLDSA65PublicKey] = (),
+        sibling_intermediates: Sequence[x509.Certificate] = (),
         ledger: IssuanceLedger | None = None,
         freshness: dt.timedelta = DEFAULT_FRESHNESS,
         max_ttl: dt.timedelta = DEFAULT_MAX_TTL,
@@ -102,7 +103,10 @@ class PQCIssuer:
         self._trust_domain = trust_domain
         self._bundles = classical_bundles
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
-        self._binding_keys = [ca.public_key, *trusted_binding_keys]
+        # When a sibling made the binding, its certificate is appended to the chains we return, so a
+        # verifier holding only the PQC root can check that binding (svid.verify_hybrid_svid).
+        self._siblings = {certs.mldsa_public_key(c): c for c in sibling_intermediates}
+        self._binding_keys = [ca.public_key, *trusted_binding_keys, *self._siblings]
         # Without a ledger: a private in-memory database (the rules then hold in this process only).
         self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
@@ -122,7 +126,7 @@ class PQCIssuer:
         now = self._clock()
         leaf, chain = self._parse(request)
         self._check_freshness(request, now)
-        spiffe_id = self._check_classical(leaf, chain, now)
+        spiffe_id, binder = self._check_classical(leaf, chain, now)
         mldsa_key, mlkem_key = self._check_keys(request, spiffe_id)
         self._check_proofs(request, leaf, mldsa_key, spiffe_id)
         serial_key = f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
@@ -136,7 +140,7 @@ class PQCIssuer:
                 )
             stored = self._ledger.lookup(serial_key, now=now)
             if stored is None:
-                response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now)
+                response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now, binder)
                 entry = LedgerEntry(
                     serial_key=serial_key,
                     keys_fingerprint=fingerprint,
@@ -219,7 +223,8 @@ class PQCIssuer:
 
     def _check_classical(
         self, leaf: x509.Certificate, chain: list[x509.Certificate], now: dt.datetime
-    ) -> str:
+    ) -> tuple[str, MLDSA65PublicKey]:
+        """The SVID's SPIFFE ID and the intermediate key that made its binding."""
         try:
             spiffe_id = verify_classical_svid(chain, self._bundles, at=now)
         except VerificationError as exc:
@@ -235,12 +240,12 @@ class PQCIssuer:
                 spiffe_id=str(spiffe_id),
             )
         try:
-            verify_svid_binding(leaf, self._binding_keys)
+            signer = verify_svid_binding(leaf, self._binding_keys)
         except VerificationError as exc:
             raise IssuanceError(
                 f"SvidBinding: {exc}", reason=RefusalReason.BINDING, spiffe_id=str(spiffe_id)
             ) from exc
-        return str(spiffe_id)
+        return str(spiffe_id), signer
 
     def _check_keys(
         self, request: IssueRequest, spiffe_id: str
@@ -284,6 +289,7 @@ class PQCIssuer:
         mldsa_key: MLDSA65PublicKey,
         mlkem_key: MLKEM768PublicKey,
         now: dt.datetime,
+        binder: MLDSA65PublicKey,
     ) -> IssueResponse:
         ca = self._ca
         not_before = now - dt.timedelta(seconds=30)  # tolerate small clock skew at verifiers
@@ -299,7 +305,10 @@ class PQCIssuer:
             trust_domain=td, classical_leaf_der=leaf_der, not_before=not_before, not_after=not_after,
         )  # fmt: skip
         encode = serialization.Encoding.DER
-        intermediates = (ca.certificate.public_bytes(encode),)
+        intermediates: tuple[bytes, ...] = (ca.certificate.public_bytes(encode),)
+        sibling = self._siblings.get(binder)
+        if sibling is not None:
+            intermediates += (sibling.public_bytes(encode),)
         roots = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
         return IssueResponse(
             pqc_svid_chain=(pqc.public_bytes(encode), *intermediates),

@@ -96,6 +96,8 @@ class Config:
     ledger_password: str | None = field(default=None, repr=False)
     ledger_prune_interval: dt.timedelta = dt.timedelta(seconds=30)
     metrics_listen_address: tuple[str, int] | None = None
+    # trusted_intermediates_path's certificates (sent with a PQC SVID whose binding a sibling made).
+    sibling_intermediates: tuple[x509.Certificate, ...] = ()
 
     def agent_allowed(self, spiffe_id: SpiffeId) -> bool:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
@@ -224,7 +226,7 @@ def build_config(
             password = read_private(password_file).rstrip(b"\r\n")
         except SpirePqcError as exc:
             c.problems.append(f"intermediate_key_password_file: {exc}")
-    intermediate, roots, trusted = _load_pki(
+    intermediate, roots, trusted, siblings = _load_pki(
         c, key_path, cert_path, bundle_path, trusted_path, password, trust_domain
     )
     if ledger is not None:
@@ -249,6 +251,7 @@ def build_config(
         ledger_password=ledger_password,
         ledger_prune_interval=prune_interval,
         metrics_listen_address=metrics_address,
+        sibling_intermediates=siblings,
     )
 
 
@@ -341,7 +344,12 @@ def _load_pki(
     trusted_path: str | None,
     password: bytes | None,
     trust_domain: TrustDomain | None,
-) -> tuple[IntermediateCA | None, tuple[x509.Certificate, ...], tuple[MLDSA65PublicKey, ...]]:
+) -> tuple[
+    IntermediateCA | None,
+    tuple[x509.Certificate, ...],
+    tuple[MLDSA65PublicKey, ...],
+    tuple[x509.Certificate, ...],
+]:
     key = chain = roots = None
     if key_path:
         try:
@@ -367,12 +375,15 @@ def _load_pki(
             del path
         _check_ca_identity(c, intermediate.certificate, trust_domain)
     trusted_keys: list[MLDSA65PublicKey] = []
+    siblings: list[x509.Certificate] = []
     for index, cert in enumerate(trusted):
         try:
             trusted_keys.append(certs.mldsa_public_key(cert))
         except SpirePqcError as exc:
             c.problems.append(f"trusted_intermediates_path: certificate {index}: {exc}")
-    return intermediate, tuple(roots or ()), tuple(trusted_keys)
+        else:
+            siblings.append(cert)
+    return intermediate, tuple(roots or ()), tuple(trusted_keys), tuple(siblings)
 
 
 def _check_ca_identity(c: _Collector, cert: x509.Certificate, trust_domain: TrustDomain | None) -> None:

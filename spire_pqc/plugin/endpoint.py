@@ -257,7 +257,7 @@ class CAEndpoint:
                 config.intermediate,
                 config.trust_domain,
                 bundles,
-                trusted_binding_keys=config.trusted_intermediates,
+                sibling_intermediates=config.sibling_intermediates,
                 ledger=ledger,
                 freshness=config.freshness_window,
                 max_ttl=config.max_pqc_ttl,

@@ -97,7 +97,7 @@ async def spire_stack(ttl_seconds: int = 30) -> AsyncIterator[Stack]:
             "pqc_bundle_path": str(pqc_dir / "root.crt.pem"),
             "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
             "authorized_agents": [DELEGATE],
-            "ledger_path": str(workdir / "ledger.jsonl"),
+            "ledger_dsn": f"sqlite://{workdir / 'ledger.db'}",
         },
     )
     spire_agent = SpireAgent(workdir / "a", server, authorized_delegates=[DELEGATE])

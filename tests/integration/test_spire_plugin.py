@@ -104,7 +104,7 @@ def server(pqc: PQC) -> Iterator[SpireServer]:
         composer_data=pqc.plugin_data(
             endpoint_listen_address=f"127.0.0.1:{endpoint_port}",
             authorized_agents=[NODE_AGENT],
-            ledger_path=str(path / "ledger.jsonl"),
+            ledger_dsn=f"sqlite://{path / 'ledger.db'}",
         ),
     )
     srv.endpoint_port = endpoint_port

@@ -134,3 +134,56 @@ def _fingerprint(request: Any) -> str:
 
 def _serial(leaf: Any) -> str:
     return f"{leaf.issuer.rfc4514_string()}|{leaf.serial_number:x}"
+
+
+def test_a_sibling_binding_travels_with_the_pqc_chain_and_verifies() -> None:
+    """SPIRE HA: server A's intermediate made the binding, server B's issues the PQC SVID."""
+    from cryptography import x509
+
+    from spire_pqc.ca.devca import PQCHierarchy
+    from spire_pqc.ca.issuer import IntermediateCA
+    from spire_pqc.errors import BindingError
+    from spire_pqc.svid import verify_hybrid_svid
+    from spire_pqc.x509 import certs
+
+    domain = Domain.create("example.org")  # its intermediate plays server A (it makes the bindings)
+    h = domain.hierarchy
+    b_key = MLDSA65PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+    b_cert = certs.build_intermediate(
+        h.root, h.root_key, b_key.public_key(), "example.org",
+        not_before=now - dt.timedelta(minutes=1), not_after=now + dt.timedelta(days=1),
+    )  # fmt: skip
+    server_b = PQCIssuer(
+        IntermediateCA(b_key, b_cert, (h.root,)), domain.trust_domain, domain.classical_bundles,
+        sibling_intermediates=[h.intermediate.certificate],
+    )  # fmt: skip
+    leaf, key = domain.classical_ca.issue_svid(domain.spiffe_id())
+    mldsa, mlkem = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
+    issued = server_b.issue(
+        build_request((der(leaf),), key, mldsa, mlkem.public_key().spki(), timestamp_ms=now_ms())
+    )
+    load = x509.load_der_x509_certificate
+    pqc = [load(c) for c in issued.response.pqc_svid_chain]
+    kem = [load(c) for c in issued.response.kem_certificate_chain]
+    assert pqc[1] == b_cert and pqc[2] == h.intermediate.certificate
+    verified = verify_hybrid_svid(
+        [leaf], pqc, kem, classical_bundles=domain.classical_bundles, pqc_bundles=domain.pqc_bundles
+    )
+    assert verified.binding_intermediate == h.intermediate.public_key
+    # Without the sibling's certificate a verifier cannot trust A's binding: refused, not guessed.
+    with pytest.raises(BindingError):
+        verify_hybrid_svid(
+            [leaf],
+            pqc[:2],
+            kem[:2],
+            classical_bundles=domain.classical_bundles,
+            pqc_bundles=domain.pqc_bundles,
+        )
+    # A certificate that is not an intermediate of this root does not become a binding signer.
+    other = PQCHierarchy.generate(domain.trust_domain)
+    with pytest.raises(BindingError):
+        verify_hybrid_svid(
+            [leaf], [*pqc[:2], other.intermediate.certificate], kem[:2],
+            classical_bundles=domain.classical_bundles, pqc_bundles=domain.pqc_bundles,
+        )  # fmt: skip
