@@ -33,6 +33,7 @@ from spire_pqc.agent.notify import Broadcast
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, Pruner, open_ledger
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
@@ -57,6 +58,7 @@ class DevIdentitySource:
         *,
         attestor: Attestor = unix_selectors,
         jwt_ttl: dt.timedelta = DEFAULT_JWT_TTL,
+        ledger_dsn: str = MEMORY,
     ) -> None:
         self._config = config
         self._jwt_ttl = jwt_ttl
@@ -67,6 +69,11 @@ class DevIdentitySource:
         self._ca: DevClassicalCA | None = None
         self._hierarchy: PQCHierarchy | None = None
         self._issuer: PQCIssuer | None = None
+        # Where the in-process PQC CA's issuance ledger lives (default: in memory); its expired
+        # entries are pruned in the background so memory stays flat under rotation.
+        self._ledger_dsn = ledger_dsn
+        self._ledger: IssuanceLedger | None = None
+        self._pruner: Pruner | None = None
         self._rotation: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.rotations = 0
@@ -106,7 +113,10 @@ class DevIdentitySource:
         ca = await run_crypto(lambda: DevClassicalCA(td, hierarchy.intermediate.key))
         self._hierarchy, self._ca = hierarchy, ca
         bundles = BundleSet([X509Bundle(td, [ca.certificate])])
-        self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles)
+        self._ledger = open_ledger(self._ledger_dsn)
+        self._pruner = Pruner(self._ledger, interval=max(self._config.svid_ttl.total_seconds() / 2, 1.0))
+        self._pruner.start()
+        self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles, ledger=self._ledger)
         self._jwt_key = await run_crypto(JwtSigningKey.generate)
         self._jwt_bundles.publish({td: jwks_bytes([self._jwt_key.public_jwk()])})
         log.warning("dev identity source for trust domain %s: NOT FOR PRODUCTION", td)
@@ -120,6 +130,10 @@ class DevIdentitySource:
                 await self._rotation
         self._state.close()
         self._jwt_bundles.close()
+        if self._pruner is not None:
+            await asyncio.to_thread(self._pruner.stop)
+        if self._ledger is not None:
+            self._ledger.close()
 
     async def rotate_now(self) -> None:
         """Issue a new SVID for every entry and push the new state to every watcher."""
