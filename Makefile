@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export SPIRE_PQC_CACHE ?= $(HOME)/.cache/spire-pqc
 PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
 
-.PHONY: venv demo test test-unit lint proto proto-check bench spire openssl tools clean
+.PHONY: venv demo test test-unit lint proto proto-check bench spire openssl postgres tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -24,7 +24,11 @@ spire:
 openssl:
 	bash scripts/install-openssl.sh
 
-tools: spire openssl
+## PostgreSQL 15 (Debian's postgresql-15) for the ledger and SPIRE HA tests: private clusters only.
+postgres:
+	bash scripts/install-postgres.sh
+
+tools: spire openssl postgres
 
 demo: venv
 	$(VENV)/bin/spire-pqc demo
@@ -57,6 +61,7 @@ bench: venv tools
 	$(VENV)/bin/spire-pqc bench tunnel
 	$(VENV)/bin/spire-pqc bench agent
 	$(VENV)/bin/spire-pqc bench composer
+	$(VENV)/bin/spire-pqc bench ledger
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

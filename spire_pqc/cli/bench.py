@@ -46,6 +46,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     composer.add_argument("--mints", type=int, default=100)
     composer.set_defaults(handler=_composer)
 
+    ledger = sub.add_parser(
+        "ledger",
+        help="issuance ledger record/lookup p50/p99 at N live entries and prune rate, SQLite vs PostgreSQL",
+    )
+    ledger.add_argument("--sizes", default="10000,100000,1000000", help="live entry counts, comma-separated")
+    ledger.add_argument("--samples", type=int, default=500)
+    ledger.add_argument("--prune-rows", type=int, default=100_000)
+    ledger.set_defaults(handler=_ledger)
+
 
 def _crypto(args: argparse.Namespace) -> int:
     from spire_pqc.bench import crypto as bench_crypto
@@ -88,4 +97,12 @@ def _tunnel(args: argparse.Namespace) -> int:
     from spire_pqc.bench import tunnel as bench_tunnel
 
     print(bench_tunnel.format_report(bench_tunnel.run(megabytes=args.megabytes)))
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import ledger as bench_ledger
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(bench_ledger.run(sizes=sizes, samples=args.samples, prune_rows=args.prune_rows))
     return 0
