@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export SPIRE_PQC_CACHE ?= $(HOME)/.cache/spire-pqc
 PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
 
-.PHONY: venv demo test test-unit lint proto proto-check bench spire openssl postgres tools clean
+.PHONY: venv demo test test-unit test-packaging lint proto proto-check bench spire openssl postgres promtool systemd-tools tools dist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -28,7 +28,17 @@ openssl:
 postgres:
 	bash scripts/install-postgres.sh
 
-tools: spire openssl postgres
+## promtool (checks and unit-tests the alert rules) unpacked from Debian's prometheus package; starts nothing.
+promtool:
+	bash scripts/install-promtool.sh
+
+## systemd-analyze / systemd-sysusers check the units in packaging/systemd (Debian's systemd package; it
+## starts no daemon where systemd is not PID 1).
+systemd-tools:
+	@command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null || \
+		{ apt-get -q update && apt-get install -y -q --no-install-recommends systemd; }
+
+tools: spire openssl postgres promtool systemd-tools
 
 demo: venv
 	$(VENV)/bin/spire-pqc demo
@@ -39,6 +49,14 @@ test: venv tools proto-check
 
 test-unit: venv
 	$(PY) -m pytest -q -ra tests/unit tests/vectors
+
+## The wheel, sdist, systemd units, Kubernetes manifests, container recipes and the alerting contract.
+test-packaging: venv tools
+	$(PY) -m pytest -q -ra tests/packaging
+
+## sdist and wheel in dist/ (the standard build frontend, PEP 517).
+dist: venv
+	$(PY) -m build --outdir dist .
 
 lint: venv proto-check
 	$(VENV)/bin/ruff check spire_pqc tests plugins examples scripts
@@ -64,4 +82,4 @@ bench: venv tools
 	$(VENV)/bin/spire-pqc bench ledger
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist

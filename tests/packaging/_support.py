@@ -4,7 +4,9 @@ the checkout that runs the installed console scripts."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +61,28 @@ def checkout_files() -> list[str]:
         capture_output=True, check=True,
     ).stdout.decode()  # fmt: skip
     return [name for name in listed.split("\0") if name and (CHECKOUT / name).is_file()]
+
+
+def _usable_by_others(path: Path) -> bool:
+    """Other users can reach and run ``path``: o+x on the file and on every directory above it."""
+    resolved = path.resolve()
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (resolved, *resolved.parents))
+
+
+def interpreter_for_every_user() -> Path:
+    """A Python >= 3.11 that an unprivileged service user can execute: the system's python3 when it is
+    recent enough (what an /opt/spire-pqc venv is made from), else the interpreter running the tests."""
+    candidates = [Path("/usr/bin/python3"), Path(getattr(sys, "_base_executable", sys.executable))]
+    for candidate in candidates:
+        if not candidate.exists() or not _usable_by_others(candidate):
+            continue
+        probe = subprocess.run(
+            [str(candidate), "-c", "import sys, venv, ensurepip; print(sys.version_info >= (3, 11))"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if probe.stdout.strip() == "True":
+            return candidate
+    raise AssertionError(
+        f"no Python >= 3.11 with venv that other users can run among {[str(c) for c in candidates]}: "
+        "install Debian's python3 and python3-venv (apt-get install python3-venv)"
+    )

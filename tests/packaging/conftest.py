@@ -11,10 +11,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.packaging._support import CHECKOUT, Dists, InstalledVenv, checkout_files
+from tests.packaging._support import (
+    CHECKOUT,
+    Dists,
+    InstalledVenv,
+    checkout_files,
+    interpreter_for_every_user,
+)
 
 
 @pytest.fixture(scope="session")
@@ -37,15 +46,19 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
 
 
 @pytest.fixture(scope="session")
-def installed(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> InstalledVenv:
-    """A fresh venv (from the base interpreter, not the dev venv) with only the wheel and its dependencies."""
-    root = tmp_path_factory.mktemp("venv")
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(root)], check=True, timeout=300)
-    venv = InstalledVenv(root=root, workdir=tmp_path_factory.mktemp("outside"))
+def installed(dists: Dists) -> Iterator[InstalledVenv]:
+    """A fresh venv with only the wheel and its dependencies, usable by every local user (as an
+    /opt/spire-pqc install is): made from an interpreter that other users may run, in a 0755 directory."""
+    base = Path(tempfile.mkdtemp(prefix="spq-wheel-", dir="/tmp"))
+    base.chmod(0o755)
+    root, workdir = base / "venv", base / "outside"
+    workdir.mkdir(mode=0o755)
+    subprocess.run([str(interpreter_for_every_user()), "-m", "venv", str(root)], check=True, timeout=300)
+    venv = InstalledVenv(root=root, workdir=workdir)
     result = venv.run(
         venv.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
         "-c", CHECKOUT / "constraints.txt", dists.wheel, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return venv
+    yield venv
+    shutil.rmtree(base, ignore_errors=True)
