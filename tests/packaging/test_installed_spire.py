@@ -111,7 +111,7 @@ def test_installed_composer_and_agent_serve_a_workload_with_real_spire(
             "pqc_bundle_path": str(pqc_dir / "root.crt.pem"),
             "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
             "authorized_agents": [DELEGATE],
-            "ledger_path": str(workdir / "ledger.jsonl"),
+            "ledger_dsn": f"sqlite://{workdir}/ledger.db",
         },
     )
     validated = server.validate()

@@ -206,7 +206,7 @@ def test_helm_plugin_data_loads_in_a_real_spire_server(tmp_path: Path) -> None:
     mount = str(PurePosixPath(data["intermediate_key_path"]).parent)
     for key in ("intermediate_key_path", "intermediate_cert_path", "pqc_bundle_path"):
         data[key] = data[key].replace(mount, str(ca))
-    data["ledger_path"] = str(tmp_path / "ledger.jsonl")
+    data["ledger_dsn"] = f"sqlite://{tmp_path}/ledger.db"
     data["endpoint_listen_address"] = f"127.0.0.1:{free_port()}"
     command = plugin_command()
     plugin["plugin_cmd"] = str(command)
