@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SPIRE_PQC_CACHE ?= $(HOME)/.cache/spire-pqc
+# Where `make liboqs` installs liboqs; liboqs-python and the liboqs backend find it through this.
+export OQS_INSTALL_PATH ?= $(SPIRE_PQC_CACHE)/liboqs-0.16.0
 PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
 
-.PHONY: venv demo test test-unit test-packaging lint proto proto-check bench spire openssl postgres promtool systemd-tools tools dist clean
+.PHONY: venv demo test test-unit test-packaging lint proto proto-check bench spire openssl postgres liboqs promtool systemd-tools tools dist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -17,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-## The external programs the tests drive: SPIRE built from its Go module, OpenSSL >= 3.5 from Debian.
+## The external programs the tests drive: SPIRE built from its Go module, OpenSSL >= 3.5 from Debian,
+## liboqs 0.16.0 built from the tarball in third_party/liboqs/ (the liboqs backend).
 spire:
 	bash scripts/build-spire.sh
 
@@ -38,7 +41,11 @@ systemd-tools:
 	@command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null || \
 		{ apt-get -q update && apt-get install -y -q --no-install-recommends systemd; }
 
-tools: spire openssl postgres promtool systemd-tools
+## liboqs 0.16.0 built from the vendored release tarball (third_party/liboqs), for the liboqs backend.
+liboqs:
+	bash scripts/build-liboqs.sh
+
+tools: spire openssl postgres liboqs promtool systemd-tools
 
 demo: venv
 	$(VENV)/bin/spire-pqc demo
@@ -47,7 +54,7 @@ demo: venv
 test: venv tools proto-check
 	$(PY) -m pytest -q -ra
 
-test-unit: venv
+test-unit: venv liboqs
 	$(PY) -m pytest -q -ra tests/unit tests/vectors
 
 ## The wheel, sdist, systemd units, Kubernetes manifests, container recipes and the alerting contract.
