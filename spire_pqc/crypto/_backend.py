@@ -1,14 +1,18 @@
-"""Post-quantum backends: the only module that imports a PQ implementation.
+"""Post-quantum backends: with :mod:`._liboqs`, the only modules that import a PQ implementation.
 
 Two backends implement the same small primitive surface over *seeds* and *raw keys* (the key
 classes in :mod:`spire_pqc.crypto.mldsa` / :mod:`spire_pqc.crypto.mlkem` own encodings):
 
 * ``openssl`` (default): pyca/cryptography >= 50, whose wheel bundles OpenSSL >= 3.5.
-* ``liboqs``: liboqs-python over liboqs's C library, used only when asked for and present.
+* ``liboqs``: liboqs's C library (:mod:`._liboqs`), used only when asked for.
 
 The backend is chosen once per process, from ``SPIRE_PQC_BACKEND`` (``auto`` | ``openssl`` |
-``liboqs``) at first use or by :func:`select_backend`. If no PQ backend is usable every PQ
-operation raises :class:`BackendUnavailableError`; nothing ever falls back to classical crypto.
+``liboqs``) at first use or by :func:`select_backend`. ``auto`` is ``openssl`` and never looks for
+liboqs: the choice then depends only on the installed Python packages - the same for the plugin
+process spire-server starts and the agent beside it - never on per-user paths (``HOME``,
+``OQS_INSTALL_PATH``) that differ between those processes. liboqs is a deliberate, configured
+choice. If the chosen backend is unusable every PQ operation raises
+:class:`BackendUnavailableError`; nothing ever falls back to classical crypto or to the other backend.
 
 X.509 certificate *building* always goes through cryptography (it is the X.509 engine); signature
 *verification* of our own messages and of PQC certificates goes through the selected backend.
@@ -16,14 +20,11 @@ X.509 certificate *building* always goes through cryptography (it is the X.509 e
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from spire_pqc.errors import BackendUnavailableError, InvalidKeyError
@@ -56,6 +57,7 @@ class Backend(Protocol):
     """The primitive operations a PQ backend provides."""
 
     name: str
+    version: str  # of the library doing the PQ arithmetic (OpenSSL's or liboqs's), e.g. "0.16.0"
 
     def mldsa65_from_seed(self, seed: bytes) -> tuple[bytes, MLDSASigner]:
         """Return ``(public key, signer)`` for a 32-byte seed xi (FIPS 204 KeyGen_internal)."""
@@ -81,6 +83,7 @@ class _OpenSSLBackend:
     def __init__(self) -> None:
         from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 
+        self.version = cryptography_openssl_version().split()[1]
         self._mldsa = mldsa
         self._mlkem = mlkem
         # OpenSSL keeps the expanded matrix in a public-key object, so encapsulating to a peer we
@@ -143,104 +146,20 @@ class _OpenSSLSigner:
         return bytes(self.key.sign(message, context or None))
 
 
-# --- liboqs ------------------------------------------------------------------------------------
+def cryptography_openssl_version() -> str:
+    """The OpenSSL that cryptography's wheel bundles, e.g. ``OpenSSL 4.0.3 29 Sep 2026``."""
+    from cryptography.hazmat.backends.openssl.backend import backend as openssl
 
-
-def find_liboqs() -> str | None:
-    """Locate liboqs's shared library *without* importing liboqs-python.
-
-    Importing ``oqs`` when the C library is missing makes liboqs-python try to download and build
-    it, so we look first, the same places liboqs-python would, and load it with ctypes.
-    """
-    candidates: list[str] = []
-    install = os.environ.get("OQS_INSTALL_PATH")
-    roots = [Path(install)] if install else [Path.home() / "_oqs"]
-    for root in roots:
-        candidates += [str(root / "lib" / "liboqs.so"), str(root / "lib64" / "liboqs.so")]
-    found = ctypes.util.find_library("oqs")
-    if found:
-        candidates.insert(0, found)
-    for candidate in candidates:
-        if "/" in candidate and not Path(candidate).exists():
-            continue
-        try:
-            ctypes.CDLL(candidate)
-        except OSError:
-            continue
-        return candidate
-    return None
-
-
-class _LiboqsBackend:
-    name = "liboqs"
-
-    def __init__(self) -> None:
-        if find_liboqs() is None:
-            raise BackendUnavailableError(
-                "liboqs backend requested but liboqs's shared library was not found "
-                "(looked in OQS_INSTALL_PATH, ~/_oqs/lib and the system library path)"
-            )
-        import oqs
-
-        self._oqs = oqs
-        self._seeded_sig = hasattr(oqs.native(), "OQS_SIG_keypair_from_seed")
-
-    def mldsa65_from_seed(self, seed: bytes) -> tuple[bytes, MLDSASigner]:
-        if not self._seeded_sig:
-            raise BackendUnavailableError(
-                "this liboqs build cannot derive ML-DSA-65 keys from a seed (OQS_SIG_keypair_from_seed); "
-                "seed-form keys need liboqs >= 0.15 or the openssl backend"
-            )
-        sig = self._oqs.Signature("ML-DSA-65")
-        native = self._oqs.native()
-        public = ctypes.create_string_buffer(MLDSA65_PUBLIC_LEN)
-        secret = ctypes.create_string_buffer(sig.length_secret_key)
-        rv = native.OQS_SIG_keypair_from_seed(sig._sig, public, secret, ctypes.c_char_p(seed))
-        if rv != 0:
-            raise InvalidKeyError("liboqs rejected the ML-DSA-65 seed")
-        signer = self._oqs.Signature("ML-DSA-65", secret_key=bytes(secret))
-        return bytes(public), _LiboqsSigner(signer)
-
-    def mldsa65_verify(self, public_key: bytes, signature: bytes, message: bytes, context: bytes) -> bool:
-        with self._oqs.Signature("ML-DSA-65") as verifier:
-            return bool(verifier.verify_with_ctx_str(message, signature, context, public_key))
-
-    def mlkem768_from_seed(self, seed: bytes) -> tuple[bytes, MLKEMDecapsulator]:
-        kem = self._oqs.KeyEncapsulation("ML-KEM-768")
-        public = kem.generate_keypair_seed(seed)
-        return bytes(public), _LiboqsDecapsulator(kem)
-
-    def mlkem768_encapsulate(self, encapsulation_key: bytes) -> tuple[bytes, bytes]:
-        from spire_pqc.crypto._fips203 import check_encapsulation_key
-
-        check_encapsulation_key(encapsulation_key)
-        with self._oqs.KeyEncapsulation("ML-KEM-768") as kem:
-            ciphertext, shared = kem.encap_secret(encapsulation_key)
-        return bytes(shared), bytes(ciphertext)
-
-
-@dataclass(frozen=True)
-class _LiboqsSigner:
-    sig: Any
-    lock: threading.Lock = threading.Lock()  # noqa: RUF009 - one liboqs context is not re-entrant
-
-    def sign(self, message: bytes, context: bytes) -> bytes:
-        with self.lock:
-            return bytes(self.sig.sign_with_ctx_str(message, context))
-
-
-@dataclass(frozen=True)
-class _LiboqsDecapsulator:
-    kem: Any
-
-    def decapsulate(self, ciphertext: bytes) -> bytes:
-        return bytes(self.kem.decap_secret(ciphertext))
+    return str(openssl.openssl_version_text())
 
 
 # --- selection ---------------------------------------------------------------------------------
 
 _lock = threading.Lock()
 _selected: Backend | None = None
+# A backend that failed to load stays failed: every later PQ operation re-raises at once instead of
+# searching for (and loading) the library again.
+_failed: dict[str, BackendUnavailableError] = {}
 
 
 def _openssl_usable() -> str | None:
@@ -262,16 +181,17 @@ def _build(name: str) -> Backend:
             raise BackendUnavailableError(f"openssl backend unusable: {reason}; need cryptography >= 50")
         return _OpenSSLBackend()
     if name == "liboqs":
-        return _LiboqsBackend()
+        from spire_pqc.crypto._liboqs import LiboqsBackend
+
+        return LiboqsBackend()
     if name == "auto":
-        if _openssl_usable() is None:
-            return _OpenSSLBackend()
-        if find_liboqs() is not None:
-            return _LiboqsBackend()
-        raise BackendUnavailableError(
-            "no post-quantum backend is usable: cryptography >= 50 (OpenSSL >= 3.5) is missing ML-DSA/ML-KEM "
-            "and liboqs is not installed; refusing to continue without post-quantum cryptography"
-        )
+        reason = _openssl_usable()
+        if reason:
+            raise BackendUnavailableError(
+                f"no post-quantum backend is usable: {reason}; `auto` means openssl (cryptography >= 50), "
+                f"set {ENV_VAR}=liboqs to use liboqs; refusing to continue without post-quantum cryptography"
+            )
+        return _OpenSSLBackend()
     raise BackendUnavailableError(f"{ENV_VAR}={name!r}: expected one of auto, openssl, liboqs")
 
 
@@ -285,8 +205,19 @@ def select_backend(name: str) -> Backend:
                     f"backend already chosen for this process: {_selected.name}; cannot switch to {name}"
                 )
             return _selected
-        _selected = _build(name)
+        if name in _failed:
+            raise _failed[name]
+        try:
+            _selected = _build(name)
+        except BackendUnavailableError as exc:
+            _failed[name] = exc
+            raise
         return _selected
+
+
+def selected() -> Backend | None:
+    """The backend already chosen for this process, without choosing one."""
+    return _selected
 
 
 def backend() -> Backend:
