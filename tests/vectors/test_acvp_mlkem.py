@@ -1,4 +1,5 @@
-"""NIST ACVP ML-KEM-768 vectors against spire_pqc.crypto.mlkem and the FIPS 203 modulus check.
+"""NIST ACVP ML-KEM-768 vectors against spire_pqc.crypto.mlkem and the FIPS 203 modulus check, on each
+PQ backend (``pq_backend``).
 
 Cases that need an expanded dk or an injected m are accounted for in test_acvp_coverage.py.
 """
@@ -21,7 +22,7 @@ from tests.vectors import _acvp
 SECTION = "ACVP ML-KEM-768 (passed / run)"
 
 
-def test_keygen_ek_and_seed_round_trip(summary: Callable[[str, str], None]) -> None:
+def test_keygen_ek_and_seed_round_trip(summary: Callable[[str, str], None], pq_backend: str) -> None:
     cases = _acvp.runnable(_acvp.MLKEM_KEYGEN, "ML-KEM keyGen ek")
     failures = []
     for case in cases:
@@ -43,12 +44,13 @@ def test_keygen_ek_and_seed_round_trip(summary: Callable[[str, str], None]) -> N
         )
         if not ok:
             failures.append(case.tc_id)
-    summary(SECTION, f"keyGen ek + seed round trip: {len(cases) - len(failures)}/{len(cases)}")
+    passed = len(cases) - len(failures)
+    summary(SECTION, f"[{pq_backend}] keyGen ek + seed round trip: {passed}/{len(cases)}")
     assert len(cases) == 25
     assert failures == []
 
 
-def test_decapsulation_with_seed_keys(summary: Callable[[str, str], None]) -> None:
+def test_decapsulation_with_seed_keys(summary: Callable[[str, str], None], pq_backend: str) -> None:
     cases = _acvp.runnable(_acvp.MLKEM_ENCDEC_TR1, "ML-KEM decapsulation (seed key)")
     failures = []
     reasons = set()
@@ -57,14 +59,19 @@ def test_decapsulation_with_seed_keys(summary: Callable[[str, str], None]) -> No
         reasons.add(case.test["reason"])
         if key.public_key().raw() != case.hex("ek") or key.decapsulate(case.hex("c")) != case.hex("k"):
             failures.append(case.tc_id)
-    summary(SECTION, f"tr1 decapsulation, keyFormat=seed: {len(cases) - len(failures)}/{len(cases)}")
+    summary(
+        SECTION,
+        f"[{pq_backend}] tr1 decapsulation, keyFormat=seed: {len(cases) - len(failures)}/{len(cases)}",
+    )
     assert len(cases) == 10
     # Both valid ciphertexts and implicit rejection of modified ones are covered.
     assert reasons == {"valid decapsulation", "modified ciphertext"}
     assert failures == []
 
 
-def test_decapsulation_expanded_groups_through_their_seed(summary: Callable[[str, str], None]) -> None:
+def test_decapsulation_expanded_groups_through_their_seed(
+    summary: Callable[[str, str], None], pq_backend: str
+) -> None:
     """The tr1 keyFormat=expanded group also publishes d and z: decapsulate through the seed.
 
     This is an extra check beyond the accounting (the group's purpose, expanded-key import, stays
@@ -79,12 +86,15 @@ def test_decapsulation_expanded_groups_through_their_seed(summary: Callable[[str
         for c in expanded
         if MLKEM768PrivateKey.from_seed(c.hex("d") + c.hex("z")).decapsulate(c.hex("c")) != c.hex("k")
     ]
-    summary(SECTION, f"extra: tr1 decapsulation keyFormat=expanded via d||z: {10 - len(failures)}/10")
+    summary(
+        SECTION,
+        f"[{pq_backend}] extra: tr1 decapsulation keyFormat=expanded via d||z: {10 - len(failures)}/10",
+    )
     assert failures == []
 
 
 @pytest.mark.parametrize("name", [_acvp.MLKEM_ENCDEC, _acvp.MLKEM_ENCDEC_TR1])
-def test_encapsulation_key_check(name: str, summary: Callable[[str, str], None]) -> None:
+def test_encapsulation_key_check(name: str, summary: Callable[[str, str], None], pq_backend: str) -> None:
     """FIPS 203 §7.2: our pure-Python check, the key class and the backend all agree with ACVP."""
     cases = _acvp.runnable(name, "ML-KEM encapsulationKeyCheck")
     failures = []
@@ -107,7 +117,10 @@ def test_encapsulation_key_check(name: str, summary: Callable[[str, str], None])
             failures.append((case.tc_id, results))
     verdicts = {bool(c.test["testPassed"]) for c in cases}
     revision = name.removesuffix(".ML-KEM-768.json")
-    summary(SECTION, f"encapsulationKeyCheck ({revision}): {len(cases) - len(failures)}/{len(cases)}")
+    summary(
+        SECTION,
+        f"[{pq_backend}] encapsulationKeyCheck ({revision}): {len(cases) - len(failures)}/{len(cases)}",
+    )
     assert len(cases) == 10
     assert verdicts == {True, False}
     assert failures == []

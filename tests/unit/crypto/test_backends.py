@@ -1,14 +1,16 @@
-"""Backend selection: the no-backend paths fail loudly, and liboqs agrees with OpenSSL where present.
+"""Backend selection through ``SPIRE_PQC_BACKEND``: unusable choices fail loudly, ``auto`` is openssl,
+liboqs agrees with OpenSSL, and the choice is visible (logs, metrics, ``backend_info``).
 
-The backend is chosen once per process, so each scenario runs in a fresh interpreter (the project's
-.venv python, ``sys.executable``). liboqs is hidden from those children (``OQS_INSTALL_PATH`` points
-at an empty directory and ``ctypes.util.find_library("oqs")`` answers None), so the result does not
-depend on whether this machine has liboqs.
+The backend is chosen once per process, so each selection scenario runs in a fresh interpreter (the
+project's .venv python, ``sys.executable``). Where liboqs must be absent it is hidden from the child
+(``OQS_INSTALL_PATH`` points at an empty directory and ``ctypes.util.find_library`` answers None for
+it), so the result does not depend on what this machine has installed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,18 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.backends.openssl.backend import backend as cryptography_backend
+from prometheus_client import CollectorRegistry, generate_latest
 
 from spire_pqc.crypto import _backend, select_backend
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.crypto.status import backend_info, log_backend, register_backend_metric
 from spire_pqc.errors import BackendUnavailableError
+from tests._backends import LIBOQS_VERSION, backend_instance, liboqs_env, require_liboqs
 
 # Runs before spire_pqc is imported in the child. {poison} optionally makes cryptography's ML-DSA
 # module unimportable, the way an old cryptography without it would behave.
 _WRAPPER = """
 import ctypes.util, json, sys
 _find = ctypes.util.find_library
-ctypes.util.find_library = lambda name: None if name == "oqs" else _find(name)
+ctypes.util.find_library = lambda name: None if name in ("oqs", "liboqs") else _find(name)
 if {poison}:
     sys.modules["cryptography.hazmat.primitives.asymmetric.mldsa"] = None
 from spire_pqc.errors import BackendUnavailableError
@@ -97,12 +103,78 @@ def _assert_all_refused(results: dict[str, list[str]], message: str) -> None:
 def test_liboqs_requested_but_absent(tmp_path: Path) -> None:
     results = _run_child(tmp_path, "liboqs", poison_mldsa=False)
     _assert_all_refused(results, "liboqs backend requested but liboqs's shared library was not found")
+    assert "make liboqs" in results["mldsa_generate"][1]
+
+
+def test_absent_liboqs_is_never_downloaded_or_built(tmp_path: Path) -> None:
+    """liboqs-python clones and builds liboqs when it finds none: the backend must not let it try.
+
+    ``git``, ``cmake`` and ``ninja`` on the child's PATH are recorders; HOME is a fresh directory, where
+    liboqs-python would install into ``~/_oqs``.
+    """
+    home, tools, record = tmp_path / "home", tmp_path / "bin", tmp_path / "invoked"
+    home.mkdir()
+    tools.mkdir()
+    for tool in ("git", "cmake", "ninja"):
+        script = tools / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> {record}\nexit 1\n')
+        script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
+    env.update(HOME=str(home), PATH=f"{tools}:{env.get('PATH', '')}", SPIRE_PQC_BACKEND="liboqs")
+    child = (
+        "import ctypes.util; ctypes.util.find_library = lambda name: None\n"
+        "from spire_pqc.crypto.mldsa import MLDSA65PrivateKey\n"
+        "from spire_pqc.errors import BackendUnavailableError\n"
+        "import sys\n"
+        "for _ in range(3):\n"
+        "    try:\n"
+        "        MLDSA65PrivateKey.generate()\n"
+        "    except BackendUnavailableError as exc:\n"
+        "        print(exc)\n"
+        "print('oqs' in sys.modules)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 4 and all("shared library was not found" in line for line in lines[:3]), lines
+    assert lines[3] == "False"  # liboqs-python was never imported
+    assert not record.exists(), record.read_text()
+    assert not (home / "_oqs").exists()
+
+
+def test_failed_backend_is_not_searched_again(tmp_path: Path) -> None:
+    """After one failed load every PQ operation fails at once (no library search per operation)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
+    env.update(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
+    child = (
+        "import ctypes.util\n"
+        "calls = []\n"
+        "ctypes.util.find_library = lambda name: calls.append(name)\n"
+        "from spire_pqc.crypto.mlkem import MLKEM768PrivateKey\n"
+        "from spire_pqc.errors import BackendUnavailableError\n"
+        "counts = []\n"
+        "for _ in range(5):\n"
+        "    try:\n"
+        "        MLKEM768PrivateKey.generate()\n"
+        "    except BackendUnavailableError:\n"
+        "        counts.append(len(calls))\n"
+        "print(counts)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    counts = json.loads(completed.stdout)
+    assert len(counts) == 5 and counts[0] > 0 and len(set(counts)) == 1, counts
 
 
 def test_auto_without_any_backend(tmp_path: Path) -> None:
     results = _run_child(tmp_path, "auto", poison_mldsa=True)
     _assert_all_refused(results, "no post-quantum backend is usable")
     assert "refusing to continue without post-quantum cryptography" in results["mldsa_generate"][1]
+    assert "SPIRE_PQC_BACKEND=liboqs" in results["mldsa_generate"][1]
 
 
 def test_openssl_requested_without_mldsa(tmp_path: Path) -> None:
@@ -132,13 +204,32 @@ def test_backend_cannot_be_switched_once_chosen() -> None:
         select_backend(other)
 
 
-# --- liboqs (only where its C library is installed) -------------------------------------------------
+def test_auto_is_openssl_even_where_liboqs_is_installed() -> None:
+    """`auto` never looks for liboqs, so every process of a node agrees whatever its HOME or paths."""
+    child = (
+        "import sys\n"
+        "from spire_pqc.crypto import backend_name\n"
+        "from spire_pqc.crypto.mldsa import MLDSA65PrivateKey\n"
+        "MLDSA65PrivateKey.generate()\n"
+        "print(backend_name(), 'oqs' in sys.modules)\n"
+    )
+    for backend in ("auto", ""):
+        env = liboqs_env(SPIRE_PQC_BACKEND=backend)
+        completed = subprocess.run(
+            [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.split() == ["openssl", "False"]
+
+
+# --- liboqs selected through SPIRE_PQC_BACKEND, in its own process ---------------------------------
 
 _LIBOQS_CHILD = """
 import json, sys
 from spire_pqc.crypto import backend_name
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+from spire_pqc.crypto.status import backend_info
 
 request = json.loads(sys.stdin.read())
 dsa = MLDSA65PrivateKey.from_seed(bytes.fromhex(request["dsa_seed"]))
@@ -147,8 +238,11 @@ MLDSA65PublicKey(bytes.fromhex(request["peer_pk"])).verify(
     bytes.fromhex(request["peer_sig"]), b"from openssl", context=b"spire-pqc/test"
 )
 shared, ct = MLKEM768PublicKey(bytes.fromhex(request["peer_ek"])).encapsulate()
+info = backend_info()
 print(json.dumps({
     "backend": backend_name(),
+    "version": info.version,
+    "liboqs_path": info.liboqs_path,
     "dsa_pk": dsa.public_key().raw().hex(),
     "kem_ek": kem.public_key().raw().hex(),
     "sig": dsa.sign(b"from liboqs", context=b"spire-pqc/test").hex(),
@@ -160,15 +254,10 @@ print(json.dumps({
 
 
 @pytest.mark.liboqs
-def test_liboqs_agrees_with_openssl(summary: Callable[[str, str], None]) -> None:
-    location = _backend.find_liboqs()
-    if location is None:
-        reason = (
-            "liboqs's C library is not installed (looked in OQS_INSTALL_PATH, ~/_oqs/lib and the "
-            "system library path): the liboqs backend is not tested here"
-        )
-        summary("Skipped", reason)
-        pytest.skip(reason)
+def test_liboqs_process_agrees_with_openssl(summary: Callable[[str, str], None]) -> None:
+    """A process started with SPIRE_PQC_BACKEND=liboqs: same keys from the same seeds, signatures and
+    KEM ciphertexts crossing both ways, and nothing on stdout but its own output (the plugin's stdout
+    is the go-plugin handshake channel; liboqs-python logs to stdout when imported)."""
     dsa_seed, kem_seed = os.urandom(32), os.urandom(64)
     peer_dsa, peer_kem = MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate()
     ours_kem = MLKEM768PrivateKey.from_seed(kem_seed)
@@ -181,19 +270,21 @@ def test_liboqs_agrees_with_openssl(summary: Callable[[str, str], None]) -> None
         "peer_ek": peer_kem.public_key().raw().hex(),
         "ct_for_liboqs": ct_for_liboqs.hex(),
     }
-    env = dict(os.environ, SPIRE_PQC_BACKEND="liboqs")
     completed = subprocess.run(
         [sys.executable, "-c", _LIBOQS_CHILD],
         input=json.dumps(request),
-        env=env,
+        env=liboqs_env(),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    assert len(completed.stdout.splitlines()) == 1, completed.stdout[:500]
+    assert completed.stderr == ""
     reply = json.loads(completed.stdout)
-    assert reply["backend"] == "liboqs"
+    assert (reply["backend"], reply["version"]) == ("liboqs", LIBOQS_VERSION)
+    assert reply["liboqs_path"].startswith(str(require_liboqs()))
     # Same seeds, same keys; signatures and ciphertexts cross in both directions.
     ours_dsa = MLDSA65PrivateKey.from_seed(dsa_seed)
     assert reply["dsa_pk"] == ours_dsa.public_key().raw().hex()
@@ -203,4 +294,66 @@ def test_liboqs_agrees_with_openssl(summary: Callable[[str, str], None]) -> None
     )
     assert bytes.fromhex(reply["decapsulated"]) == shared_for_liboqs
     assert peer_kem.decapsulate(bytes.fromhex(reply["ct"])) == bytes.fromhex(reply["shared"])
-    summary("liboqs backend", f"liboqs at {location}: keys, signatures and KEM agree with openssl")
+    summary("liboqs backend", f"liboqs {reply['version']} at {reply['liboqs_path']}: agrees with openssl")
+
+
+# --- visibility ---------------------------------------------------------------------------------
+
+
+@pytest.mark.liboqs
+def test_backend_info_and_metric(pq_backend: str) -> None:
+    info = backend_info()
+    assert info.backend == pq_backend
+    openssl_version = cryptography_backend.openssl_version_text().split()[1]
+    assert info.cryptography_openssl.startswith(f"OpenSSL {openssl_version}")
+    if pq_backend == "liboqs":
+        assert (info.version, info.liboqs) == (LIBOQS_VERSION, LIBOQS_VERSION)
+        assert info.liboqs_path is not None and info.liboqs_path.startswith(str(require_liboqs()))
+        assert info.liboqs_python == "0.16.0.1"
+        assert f"liboqs {LIBOQS_VERSION} loaded from {info.liboqs_path}" in info.describe()
+    else:
+        assert info.version == openssl_version
+        assert info.liboqs is None and info.liboqs_path is None
+    registry = CollectorRegistry()
+    register_backend_metric(registry)
+    labels = {"backend": pq_backend, "version": info.version}
+    assert registry.get_sample_value("spire_pqc_crypto_backend_info", labels) == 1.0
+    text = generate_latest(registry).decode()
+    assert f'spire_pqc_crypto_backend_info{{backend="{pq_backend}",version="{info.version}"}} 1.0' in text
+
+
+@pytest.mark.liboqs
+def test_backend_info_probes_liboqs_under_openssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_backend, "_selected", backend_instance("openssl"))
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(require_liboqs()))
+    info = backend_info(probe_liboqs=True)
+    assert (info.backend, info.liboqs) == ("openssl", LIBOQS_VERSION)
+    assert "available at" in info.describe()
+
+
+def test_log_backend(pq_backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("spire_pqc.test")
+    with caplog.at_level(logging.INFO, logger="spire_pqc.test"):
+        info = log_backend(logger)
+    assert info is not None and info.backend == pq_backend
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert caplog.records[0].getMessage() == f"post-quantum backend: {info.describe()}"
+
+
+def test_log_backend_reports_an_unusable_backend_without_raising(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
+    env.update(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
+    child = (
+        "import ctypes.util, logging, sys\n"
+        "ctypes.util.find_library = lambda name: None\n"
+        "from spire_pqc.crypto.status import log_backend\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        "print(log_backend(logging.getLogger('t')))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    first, second = completed.stdout.splitlines()
+    assert first.startswith("ERROR post-quantum backend unavailable: liboqs backend requested")
+    assert second == "None"

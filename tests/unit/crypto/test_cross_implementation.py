@@ -17,6 +17,9 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from spire_pqc.errors import InvalidSignatureError
 
+# Every test runs on both PQ backends (tests/_backends.py).
+pytestmark = pytest.mark.usefixtures("pq_backend")
+
 KEM_ROUNDS = 8
 DSA_CONTEXTS = [b"", b"spire-pqc/issue/v1", bytes(range(255))]
 

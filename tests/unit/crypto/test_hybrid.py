@@ -27,6 +27,9 @@ from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import InvalidKeyError
 from tests.unit.crypto import _reference as ref
 
+# Every test runs on both PQ backends (tests/_backends.py).
+pytestmark = pytest.mark.usefixtures("pq_backend")
+
 XWING_VECTORS = Path(__file__).parents[2] / "vectors" / "xwing" / "test-vectors.json"
 ROUNDS = 5
 

@@ -19,13 +19,17 @@ ALG_ML_DSA_65 = bytes.fromhex("300b0609608648016503040312")
 ALG_ML_KEM_768 = bytes.fromhex("300b0609608648016503040402")
 
 
-@pytest.fixture(scope="module")
-def dsa_key() -> MLDSA65PrivateKey:
+# Every test runs on both PQ backends (tests/_backends.py); the keys are made on the test's backend.
+pytestmark = pytest.mark.usefixtures("pq_backend")
+
+
+@pytest.fixture
+def dsa_key(pq_backend: str) -> MLDSA65PrivateKey:
     return MLDSA65PrivateKey.generate()
 
 
-@pytest.fixture(scope="module")
-def kem_key() -> MLKEM768PrivateKey:
+@pytest.fixture
+def kem_key(pq_backend: str) -> MLKEM768PrivateKey:
     return MLKEM768PrivateKey.generate()
 
 
