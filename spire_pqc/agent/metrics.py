@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
+from spire_pqc.crypto.status import register_backend_metric
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a new classical SVID to its PQC credentials: ~10 ms in-process, up to minutes while the
 # CA is unreachable.
@@ -51,6 +53,7 @@ class Metrics:
         self.connections = Gauge("spire_pqc_agent_connections", "Open client connections.", registry=r)
         for result in ("success", "failure"):
             self.issuance.labels(result=result)  # exported as 0 before the first attempt
+        register_backend_metric(r)  # spire_pqc_crypto_backend_info{backend=…,version=…} 1
 
     def register(self, collector: Collector) -> None:
         """Add a collector that reads state kept elsewhere at scrape time (e.g. tunnel counters)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spire_pqc.agent.config import DevSourceConfig, load
 from spire_pqc.agent.server import Agent
+from spire_pqc.crypto.status import log_backend
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,7 +44,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", type=Path, required=True, help="agent configuration (TOML)")
     run.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, logs_backend_itself=True)
     validate = sub.add_parser("validate", help="check a configuration file and print every problem")
     validate.add_argument("-c", "--config", type=Path, required=True, help="agent configuration (TOML)")
     validate.set_defaults(handler=cmd_validate)
@@ -91,6 +92,7 @@ async def _serve(agent: Agent) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_log_format(args.log_format)
+    log_backend(logging.getLogger(__name__))
     config = load(args.config)
     asyncio.run(_serve(Agent(config)))
     return 0

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from spire_pqc import __version__
+from spire_pqc.crypto.status import log_backend
 from spire_pqc.errors import SpirePqcError
 
 
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if not getattr(args, "logs_backend_itself", False):  # daemons log it with their own log setup
+        log_backend(logging.getLogger("spire_pqc.cli"))
     try:
         result: int = args.handler(args)
     except SpirePqcError as exc:

@@ -16,10 +16,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "plugin", help="run as SPIRE's CredentialComposer plugin (started by spire-server)"
     )
-    parser.set_defaults(handler=lambda args: run())
+    parser.set_defaults(handler=lambda args: run(), logs_backend_itself=True)
 
 
 def run() -> int:
+    from spire_pqc.crypto.status import log_backend
     from spire_pqc.plugin.app import run_plugin
     from spire_pqc.plugin.hclog import HclogHandler
 
@@ -28,6 +29,8 @@ def run() -> int:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if os.environ.get("SPIRE_PQC_DEBUG") else logging.INFO)
     root.propagate = False
+    # Before the go-plugin handshake: loading a backend writes nothing to stdout (see crypto._liboqs).
+    log_backend(logging.getLogger("spire_pqc.plugin"))
     return run_plugin()
 
 
