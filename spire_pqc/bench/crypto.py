@@ -1,4 +1,5 @@
-"""`spire-pqc bench crypto`: primitive throughput of spire-pqc beside `openssl speed`, measured in one run.
+"""`spire-pqc bench crypto`: primitive throughput of spire-pqc on each PQ backend beside `openssl speed`,
+measured in one run.
 
 Each operation goes through the public key classes (``spire_pqc.crypto``), so the figures include what a
 caller pays: the Python layer, the FIPS 203 encapsulation-key check, the hybrid framing. The classical rows
@@ -6,29 +7,36 @@ caller pays: the Python layer, the FIPS 203 encapsulation-key check, the hybrid 
 whose C code is long optimised. The baseline is the OpenSSL >= 3.5 command line (``openssl35``, installed by
 ``make openssl``) running ``openssl speed -mr`` on the same machine in the same run (DESIGN.md §6).
 
-Both sides are timed in CPU seconds of the measuring process (``time.process_time`` here, user time in
-``openssl speed``), so a busy machine slows both alike instead of skewing the ratio. The work is split into
-``rounds``; each round measures every one of our operations for one short window and then runs one
+The backend is chosen once per process, so each backend is measured by a worker process of its own
+(``python -m spire_pqc.bench.crypto --worker`` with ``SPIRE_PQC_BACKEND`` set; the liboqs worker finds
+liboqs through ``OQS_INSTALL_PATH``, which ``make bench`` sets). The workers wait on a pipe between windows,
+so only one thing measures at a time.
+
+Both sides are timed in CPU seconds of the measuring process (``time.process_time`` in the worker, user time
+in ``openssl speed``), so a busy machine slows both alike instead of skewing the ratio. The work is split into
+``rounds``; each round measures every operation on every backend for one short window and then runs one
 ``openssl speed``; each figure is the median over the rounds.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
-from spire_pqc.crypto import backend_name
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
     XWingPrivateKey,
@@ -37,7 +45,8 @@ from spire_pqc.crypto.hybrid import (
 )
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import CryptoError, UnavailableError
+from spire_pqc.crypto.status import backend_info
+from spire_pqc.errors import BackendUnavailableError, CryptoError, UnavailableError
 
 Key = tuple[str, str]  # (algorithm, operation), e.g. ("ML-KEM-768", "encaps")
 
@@ -52,30 +61,42 @@ _ECDSA_CURVES = {"256": "ECDSA-P256", "384": "ECDSA-P384", "521": "ECDSA-P521"}
 EXCHANGE = "exchange"
 
 
+BACKENDS = ("openssl", "liboqs")
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
 @dataclass(frozen=True)
 class Row:
-    """One operation: our median ops/s and, when measured, `openssl speed`'s."""
+    """One operation: our median ops/s per backend and, when measured, `openssl speed`'s."""
 
     algorithm: str
     operation: str
-    ours_ops: float
+    ops: Mapping[str, float]  # backend name -> ops/s, for the backends that ran
     openssl_ops: float | None
 
-    @property
-    def ratio(self) -> float | None:
-        """ours / openssl (> 1 means spire-pqc is faster)."""
-        if self.openssl_ops is None or self.openssl_ops <= 0:
-            return None
-        return self.ours_ops / self.openssl_ops
+    def ratio(self, backend: str) -> float | None:
+        """ours on ``backend`` / `openssl speed` (> 1 means spire-pqc is faster)."""
+        return _ratio(self.ops.get(backend), self.openssl_ops)
+
+    def backend_ratio(self, backend: str = "liboqs", baseline: str = "openssl") -> float | None:
+        """ours on ``backend`` / ours on ``baseline`` (> 1 means ``backend`` is faster)."""
+        return _ratio(self.ops.get(backend), self.ops.get(baseline))
 
 
 @dataclass(frozen=True)
 class BenchInfo:
-    """What was measured with: printed above the table so numbers can be compared across machines."""
+    """What was measured with: printed above the table so numbers can be compared across machines.
 
-    backend: str
-    cryptography: str
-    cryptography_openssl: str
+    ``backends`` maps each backend asked for to its ``backend_info().describe()`` line, or to
+    ``"unavailable: <reason>"`` when its worker could not load it.
+    """
+
+    backends: Mapping[str, str]
     python: str
     machine: str
     openssl_cli: str | None
@@ -150,16 +171,29 @@ def _exchange_rate(rates: dict[Key, float]) -> float:
 # --- our side ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Case:
-    algorithm: str
-    operation: str
-    run: Callable[[], object]
-    compare: bool  # True when `openssl speed` measures the same operation
+# Every operation we time, in report order, with whether `openssl speed` measures the same operation.
+CASES: tuple[tuple[str, str, bool], ...] = (
+    ("ML-KEM-768", "keygen", True),
+    ("ML-KEM-768", "encaps", True),
+    ("ML-KEM-768", "decaps", True),
+    ("ML-DSA-65", "keygen", True),
+    ("ML-DSA-65", "sign", True),
+    ("ML-DSA-65", "verify", True),
+    ("X25519MLKEM768", "keygen", True),
+    ("X25519MLKEM768", "encaps", True),
+    ("X25519MLKEM768", "decaps", True),
+    ("X25519MLKEM768", EXCHANGE, True),
+    ("X-Wing", "keygen", False),
+    ("X-Wing", "encaps", False),
+    ("X-Wing", "decaps", False),
+    ("X25519", "derive", True),
+    ("ECDSA-P256", "sign", True),
+    ("ECDSA-P256", "verify", True),
+)
 
 
-def _cases() -> list[_Case]:
-    """Every operation we time, with its inputs prepared outside the timed callable.
+def _operations() -> dict[Key, Callable[[], object]]:
+    """Every operation of :data:`CASES` on this process's backend, inputs prepared outside the callable.
 
     Like `openssl speed`, encapsulation reuses one public key and verification one signature; the
     X25519MLKEM768 "exchange" row instead uses fresh keys every time (a real TLS handshake).
@@ -198,24 +232,25 @@ def _cases() -> list[_Case]:
         if peer.decapsulate(reply) != secret:
             raise CryptoError("X25519MLKEM768: client and server derived different secrets")
 
-    return [
-        _Case("ML-KEM-768", "keygen", MLKEM768PrivateKey.generate, True),
-        _Case("ML-KEM-768", "encaps", kem_public.encapsulate, True),
-        _Case("ML-KEM-768", "decaps", lambda: kem.decapsulate(kem_ct), True),
-        _Case("ML-DSA-65", "keygen", MLDSA65PrivateKey.generate, True),
-        _Case("ML-DSA-65", "sign", lambda: dsa.sign(message, context=b""), True),
-        _Case("ML-DSA-65", "verify", lambda: dsa_public.verify(dsa_sig, message, context=b""), True),
-        _Case("X25519MLKEM768", "keygen", lambda: X25519MLKEM768PrivateKey.generate().client_share(), True),
-        _Case("X25519MLKEM768", "encaps", lambda: x25519mlkem768_encapsulate(client_share), True),
-        _Case("X25519MLKEM768", "decaps", lambda: client.decapsulate(server_share), True),
-        _Case("X25519MLKEM768", EXCHANGE, hybrid_exchange, True),
-        _Case("X-Wing", "keygen", lambda: XWingPrivateKey.generate().public_bytes(), False),
-        _Case("X-Wing", "encaps", lambda: xwing_encapsulate(xwing_public), False),
-        _Case("X-Wing", "decaps", lambda: xwing.decapsulate(xwing_ct), False),
-        _Case("X25519", "derive", lambda: x25519.exchange(x25519_peer), True),
-        _Case("ECDSA-P256", "sign", lambda: ecdsa.sign(digest, prehashed), True),
-        _Case("ECDSA-P256", "verify", lambda: ecdsa_public.verify(ecdsa_sig, digest, prehashed), True),
-    ]
+    operations: dict[Key, Callable[[], object]] = {
+        ("ML-KEM-768", "keygen"): MLKEM768PrivateKey.generate,
+        ("ML-KEM-768", "encaps"): kem_public.encapsulate,
+        ("ML-KEM-768", "decaps"): lambda: kem.decapsulate(kem_ct),
+        ("ML-DSA-65", "keygen"): MLDSA65PrivateKey.generate,
+        ("ML-DSA-65", "sign"): lambda: dsa.sign(message, context=b""),
+        ("ML-DSA-65", "verify"): lambda: dsa_public.verify(dsa_sig, message, context=b""),
+        ("X25519MLKEM768", "keygen"): lambda: X25519MLKEM768PrivateKey.generate().client_share(),
+        ("X25519MLKEM768", "encaps"): lambda: x25519mlkem768_encapsulate(client_share),
+        ("X25519MLKEM768", "decaps"): lambda: client.decapsulate(server_share),
+        ("X25519MLKEM768", EXCHANGE): hybrid_exchange,
+        ("X-Wing", "keygen"): lambda: XWingPrivateKey.generate().public_bytes(),
+        ("X-Wing", "encaps"): lambda: xwing_encapsulate(xwing_public),
+        ("X-Wing", "decaps"): lambda: xwing.decapsulate(xwing_ct),
+        ("X25519", "derive"): lambda: x25519.exchange(x25519_peer),
+        ("ECDSA-P256", "sign"): lambda: ecdsa.sign(digest, prehashed),
+        ("ECDSA-P256", "verify"): lambda: ecdsa_public.verify(ecdsa_sig, digest, prehashed),
+    }
+    return operations
 
 
 # Operations `openssl speed` must report (the exchange row is derived from three of them).
@@ -259,62 +294,158 @@ def measure(operation: Callable[[], object], window: float) -> float:
     return count / elapsed
 
 
+# --- the per-backend worker process -------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """``python -m spire_pqc.bench.crypto --worker``: measure this process's backend on request.
+
+    Protocol (one JSON object per line): the worker first writes ``{"backend": describe-line}`` or
+    ``{"unavailable": reason}``; then for every line it reads (a window in CPU seconds) it measures every
+    case once and writes ``{"rates": [[algorithm, operation, ops/s], ...]}``. It exits at end of input.
+    """
+    try:
+        ready = {"backend": backend_info().describe()}
+        operations = _operations()
+    except BackendUnavailableError as exc:
+        print(json.dumps({"unavailable": str(exc)}), flush=True)
+        return 0
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        window = float(line)
+        rates = [[a, o, measure(operations[(a, o)], window)] for a, o, _ in CASES]
+        print(json.dumps({"rates": rates}), flush=True)
+    return 0
+
+
+@dataclass
+class _Worker:
+    """A worker process measuring one backend; ``unavailable`` is set when it could not load it."""
+
+    backend: str
+    process: subprocess.Popen[str] | None = None
+    describe: str = ""
+    unavailable: str | None = None
+    rates: dict[Key, list[float]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        env = dict(os.environ, SPIRE_PQC_BACKEND=self.backend)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "spire_pqc.bench.crypto", "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        hello = self._read()
+        self.describe = str(hello.get("backend", ""))
+        self.unavailable = str(hello["unavailable"]) if "unavailable" in hello else None
+
+    def _read(self) -> dict[str, object]:
+        assert self.process is not None and self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise UnavailableError(f"bench worker for {self.backend} exited ({self.process.wait()})")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def measure(self, window: float) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(f"{window}\n")
+        self.process.stdin.flush()
+        rates = self._read()["rates"]
+        assert isinstance(rates, list)
+        for algorithm, operation, rate in rates:
+            self.rates.setdefault((algorithm, operation), []).append(float(rate))
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    rows: list[Row]
+    backends: dict[str, str]  # backend -> describe line, or "unavailable: <reason>"
+
+
 def run_crypto_bench(
     seconds_per_op: float,
     use_openssl: bool,
     *,
     rounds: int = 3,
+    backends: Sequence[str] = BACKENDS,
     openssl: OpenSSLCli | None = None,
     progress: Callable[[str], None] | None = None,
-) -> list[Row]:
-    """Measure every operation; ``seconds_per_op`` of our CPU time is split over ``rounds`` windows.
+) -> BenchResult:
+    """Measure every operation on every backend; ``seconds_per_op`` of CPU time is split over ``rounds``.
 
     With ``use_openssl``, each round also runs `openssl speed` (``-seconds`` is whole seconds, at least 1)
     on ``openssl`` (default: :func:`find_openssl35`, which raises NotConfiguredError if it is missing).
+    A backend whose worker cannot load it is reported as unavailable, with the reason.
     """
     if seconds_per_op <= 0 or rounds < 1:
         raise ValueError("seconds_per_op must be > 0 and rounds >= 1")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"backends must be some of {', '.join(BACKENDS)}, got {list(backends)}")
     cli = (openssl or find_openssl35()) if use_openssl else None
     say = progress or (lambda _line: None)
-    cases = _cases()
     window = seconds_per_op / rounds
     speed_seconds = max(1, round(window))
-    ours: dict[Key, list[float]] = {(c.algorithm, c.operation): [] for c in cases}
     theirs: dict[Key, list[float]] = {}
-    for index in range(rounds):
-        say(f"round {index + 1}/{rounds}: spire-pqc, {len(cases)} operations x {window:.2f} s")
-        for case in cases:
-            ours[(case.algorithm, case.operation)].append(measure(case.run, window))
-        if cli is not None:
-            say(f"round {index + 1}/{rounds}: openssl speed -seconds {speed_seconds}")
-            for key, rate in openssl_speed(cli, speed_seconds).items():
-                theirs.setdefault(key, []).append(rate)
+    workers = [_Worker(name) for name in backends]
+    try:
+        for worker in workers:
+            worker.start()
+        running = [w for w in workers if w.unavailable is None]
+        for index in range(rounds):
+            for worker in running:
+                say(
+                    f"round {index + 1}/{rounds}: spire-pqc on {worker.backend}, {window:.2f} s per operation"
+                )
+                worker.measure(window)
+            if cli is not None:
+                say(f"round {index + 1}/{rounds}: openssl speed -seconds {speed_seconds}")
+                for key, rate in openssl_speed(cli, speed_seconds).items():
+                    theirs.setdefault(key, []).append(rate)
+    finally:
+        for worker in workers:
+            worker.stop()
     rows = []
-    for case in cases:
-        key = (case.algorithm, case.operation)
-        baseline = theirs.get(key) if case.compare else None
+    for algorithm, operation, compare in CASES:
+        baseline = theirs.get((algorithm, operation)) if compare else None
         rows.append(
             Row(
-                algorithm=case.algorithm,
-                operation=case.operation,
-                ours_ops=statistics.median(ours[key]),
+                algorithm=algorithm,
+                operation=operation,
+                ops={
+                    w.backend: statistics.median(w.rates[(algorithm, operation)]) for w in workers if w.rates
+                },
                 openssl_ops=statistics.median(baseline) if baseline else None,
             )
         )
-    return rows
+    described = {
+        w.backend: w.describe if w.unavailable is None else f"unavailable: {w.unavailable}" for w in workers
+    }
+    return BenchResult(rows, described)
 
 
 # --- report ------------------------------------------------------------------------------------
 
 
-def bench_info(openssl: OpenSSLCli | None) -> BenchInfo:
-    import cryptography
-    from cryptography.hazmat.backends.openssl.backend import backend as cryptography_backend
-
+def bench_info(openssl: OpenSSLCli | None, backends: Mapping[str, str]) -> BenchInfo:
     return BenchInfo(
-        backend=backend_name(),
-        cryptography=cryptography.__version__,
-        cryptography_openssl=str(cryptography_backend.openssl_version_text()),
+        backends=dict(backends),
         python=f"{platform.python_implementation()} {platform.python_version()}",
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
         openssl_cli=f"{openssl.version_text} ({openssl.path})" if openssl is not None else None,
@@ -325,38 +456,63 @@ def _ops(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_table(rows: Sequence[Row], info: BenchInfo, *, rounds: int, seconds_per_op: float) -> str:
-    """A plain-text report: versions, then one line per operation with ours, openssl's and the ratio."""
+    """A plain-text report: versions, then one line per operation with each backend's figure, openssl
+    speed's, each backend against openssl speed, and liboqs against openssl (when both ran)."""
+    measured = [b for b in BACKENDS if any(b in row.ops for row in rows)]
     lines = [
         f"spire-pqc bench crypto: ops per CPU-second, median of {rounds} round(s), "
-        f"{seconds_per_op:g} s of CPU per operation",
-        f"  spire-pqc backend: {info.backend} (cryptography {info.cryptography}, {info.cryptography_openssl})",
+        f"{seconds_per_op:g} s of CPU per operation and backend",
+    ]
+    lines += [f"  backend {name}: {text}" for name, text in info.backends.items()]
+    lines += [
         f"  python: {info.python}; machine: {info.machine}",
         f"  baseline: {info.openssl_cli or 'not run (--no-openssl)'}",
         "",
-        f"{'algorithm':<16}{'operation':<10}{'spire-pqc':>14}{'openssl speed':>16}{'ours/openssl':>14}",
     ]
+    both = all(b in measured for b in BACKENDS)
+    header = f"{'algorithm':<16}{'operation':<10}"
+    header += "".join(f"{name:>11}" for name in measured) + f"{'speed':>11}"
+    header += "".join(f"{name + '/speed':>14}" for name in measured)
+    header += f"{'liboqs/openssl':>16}" if both else ""
+    lines.append(header)
     for row in rows:
-        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
-        lines.append(
-            f"{row.algorithm:<16}{row.operation:<10}{_ops(row.ours_ops):>14}"
-            f"{_ops(row.openssl_ops):>16}{ratio:>14}"
+        line = f"{row.algorithm:<16}{row.operation:<10}"
+        line += (
+            "".join(f"{_ops(row.ops.get(name)):>11}" for name in measured) + f"{_ops(row.openssl_ops):>11}"
         )
+        line += "".join(f"{_times(row.ratio(name)):>14}" for name in measured)
+        line += f"{_times(row.backend_ratio()):>16}" if both else ""
+        lines.append(line)
     lines += [
         "",
-        "exchange = client keygen + server encaps + client decaps with fresh keys; its openssl figure is",
+        "openssl / liboqs = spire-pqc on that backend (SPIRE_PQC_BACKEND); speed = `openssl speed` (same run).",
+        "exchange = client keygen + server encaps + client decaps with fresh keys; its speed figure is",
         "derived from openssl's three X25519MLKEM768 rates. X-Wing has no openssl counterpart.",
     ]
     return "\n".join(lines)
 
 
-def main(*, seconds: float, use_openssl: bool, rounds: int = 3) -> int:
+def main(*, seconds: float, use_openssl: bool, rounds: int = 3, backends: Sequence[str] = BACKENDS) -> int:
     """Entry for `spire-pqc bench crypto` (called by spire_pqc.cli.bench): measure and print the table."""
     cli = find_openssl35() if use_openssl else None
 
     def progress(line: str) -> None:
         print(f"bench crypto: {line}", file=sys.stderr, flush=True)
 
-    rows = run_crypto_bench(seconds, use_openssl, rounds=rounds, openssl=cli, progress=progress)
-    print(format_table(rows, bench_info(cli), rounds=rounds, seconds_per_op=seconds))
+    result = run_crypto_bench(
+        seconds, use_openssl, rounds=rounds, backends=backends, openssl=cli, progress=progress
+    )
+    print(format_table(result.rows, bench_info(cli, result.backends), rounds=rounds, seconds_per_op=seconds))
     return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="bench crypto worker (internal)")
+    parser.add_argument("--worker", action="store_true", required=True)
+    parser.parse_args()
+    sys.exit(worker_main())

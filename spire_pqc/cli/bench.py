@@ -14,6 +14,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     crypto.add_argument("--seconds", type=float, default=1.0, help="measuring time per operation")
     crypto.add_argument("--no-openssl", action="store_true", help="skip the `openssl speed` baseline")
+    crypto.add_argument(
+        "--backends",
+        type=_backend_list,
+        default=("openssl", "liboqs"),
+        help="PQ backends to measure, each in its own process (default: openssl,liboqs; liboqs is found "
+        "through OQS_INSTALL_PATH and reported as unavailable when missing)",
+    )
     crypto.set_defaults(handler=_crypto)
 
     ca = sub.add_parser("ca", help="PQC issuance throughput of one CA process, binding signatures/s")
@@ -56,10 +63,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ledger.set_defaults(handler=_ledger)
 
 
+def _backend_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or any(name not in ("openssl", "liboqs") for name in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of openssl, liboqs")
+    return names
+
+
 def _crypto(args: argparse.Namespace) -> int:
     from spire_pqc.bench import crypto as bench_crypto
 
-    status: int = bench_crypto.main(seconds=args.seconds, use_openssl=not args.no_openssl)
+    status: int = bench_crypto.main(
+        seconds=args.seconds, use_openssl=not args.no_openssl, backends=args.backends
+    )
     return status
 
 

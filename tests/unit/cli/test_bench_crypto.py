@@ -1,4 +1,5 @@
-"""`spire-pqc bench crypto`: the `openssl speed -mr` parser on real output, rows, ratios and the table.
+"""`spire-pqc bench crypto`: the `openssl speed -mr` parser on real output, the per-backend workers, rows,
+ratios and the table.
 
 No timing is asserted (benchmarks are never timed unit tests); the measuring loop is only checked to
 count calls and report a positive rate.
@@ -9,13 +10,16 @@ from __future__ import annotations
 import pytest
 
 from spire_pqc.bench.crypto import (
+    CASES,
     BenchInfo,
     Row,
+    _Worker,
     format_table,
     measure,
     parse_speed_mr,
     run_crypto_bench,
 )
+from tests._backends import require_liboqs
 
 # Captured from `openssl35 speed -mr -seconds 1 ML-KEM-768 ML-DSA-65 X25519MLKEM768 ecdhx25519 ecdsap256`
 # (Debian trixie OpenSSL 3.5.9, x86_64, a busy 2-CPU machine): stderr first, then stdout.
@@ -102,10 +106,14 @@ def test_parser_tolerates_noise_and_zero_time_and_needs_the_dtp_line() -> None:
     assert parse_speed_mr(text) == {("X448", "derive"): 200.0}
 
 
-def test_ratio_is_ours_over_openssl_and_absent_without_baseline() -> None:
-    assert Row("ML-DSA-65", "sign", 600.0, 300.0).ratio == pytest.approx(2.0)
-    assert Row("X-Wing", "encaps", 600.0, None).ratio is None
-    assert Row("X25519", "derive", 600.0, 0.0).ratio is None
+def test_ratios_against_speed_and_between_backends() -> None:
+    row = Row("ML-DSA-65", "sign", {"openssl": 600.0, "liboqs": 1800.0}, 300.0)
+    assert row.ratio("openssl") == pytest.approx(2.0)
+    assert row.ratio("liboqs") == pytest.approx(6.0)
+    assert row.backend_ratio() == pytest.approx(3.0)  # liboqs / openssl
+    assert Row("X-Wing", "encaps", {"openssl": 600.0}, None).ratio("openssl") is None
+    assert Row("X25519", "derive", {"openssl": 600.0}, 0.0).ratio("openssl") is None
+    assert Row("X25519", "derive", {"openssl": 600.0}, 10.0).backend_ratio() is None  # liboqs did not run
 
 
 def test_measure_counts_calls_and_reports_a_rate() -> None:
@@ -121,18 +129,31 @@ def test_measure_counts_calls_and_reports_a_rate() -> None:
     assert rate > 0
 
 
-def test_bench_without_openssl_covers_every_operation() -> None:
-    rows = run_crypto_bench(0.02, False, rounds=1)
-    keys = [(row.algorithm, row.operation) for row in rows]
-    assert keys == [
+@pytest.mark.liboqs
+def test_bench_measures_every_operation_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker process per backend (SPIRE_PQC_BACKEND), every operation measured on each."""
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(require_liboqs()))
+    result = run_crypto_bench(0.02, False, rounds=1)
+    assert [(row.algorithm, row.operation) for row in result.rows] == [(a, o) for a, o, _ in CASES]
+    assert [(row.algorithm, row.operation) for row in result.rows][:6] == [
         ("ML-KEM-768", "keygen"), ("ML-KEM-768", "encaps"), ("ML-KEM-768", "decaps"),
         ("ML-DSA-65", "keygen"), ("ML-DSA-65", "sign"), ("ML-DSA-65", "verify"),
-        ("X25519MLKEM768", "keygen"), ("X25519MLKEM768", "encaps"), ("X25519MLKEM768", "decaps"),
-        ("X25519MLKEM768", "exchange"),
-        ("X-Wing", "keygen"), ("X-Wing", "encaps"), ("X-Wing", "decaps"),
-        ("X25519", "derive"), ("ECDSA-P256", "sign"), ("ECDSA-P256", "verify"),
     ]  # fmt: skip
-    assert all(row.ours_ops > 0 and row.openssl_ops is None for row in rows)
+    assert all(set(row.ops) == {"openssl", "liboqs"} for row in result.rows)
+    assert all(rate > 0 for row in result.rows for rate in row.ops.values())
+    assert all(row.openssl_ops is None and row.backend_ratio() is not None for row in result.rows)
+    assert result.backends["openssl"].startswith("openssl ")
+    assert result.backends["liboqs"].startswith("liboqs 0.16.0 ")
+
+
+def test_an_unusable_backend_is_reported_not_measured() -> None:
+    worker = _Worker("bogus")
+    try:
+        worker.start()
+    finally:
+        worker.stop()
+    assert worker.unavailable is not None and "expected one of auto, openssl, liboqs" in worker.unavailable
+    assert worker.rates == {}
 
 
 def test_bench_rejects_nonsense_settings() -> None:
@@ -140,23 +161,48 @@ def test_bench_rejects_nonsense_settings() -> None:
         run_crypto_bench(0.0, False)
     with pytest.raises(ValueError, match="rounds"):
         run_crypto_bench(1.0, False, rounds=0)
+    with pytest.raises(ValueError, match="backends"):
+        run_crypto_bench(1.0, False, backends=("openssl", "bogus"))
+    with pytest.raises(ValueError, match="backends"):
+        run_crypto_bench(1.0, False, backends=())
 
 
-def test_table_shows_versions_figures_and_ratios() -> None:
-    info = BenchInfo(
-        backend="openssl",
-        cryptography="50.0.2",
-        cryptography_openssl="OpenSSL 4.0.3",
+def _info(**backends: str) -> BenchInfo:
+    return BenchInfo(
+        backends=backends,
         python="CPython 3.11.7",
         machine="x86_64, 2 CPUs",
         openssl_cli="OpenSSL 3.5.9 29 Sep 2026 (/cache/bin/openssl35)",
     )
-    rows = [Row("ML-KEM-768", "decaps", 22932.4, 11706.0), Row("X-Wing", "decaps", 7028.0, None)]
+
+
+def test_table_shows_both_backends_speed_and_ratios() -> None:
+    info = _info(openssl="openssl 4.0.3 (cryptography 50.0.2, OpenSSL 4.0.3)", liboqs="liboqs 0.16.0 (...)")
+    rows = [
+        Row("ML-DSA-65", "sign", {"openssl": 1000.0, "liboqs": 7000.0}, 800.0),
+        Row("X-Wing", "decaps", {"openssl": 7028.0, "liboqs": 9000.0}, None),
+    ]
     lines = format_table(rows, info, rounds=3, seconds_per_op=1.0).splitlines()
     assert "median of 3 round(s)" in lines[0]
-    assert any("backend: openssl (cryptography 50.0.2, OpenSSL 4.0.3)" in line for line in lines)
+    assert "  backend openssl: openssl 4.0.3 (cryptography 50.0.2, OpenSSL 4.0.3)" in lines
+    assert "  backend liboqs: liboqs 0.16.0 (...)" in lines
     assert any("OpenSSL 3.5.9" in line for line in lines)
+    header = next(line for line in lines if line.startswith("algorithm"))
+    assert header.split() == [
+        "algorithm", "operation", "openssl", "liboqs", "speed", "openssl/speed", "liboqs/speed", "liboqs/openssl"
+    ]  # fmt: skip
+    dsa = next(line for line in lines if line.startswith("ML-DSA-65"))
+    assert dsa.split() == ["ML-DSA-65", "sign", "1,000", "7,000", "800", "1.25", "8.75", "7.00"]
+    xwing = next(line for line in lines if line.startswith("X-Wing"))
+    assert xwing.split() == ["X-Wing", "decaps", "7,028", "9,000", "-", "-", "-", "1.28"]
+
+
+def test_table_with_one_backend_unavailable() -> None:
+    info = _info(openssl="openssl 4.0.3 (...)", liboqs="unavailable: liboqs backend requested but ...")
+    rows = [Row("ML-KEM-768", "decaps", {"openssl": 22932.4}, 11706.0)]
+    lines = format_table(rows, info, rounds=1, seconds_per_op=1.0).splitlines()
+    assert "  backend liboqs: unavailable: liboqs backend requested but ..." in lines
+    header = next(line for line in lines if line.startswith("algorithm"))
+    assert header.split() == ["algorithm", "operation", "openssl", "speed", "openssl/speed"]
     kem = next(line for line in lines if line.startswith("ML-KEM-768"))
     assert kem.split() == ["ML-KEM-768", "decaps", "22,932", "11,706", "1.96"]
-    xwing = next(line for line in lines if line.startswith("X-Wing"))
-    assert xwing.split() == ["X-Wing", "decaps", "7,028", "-", "-"]
