@@ -1,8 +1,8 @@
 """The ``liboqs`` backend: ML-DSA-65 and ML-KEM-768 through liboqs's C library (tested with 0.16.0).
 
 liboqs-python finds and loads the library (``OQS_INSTALL_PATH``, ``~/_oqs`` or the system library
-path) and runs ``OQS_init``; this module binds the eight public C functions it needs on that handle
-with exact prototypes, because liboqs-python wraps neither derandomised encapsulation nor the
+path) and runs ``OQS_init``; this module binds the public C functions it needs on its own handle to
+that same library, with exact prototypes, because liboqs-python wraps neither derandomised encapsulation nor the
 random-source hooks, and its objects allocate a fresh ``OQS_SIG`` per call.
 
 **Seed-form ML-DSA-65 keys.** liboqs has no seeded ML-DSA key generation in its public API (no
@@ -163,10 +163,12 @@ def _load_native() -> tuple[ctypes.CDLL, str, ModuleType]:
             f"liboqs-python loaded {getattr(native, '_name', '?')}, not {path}: two liboqs builds are "
             "installed; point OQS_INSTALL_PATH at one and remove the other from the library path"
         )
+    # Prototypes go on our own handle to the same library, leaving liboqs-python's function objects
+    # (and the calls it makes through them) untouched.
     missing = []
     for name, (restype, argtypes) in _PROTOTYPES.items():
         try:
-            function = getattr(native, name)
+            function = getattr(ours, name)
         except AttributeError:
             missing.append(name)
             continue
@@ -175,7 +177,7 @@ def _load_native() -> tuple[ctypes.CDLL, str, ModuleType]:
         raise BackendUnavailableError(
             f"liboqs at {path} lacks {', '.join(missing)} (needs ML-DSA-65 and ML-KEM-768, liboqs >= {TESTED_VERSION})"
         )
-    return native, path, oqs
+    return ours, path, oqs
 
 
 # --- the random source -------------------------------------------------------------------------

@@ -357,3 +357,34 @@ def test_log_backend_reports_an_unusable_backend_without_raising(tmp_path: Path)
     first, second = completed.stdout.splitlines()
     assert first.startswith("ERROR post-quantum backend unavailable: liboqs backend requested")
     assert second == "None"
+
+
+@pytest.mark.liboqs
+def test_liboqs_python_loading_another_build_is_refused(tmp_path: Path) -> None:
+    """If liboqs-python ends up on a different liboqs than the one the backend found and checked (two
+    builds installed), the backend refuses to run rather than use a library it did not check."""
+    built = require_liboqs() / "lib" / "liboqs.so"
+    copies = []
+    for name in ("a", "b"):
+        (tmp_path / name / "lib").mkdir(parents=True)
+        copy = tmp_path / name / "lib" / "liboqs.so"
+        copy.write_bytes(built.resolve().read_bytes())
+        copies.append(copy)
+    child = (
+        "import ctypes.util, sys\n"
+        f"ctypes.util.find_library = lambda name: {str(copies[0])!r} if name == 'oqs' else None\n"
+        "from spire_pqc.crypto import _liboqs\n"
+        f"_liboqs._candidates = lambda: [{str(copies[1])!r}]  # the backend's search finds build b\n"
+        "from spire_pqc.crypto.mldsa import MLDSA65PrivateKey\n"
+        "from spire_pqc.errors import BackendUnavailableError\n"
+        "try:\n"
+        "    MLDSA65PrivateKey.generate()\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = liboqs_env(OQS_INSTALL_PATH=str(tmp_path / "b"))
+    completed = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"liboqs-python loaded {copies[0]}, not {copies[1]}: two liboqs builds" in completed.stdout
