@@ -24,6 +24,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.svid import verify_svid_binding
 from tests._backends import LIBOQS_VERSION, liboqs_env
 from tests.integration.spire import SpireServer, cleanup, short_tempdir
+from tests.integration.test_agent_cli import CONFIG as AGENT_CONFIG
 from tests.unit.agent._support import short_dir
 
 TD = "example.org"
@@ -88,29 +89,13 @@ def test_plugin_on_liboqs_under_real_spire_server(ca_dir: Path) -> None:
         cleanup(workdir)
 
 
-AGENT_CONFIG = """
-[agent]
-socket_path = "{socket}"
-[source]
-kind = "dev"
-[source.dev]
-trust_domain = "example.org"
-svid_ttl = "10m"
-[[source.dev.entries]]
-spiffe_id = "spiffe://example.org/on-liboqs"
-selectors = ["unix:uid:{uid}"]
-[health]
-listen_address = "127.0.0.1:0"
-"""
-
-
 @pytest.mark.liboqs
 @pytest.mark.timeout(300)
 def test_agent_on_liboqs_logs_and_exports_its_backend() -> None:
     directory = short_dir()
     socket = directory / "agent.sock"
     config = directory / "agent.toml"
-    config.write_text(AGENT_CONFIG.format(socket=socket, uid=os.getuid()))
+    config.write_text(AGENT_CONFIG.format(socket=socket, uid=os.getuid()))  # dev source, health on :0
     process = subprocess.Popen(
         [sys.executable, "-m", "spire_pqc.cli", "agent", "run", "-c", str(config), "--log-format", "json"],
         env=liboqs_env(),
@@ -137,7 +122,7 @@ def test_agent_on_liboqs_logs_and_exports_its_backend() -> None:
         client = WorkloadApiClient(socket_path=f"unix://{socket}")
         try:
             svid = client.fetch_x509_context().default_svid
-            assert str(svid.spiffe_id) == "spiffe://example.org/on-liboqs"
+            assert str(svid.spiffe_id) == "spiffe://example.org/cli"
         finally:
             client.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:

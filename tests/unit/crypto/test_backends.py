@@ -74,13 +74,13 @@ PQ_OPERATIONS = {
 }
 
 
-def _run_child(tmp_path: Path, backend: str, *, poison_mldsa: bool) -> dict[str, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
-    env["SPIRE_PQC_BACKEND"] = backend
-    env["OQS_INSTALL_PATH"] = str(tmp_path)  # empty: no liboqs here
-    public = MLDSA65PrivateKey.generate().public_key().raw().hex()
+def _python(
+    child: str, env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``child`` in a fresh interpreter (its own backend choice); it must exit 0."""
     completed = subprocess.run(
-        [sys.executable, "-c", _WRAPPER.format(poison=poison_mldsa), public],
+        [sys.executable, "-c", child, *args],
+        input=stdin,
         env=env,
         capture_output=True,
         text=True,
@@ -88,6 +88,20 @@ def _run_child(tmp_path: Path, backend: str, *, poison_mldsa: bool) -> dict[str,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def _clean_env(**values: str) -> dict[str, str]:
+    """This environment without any SPIRE_PQC_* / OQS_* setting, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
+    env.update(values)
+    return env
+
+
+def _run_child(tmp_path: Path, backend: str, *, poison_mldsa: bool) -> dict[str, list[str]]:
+    env = _clean_env(SPIRE_PQC_BACKEND=backend, OQS_INSTALL_PATH=str(tmp_path))  # empty: no liboqs here
+    public = MLDSA65PrivateKey.generate().public_key().raw().hex()
+    completed = _python(_WRAPPER.format(poison=poison_mldsa), env, public)
     results: dict[str, list[str]] = json.loads(completed.stdout)
     return results
 
@@ -119,8 +133,7 @@ def test_absent_liboqs_is_never_downloaded_or_built(tmp_path: Path) -> None:
         script = tools / tool
         script.write_text(f'#!/bin/sh\necho "{tool} $*" >> {record}\nexit 1\n')
         script.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
-    env.update(HOME=str(home), PATH=f"{tools}:{env.get('PATH', '')}", SPIRE_PQC_BACKEND="liboqs")
+    env = _clean_env(HOME=str(home), PATH=f"{tools}:{os.environ.get('PATH', '')}", SPIRE_PQC_BACKEND="liboqs")
     child = (
         "import ctypes.util; ctypes.util.find_library = lambda name: None\n"
         "from spire_pqc.crypto.mldsa import MLDSA65PrivateKey\n"
@@ -133,10 +146,7 @@ def test_absent_liboqs_is_never_downloaded_or_built(tmp_path: Path) -> None:
         "        print(exc)\n"
         "print('oqs' in sys.modules)\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = _python(child, env)
     lines = completed.stdout.splitlines()
     assert len(lines) == 4 and all("shared library was not found" in line for line in lines[:3]), lines
     assert lines[3] == "False"  # liboqs-python was never imported
@@ -146,8 +156,7 @@ def test_absent_liboqs_is_never_downloaded_or_built(tmp_path: Path) -> None:
 
 def test_failed_backend_is_not_searched_again(tmp_path: Path) -> None:
     """After one failed load every PQ operation fails at once (no library search per operation)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
-    env.update(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
+    env = _clean_env(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
     child = (
         "import ctypes.util\n"
         "calls = []\n"
@@ -162,10 +171,7 @@ def test_failed_backend_is_not_searched_again(tmp_path: Path) -> None:
         "        counts.append(len(calls))\n"
         "print(counts)\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = _python(child, env)
     counts = json.loads(completed.stdout)
     assert len(counts) == 5 and counts[0] > 0 and len(set(counts)) == 1, counts
 
@@ -215,10 +221,7 @@ def test_auto_is_openssl_even_where_liboqs_is_installed() -> None:
     )
     for backend in ("auto", ""):
         env = liboqs_env(SPIRE_PQC_BACKEND=backend)
-        completed = subprocess.run(
-            [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert completed.returncode == 0, completed.stderr
+        completed = _python(child, env)
         assert completed.stdout.split() == ["openssl", "False"]
 
 
@@ -270,16 +273,7 @@ def test_liboqs_process_agrees_with_openssl(summary: Callable[[str, str], None])
         "peer_ek": peer_kem.public_key().raw().hex(),
         "ct_for_liboqs": ct_for_liboqs.hex(),
     }
-    completed = subprocess.run(
-        [sys.executable, "-c", _LIBOQS_CHILD],
-        input=json.dumps(request),
-        env=liboqs_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = _python(_LIBOQS_CHILD, liboqs_env(), stdin=json.dumps(request))
     assert len(completed.stdout.splitlines()) == 1, completed.stdout[:500]
     assert completed.stderr == ""
     reply = json.loads(completed.stdout)
@@ -341,8 +335,7 @@ def test_log_backend(pq_backend: str, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_log_backend_reports_an_unusable_backend_without_raising(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIRE_PQC_", "OQS_"))}
-    env.update(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
+    env = _clean_env(OQS_INSTALL_PATH=str(tmp_path), SPIRE_PQC_BACKEND="liboqs")
     child = (
         "import ctypes.util, logging, sys\n"
         "ctypes.util.find_library = lambda name: None\n"
@@ -350,10 +343,7 @@ def test_log_backend_reports_an_unusable_backend_without_raising(tmp_path: Path)
         "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
         "print(log_backend(logging.getLogger('t')))\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = _python(child, env)
     first, second = completed.stdout.splitlines()
     assert first.startswith("ERROR post-quantum backend unavailable: liboqs backend requested")
     assert second == "None"
@@ -383,8 +373,5 @@ def test_liboqs_python_loading_another_build_is_refused(tmp_path: Path) -> None:
         "    print(exc)\n"
     )
     env = liboqs_env(OQS_INSTALL_PATH=str(tmp_path / "b"))
-    completed = subprocess.run(
-        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = _python(child, env)
     assert f"liboqs-python loaded {copies[0]}, not {copies[1]}: two liboqs builds" in completed.stdout
