@@ -72,7 +72,7 @@ fi
 WORK="$(mktemp -d "$CACHE/.liboqs.work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 log "building liboqs $VERSION (ML-KEM-768, ML-DSA-65; shared) from $TARBALL into $PREFIX"
-tar -xzf "$TARBALL" -C "$WORK"
+tar -xzf "$TARBALL" -C "$WORK" || die "cannot unpack $TARBALL"
 SRC="$WORK/liboqs-$VERSION"
 [[ -f "$SRC/CMakeLists.txt" ]] || die "$TARBALL does not unpack to liboqs-$VERSION/"
 STAGE="$WORK/prefix"
