@@ -25,6 +25,7 @@ from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
 from spire_pqc.ca.ledger import PruneRun
+from spire_pqc.crypto.status import register_backend_metric
 from spire_pqc.errors import RefusalReason
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class PluginMetrics:
             self.refusals.labels(reason=reason.value)
         for kind in ("issuance", "nonce"):
             self.ledger_pruned.labels(kind=kind)
+        register_backend_metric(r)  # spire_pqc_crypto_backend_info{backend=…,version=…} 1
 
     def observe_prune(self, run: PruneRun) -> None:
         self.ledger_pruned.labels(kind="issuance").inc(run.pruned.issuances)

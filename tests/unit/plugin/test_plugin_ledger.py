@@ -30,6 +30,7 @@ def test_metrics_listener_serves_and_bounds_connections() -> None:
             "spire_pqc_plugin_issuance_latency_seconds_bucket",
             'spire_pqc_plugin_bindings_total{result="added"} 3.0',
             'spire_pqc_plugin_ledger_pruned_total{kind="nonce"} 0.0',
+            'spire_pqc_crypto_backend_info{backend="openssl"',  # the backend in use, as on the agent
         ):
             assert family in body
         # A local user holding connections open gets MAX_CONNECTIONS of them; the rest are closed.
