@@ -41,6 +41,10 @@ class InvalidKeyError(CryptoError):
     """Key material is malformed: wrong length, wrong encoding, or fails a FIPS 203/204 check."""
 
 
+class InvalidContextError(CryptoError):
+    """A FIPS 204 context string is longer than 255 bytes (an error to sign with, a failure to verify)."""
+
+
 class InvalidSignatureError(CryptoError):
     """A signature did not verify."""
 

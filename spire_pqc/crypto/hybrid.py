@@ -57,6 +57,9 @@ class X25519MLKEM768PrivateKey:
 
     @classmethod
     def from_seeds(cls, mlkem_seed: bytes, x25519_private: bytes) -> X25519MLKEM768PrivateKey:
+        """From the 64-byte ML-KEM-768 seed (d || z) and the 32-byte X25519 private key."""
+        if len(x25519_private) != X25519_LEN:
+            raise InvalidKeyError(f"X25519 private key must be {X25519_LEN} bytes, got {len(x25519_private)}")
         return cls(
             MLKEM768PrivateKey.from_seed(mlkem_seed), X25519PrivateKey.from_private_bytes(x25519_private)
         )

@@ -12,6 +12,8 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from spire_pqc._internal.der import INTEGER, OCTET_STRING, SEQUENCE, DerReader, read_single, tlv
 from spire_pqc.crypto import _backend
 from spire_pqc.errors import InvalidKeyError, ParseError
@@ -189,6 +191,10 @@ def private_der_from_pem(data: bytes, password: bytes | None) -> bytes:
     if password is None:
         raise InvalidKeyError("the private key is encrypted; a password is required")
     try:
-        return _backend.pkcs8_decrypt_pem(data, password)
+        # Only the one block found above is decrypted, whatever else the input holds.
+        return _backend.pkcs8_decrypt_pem(pem_encode(label, der), password)
+    except UnsupportedAlgorithm as exc:
+        # The encryption scheme, or the key inside, is of an algorithm cryptography does not implement.
+        raise InvalidKeyError(f"cannot use the encrypted private key: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise InvalidKeyError("cannot decrypt the private key (wrong password or corrupt data)") from exc

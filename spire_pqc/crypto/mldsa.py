@@ -22,7 +22,7 @@ from spire_pqc.crypto.keys import (
     private_der_from_pem,
     private_pem,
 )
-from spire_pqc.errors import InvalidKeyError, InvalidSignatureError
+from spire_pqc.errors import InvalidContextError, InvalidKeyError, InvalidSignatureError
 
 SEED_LEN = _backend.MLDSA65_SEED_LEN
 PUBLIC_KEY_LEN = _backend.MLDSA65_PUBLIC_LEN
@@ -33,7 +33,9 @@ def _check_context(context: bytes) -> bytes:
     if not isinstance(context, bytes | bytearray):
         raise TypeError("context must be bytes")
     if len(context) > _backend.MAX_CONTEXT_LEN:
-        raise ValueError(f"FIPS 204 context strings are at most 255 bytes, got {len(context)}")
+        raise InvalidContextError(
+            f"FIPS 204 context strings are at most {_backend.MAX_CONTEXT_LEN} bytes, got {len(context)}"
+        )
     return bytes(context)
 
 
@@ -73,7 +75,8 @@ class MLDSA65PublicKey:
         return hashlib.sha256(self.spki()).digest()
 
     def verify(self, signature: bytes, message: bytes, *, context: bytes) -> None:
-        """Raise InvalidSignatureError unless ``signature`` is valid for ``message`` under ``context``."""
+        """Raise InvalidSignatureError unless ``signature`` is valid for ``message`` under ``context``
+        (InvalidContextError for a context longer than 255 bytes)."""
         ctx = _check_context(context)
         if len(signature) != SIGNATURE_LEN:
             raise InvalidSignatureError(
@@ -135,7 +138,8 @@ class MLDSA65PrivateKey:
         return private_pem(self.pkcs8(), encryption)
 
     def sign(self, message: bytes, *, context: bytes) -> bytes:
-        """Hedged ML-DSA-65 signature over ``message`` with the FIPS 204 ``context``."""
+        """Hedged ML-DSA-65 signature over ``message`` with the FIPS 204 ``context`` (at most 255 bytes,
+        else InvalidContextError)."""
         return self._signer.sign(bytes(message), _check_context(context))
 
     def __repr__(self) -> str:

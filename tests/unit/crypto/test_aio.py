@@ -11,7 +11,7 @@ import pytest
 from spire_pqc.crypto import aio
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import InvalidSignatureError
+from spire_pqc.errors import InvalidContextError, InvalidSignatureError
 
 # Every test runs on both PQ backends (tests/_backends.py).
 pytestmark = pytest.mark.usefixtures("pq_backend")
@@ -65,8 +65,10 @@ async def test_errors_propagate_from_the_pool() -> None:
     dsa = MLDSA65PrivateKey.generate()
     with pytest.raises(InvalidSignatureError):
         await aio.verify(dsa.public_key(), bytes(3309), b"m", context=b"")
-    with pytest.raises(ValueError, match="255"):
+    with pytest.raises(InvalidContextError, match="255"):
         await aio.sign(dsa, b"m", context=bytes(300))
+    with pytest.raises(InvalidContextError, match="255"):
+        await aio.verify(dsa.public_key(), bytes(3309), b"m", context=bytes(300))
 
 
 @pytest.mark.asyncio

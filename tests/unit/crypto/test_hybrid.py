@@ -91,6 +91,18 @@ def test_hybrid_rejects_bad_shares() -> None:
         x25519mlkem768_encapsulate(share[:1184] + bytes(32))
 
 
+@pytest.mark.parametrize("x25519_len", [0, 31, 33, 64])
+def test_from_seeds_refuses_an_x25519_key_that_is_not_32_bytes(x25519_len: int) -> None:
+    """Regression (issue 9): cryptography's ValueError escaped from_seeds untyped."""
+    with pytest.raises(InvalidKeyError, match=f"X25519 private key must be 32 bytes, got {x25519_len}"):
+        X25519MLKEM768PrivateKey.from_seeds(os.urandom(64), os.urandom(x25519_len))
+    with pytest.raises(InvalidKeyError, match="seed must be 64 bytes"):
+        X25519MLKEM768PrivateKey.from_seeds(os.urandom(63), os.urandom(32))
+    x25519 = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+    key = X25519MLKEM768PrivateKey.from_seeds(bytes(64), bytes(range(32)))
+    assert key.client_share()[-32:] == x25519.public_key().public_bytes_raw()
+
+
 # --- X-Wing --------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ from spire_pqc.crypto._fips203 import check_encapsulation_key
 from spire_pqc.crypto.keys import OID_ML_DSA_65, NoEncryption, PasswordEncryption, pem_encode
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
-from spire_pqc.errors import InvalidKeyError, InvalidSignatureError
+from spire_pqc.errors import InvalidContextError, InvalidKeyError, InvalidSignatureError
+from tests.unit.crypto._pkcs8 import encrypted_pem, unknown_algorithm_pkcs8
 
 ALG_ML_DSA_65 = bytes.fromhex("300b0609608648016503040312")
 ALG_ML_KEM_768 = bytes.fromhex("300b0609608648016503040402")
@@ -118,10 +119,13 @@ def test_tampered_message_truncated_signature_and_other_key(dsa_key: MLDSA65Priv
 def test_context_longer_than_255_bytes(dsa_key: MLDSA65PrivateKey) -> None:
     signature = dsa_key.sign(b"m", context=bytes(255))
     dsa_key.public_key().verify(signature, b"m", context=bytes(255))
-    with pytest.raises(ValueError, match="at most 255 bytes"):
-        dsa_key.sign(b"m", context=bytes(256))
-    with pytest.raises(ValueError, match="at most 255 bytes"):
-        dsa_key.public_key().verify(signature, b"m", context=bytes(256))
+    # FIPS 204 algorithms 2 and 3: a context longer than 255 bytes is an error for sign and a
+    # failure for verify; both are spire-pqc's own typed error, never a plain ValueError.
+    for context in (bytes(256), bytes(70_000)):
+        with pytest.raises(InvalidContextError, match="at most 255 bytes, got"):
+            dsa_key.sign(b"m", context=context)
+        with pytest.raises(InvalidContextError, match="at most 255 bytes, got"):
+            dsa_key.public_key().verify(signature, b"m", context=context)
     with pytest.raises(TypeError):
         dsa_key.sign(b"m", context="text")  # type: ignore[arg-type]
 
@@ -180,6 +184,25 @@ def test_encrypted_pem(dsa_key: MLDSA65PrivateKey) -> None:
         MLDSA65PrivateKey.from_pem(pem)
     with pytest.raises(InvalidKeyError, match="not encrypted"):
         MLDSA65PrivateKey.from_pem(dsa_key.pem(NoEncryption()), password=b"x")
+
+
+@pytest.mark.parametrize("key_class", [MLDSA65PrivateKey, MLKEM768PrivateKey])
+def test_encrypted_pem_of_an_unknown_key_algorithm(key_class: type[MLDSA65PrivateKey]) -> None:
+    """Regression: cryptography's UnsupportedAlgorithm escaped the key loaders (issue 9)."""
+    pem = encrypted_pem(unknown_algorithm_pkcs8(), b"pw")
+    with pytest.raises(InvalidKeyError, match="cannot use the encrypted private key") as caught:
+        key_class.from_pem(pem, password=b"pw")
+    assert "1.3.6.1.4.1.99999.1" in str(caught.value)
+    # The same wrapping around a real key loads: the refusal is about the inner algorithm.
+    inner = key_class.generate()
+    assert key_class.from_pem(encrypted_pem(inner.pkcs8(), b"pw"), password=b"pw").seed() == inner.seed()
+
+
+def test_encrypted_pem_is_decrypted_from_its_own_block_only(dsa_key: MLDSA65PrivateKey) -> None:
+    """Text and other PEM blocks around the encrypted key do not reach the decryption."""
+    pem = dsa_key.pem(PasswordEncryption(b"pw"))
+    noise = b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"
+    assert MLDSA65PrivateKey.from_pem(noise + b"comment\n" + pem, password=b"pw").seed() == dsa_key.seed()
 
 
 def test_encryption_choice_is_explicit() -> None:
