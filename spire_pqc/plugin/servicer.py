@@ -4,8 +4,9 @@
   is built completely, then swapped in under a lock.
 * ``ComposeWorkloadX509SVID`` returns the request's attributes plus the SvidBinding extension.
   SPIRE's CA health check and unknown IDs never fail. If the intermediate key is unusable (file
-  removed, unreadable, corrupt) the attributes come back unchanged, the skip is logged and counted
-  — or, with ``on_error = "fail"``, SPIRE's signing fails with a precise message.
+  removed, unreadable, corrupt, of an unknown algorithm) the attributes come back unchanged, the
+  skip is logged and counted — or, with ``on_error = "fail"``, SPIRE's signing fails with a precise
+  message. An unexpected exception (a bug) follows the same policy, logged with its traceback.
 * The other composer calls return UNIMPLEMENTED, which SPIRE treats as "keep the defaults".
 """
 
@@ -29,7 +30,7 @@ from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import (
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2, config_pb2_grpc
 from spire_pqc.ca.composer import binding_extension, is_health_check
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
-from spire_pqc.errors import ConfigError, SpiffeIdError, SpirePqcError
+from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.plugin.config import Config, build_config, load_intermediate_key
 from spire_pqc.spiffeid import SpiffeId
 
@@ -179,7 +180,10 @@ class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
         try:
             SpiffeId.parse(request.spiffe_id)
             extension = binding_extension(state.key.get(), request.spiffe_id, bytes(request.public_key))
-        except (SpirePqcError, SpiffeIdError) as exc:
+        except SpirePqcError as exc:
+            return self._on_error(state.config, request, attributes, exc, context)
+        except Exception as exc:  # a bug here must not stop SPIRE signing either (DESIGN.md §2)
+            log.exception("unexpected error while composing the SvidBinding for %s", request.spiffe_id)
             return self._on_error(state.config, request, attributes, exc, context)
         out = cc_pb2.ComposeWorkloadX509SVIDResponse()
         out.attributes.CopyFrom(attributes)

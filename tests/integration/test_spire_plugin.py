@@ -19,17 +19,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
+from spire_pqc._internal.files import atomic_write
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.agent.caclient import issue_request_message
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import IssueRequest, build_request
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
+from spire_pqc.crypto.keys import PasswordEncryption
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import BindingError
 from spire_pqc.spiffeid import match_id
 from spire_pqc.svid import verify_hybrid_svid, verify_svid_binding
 from tests.integration.spire import SpireAgent, SpireServer, cleanup, free_port, short_tempdir, spire_bin
+from tests.unit.crypto._pkcs8 import encrypted_pem, unknown_algorithm_pkcs8
 
 pytestmark = [pytest.mark.spire, pytest.mark.timeout(900)]
 
@@ -393,6 +396,34 @@ def test_key_removed_default_policy_keeps_signing(pqc: PQC, workdir: Path) -> No
         with pytest.raises(BindingError, match="no SvidBinding"):
             verify_svid_binding(without[0], [pqc.intermediate_key().public_key()])
         assert "WITHOUT SvidBinding (on_error=skip" in srv.log_text()
+    finally:
+        srv.stop()
+
+
+def test_key_of_unknown_algorithm_default_policy_keeps_signing(pqc: PQC, workdir: Path) -> None:
+    """An encrypted key file whose inner algorithm cryptography does not know (its UnsupportedAlgorithm
+    used to escape the loader and fail SPIRE's signing under on_error = "skip"; issue 9)."""
+    key, password_file, password = workdir / "inter.key.pem", workdir / "password", b"correct horse"
+    atomic_write(key, pqc.intermediate_key().pem(PasswordEncryption(password)))
+    atomic_write(password_file, password + b"\n")
+    srv = SpireServer(
+        workdir,
+        composer_data=pqc.plugin_data(
+            intermediate_key_path=str(key), intermediate_key_password_file=str(password_file)
+        ),
+    )
+    srv.start()
+    try:
+        with_binding, _ = mint(srv, f"spiffe://{TD}/before", workdir / "a")
+        verify_svid_binding(with_binding[0], [pqc.intermediate_key().public_key()])
+        atomic_write(key, encrypted_pem(unknown_algorithm_pkcs8(), password))
+        without, _ = mint(srv, f"spiffe://{TD}/after", workdir / "b")
+        with pytest.raises(BindingError, match="no SvidBinding"):
+            verify_svid_binding(without[0], [pqc.intermediate_key().public_key()])
+        log = srv.log_text()
+        assert "WITHOUT SvidBinding (on_error=skip" in log
+        assert "cannot use the encrypted private key" in log
+        assert "Traceback" not in log
     finally:
         srv.stop()
 
