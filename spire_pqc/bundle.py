@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,9 +46,15 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from spire_pqc._internal.der import INTEGER, SEQUENCE, DerReader, read_integer, read_single, tlv
 from spire_pqc.errors import BundleError, ParseError, SpiffeIdError
 from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.x509.load import (
+    CRYPTOGRAPHY_PARSE_ERRORS,
+    check_parsed,
+    load_der_certificate,
+    load_der_certificates,
+    load_pem_certificates,
+)
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
@@ -71,8 +76,6 @@ _USE_JWT = "jwt-svid"
 _KNOWN_KTY = frozenset({"EC", "RSA", "OKP", "AKP"})
 _ML_DSA_65_OID = "2.16.840.1.101.3.4.3.18"
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END ([A-Z0-9 ]+)-----", re.DOTALL)
-
 
 def _check_size(data: bytes | str, what: str) -> bytes:
     if isinstance(data, str):
@@ -82,79 +85,40 @@ def _check_size(data: bytes | str, what: str) -> bytes:
     return bytes(data)
 
 
-def _check_serial(der: bytes, what: str) -> None:
-    """Refuse a serial number that is not positive (RFC 5280 §4.1.2.2) before cryptography sees it.
-
-    cryptography still loads such a certificate but emits a deprecation warning, which would turn a
-    malformed authority into a log line (or, under ``-W error``, a non-SpirePqcError exception).
-    """
-    try:
-        tbs = DerReader(read_single(der, SEQUENCE, what=what), what=what).expect(SEQUENCE, "TBSCertificate")
-        fields = DerReader(tbs, what=what)
-        if fields.peek_tag() == 0xA0:  # [0] EXPLICIT version
-            fields.read()
-        serial = read_integer(fields.expect(INTEGER, "serialNumber"), what=f"{what}: serialNumber")
-    except ParseError as exc:
-        raise BundleError(f"{what}: not a valid X.509 certificate ({exc})") from exc
-    if serial <= 0:
-        raise BundleError(f"{what}: serial number {serial} is not positive (RFC 5280 section 4.1.2.2)")
+def _bundle_error(exc: ParseError) -> BundleError:
+    return BundleError(str(exc))
 
 
 def _load_der_certificate(der: bytes, what: str) -> x509.Certificate:
-    _check_serial(der, what)
+    # An authority whose key algorithm cryptography does not implement is kept (verifiers skip it);
+    # a malformed key, name or extension is refused here, with its position.
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise BundleError(f"{what}: not a valid X.509 certificate ({exc})") from exc
-    _check_parseable(cert, what)
-    return cert
+        return load_der_certificate(der, what=what, public_key=False)
+    except ParseError as exc:
+        raise _bundle_error(exc) from exc
 
 
 def _check_parseable(cert: x509.Certificate, what: str) -> None:
-    """Parse the parts cryptography parses lazily (names, extensions) so a broken authority is
-    refused when a bundle is built, with its position, instead of failing later in a verifier."""
+    """Parse the parts cryptography parses lazily so a broken authority is refused when a bundle is
+    built, with its position, instead of failing later in a verifier."""
     try:
-        _ = cert.subject, cert.issuer, cert.extensions
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        raise BundleError(f"{what}: not a valid X.509 certificate ({exc})") from exc
+        check_parsed(cert, what=what, public_key=False)
+    except ParseError as exc:
+        raise _bundle_error(exc) from exc
 
 
 def _pem_certificates(data: bytes, what: str) -> list[x509.Certificate]:
-    certificates: list[x509.Certificate] = []
-    for index, match in enumerate(_PEM_BLOCK.finditer(data)):
-        label, end_label = match.group(1), match.group(3)
-        if label != end_label:
-            raise BundleError(f"{what}: PEM block {index} begins as {label!r} but ends as {end_label!r}")
-        if label != b"CERTIFICATE":
-            # A private key pasted into a trust bundle is a serious mistake; never skip it quietly.
-            raise BundleError(
-                f"{what}: PEM block {index} is {label.decode()!r}; a bundle holds only CERTIFICATE blocks"
-            )
-        try:
-            der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BundleError(f"{what}: PEM block {index} is not valid base64 ({exc})") from exc
-        certificates.append(_load_der_certificate(der, f"{what}: PEM block {index}"))
-    if not certificates:
-        raise BundleError(f"{what}: no PEM CERTIFICATE block found")
-    return certificates
+    try:
+        return load_pem_certificates(data, what=what, public_key=False)
+    except ParseError as exc:
+        raise _bundle_error(exc) from exc
 
 
 def _der_certificates(data: bytes, what: str) -> list[x509.Certificate]:
-    """Split concatenated DER certificates by reading each top-level SEQUENCE's length."""
-    reader = DerReader(data, what=what)
-    certificates: list[x509.Certificate] = []
-    while not reader.at_end():
-        index = len(certificates)
-        try:
-            tag, value = reader.read()
-        except ParseError as exc:
-            raise BundleError(f"{what}: certificate {index}: {exc}") from exc
-        if tag != SEQUENCE:
-            raise BundleError(f"{what}: certificate {index}: expected a SEQUENCE (0x30), got tag 0x{tag:02x}")
-        # DerReader only accepts minimal lengths, so re-encoding reproduces the input bytes exactly.
-        certificates.append(_load_der_certificate(tlv(tag, value), f"{what}: certificate {index}"))
-    return certificates
+    try:
+        return list(load_der_certificates(data, what=what, public_key=False))
+    except ParseError as exc:
+        raise _bundle_error(exc) from exc
 
 
 def _dedupe(certificates: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
@@ -240,7 +204,7 @@ def _spiffe_trust_domain_of(cert: x509.Certificate, what: str) -> TrustDomain | 
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except CRYPTOGRAPHY_PARSE_ERRORS as exc:
         raise BundleError(f"{what}: unreadable extensions ({exc})") from exc
     uris = [
         u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.lower().startswith("spiffe:")
@@ -264,7 +228,7 @@ def _subject_of(cert: x509.Certificate) -> str:
     # not parse must not turn an error message into a different exception.
     try:
         return cert.subject.rfc4514_string() or "empty subject"
-    except ValueError:
+    except CRYPTOGRAPHY_PARSE_ERRORS:
         return "unparseable subject"
 
 
@@ -301,6 +265,7 @@ class BundleSet:
         groups: dict[TrustDomain, list[x509.Certificate]] = {}
         for index, cert in enumerate(certificates):
             what = f"certificate {index} ({_subject_of(cert)})"
+            _check_parseable(cert, what)
             td = _spiffe_trust_domain_of(cert, what) or trust_domain
             if td is None:
                 raise BundleError(f"{what}: no SPIFFE URI SAN, so its trust domain is unknown")

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import verification
@@ -52,7 +51,9 @@ from spire_pqc.errors import (
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.x509 import certs
 from spire_pqc.x509.binding import parse_binding, verify_binding
+from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS, check_parsed
 from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT, SVID_BINDING
+from spire_pqc.x509.path import verify_pqc_chain
 from spire_pqc.x509.related import parse_related_certificate, related_hash
 
 MAX_CHAIN_LEN = 8
@@ -67,22 +68,14 @@ def der(cert: x509.Certificate) -> bytes:
 
 
 def _check_parseable(chain: Sequence[x509.Certificate], role: str) -> None:
-    """Refuse a certificate whose lazily parsed parts (names, extensions, key) do not parse.
-
-    cryptography loads a certificate without parsing its names, extensions or public key; reading
-    them later raises ValueError (or UnsupportedAlgorithm). Parsing them here, before any check
-    reads them, makes such input end in a typed VerificationError like every other bad credential.
-    """
+    """Refuse a certificate whose lazily parsed parts (names, extensions, key) do not parse, before
+    any check reads them, so such input ends in a typed VerificationError like every other bad
+    credential (spire_pqc.x509.load explains what cryptography defers)."""
     for index, cert in enumerate(chain):
         try:
-            _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
-        except (
-            ValueError,
-            UnsupportedAlgorithm,
-            x509.DuplicateExtension,
-            x509.UnsupportedGeneralNameType,
-        ) as exc:
-            raise MalformedCredentialError(f"{role} certificate {index} does not parse: {exc}") from exc
+            check_parsed(cert, what=f"{role} certificate {index}")
+        except ParseError as exc:
+            raise MalformedCredentialError(str(exc)) from exc
 
 
 # --- leaf rules --------------------------------------------------------------------------------
@@ -94,7 +87,7 @@ def spiffe_id_of(cert: x509.Certificate, *, role: str = "leaf") -> SpiffeId:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise LeafError(f"{role} has no subjectAltName (no URI SAN)") from None
-    except (ValueError, x509.DuplicateExtension) as exc:
+    except CRYPTOGRAPHY_PARSE_ERRORS as exc:
         raise MalformedCredentialError(f"{role} extensions do not parse: {exc}") from exc
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
@@ -291,7 +284,7 @@ def _pqc_path(
         bundle = pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain)
     except BundleError as exc:
         raise ChainError(f"no PQC bundle for trust domain {spiffe_id.trust_domain}", spiffe_id=sid) from exc
-    return certs.verify_pqc_chain(chain, list(bundle.authorities), at=when, spiffe_id=sid)
+    return verify_pqc_chain(chain, list(bundle.authorities), at=when, spiffe_id=sid)
 
 
 def verify_kem_certificate(

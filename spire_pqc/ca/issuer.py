@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.utils import CryptographyDeprecationWarning
 
 from spire_pqc.bundle import BundleSource
 from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, LedgerEntry, open_ledger
@@ -45,12 +44,14 @@ from spire_pqc.errors import (
     InvalidSignatureError,
     IssuanceError,
     LedgerError,
+    ParseError,
     RefusalReason,
     VerificationError,
 )
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
 from spire_pqc.x509 import certs
+from spire_pqc.x509.load import load_der_certificate
 
 log = logging.getLogger(__name__)
 
@@ -193,20 +194,12 @@ class PQCIssuer:
                 raise IssuanceError(
                     f"certificate {index} exceeds {MAX_CERT_BYTES} bytes", reason=RefusalReason.MALFORMED
                 )
+            # One loader for certificates from outside: it refuses an unknown version (InvalidVersion
+            # is not a ValueError), a serial that is not positive and any part that does not parse.
             try:
-                cert = x509.load_der_x509_certificate(raw)
-            # InvalidVersion is not a ValueError. cryptography *warns* about a serial that is not
-            # positive (RFC 5280 forbids it); where warnings are errors that warning is raised here.
-            except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as exc:
-                raise IssuanceError(
-                    f"certificate {index} is not DER X.509: {exc}", reason=RefusalReason.MALFORMED
-                ) from exc
-            if cert.serial_number <= 0:
-                raise IssuanceError(
-                    f"certificate {index} has a serial number that is not positive",
-                    reason=RefusalReason.MALFORMED,
-                )
-            parsed.append(cert)
+                parsed.append(load_der_certificate(raw, what=f"certificate {index} is not DER X.509"))
+            except ParseError as exc:
+                raise IssuanceError(str(exc), reason=RefusalReason.MALFORMED) from exc
         return parsed[0], parsed
 
     def _check_freshness(self, request: IssueRequest, now: dt.datetime) -> None:

@@ -2,8 +2,9 @@
 
     count (1 byte) | count * (length (4 bytes, big endian) | DER certificate) | length (2 bytes) | signature
 
-Parsing is strict: the count is bounded, every length must fit the input, and nothing may follow the
-signature. Errors come from the caller's ``bad`` so each use keeps its own typed error.
+Parsing is strict: the count is bounded, every length must fit the input, every certificate is fully
+parsed (spire_pqc.x509.load), and nothing may follow the signature. Errors come from the caller's
+``bad`` so each use keeps its own typed error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from spire_pqc.errors import ParseError
+from spire_pqc.x509.load import load_der_certificate
 
 MAX_CERTS = 8
 
@@ -43,9 +47,9 @@ def decode_chain_and_signature(
         if offset + length > len(data):
             raise bad(f"certificate {index} truncated")
         try:
-            chain.append(x509.load_der_x509_certificate(data[offset : offset + length]))
-        except ValueError as exc:
-            raise bad(f"certificate {index} is not DER X.509: {exc}") from exc
+            chain.append(load_der_certificate(data[offset : offset + length], what=f"certificate {index}"))
+        except ParseError as exc:
+            raise bad(str(exc)) from exc
         offset += length
     if offset + 2 > len(data):
         raise bad("truncated signature length")

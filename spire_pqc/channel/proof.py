@@ -86,6 +86,10 @@ def make_proof(svid: HybridSvid, exporter_value: bytes, *, role: str) -> Proof:
 
 def parse_header(header: bytes) -> int:
     """The body length of a proof record; MalformedCredentialError for anything else."""
+    if len(header) != HEADER.size:
+        raise MalformedCredentialError(
+            f"PQ proof header must be {HEADER.size} bytes, got {len(header)}", check="pq-proof-format"
+        )
     kind, version, length = (int(v) for v in HEADER.unpack(header))
     if kind != RECORD_PROOF:
         raise MalformedCredentialError(

@@ -27,6 +27,8 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.errors import ConfigError, ParseError, SpiffeIdError, SpirePqcError, VerificationError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.x509 import certs
+from spire_pqc.x509.load import load_pem_certificates
+from spire_pqc.x509.path import verify_pqc_chain
 
 ON_ERROR_VALUES = ("skip", "fail")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -368,7 +370,7 @@ def _load_pki(
     if intermediate is not None and roots:
         now = dt.datetime.now(dt.UTC)
         try:
-            path = certs.verify_pqc_chain([intermediate.certificate], roots, at=now, spiffe_id=None)
+            path = verify_pqc_chain([intermediate.certificate], roots, at=now, spiffe_id=None)
         except VerificationError as exc:
             c.problems.append(f"intermediate_cert_path: does not chain to pqc_bundle_path: {exc}")
         else:
@@ -403,11 +405,7 @@ def _certs(c: _Collector, key: str, path: str | None) -> list[x509.Certificate] 
     if not path:
         return None
     try:
-        loaded = x509.load_pem_x509_certificates(read_public(path))
+        return load_pem_certificates(read_public(path), what=path)
     except SpirePqcError as exc:
         c.problems.append(f"{key}: {exc}")
         return None
-    except ValueError as exc:
-        c.problems.append(f"{key}: {path}: not PEM certificates ({exc})")
-        return None
-    return loaded

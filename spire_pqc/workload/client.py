@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import h2.exceptions
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 from grpclib.client import Channel
@@ -36,23 +37,21 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from spiffe._proto import workload_pb2 as wl
 
-from spire_pqc._internal.der import SEQUENCE, DerReader, tlv
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import (
     AuthorizationError,
-    InvalidKeyError,
     MalformedCredentialError,
     ParseError,
-    SpiffeIdError,
     SpirePqcError,
     UnavailableError,
 )
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.addr import Endpoint, resolve_endpoint
+from spire_pqc.x509.load import load_der_certificates
 
 SECURITY_METADATA = {"workload.spiffe.io": "true"}
 _WORKLOAD = "/SpiffeWorkloadAPI/"
@@ -88,22 +87,11 @@ class HybridUpdate:
 
 
 def split_certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
-    """Concatenated DER certificates (leaf first) → certificates."""
-    reader = DerReader(data, what=what)
-    out: list[x509.Certificate] = []
-    while not reader.at_end():
-        if len(out) >= MAX_CHAIN:
-            raise ParseError(f"{what}: more than {MAX_CHAIN} certificates")
-        tag, value = reader.read()
-        if tag != SEQUENCE:
-            raise ParseError(f"{what}: certificate {len(out)} is not a SEQUENCE")
-        try:
-            out.append(x509.load_der_x509_certificate(tlv(tag, value)))
-        except ValueError as exc:
-            raise ParseError(f"{what}: certificate {len(out)}: {exc}") from exc
-    if not out:
+    """Concatenated DER certificates (leaf first) → fully parsed certificates; ParseError otherwise."""
+    chain = load_der_certificates(data, what=what, max_count=MAX_CHAIN)
+    if not chain:
         raise ParseError(f"{what}: no certificate")
-    return tuple(out)
+    return chain
 
 
 def _bundle(td: TrustDomain, der: bytes) -> X509Bundle | None:
@@ -130,7 +118,9 @@ def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
                 kem_key=MLKEM768PrivateKey.from_pkcs8(item.kem_key),
                 hint=item.hint,
             )
-        except (ValueError, TypeError, SpiffeIdError, InvalidKeyError, ParseError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm, SpirePqcError) as exc:
+            # cryptography's loader raises ValueError, TypeError or UnsupportedAlgorithm for a
+            # classical key it cannot use; our own parsers raise spire-pqc errors.
             raise MalformedCredentialError(f"{where}: {exc}", spiffe_id=item.spiffe_id or None) from exc
         td = spiffe_id.trust_domain
         for table, der in ((classical, item.classical_bundle), (pqc, item.pqc_bundle)):

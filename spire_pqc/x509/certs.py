@@ -9,13 +9,13 @@
 
 Certificates are built with cryptography's builder (signing with the seed-derived key object);
 ML-DSA-65 signatures are *checked* through the selected PQ backend (empty context, RFC 9881).
+Path validation is in :mod:`spire_pqc.x509.path`, loading from bytes in :mod:`spire_pqc.x509.load`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
 from typing import cast
 
 from cryptography import x509
@@ -32,12 +32,12 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
 from spire_pqc.errors import (
     AlgorithmError,
-    ChainError,
     InvalidKeyError,
     InvalidSignatureError,
-    KeyUsageError,
+    MalformedCredentialError,
     ValidityError,
 )
+from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS
 from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT
 from spire_pqc.x509.related import encode_related_certificate
 
@@ -279,23 +279,31 @@ def public_key_oid(cert: x509.Certificate) -> str:
     return cert.public_key_algorithm_oid.dotted_string
 
 
-def spki_der(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def spki_der(cert: x509.Certificate, *, spiffe_id: str | None = None) -> bytes:
+    """The certificate's SubjectPublicKeyInfo DER; MalformedCredentialError if the key does not parse."""
+    try:
+        key = cert.public_key()
+    except CRYPTOGRAPHY_PARSE_ERRORS as exc:
+        raise MalformedCredentialError(
+            f"certificate public key does not parse ({type(exc).__name__}: {exc})", spiffe_id=spiffe_id
+        ) from exc
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def mldsa_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) -> MLDSA65PublicKey:
     if cert.public_key_algorithm_oid != ML_DSA_65:
         raise AlgorithmError(f"expected an ML-DSA-65 key, found {public_key_oid(cert)}", spiffe_id=spiffe_id)
-    return MLDSA65PublicKey.from_spki(spki_der(cert))
+    try:
+        return MLDSA65PublicKey.from_spki(spki_der(cert, spiffe_id=spiffe_id))
+    except InvalidKeyError as exc:
+        raise MalformedCredentialError(f"ML-DSA-65 public key: {exc}", spiffe_id=spiffe_id) from exc
 
 
 def mlkem_public_key(cert: x509.Certificate, *, spiffe_id: str | None = None) -> MLKEM768PublicKey:
     if cert.public_key_algorithm_oid != ML_KEM_768:
         raise AlgorithmError(f"expected an ML-KEM-768 key, found {public_key_oid(cert)}", spiffe_id=spiffe_id)
     try:
-        return MLKEM768PublicKey.from_spki(spki_der(cert))
+        return MLKEM768PublicKey.from_spki(spki_der(cert, spiffe_id=spiffe_id))
     except InvalidKeyError as exc:
         raise AlgorithmError(str(exc), spiffe_id=spiffe_id) from exc
 
@@ -318,88 +326,3 @@ def check_mldsa_signature(cert: x509.Certificate, issuer_key: MLDSA65PublicKey) 
     except InvalidSignatureError:
         return False
     return True
-
-
-def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False, None
-    return bc.ca, bc.path_length
-
-
-def _can_sign_certs(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        # RFC 5280 §4.2.1.3: without keyUsage the key is not restricted (OpenSSL's `req -x509`
-        # makes such roots); cA=true is still required by the caller.
-        return True
-
-
-def verify_pqc_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    *,
-    at: dt.datetime,
-    spiffe_id: str | None,
-    max_intermediates: int = 2,
-) -> list[x509.Certificate]:
-    """Path-validate an ML-DSA-65-signed chain (leaf first) to one of ``roots``.
-
-    Returns the CA certificates of the path (excluding the leaf, including the root). Every CA must
-    be an ML-DSA-65 key with cA=true and keyCertSign, path lengths are honoured, and every
-    certificate must be valid at ``at``. Raises ChainError / ValidityError / AlgorithmError.
-    """
-    if not chain:
-        raise ChainError("empty certificate chain", spiffe_id=spiffe_id)
-    if len(chain) - 1 > max_intermediates:
-        raise ChainError(
-            f"chain has {len(chain) - 1} intermediates, at most {max_intermediates} allowed",
-            spiffe_id=spiffe_id,
-        )
-    root_by_der = {r.public_bytes(serialization.Encoding.DER): r for r in roots}
-    path: list[x509.Certificate] = []
-    current = chain[0]
-    check_validity(current, at, role="leaf", spiffe_id=spiffe_id)
-    remaining = list(chain[1:])
-    depth = 0  # number of CA certificates below the one being checked (for pathLen)
-    while True:
-        # A trusted root that directly signed `current` ends the path.
-        for root in roots:
-            if root.subject == current.issuer and check_mldsa_signature(current, mldsa_public_key(root)):
-                _check_ca(root, depth, at, spiffe_id, role="PQC root")
-                path.append(root)
-                return path
-        if not remaining:
-            raise ChainError(
-                "chain does not lead to a certificate of the trust domain's PQC bundle", spiffe_id=spiffe_id
-            )
-        issuer = remaining.pop(0)
-        if issuer.public_bytes(serialization.Encoding.DER) in root_by_der:
-            # A root sent in the chain is only accepted via the loop above (signature check).
-            raise ChainError("root in chain did not sign the certificate below it", spiffe_id=spiffe_id)
-        if issuer.subject != current.issuer:
-            raise ChainError(
-                "chain order broken: issuer name does not match the next certificate", spiffe_id=spiffe_id
-            )
-        issuer_key = mldsa_public_key(issuer, spiffe_id=spiffe_id)
-        if not check_mldsa_signature(current, issuer_key):
-            raise ChainError("ML-DSA-65 certificate signature does not verify", spiffe_id=spiffe_id)
-        _check_ca(issuer, depth, at, spiffe_id, role="PQC intermediate CA")
-        path.append(issuer)
-        current = issuer
-        depth += 1
-
-
-def _check_ca(
-    cert: x509.Certificate, depth: int, at: dt.datetime, spiffe_id: str | None, *, role: str
-) -> None:
-    ca, path_length = _is_ca(cert)
-    if not ca:
-        raise ChainError(f"{role} is not a CA (basicConstraints cA is false or absent)", spiffe_id=spiffe_id)
-    if not _can_sign_certs(cert):
-        raise KeyUsageError(f"{role} lacks keyCertSign", spiffe_id=spiffe_id)
-    if path_length is not None and depth > path_length:
-        raise ChainError(f"{role} pathLenConstraint {path_length} exceeded", spiffe_id=spiffe_id)
-    check_validity(cert, at, role=role, spiffe_id=spiffe_id)

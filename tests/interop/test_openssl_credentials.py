@@ -36,6 +36,7 @@ from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.errors import NotConfiguredError
 from spire_pqc.svid import verify_pqc_svid
 from spire_pqc.x509 import certs
+from spire_pqc.x509.path import verify_pqc_chain
 
 from ..unit.credentials.pki import Domain, Minted, pem
 
@@ -184,7 +185,7 @@ def test_openssl_self_signed_mldsa_certificate_verifies_with_ours(
     raw[-7] ^= 0x01
     assert not certs.check_mldsa_signature(x509.load_der_x509_certificate(bytes(raw)), key)
     # Without keyUsage (OpenSSL's default here) the CA key is unrestricted (RFC 5280 §4.2.1.3).
-    assert certs.verify_pqc_chain([cert], [cert], at=dt.datetime.now(dt.UTC), spiffe_id=None) == [cert]
+    assert verify_pqc_chain([cert], [cert], at=dt.datetime.now(dt.UTC), spiffe_id=None) == [cert]
 
 
 def test_openssl_root_and_leaf_verify_as_pqc_svid(openssl: OpenSSLCli, tmp_path: Path) -> None:
@@ -224,8 +225,8 @@ def test_openssl_root_and_leaf_verify_as_pqc_svid(openssl: OpenSSLCli, tmp_path:
     ])  # fmt: skip
     root, leaf = load(root_path), load(leaf_path)
     now = dt.datetime.now(dt.UTC)
-    assert certs.verify_pqc_chain([root], [root], at=now, spiffe_id=None) == [root]
-    assert certs.verify_pqc_chain([leaf], [root], at=now, spiffe_id=SPIFFE_ID) == [root]
+    assert verify_pqc_chain([root], [root], at=now, spiffe_id=None) == [root]
+    assert verify_pqc_chain([leaf], [root], at=now, spiffe_id=SPIFFE_ID) == [root]
     spiffe_id, path = verify_pqc_svid([leaf], BundleSet.from_certificates([root]), at=now)
     assert str(spiffe_id) == SPIFFE_ID
     assert path == [root]

@@ -25,6 +25,7 @@ from spire_pqc.cli.main import main
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import InvalidKeyError
 from spire_pqc.x509 import certs
+from spire_pqc.x509.path import verify_pqc_chain
 
 TD = "example.org"
 
@@ -138,7 +139,7 @@ def test_ca_intermediate_under_the_root(tmp_path: Path, capsys: pytest.CaptureFi
     assert root == x509.load_pem_x509_certificate((root_dir / "root.crt.pem").read_bytes())
     key = MLDSA65PrivateKey.from_pem((out / "intermediate.key.pem").read_bytes())
     assert certs.mldsa_public_key(inter) == key.public_key()
-    assert certs.verify_pqc_chain([inter], [root], at=dt.datetime.now(dt.UTC), spiffe_id=None) == [root]
+    assert verify_pqc_chain([inter], [root], at=dt.datetime.now(dt.UTC), spiffe_id=None) == [root]
     assert inter.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
     assert "cross-certificate" not in out_text
     assert not (out / "intermediate.cross.crt.pem").exists()
@@ -198,7 +199,7 @@ def test_password_file_encrypts_and_intermediate_then_needs_root_password(
     assert "cannot decrypt" in err
     status, _, err = run(capsys, *base, "--root-password-file", password)
     assert status == 0, err
-    assert certs.verify_pqc_chain(
+    assert verify_pqc_chain(
         load_chain(out / "intermediate.crt.pem")[:1],
         load_chain(root_dir / "root.crt.pem"),
         at=dt.datetime.now(dt.UTC),
