@@ -92,9 +92,13 @@ def jwks_bytes(keys: Sequence[Mapping[str, Any]]) -> bytes:
 def _key_for(bundle: bytes, kid: str, td: TrustDomain) -> Any:
     try:
         document = json.loads(bundle)
-        keys = document["keys"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except RecursionError:
+        raise MalformedCredentialError(f"JWT bundle of {td} does not parse: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MalformedCredentialError(f"JWT bundle of {td} does not parse: {exc}") from exc
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise MalformedCredentialError(f"JWT bundle of {td} is not a JWK Set (no 'keys' array)")
     for entry in keys:
         # Entries with another use (x509-svid) are not JWT keys (Trust Domain and Bundle §4).
         if isinstance(entry, dict) and entry.get("kid") == kid and entry.get("use", "jwt-svid") == "jwt-svid":
@@ -119,8 +123,8 @@ def validate(
     except jwt.PyJWTError as exc:
         raise MalformedCredentialError(f"token is malformed: {exc}") from exc
     alg = header.get("alg")
-    if alg not in ALLOWED_ALGORITHMS:
-        raise VerificationError(f"unsupported token signature algorithm {alg!r}")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise VerificationError(f"unsupported token signature algorithm {str(alg)[:40]!r}")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise VerificationError("token header has no key ID")

@@ -376,6 +376,10 @@ class KeyStore(Generic[K]):
         data = read_private(path)
         try:
             key_type, records = _parse_metadata(json.loads(data))
+        except RecursionError:
+            raise CorruptKeyFileError(
+                "unreadable key store metadata: nested too deeply", path=str(path)
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptKeyFileError(f"unreadable key store metadata: {exc}", path=str(path)) from exc
         if key_type != self.key_type.name:

@@ -250,8 +250,11 @@ def test_missing_key_file_is_a_key_file_error(tmp_path: Path, clock: FakeClock) 
         b"[]",
         b'{"format": "other"}',
         b'{"format": "spire-pqc-keystore/v1", "key_type": "ML-DSA-65"}',
+        b'{"format": "spire-pqc-keystore/v1", "key_type": "ML-DSA-65", "keys": 5}',
+        b'{"format": "spire-pqc-keystore/v1", "key_type": "ML-DSA-65", "keys": [' + b"[" * 100_000 + b"]",
+        b"\xff\xfe{",
     ],
-    ids=["syntax", "not-object", "wrong-format", "no-keys"],
+    ids=["syntax", "not-object", "wrong-format", "no-keys", "keys-not-a-list", "deeply-nested", "not-utf8"],
 )
 def test_corrupt_metadata_names_the_path(tmp_path: Path, clock: FakeClock, content: bytes) -> None:
     (tmp_path / METADATA_FILE).write_bytes(content)
