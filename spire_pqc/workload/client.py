@@ -31,6 +31,7 @@ import h2.exceptions
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from google.protobuf.message import Message
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
@@ -98,6 +99,16 @@ def _bundle(td: TrustDomain, der: bytes) -> X509Bundle | None:
     return X509Bundle.from_der(td, der) if der else None
 
 
+def _classical_key(der: bytes, *, where: str, spiffe_id: str) -> PrivateKeyTypes:
+    """A classical SVID key (PKCS#8 DER); MalformedCredentialError for anything cryptography refuses."""
+    try:
+        return serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise MalformedCredentialError(
+            f"{where}: private key does not parse: {exc}", spiffe_id=spiffe_id or None
+        ) from exc
+
+
 def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
     """Wire → domain. Keys must match certificates (HybridSvid refuses otherwise); not yet verified."""
     svids = []
@@ -107,7 +118,7 @@ def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
         where = f"hybrid SVID {index}"
         try:
             spiffe_id = SpiffeId.parse(item.spiffe_id)
-            classical_key = serialization.load_der_private_key(item.classical_key, password=None)
+            classical_key = _classical_key(item.classical_key, where=where, spiffe_id=item.spiffe_id)
             svid = HybridSvid(
                 spiffe_id=spiffe_id,
                 classical_chain=split_certificates(item.classical_chain, what=f"{where} classical chain"),
@@ -118,9 +129,9 @@ def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
                 kem_key=MLKEM768PrivateKey.from_pkcs8(item.kem_key),
                 hint=item.hint,
             )
-        except (ValueError, TypeError, UnsupportedAlgorithm, SpirePqcError) as exc:
-            # cryptography's loader raises ValueError, TypeError or UnsupportedAlgorithm for a
-            # classical key it cannot use; our own parsers raise spire-pqc errors.
+        except MalformedCredentialError:
+            raise
+        except SpirePqcError as exc:
             raise MalformedCredentialError(f"{where}: {exc}", spiffe_id=item.spiffe_id or None) from exc
         td = spiffe_id.trust_domain
         for table, der in ((classical, item.classical_bundle), (pqc, item.pqc_bundle)):
@@ -142,6 +153,8 @@ def parse_x509_response(message: wl.X509SVIDResponse) -> X509Context:
     for index, item in enumerate(message.svids):
         spiffe_id = SpiffeId.parse(item.spiffe_id)
         chain = split_certificates(item.x509_svid, what=f"X509-SVID {index}")
+        # Parsed here so a key that does not load fails at this boundary, typed, not in a consumer.
+        _classical_key(item.x509_svid_key, where=f"X509-SVID {index}", spiffe_id=item.spiffe_id)
         svids.append(ClassicalSvidData(spiffe_id, chain, bytes(item.x509_svid_key), item.hint))
         bundle = _bundle(spiffe_id.trust_domain, item.bundle)
         if bundle is not None:

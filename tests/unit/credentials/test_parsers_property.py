@@ -4,11 +4,15 @@ Inputs are arbitrary bytes and valid encodings with random mutations (so the sea
 the branches behind a correct prefix). Parsers covered: the SvidBinding and RelatedCertificate
 extension values, the issue request (every field of IssueRequest, through PQCIssuer.issue), the
 IssuePQCSVIDRequest protobuf (through the plugin's CA endpoint servicer), the plugin's HCL
-configuration, and verify_hybrid_svid over certificate chains with mutated DER.
+configuration, verify_hybrid_svid over certificate chains with mutated DER, and certificates that
+are edited structurally and signed again by their real issuer, through the certificate loader, the
+bundle parsers and verify_hybrid_svid.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import os
 import warnings
@@ -20,13 +24,14 @@ from typing import NoReturn
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spire_pqc._internal import der
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2
-from spire_pqc.bundle import BundleSet
+from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.ledger import MEMORY, open_ledger
 from spire_pqc.ca.request import IssueRequest
@@ -37,9 +42,12 @@ from spire_pqc.plugin.config import build_config
 from spire_pqc.plugin.endpoint import _STATUS_BY_REASON, CAServicer, ServerIdentity
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.x509.binding import SvidBinding, parse_binding
+from spire_pqc.x509.load import load_der_certificate, load_pem_certificates
 from spire_pqc.x509.oids import ID_SHA256
 from spire_pqc.x509.related import encode_related_certificate, parse_related_certificate
 
+from .certedit import Signer, ecdsa_signer, mldsa_signer
+from .fuzz import EDITED, PROPERTY, Variant, resigned_certificates, variants
 from .pki import Domain, Minted, pem, spki
 from .pki import der as cert_der
 
@@ -73,53 +81,6 @@ def fixture() -> Fixture:
             domain, minted, binding, encode_related_certificate(cert_der(leaf)), dt.datetime.now(dt.UTC)
         )
     return _STATE["f"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """How to derive a field from its valid value: keep it, edit it, or replace it.
-
-    Strategies draw these small descriptions rather than the derived bytes, so a failing example
-    prints as a few edits instead of kilobytes of certificate DER.
-    """
-
-    kind: str  # "valid", "edit" or "random"
-    edits: tuple[tuple[str, int, bytes], ...] = ()
-    data: bytes = b""
-
-    def apply(self, valid: bytes) -> bytes:
-        if self.kind == "valid":
-            return valid
-        if self.kind == "random":
-            return self.data
-        out = bytearray(valid)
-        for action, where, payload in self.edits:
-            position = where % len(out) if out else 0
-            if action == "flip" and out:
-                out[position] ^= payload[0] or 1
-            elif action == "truncate":
-                del out[position:]
-            elif action == "insert":
-                out[position:position] = payload
-            else:
-                out += payload
-        return bytes(out)
-
-
-EDIT = st.tuples(
-    st.sampled_from(["flip", "truncate", "insert", "append", "flip", "flip"]),
-    st.integers(0, 1 << 16),
-    st.binary(min_size=1, max_size=6),
-)
-EDITED = st.lists(EDIT, min_size=1, max_size=4).map(lambda e: Variant("edit", tuple(e)))
-
-
-def variants(*, random_size: int = 64) -> st.SearchStrategy[Variant]:
-    return st.one_of(
-        st.just(Variant("valid")),
-        EDITED,
-        st.binary(max_size=random_size).map(lambda b: Variant("random", data=b)),
-    )
 
 
 # --- SvidBinding and RelatedCertificate --------------------------------------------------------
@@ -487,3 +448,93 @@ def test_unmutated_fixture_verifies() -> None:
         classical_bundles=f.domain.classical_bundles, pqc_bundles=f.domain.pqc_bundles,
     )  # fmt: skip
     assert result.spiffe_id == m.spiffe_id
+
+
+# --- certificates signed again after a structural edit ---------------------------------------
+# Byte flips above almost always break the issuer's signature, so verification stops at the first
+# signature check. Here the edited certificate is signed again by its real issuer: the malformed
+# name, key, extension or version reaches every reader behind the signature check.
+
+RESIGN: dict[str, Callable[[Fixture], tuple[x509.Certificate, Signer]]] = {
+    "pqc-root": lambda f: (f.domain.hierarchy.root, mldsa_signer(f.domain.hierarchy.root_key)),
+    "pqc-intermediate": lambda f: (f.domain.intermediate, mldsa_signer(f.domain.hierarchy.root_key)),
+    "pqc-leaf": lambda f: (f.minted.pqc_leaf, mldsa_signer(f.domain.intermediate_key)),
+    "kem-leaf": lambda f: (f.minted.kem_leaf, mldsa_signer(f.domain.intermediate_key)),
+    "classical-leaf": lambda f: (f.minted.classical_leaf, ecdsa_signer(f.domain.classical_ca.private_key)),
+}
+
+
+@st.composite
+def resigned(draw: st.DrawFn) -> tuple[str, bytes]:
+    role = draw(st.sampled_from(sorted(RESIGN)))
+    cert, signer = RESIGN[role](fixture())
+    return role, draw(resigned_certificates(cert, signer))
+
+
+@BAD_NAME_WARNING
+@PROPERTY
+@given(resigned())
+def test_loaded_certificates_parse_completely(case: tuple[str, bytes]) -> None:
+    """load_der_certificate raises only ParseError, and what it returns has nothing left that
+    cryptography would fail to parse later (the names, every extension, the public key)."""
+    _, raw = case
+    try:
+        cert = load_der_certificate(raw, what="fuzz")
+    except ParseError:
+        return
+    _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), cert.public_key()
+    _ = [ext.value for ext in cert.extensions]
+    assert load_pem_certificates(cert.public_bytes(Encoding.PEM), what="fuzz") == [cert]
+
+
+@BAD_NAME_WARNING
+@PROPERTY
+@given(resigned())
+def test_bundle_boundaries_on_resigned_certificates(case: tuple[str, bytes]) -> None:
+    _, raw = case
+    f = fixture()
+    td = f.domain.trust_domain
+    for parse in (
+        lambda: X509Bundle.from_der(td, raw),
+        lambda: X509Bundle.from_pem(td, pem([f.domain.hierarchy.root]) + pem_block(raw)),
+        lambda: BundleSet.from_workload_api({td.id_string(): cert_der(f.domain.hierarchy.root) + raw}),
+    ):
+        with contextlib.suppress(BundleError):
+            parse()
+    lazily = load_or_none(raw)
+    if lazily is not None:  # a certificate object handed in by a caller
+        with contextlib.suppress(BundleError):
+            BundleSet.from_certificates([lazily], trust_domain=td)
+
+
+@BAD_NAME_WARNING
+@PROPERTY
+@given(resigned())
+def test_verify_hybrid_svid_on_resigned_certificates(case: tuple[str, bytes]) -> None:
+    role, raw = case
+    f = fixture()
+    m = f.minted
+    chains = {"classical": list(m.classical_chain), "pqc": list(m.pqc_chain), "kem": list(m.kem_chain)}
+    slot = {
+        "pqc-root": ("pqc", 2),
+        "pqc-intermediate": ("pqc", 1),
+        "pqc-leaf": ("pqc", 0),
+        "kem-leaf": ("kem", 0),
+        "classical-leaf": ("classical", 0),
+    }[role]
+    cert = load_or_none(raw)
+    if cert is None:
+        return
+    chain = chains[slot[0]]
+    chain[slot[1] :] = [cert, *chain[slot[1] + 1 :]]
+    try:
+        verify_hybrid_svid(
+            chains["classical"], chains["pqc"], chains["kem"],
+            classical_bundles=f.domain.classical_bundles, pqc_bundles=f.domain.pqc_bundles,
+        )  # fmt: skip
+    except VerificationError:
+        return
+
+
+def pem_block(raw: bytes) -> bytes:
+    return b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(raw) + b"-----END CERTIFICATE-----\n"
