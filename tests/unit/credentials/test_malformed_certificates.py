@@ -38,6 +38,7 @@ from spire_pqc.svid import HybridSvid, verify_hybrid_svid
 from spire_pqc.workload.client import parse_hybrid_response, parse_pqc_bundles, parse_x509_response
 from spire_pqc.x509 import certs
 from spire_pqc.x509.path import verify_pqc_chain
+from tests.unit.crypto._pkcs8 import unknown_algorithm_pkcs8
 
 from .certedit import (
     EXTENSIONS,
@@ -215,14 +216,18 @@ def test_hybrid_svid_model_refuses_a_malformed_leaf(world: World) -> None:
 # --- the Workload API client -------------------------------------------------------------------
 
 
+def _pkcs8(m: Minted) -> bytes:
+    return m.classical_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def _hybrid_item(w: World) -> hy.HybridSVID:
     m = w.minted
     return hy.HybridSVID(
         spiffe_id=str(m.spiffe_id),
         classical_chain=b"".join(der(c) for c in m.classical_chain),
-        classical_key=m.classical_key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+        classical_key=_pkcs8(m),
         pqc_chain=b"".join(der(c) for c in m.pqc_chain),
         pqc_key=m.mldsa_key.pkcs8(),
         kem_certificate=b"".join(der(c) for c in m.kem_chain),
@@ -267,6 +272,7 @@ def test_x509_response_with_a_malformed_certificate(world: World, kind: str, fie
     bad_ca = {**LAZY, **AT_LOAD}[kind](world.domain.classical_ca.certificate, classical_signer)
     item = wl.X509SVID(
         spiffe_id=str(m.spiffe_id),
+        x509_svid_key=_pkcs8(m),
         x509_svid=bad_leaf if field == "x509_svid" else der(m.classical_leaf),
         bundle=bad_ca if field == "bundle" else der(world.domain.classical_ca.certificate),
     )
@@ -276,6 +282,24 @@ def test_x509_response_with_a_malformed_certificate(world: World, kind: str, fie
     with pytest.raises(SpirePqcError) as refused:
         parse_x509_response(message)
     assert isinstance(refused.value, ParseError | BundleError)
+
+
+@pytest.mark.parametrize(
+    "key", [b"", b"\x30\x00", unknown_algorithm_pkcs8()], ids=["empty", "empty-seq", "unknown-alg"]
+)
+def test_responses_with_a_classical_key_that_does_not_load(world: World, key: bytes) -> None:
+    """Regression: cryptography's UnsupportedAlgorithm escaped parse_hybrid_response, and the
+    standard response's key was not parsed at all (its consumer failed later, untyped)."""
+    message = hy.HybridSVIDResponse(svids=[_hybrid_item(world)])
+    message.svids[0].classical_key = key
+    with pytest.raises(MalformedCredentialError, match="private key does not parse"):
+        parse_hybrid_response(message)
+    m = world.minted
+    item = wl.X509SVID(spiffe_id=str(m.spiffe_id), x509_svid=der(m.classical_leaf), x509_svid_key=key)
+    with pytest.raises(MalformedCredentialError, match="private key does not parse"):
+        parse_x509_response(wl.X509SVIDResponse(svids=[item]))
+    item.x509_svid_key = _pkcs8(m)
+    assert parse_x509_response(wl.X509SVIDResponse(svids=[item])).svids[0].spiffe_id == m.spiffe_id
 
 
 @pytest.mark.parametrize("kind", sorted(ALL_MLDSA))
