@@ -46,13 +46,17 @@ from .certedit import (
     truncated_spki,
 )
 
+_EXAMPLES = int(os.environ.get("SPIRE_PQC_FUZZ_EXAMPLES", "100"))
+
 #: Settings of every parser property test: bounded examples (``SPIRE_PQC_FUZZ_EXAMPLES`` raises the
 #: count for a long local run), and a time bound per example.
 PROPERTY = settings(
-    max_examples=int(os.environ.get("SPIRE_PQC_FUZZ_EXAMPLES", "100")),
+    max_examples=_EXAMPLES,
     deadline=dt.timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+#: Three times the examples, for the boundaries that peers reach first (proofs, signed messages).
+PROPERTY_DEEP = settings(PROPERTY, max_examples=3 * _EXAMPLES)
 
 
 @dataclass(frozen=True)
