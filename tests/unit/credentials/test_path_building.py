@@ -18,13 +18,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
-from spire_pqc.errors import ChainError, ValidityError
+from spire_pqc.errors import ChainError, ValidityError, VerificationError
 from spire_pqc.svid import verify_hybrid_svid, verify_pqc_svid
 from spire_pqc.x509.path import MAX_SIGNATURE_CHECKS, verify_pqc_chain
 
+from .certedit import SPKI, SUBJECT, name_with_bit_string_cn, truncated_spki, with_field
+from .certedit import mldsa_signer as resigner
+from .fuzz import PROPERTY
 from .pki import Domain, Minted, mldsa_signer, public_key_object, utcnow
 
 Key = MLDSA65PrivateKey | ec.EllipticCurvePrivateKey
@@ -247,3 +252,40 @@ def test_cross_signed_loop_in_the_presented_chain_terminates(pki: Pki) -> None:
 def test_presented_chain_length_is_bounded(pki: Pki) -> None:
     with pytest.raises(ChainError, match="at most 8 allowed"):
         verify_pqc_chain([pki.leaf, *[pki.intermediate] * 9], [pki.root], at=at(), spiffe_id=None)
+
+
+@PROPERTY
+@given(st.data())
+def test_a_path_is_found_exactly_when_one_exists_whatever_the_order(pki: Pki, data: st.DataObject) -> None:
+    """Random anchors and presented certificates, in random order, drawn from the real ones, every
+    decoy and malformed ones: validation succeeds exactly when a path exists (the root is an anchor
+    and the intermediate is presented, or the intermediate is itself an anchor), always with the same
+    path, and otherwise fails typed."""
+    root_signer = resigner(pki.domain.hierarchy.root_key)
+    malformed = {
+        "root-cn-bit-string": x509.load_der_x509_certificate(
+            with_field(pki.root, SUBJECT, name_with_bit_string_cn(), root_signer)
+        ),
+        "root-mldsa-key-1951-bytes": x509.load_der_x509_certificate(
+            with_field(pki.root, SPKI, truncated_spki(pki.root), root_signer)
+        ),
+        "intermediate-cn-bit-string": x509.load_der_x509_certificate(
+            with_field(pki.intermediate, SUBJECT, name_with_bit_string_cn(), root_signer)
+        ),
+    }
+    pool = {"root": pki.root, "intermediate": pki.intermediate, "decoy-intermediate": pki.decoy_intermediate}
+    pool |= pki.decoy_anchors | malformed
+    names = sorted(pool)
+    anchors = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=6).flatmap(st.permutations))
+    presented = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=6).flatmap(st.permutations))
+    exists = "intermediate" in anchors or ("root" in anchors and "intermediate" in presented)
+    try:
+        path = verify_pqc_chain(
+            [pki.leaf, *(pool[n] for n in presented)], [pool[n] for n in anchors], at=at(), spiffe_id=None
+        )
+    except VerificationError:
+        assert not exists
+        return
+    assert exists
+    # A bundle that holds the intermediate itself anchors the path there (anchors come first).
+    assert path == ([pki.intermediate] if "intermediate" in anchors else [pki.intermediate, pki.root])
