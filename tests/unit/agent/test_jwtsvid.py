@@ -10,10 +10,13 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spire_pqc.agent.jwtsvid import JwtSigningKey, jwks_bytes, validate
-from spire_pqc.errors import MalformedCredentialError, VerificationError
+from spire_pqc.errors import MalformedCredentialError, SpirePqcError, VerificationError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from tests.unit.credentials.fuzz import PROPERTY
 
 ME = SpiffeId.parse("spiffe://example.org/me")
 TD = TrustDomain.parse("example.org")
@@ -88,3 +91,55 @@ def test_a_malformed_jwt_bundle_is_a_typed_error(bundle: bytes) -> None:
     token = key.sign(ME, ["a"], dt.timedelta(minutes=1))
     with pytest.raises(MalformedCredentialError, match=r"JWT bundle of example\.org"):
         validate(token, "a", {TD: bundle})
+
+
+# --- property: validate() raises only spire-pqc errors -----------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+_SIGNER = JwtSigningKey.generate()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@st.composite
+def _tokens_and_bundles(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid token and bundle with header members, claims or bundle entries replaced."""
+    valid = _SIGNER.sign(ME, ["a"], dt.timedelta(minutes=5))
+    header_b64, payload_b64, signature = valid.split(".")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=="))
+    claims = json.loads(base64.urlsafe_b64decode(payload_b64 + "=="))
+    for member in draw(st.lists(st.sampled_from(["alg", "kid", "typ", "crit", "jku"]), max_size=2)):
+        header[member] = draw(_JSON | st.sampled_from(["ES256", "none", "HS256", _SIGNER.kid]))
+    for claim in draw(st.lists(st.sampled_from(["sub", "aud", "exp", "iat", "nbf"]), max_size=2)):
+        claims[claim] = draw(_JSON | st.sampled_from([str(ME), "a", ["a"], 1e300, 2**70, float("inf")]))
+    raw_claims = json.dumps(claims).encode()
+    if draw(st.booleans()):
+        raw_claims = draw(st.sampled_from([b"[]", b"1", b'{"exp": NaN}', b"\xff", b'{"sub": {"$": 1}}']))
+    token = ".".join([_b64(json.dumps(header).encode()), _b64(raw_claims), signature])
+    entry = _SIGNER.public_jwk()
+    for member in draw(st.lists(st.sampled_from(["kty", "crv", "x", "y", "use", "kid"]), max_size=2)):
+        entry[member] = draw(_JSON | st.sampled_from(["EC", "RSA", "oct", "P-384", _SIGNER.kid]))
+    bundle = draw(
+        st.sampled_from([jwks_bytes([entry]), jwks_bytes([entry, {"kid": _SIGNER.kid}])])
+        | _JSON.map(lambda v: json.dumps({"keys": v}).encode())
+        | st.binary(max_size=40)
+    )
+    return draw(st.sampled_from([token, valid, token[:-3], token + "."])), bundle
+
+
+@PROPERTY
+@given(_tokens_and_bundles(), st.sampled_from(["a", "b"]))
+def test_validate_raises_only_spire_pqc_errors(case: tuple[str, bytes], audience: str) -> None:
+    token, bundle = case
+    try:
+        spiffe_id, claims = validate(token, audience, {TD: bundle})
+    except SpirePqcError:
+        return
+    assert spiffe_id == ME  # only the genuine signature verifies
+    assert claims["sub"] == str(ME)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,15 +27,27 @@ from spire_pqc._internal.der import (
     sequence,
     tlv,
 )
-from spire_pqc.crypto.keys import pem_encode
+from spire_pqc._internal.files import atomic_write
+from spire_pqc.crypto.hybrid import (
+    X25519MLKEM768PrivateKey,
+    XWingPrivateKey,
+    x25519mlkem768_encapsulate,
+    xwing_encapsulate,
+)
+from spire_pqc.crypto.keys import NoEncryption, pem_encode
+from spire_pqc.crypto.keystore import METADATA_FILE, MLDSA65, KeyStore
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
-from spire_pqc.errors import InvalidKeyError, ParseError
+from spire_pqc.errors import InvalidContextError, InvalidKeyError, ParseError, SpirePqcError
+from tests.unit.credentials.fuzz import PROPERTY
+from tests.unit.crypto._pkcs8 import encrypted_pem, unknown_algorithm_pkcs8
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _DSA = MLDSA65PrivateKey.from_seed(bytes(range(32)))
 _KEM = MLKEM768PrivateKey.from_seed(bytes(range(64)))
+_HYBRID = X25519MLKEM768PrivateKey.generate()
+DAY = dt.timedelta(days=1)
 VALID = [
     _DSA.public_key().spki(),
     _KEM.public_key().spki(),
@@ -168,3 +183,99 @@ def test_read_integer_and_decode_oid(value: bytes) -> None:
     for parse in (lambda v: read_integer(v, what="fuzz"), decode_oid):
         with contextlib.suppress(ParseError):
             parse(value)
+
+
+# --- encrypted PKCS#8 around any inner structure ------------------------------------------------
+
+
+@PROPERTY
+@given(inner=der_inputs | st.just(unknown_algorithm_pkcs8()), password=st.sampled_from([b"pw", b"other"]))
+def test_encrypted_pem_of_any_inner_structure(inner: bytes, password: bytes) -> None:
+    """Regression class of issue 9: an encrypted PKCS#8 whose inner key cryptography does not know
+    raised UnsupportedAlgorithm. Correct encryption, any inner DER, right or wrong password."""
+    pem = encrypted_pem(inner, b"pw", iterations=1)
+    for parse in (MLDSA65PrivateKey.from_pem, MLKEM768PrivateKey.from_pem):
+        _only_typed_errors(lambda data, parse=parse: parse(data, password=password), pem)  # type: ignore[misc]
+
+
+# --- ML-DSA contexts and hybrid key exchange inputs ---------------------------------------------
+
+
+@PROPERTY
+@given(
+    context=st.sampled_from([0, 1, 254, 255, 256, 257, 300, 70_000]).map(bytes) | st.binary(max_size=300),
+    message=st.binary(max_size=64),
+)
+def test_mldsa_any_context(context: bytes, message: bytes) -> None:
+    """Contexts up to 255 bytes sign and verify; longer ones are InvalidContextError, never ValueError."""
+    try:
+        signature = _DSA.sign(message, context=context)
+    except InvalidContextError:
+        assert len(context) > 255
+        with pytest.raises(InvalidContextError):
+            _DSA.public_key().verify(bytes(3309), message, context=context)
+        return
+    _DSA.public_key().verify(signature, message, context=context)
+
+
+_SHARE_LENGTHS = st.sampled_from([0, 31, 32, 33, 1088, 1119, 1120, 1121, 1184, 1215, 1216, 1217])
+_SEED = st.sampled_from([32, 64, 64, 64, 63, 65]).flatmap(lambda n: st.binary(min_size=n, max_size=n))
+
+
+@PROPERTY
+@given(
+    mlkem_seed=_SEED,
+    x25519=st.sampled_from([31, 32, 32, 33, 0]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    share=_SHARE_LENGTHS.flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+)
+def test_hybrid_key_exchange_inputs(mlkem_seed: bytes, x25519: bytes, share: bytes) -> None:
+    with contextlib.suppress(InvalidKeyError):
+        X25519MLKEM768PrivateKey.from_seeds(mlkem_seed, x25519)
+    with contextlib.suppress(InvalidKeyError):
+        x25519mlkem768_encapsulate(share)
+    with contextlib.suppress(InvalidKeyError):
+        _HYBRID.decapsulate(share)
+    with contextlib.suppress(InvalidKeyError):
+        xwing_encapsulate(share)
+    with contextlib.suppress(InvalidKeyError):
+        XWingPrivateKey(mlkem_seed)
+
+
+# --- the key store's metadata file --------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+_RECORD = st.fixed_dictionaries(
+    {},
+    optional={
+        "key_id": st.sampled_from(["ab" * 32, "../x", ""]) | _JSON,
+        "created_at": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "x"]) | _JSON,
+        "not_before": st.sampled_from(["2026-01-01T00:00:00+00:00"]) | _JSON,
+        "not_after": st.sampled_from(["2099-01-01T00:00:00+00:00"]) | _JSON,
+        "encrypted": st.booleans() | _JSON,
+        "retired_reason": _JSON,
+    },
+)
+
+
+@PROPERTY
+@given(
+    keys=st.lists(_RECORD | _JSON, max_size=3) | _JSON,
+    key_type=st.sampled_from(["ML-DSA-65", "ML-KEM-768"]) | _JSON,
+    raw=st.none() | st.binary(max_size=40),
+)
+def test_key_store_metadata(
+    tmp_path_factory: pytest.TempPathFactory, keys: object, key_type: object, raw: bytes | None
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    document = {"format": "spire-pqc-keystore/v1", "key_type": key_type, "keys": keys}
+    atomic_write(directory / METADATA_FILE, raw if raw is not None else json.dumps(document).encode())
+    try:
+        store = KeyStore(directory, MLDSA65, encryption=NoEncryption(), validity=DAY, overlap=DAY)
+    except SpirePqcError:
+        return
+    with contextlib.suppress(SpirePqcError):
+        store.usable()
