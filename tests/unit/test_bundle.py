@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -243,6 +244,21 @@ def test_unknown_certificate_version_is_a_bundle_error() -> None:
         BundleError, match=r"certificate 0: not a valid X.509 certificate \(109 is not a valid"
     ):
         X509Bundle.from_der(TD, bad)
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [b"-----BEGIN CERTIFICATE-----", b"-----BEGIN CERTIFICATE-----\nAAAA", b"x-----BEGIN A-----\n-----END"],
+    ids=["begin-lines", "begin-and-base64", "begin-and-partial-end"],
+)
+def test_pem_parsing_time_is_linear_in_hostile_input(unit: bytes) -> None:
+    """Regression: the old PEM regex backtracked over the rest of the input for every BEGIN line
+    without an END line (216 KB took 9 s, so the 8 MiB limit would have taken hours)."""
+    data = unit * (MAX_BUNDLE_BYTES // len(unit))
+    started = time.process_time()
+    with pytest.raises(BundleError, match="PEM block 0"):
+        X509Bundle.from_pem(TD, data)
+    assert time.process_time() - started < 5  # the new parser needs milliseconds
 
 
 def test_size_is_bounded() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from dilithium_py.ml_dsa import ML_DSA_65
@@ -234,3 +235,21 @@ def test_corrupt_key_file_bytes(dsa_key: MLDSA65PrivateKey) -> None:
     for broken in (pem[: len(pem) // 2], pem.replace(b"M", b"N", 1), pem + pem):
         with pytest.raises(InvalidKeyError):
             MLDSA65PrivateKey.from_pem(broken)
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        b"-----BEGIN PRIVATE KEY-----\n",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA",
+        b"-----BEGIN A-----\nAA-----END B-----",
+    ],
+    ids=["begin-lines", "begin-and-base64", "mismatched-end"],
+)
+def test_key_pem_parsing_time_is_linear_in_hostile_input(unit: bytes) -> None:
+    """A key file is read up to 1 MiB; hostile PEM of that size is refused in milliseconds."""
+    data = unit * ((1 << 20) // len(unit))
+    started = time.process_time()
+    with pytest.raises(InvalidKeyError):
+        MLDSA65PrivateKey.from_pem(data)
+    assert time.process_time() - started < 5
