@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import MalformedCredentialError
+from spire_pqc.errors import MalformedCredentialError, ParseError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.x509.load import load_der_certificate
 
 _DER = serialization.Encoding.DER
 
@@ -48,9 +50,9 @@ class ClassicalSvid:
     ) -> ClassicalSvid:
         sid = str(spiffe_id)
         try:
-            certs = tuple(x509.load_der_x509_certificate(c) for c in chain)
+            certs = tuple(load_der_certificate(c, what=f"certificate {i}") for i, c in enumerate(chain))
             key = serialization.load_der_private_key(key_pkcs8, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm, ParseError) as exc:
             raise MalformedCredentialError(f"X509-SVID does not parse: {exc}", spiffe_id=sid) from exc
         return cls(spiffe_id, certs, key, hint)
 

@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cryptography import x509
-
 from spire_pqc._internal.backoff import backoff_delays
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.metrics import Metrics
@@ -35,9 +33,10 @@ from spire_pqc.ca.request import build_request
 from spire_pqc.crypto.aio import generate_mldsa65, generate_mlkem768, run_crypto
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import IssuanceError, MalformedCredentialError, SpirePqcError
+from spire_pqc.errors import IssuanceError, MalformedCredentialError, ParseError, SpirePqcError
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.x509 import certs
+from spire_pqc.x509.load import load_der_certificate
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +196,8 @@ class PqcProvisioner:
         if not response.pqc_svid_chain or not response.kem_certificate_chain:
             raise IssuanceError("the CA returned an empty chain", reason="bad-response", spiffe_id=sid)
         try:
-            pqc_leaf = x509.load_der_x509_certificate(response.pqc_svid_chain[0])
-            kem_leaf = x509.load_der_x509_certificate(response.kem_certificate_chain[0])
+            pqc_leaf = load_der_certificate(response.pqc_svid_chain[0], what="PQC SVID")
+            kem_leaf = load_der_certificate(response.kem_certificate_chain[0], what="KEM certificate")
             # Fail closed on a reply that certifies other keys than ours (a confused or hostile CA).
             if certs.mldsa_public_key(pqc_leaf, spiffe_id=sid) != mldsa.public_key():
                 raise IssuanceError(
@@ -208,7 +207,7 @@ class PqcProvisioner:
                 raise IssuanceError(
                     "KEM certificate certifies another ML-KEM-768 key", reason="bad-response", spiffe_id=sid
                 )
-        except ValueError as exc:
+        except ParseError as exc:
             raise MalformedCredentialError(f"CA reply does not parse: {exc}", spiffe_id=sid) from exc
         return PqcCredentials(
             classical=svid,

@@ -23,6 +23,7 @@ from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._internal import der as asn1
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.model import ClassicalSvid
 from spire_pqc.bundle import BundleSet, SpiffeBundle, X509Bundle
 from spire_pqc.channel import messages, proof
 from spire_pqc.channel.authorize import authorize_member_of
@@ -359,3 +360,19 @@ def test_seal_to_a_malformed_kem_chain_is_refused(world: World, kind: str) -> No
             b"secret", sender=sender, recipient_kem_chain=recipient,
             pqc_bundles=world.domain.pqc_bundles, authorizer=authorize_member_of("example.org"),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["version-4", "serial-negative", "unknown-key"])
+def test_agent_classical_svid_from_spire_refuses_what_does_not_parse(world: World, kind: str) -> None:
+    """The node agent's model of an SVID from SPIRE's Delegated Identity API: typed, not InvalidVersion
+    or UnsupportedAlgorithm out of the subscription loop."""
+    m = world.minted
+    signer = ecdsa_signer(world.domain.classical_ca.private_key)
+    chain, key = [der(m.classical_leaf)], _pkcs8(m)
+    if kind == "unknown-key":
+        key = unknown_algorithm_pkcs8()
+    else:
+        chain = [AT_LOAD[kind](m.classical_leaf, signer)]
+    with pytest.raises(MalformedCredentialError, match="X509-SVID does not parse"):
+        ClassicalSvid.from_der(m.spiffe_id, chain, key)
+    assert ClassicalSvid.from_der(m.spiffe_id, [der(m.classical_leaf)], _pkcs8(m)).leaf == m.classical_leaf
