@@ -375,7 +375,7 @@ def _is_intermediate(cert: x509.Certificate, roots: Sequence[x509.Certificate], 
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if not constraints.ca:
             return False
-        certs.verify_pqc_chain([cert], roots, at=when, spiffe_id=None)
+        verify_pqc_chain([cert], roots, at=when, spiffe_id=None)
     except (x509.ExtensionNotFound, ValueError, VerificationError, CryptoError):
         return False
     return True
