@@ -85,6 +85,40 @@ def read_private(path: str | os.PathLike[str], *, max_size: int = 1 << 20) -> by
     return data
 
 
+def private_directory(path: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Make sure ``path`` is a directory only its owner (this process's user) can use: mode 0700.
+
+    Created with mode 0700 when missing (``create``). An existing one must be a real directory (not
+    a symlink), owned by the effective user, with no group or other permission bits; anything else is
+    refused rather than "fixed", since another user may already have read or planted files in it.
+    """
+    target = Path(path)
+    if create:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            target.mkdir(mode=0o700)
+    try:
+        info = target.lstat()
+    except FileNotFoundError as exc:
+        raise KeyFileError("no such directory", path=str(target)) from exc
+    except OSError as exc:
+        raise KeyFileError(f"cannot inspect directory: {exc.strerror}", path=str(target)) from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise KeyFileError("not a directory (symbolic links are refused)", path=str(target))
+    if info.st_uid != os.geteuid():
+        raise KeyFilePermissionError(
+            f"owned by uid {info.st_uid}, not by this process's uid {os.geteuid()}; refusing to use it",
+            path=str(target),
+        )
+    if info.st_mode & 0o077:
+        raise KeyFilePermissionError(
+            f"mode {stat.S_IMODE(info.st_mode):04o} lets other users into a directory of private keys; "
+            "chmod 700 it (refusing to use it)",
+            path=str(target),
+        )
+    return target
+
+
 def read_public(path: str | os.PathLike[str], *, max_size: int = 16 << 20) -> bytes:
     """Read a certificate or bundle file (no permission requirement), bounded in size."""
     target = Path(path)

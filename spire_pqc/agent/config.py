@@ -69,6 +69,9 @@ class DevSourceConfig:
     entries: tuple[DevEntry, ...]
     # Lifetime of the dev JWT-SVIDs (each FetchJWTSVID signs new ones).
     jwt_svid_ttl: dt.timedelta = dt.timedelta(minutes=5)
+    # Where the dev CAs are kept across restarts (shared by dev agents that must trust each other);
+    # None: generated in memory at every start (programmatic use only; the loader always sets it).
+    ca_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ class AgentConfig:
     shutdown_grace: dt.timedelta
     pqc_federated_bundles: Mapping[TrustDomain, Path]
     tunnels: tuple[TunnelConfig, ...] = ()
+    # Root-only directory of the workloads' PQC keys and certificates, kept across agent restarts
+    # (spire_pqc.agent.state); None keeps them in memory only (programmatic use; the loader sets it).
+    state_dir: Path | None = None
 
 
 class _Collector:
@@ -241,9 +247,10 @@ def _address(c: _Collector, key: str, text: str, *, loopback_only: bool = True) 
     return host, int(port_text)
 
 
-def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | None:
+def _dev_source(c: _Collector, data: Mapping[str, Any], state_dir: Path | None) -> DevSourceConfig | None:
     prefix = "source.dev."
-    c.unknown(data, {"trust_domain", "svid_ttl", "jwt_svid_ttl", "entries"}, prefix)
+    c.unknown(data, {"trust_domain", "svid_ttl", "jwt_svid_ttl", "entries", "ca_dir"}, prefix)
+    ca_dir = _dev_ca_dir(c, data, state_dir)
     td_text = c.string(data, "trust_domain", prefix, required=True)
     trust_domain = None
     if td_text is not None:
@@ -301,7 +308,7 @@ def _dev_source(c: _Collector, data: Mapping[str, Any]) -> DevSourceConfig | Non
         c.problem(f"{prefix}entries", f"hint {hint!r} is used by more than one entry")
     if trust_domain is None:
         return None
-    return DevSourceConfig(trust_domain, ttl, tuple(entries), jwt_ttl)
+    return DevSourceConfig(trust_domain, ttl, tuple(entries), jwt_ttl, ca_dir)
 
 
 def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig | None:
@@ -536,13 +543,36 @@ def _tunnels(
     return tuple(tunnels)
 
 
+# --- state kept across restarts: agent.state_dir, source.dev.ca_dir ------------------------------
+
+STATE_DIR_NAME = "agent-state"  # default agent.state_dir: beside the socket, e.g. /run/spire-pqc/agent-state
+DEV_CA_DIR_NAME = "dev-ca"  # default source.dev.ca_dir: inside agent.state_dir
+
+
+def _state_dir(c: _Collector, agent: Mapping[str, Any], socket_path: Path | None) -> Path | None:
+    state_dir = c.absolute_path(agent, "state_dir", "agent.")
+    if state_dir is None and "state_dir" not in agent and socket_path is not None:
+        state_dir = socket_path.parent / STATE_DIR_NAME
+    if state_dir is not None and socket_path is not None and state_dir == socket_path:
+        c.problem("agent.state_dir", "must not be the socket path")
+    return state_dir
+
+
+def _dev_ca_dir(c: _Collector, data: Mapping[str, Any], state_dir: Path | None) -> Path | None:
+    ca_dir = c.absolute_path(data, "ca_dir", "source.dev.")
+    if ca_dir is None and "ca_dir" not in data and state_dir is not None:
+        ca_dir = state_dir / DEV_CA_DIR_NAME
+    return ca_dir
+
+
 def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:
     """Validate decoded TOML; raise ConfigError listing every problem."""
     c = _Collector()
     c.unknown(data, {"agent", "source", "ca", "pqc", "health", "tunnel"}, "")
     agent = c.table(data, "agent", "", required=True)
-    c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace"}, "agent.")
+    c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace", "state_dir"}, "agent.")
     socket_path = c.absolute_path(agent, "socket_path", "agent.", required=True)
+    state_dir = _state_dir(c, agent, socket_path)
     socket_mode = _socket_mode(c, agent.get("socket_mode", "0666"))
     production = c.boolean(agent, "production", "agent.", False)
     grace = c.duration(agent, "shutdown_grace", "agent.", dt.timedelta(seconds=5))
@@ -552,7 +582,7 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
     kind = c.string(src, "kind", "source.", required=True)
     identity_source: DevSourceConfig | SpireSourceConfig | None = None
     if kind == "dev":
-        identity_source = _dev_source(c, c.table(src, "dev", "source.", required=True))
+        identity_source = _dev_source(c, c.table(src, "dev", "source.", required=True), state_dir)
         if production:
             c.problem("source.kind", "the dev source is refused when agent.production = true")
     elif kind == "spire":
@@ -607,6 +637,7 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
         shutdown_grace=grace,
         pqc_federated_bundles=federated,
         tunnels=tunnels,
+        state_dir=state_dir,
     )
 
 

@@ -7,14 +7,16 @@ and a header ``kid`` naming the key in the trust domain's JWT bundle (a JWK Set 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_pqc.agent.model import Caller
@@ -64,7 +66,16 @@ class JwtSigningKey:
 
     @classmethod
     def generate(cls) -> JwtSigningKey:
-        return cls(secrets.token_urlsafe(24), ec.generate_private_key(ec.SECP256R1()))
+        return cls.from_key(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def from_key(cls, key: ec.EllipticCurvePrivateKey) -> JwtSigningKey:
+        """The key with a ``kid`` derived from its public key, so a kept key keeps its kid."""
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        kid = base64.urlsafe_b64encode(hashlib.sha256(spki).digest()[:18]).decode()
+        return cls(kid, key)
 
     def public_jwk(self) -> dict[str, Any]:
         jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))

@@ -79,7 +79,7 @@ async def test_x509_source_reconnects_after_agent_restart() -> None:
             before = source.get_x509_context().default_svid.leaf.serial_number
             await first_agent.close()
             await asyncio.sleep(0.3)  # clients see the stream end and start retrying
-            async with Agent(config) as second_agent:  # a new dev CA: a new SVID and bundle
+            async with Agent(config) as second_agent:  # a new SVID from the kept dev CA
                 async with asyncio.timeout(20):
                     while source.get_x509_context().default_svid.leaf.serial_number == before:
                         await asyncio.sleep(0.05)

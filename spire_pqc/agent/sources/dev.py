@@ -1,15 +1,19 @@
 """The embedded development identity source (DESIGN.md §4, "Embedded default (dev mode)").
 
 A dev classical CA (ECDSA P-256) stands in for SPIRE and issues X509-SVIDs that carry the
-SvidBinding, signed by a freshly generated dev PQC hierarchy — the same composer code path SPIRE
-plus our plugin use. Callers are attested from their Unix credentials and matched against the
-configured entries (all of an entry's selectors must match, as in SPIRE). SVIDs rotate at half
-their TTL, as SPIRE's agent does. :meth:`DevIdentitySource.ca_client` is the in-process PQC CA.
+SvidBinding, signed by the dev PQC hierarchy's intermediate — the same composer code path SPIRE
+plus our plugin use. The dev CAs (:class:`~spire_pqc.ca.devca.DevAuthority`) are kept in
+``source.dev.ca_dir`` (default ``<agent.state_dir>/dev-ca``), so a restarted dev agent keeps its
+trust and dev agents sharing one directory trust each other; without a directory (programmatic use)
+they live in memory for the source's lifetime. Callers are attested from their Unix credentials and
+matched against the configured entries (all of an entry's selectors must match, as in SPIRE). SVIDs
+rotate at half their TTL, as SPIRE's agent does. :meth:`DevIdentitySource.ca_client` is the in-process
+PQC CA.
 
 Everything is labelled dev (subject O=spire-pqc-dev) and the configuration loader refuses this
 source when ``agent.production = true``.
 
-JWT-SVIDs are signed with a dev ES256 key (P-256) per trust domain, generated at start and
+JWT-SVIDs are signed with the dev ES256 key (P-256) of the trust domain, kept with the dev CAs and
 published as the trust domain's JWT bundle (JWKS); they live ``jwt_ttl`` (5 minutes by default).
 """
 
@@ -31,7 +35,7 @@ from spire_pqc.agent.jwtsvid import DEFAULT_JWT_TTL, JwtSigningKey, JwtSvid, jwk
 from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.bundle import BundleSet, X509Bundle
-from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
+from spire_pqc.ca.devca import DevAuthority, DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, Pruner, open_ledger
 from spire_pqc.crypto.aio import run_crypto
@@ -109,17 +113,22 @@ class DevIdentitySource:
 
     async def start(self) -> None:
         td = self._config.trust_domain
-        hierarchy = await run_crypto(lambda: PQCHierarchy.generate(td))
-        ca = await run_crypto(lambda: DevClassicalCA(td, hierarchy.intermediate.key))
+        ca_dir = self._config.ca_dir
+        if ca_dir is None:
+            authority = await run_crypto(lambda: DevAuthority.generate(td))
+        else:
+            authority = await asyncio.to_thread(DevAuthority.load_or_create, ca_dir, td)
+        hierarchy, ca = authority.hierarchy, authority.classical
         self._hierarchy, self._ca = hierarchy, ca
         bundles = BundleSet([X509Bundle(td, [ca.certificate])])
         self._ledger = open_ledger(self._ledger_dsn)
         self._pruner = Pruner(self._ledger, interval=max(self._config.svid_ttl.total_seconds() / 2, 1.0))
         self._pruner.start()
         self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles, ledger=self._ledger)
-        self._jwt_key = await run_crypto(JwtSigningKey.generate)
+        self._jwt_key = JwtSigningKey.from_key(authority.jwt_key)
         self._jwt_bundles.publish({td: jwks_bytes([self._jwt_key.public_jwk()])})
-        log.warning("dev identity source for trust domain %s: NOT FOR PRODUCTION", td)
+        where = f"kept in {ca_dir}" if ca_dir is not None else "in memory only"
+        log.warning("dev identity source for trust domain %s (dev CAs %s): NOT FOR PRODUCTION", td, where)
         await self.rotate_now()
         self._rotation = asyncio.create_task(self._rotate_forever(), name="spire-pqc-dev-rotation")
 
