@@ -235,7 +235,7 @@ class _Services:
                 seen_pqc = self.provisioner.changes.version
                 last: bytes | None = None
                 while True:
-                    self.provisioner.ensure(state.svids)
+                    self.provisioner.ensure(state.svids, state.bundles)
                     message = compose(state)
                     if message is None and last is None and follow_pqc:
                         await self.provisioner.wait_attempted(state.svids, self.first_pqc_wait)

@@ -33,7 +33,11 @@ class Metrics:
             registry=r,
         )
         self.issuance = Counter(
-            "spire_pqc_agent_pqc_issuance", "PQC issuance attempts by result.", ["result"], registry=r
+            "spire_pqc_agent_pqc_issuance",
+            "PQC issuance requests by result: success, failure (retried), duplicate (refused for good: "
+            "the CA certified other keys for that classical SVID; counted once, never retried).",
+            ["result"],
+            registry=r,
         )
         self.open_streams = Gauge(
             "spire_pqc_agent_open_streams",
@@ -51,8 +55,24 @@ class Metrics:
             "spire_pqc_agent_pqc_identities", "Classical SVIDs with PQC credentials held.", registry=r
         )
         self.connections = Gauge("spire_pqc_agent_connections", "Open client connections.", registry=r)
-        for result in ("success", "failure"):
+        # --- the state directory and refusals (agent restarts) ---
+        self.refused_identities = Gauge(
+            "spire_pqc_agent_pqc_refused_identities",
+            "SPIFFE IDs left without PQC credentials because the CA refused their classical SVID as a "
+            "duplicate (until the next classical SVID).",
+            registry=r,
+        )
+        self.state = Counter(
+            "spire_pqc_agent_state",
+            "State directory events: restored (credentials served from it without a CA request), "
+            "discarded (a record that was corrupt or did not verify), write-failed.",
+            ["event"],
+            registry=r,
+        )
+        for result in ("success", "failure", "duplicate"):
             self.issuance.labels(result=result)  # exported as 0 before the first attempt
+        for event in ("restored", "discarded", "write-failed"):
+            self.state.labels(event=event)
         register_backend_metric(r)  # spire_pqc_crypto_backend_info{backend=…,version=…} 1
 
     def register(self, collector: Collector) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import MalformedCredentialError, ParseError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import HybridSvid
 from spire_pqc.x509.load import load_der_certificate
 
 _DER = serialization.Encoding.DER
@@ -110,7 +112,25 @@ class PqcCredentials:
     pqc_bundle: tuple[bytes, ...]
     obtained: dt.datetime
 
-    @property
+    @functools.cached_property
     def not_after(self) -> dt.datetime:
         leaf = x509.load_der_x509_certificate(self.pqc_chain[0])
         return min(leaf.not_valid_after_utc, self.classical.not_after)
+
+    def hybrid_svid(self) -> HybridSvid:
+        """As the SDK's HybridSvid (parsed; raises MalformedCredentialError if a key does not match)."""
+        try:
+            pqc_chain = tuple(load_der_certificate(c, what="PQC SVID chain") for c in self.pqc_chain)
+            kem_chain = tuple(load_der_certificate(c, what="KEM certificate chain") for c in self.kem_chain)
+        except ParseError as exc:
+            raise MalformedCredentialError(str(exc), spiffe_id=str(self.classical.spiffe_id)) from exc
+        return HybridSvid(
+            spiffe_id=self.classical.spiffe_id,
+            classical_chain=self.classical.chain,
+            classical_key=self.classical.key,
+            pqc_chain=pqc_chain,
+            pqc_key=self.pqc_key,
+            kem_chain=kem_chain,
+            kem_key=self.kem_key,
+            hint=self.classical.hint,
+        )

@@ -4,13 +4,21 @@ One :class:`_Slot` per classical SVID (keyed by the SHA-256 of its leaf), shared
 stream that holds that SVID: the CA allows one issuance per classical SVID serial, so two streams must
 never ask twice with different keys. Keys are generated once per slot (off the event loop) and
 reused across retries, so a retry after a lost reply gets the same certificates back from the CA's
-ledger instead of a "duplicate" refusal. Private keys live only in memory; a rotation (new classical
-SVID) means a new slot and new keys, and slots are dropped when their classical SVID expires.
+ledger instead of a "duplicate" refusal. A rotation (new classical SVID) means a new slot and new
+keys, and slots are dropped when their classical SVID expires.
+
+With a :class:`~spire_pqc.agent.state.StateDirectory` the keys are also kept on disk (before the
+first request) together with the certificates obtained, so a restarted agent serves them at once
+(verified against the classical SVID SPIRE gives it again) and, where the certificates were not
+obtained yet, asks again with the same keys.
 
 When the CA is unreachable the slot retries with exponential backoff and jitter until its classical
 SVID expires; meanwhile :meth:`PqcProvisioner.credentials_for` still returns the previous,
-still-valid credentials of the same SPIFFE ID. Every new credential or bundle bumps
-:attr:`PqcProvisioner.changes`, which wakes the hybrid streams.
+still-valid credentials of the same SPIFFE ID. A "duplicate" refusal is final for that classical SVID
+(the CA certified other keys for it: they were lost, or another agent holds the SVID): it is logged
+and counted once, reported to the workload, and never retried; the next classical SVID gets a new
+slot. Every new credential or bundle bumps :attr:`PqcProvisioner.changes`, which wakes the hybrid
+streams.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from spire_pqc._internal.backoff import backoff_delays
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
 from spire_pqc.agent.notify import Broadcast
+from spire_pqc.agent.state import StateDirectory, StoredCredentials, restore
 from spire_pqc.ca.request import build_request
 from spire_pqc.crypto.aio import generate_mldsa65, generate_mlkem768, run_crypto
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
@@ -41,13 +51,20 @@ from spire_pqc.x509.load import load_der_certificate
 log = logging.getLogger(__name__)
 
 
+DUPLICATE = "duplicate"  # IssuanceError.reason of the CA's one-issuance-per-classical-SVID refusal
+_NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
+
+
 @dataclass
 class _Slot:
     svid: ClassicalSvid
     first_seen: float
+    # The classical bundles that came with the SVID: what stored credentials are verified against.
+    bundles: Mapping[TrustDomain, bytes]
     attempted: asyncio.Event = field(default_factory=asyncio.Event)
     credentials: PqcCredentials | None = None
     last_error: str | None = None
+    refused: bool = False  # refused for good (duplicate): no more requests for this classical SVID
     task: asyncio.Task[None] | None = None
 
 
@@ -62,14 +79,17 @@ class PqcProvisioner:
         static_bundles: Mapping[TrustDomain, bytes] | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
+        state: StateDirectory | None = None,
     ) -> None:
         self._ca = ca
+        self._state = state
         self._retry_initial = retry_initial.total_seconds()
         self._retry_max = retry_max.total_seconds()
         self._metrics = metrics or Metrics()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._slots: dict[bytes, _Slot] = {}
+        self._writes: set[asyncio.Future[None]] = set()
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
         self.changes: Broadcast[int] = Broadcast()
@@ -101,6 +121,19 @@ class PqcProvisioner:
         slot = self._slots.get(svid.leaf_hash)
         return slot.last_error if slot is not None else None
 
+    @property
+    def ready(self) -> bool:
+        """False while the agent holds classical SVIDs and none of them has usable PQC credentials.
+
+        That is the state in which the PQC CA is unreachable or refusing for every identity served;
+        with no classical SVID asked for yet, there is nothing to be unready about.
+        """
+        now = self._clock()
+        current = [s for s in self._slots.values() if s.svid.not_after > now]
+        return not current or any(
+            s.credentials is not None and s.credentials.not_after > now for s in current
+        )
+
     async def wait_attempted(self, svids: Sequence[ClassicalSvid], timeout: float) -> None:
         """Wait (at most ``timeout``) until each SVID's first issuance attempt finished."""
         events = [self._slots[s.leaf_hash].attempted for s in svids if s.leaf_hash in self._slots]
@@ -110,8 +143,13 @@ class PqcProvisioner:
 
     # --- provisioning --------------------------------------------------------------------------
 
-    def ensure(self, svids: Sequence[ClassicalSvid]) -> None:
-        """Start provisioning each SVID not seen before (idempotent, cheap; called on every state)."""
+    def ensure(
+        self, svids: Sequence[ClassicalSvid], bundles: Mapping[TrustDomain, bytes] = _NO_BUNDLES
+    ) -> None:
+        """Start provisioning each SVID not seen before (idempotent, cheap; called on every state).
+
+        ``bundles`` are the classical bundles that came with the SVIDs (to verify stored credentials).
+        """
         if self._closed:
             return
         now = self._clock()
@@ -119,7 +157,7 @@ class PqcProvisioner:
             key = svid.leaf_hash
             if key in self._slots or svid.not_after <= now:
                 continue
-            slot = _Slot(svid, time.monotonic())
+            slot = _Slot(svid, time.monotonic(), bundles)
             self._slots[key] = slot
             slot.task = asyncio.create_task(
                 self._provision(slot), name=f"spire-pqc-provision {svid.spiffe_id}"
@@ -145,42 +183,150 @@ class PqcProvisioner:
                 if slot.task is not None:
                     slot.task.cancel()
                 del self._slots[key]  # the private keys go with it
-        self._metrics.pqc_identities.set(sum(1 for s in self._slots.values() if s.credentials is not None))
+                if self._state is not None:
+                    self._state.discard(key)
+        if self._state is not None:
+            self._state.prune(now)  # records of SVIDs no caller asked for since the restart
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        slots = self._slots.values()
+        self._metrics.pqc_identities.set(sum(1 for s in slots if s.credentials is not None))
+        served = {s.svid.spiffe_id for s in slots if s.credentials is not None}
+        self._metrics.refused_identities.set(
+            len({s.svid.spiffe_id for s in slots if s.refused and s.svid.spiffe_id not in served})
+        )
 
     async def _provision(self, slot: _Slot) -> None:
+        try:
+            await self._provision_slot(slot)
+        finally:
+            slot.attempted.set()  # also when cancelled (superseded, shutdown): never leave a waiter hanging
+
+    async def _provision_slot(self, slot: _Slot) -> None:
         svid = slot.svid
         sid = str(svid.spiffe_id)
-        mldsa = await generate_mldsa65()
-        mlkem = await generate_mlkem768()
+        keys = await self._restore(slot)
+        if slot.credentials is not None:
+            self._obtained(slot, "restored from the state directory")
+            return
+        if keys is None:
+            keys = (await generate_mldsa65(), await generate_mlkem768())
+            # Kept before the CA sees them: after a crash, the same keys get the same certificates.
+            await self._keep(StoredCredentials.pending(svid, *keys), sid)
+        mldsa, mlkem = keys
         delay = backoff_delays(self._retry_initial, self._retry_max, self._rng)
         while not self._closed:
             if svid.not_after <= self._clock():
                 log.warning("classical SVID of %s expired before PQC credentials could be obtained", sid)
-                break
+                return
             try:
-                slot.credentials = await self._issue_once(svid, mldsa, mlkem)
+                credentials = await self._issue_once(svid, mldsa, mlkem)
+            except IssuanceError as exc:
+                if exc.reason == DUPLICATE:
+                    self._refused_for_good(slot, exc)
+                    return
+                self._failed(slot, exc)
             except SpirePqcError as exc:
-                slot.last_error = str(exc)
-                self._metrics.issuance.labels(result="failure").inc()
-                log.warning("PQC issuance for %s failed (will retry): %s", sid, exc)
+                self._failed(slot, exc)
             else:
-                slot.last_error = None
+                slot.credentials = credentials
                 self._metrics.issuance.labels(result="success").inc()
-                lag = time.monotonic() - slot.first_seen
-                self._metrics.rotation_lag.observe(lag)
-                self._metrics.pqc_identities.set(
-                    sum(1 for s in self._slots.values() if s.credentials is not None)
-                )
-                td = svid.spiffe_id.trust_domain
-                if slot.credentials.pqc_bundle:
-                    self._bundles[td] = b"".join(slot.credentials.pqc_bundle)
-                log.info("PQC credentials for %s ready in %.3fs", sid, lag)
-                slot.attempted.set()
-                self.changes.publish(self.changes.version + 1)
+                self._obtained(slot, "issued")
+                await self._keep(StoredCredentials.issued(credentials), sid)
                 return
             slot.attempted.set()
             await asyncio.sleep(delay())
+
+    async def _restore(self, slot: _Slot) -> tuple[MLDSA65PrivateKey, MLKEM768PrivateKey] | None:
+        """The slot's kept keys (and credentials, set on the slot when they verify), or None."""
+        record = self._state.get(slot.svid.leaf_hash) if self._state is not None else None
+        if record is None:
+            return None
+        sid = str(slot.svid.spiffe_id)
+        svid, bundles, now = slot.svid, slot.bundles, self._clock()
+        try:
+            restored = await run_crypto(lambda: restore(record, svid, bundles, at=now))
+        except SpirePqcError as exc:
+            log.warning("discarding stored PQC keys of %s: %s", sid, exc)
+            self._metrics.state.labels(event="discarded").inc()
+            self._discard(svid.leaf_hash)
+            return None
+        if restored.problem is not None:
+            # The keys are fine: ask the CA again with them (its ledger answers with the same certificates).
+            log.warning(
+                "stored PQC certificates of %s are not used (%s); asking the CA again", sid, restored.problem
+            )
+            self._metrics.state.labels(event="discarded").inc()
+        elif restored.credentials is not None:
+            slot.credentials = restored.credentials
+            self._metrics.state.labels(event="restored").inc()
+        return restored.mldsa, restored.mlkem
+
+    def _discard(self, leaf_hash: bytes) -> None:
+        if self._state is not None:
+            self._state.discard(leaf_hash)
+
+    async def _keep(self, record: StoredCredentials, sid: str) -> None:
+        if self._state is None:
+            return
+        # A write in progress is finished even if the slot's task is cancelled (shutdown, superseded):
+        # close() waits for it, so a graceful stop never loses what was just issued.
+        write = asyncio.ensure_future(asyncio.to_thread(self._state.save, record))
+        self._writes.add(write)
+        write.add_done_callback(lambda done: self._kept(done, sid))
+        with contextlib.suppress(OSError):  # reported by _kept
+            await asyncio.shield(write)
+
+    def _kept(self, write: asyncio.Future[None], sid: str) -> None:
+        self._writes.discard(write)
+        exc = None if write.cancelled() else write.exception()
+        if isinstance(exc, OSError):
+            # Serving goes on; only the restart guarantee is lost for this SVID, so say it loudly.
+            self._metrics.state.labels(event="write-failed").inc()
+            log.error(
+                "cannot keep the PQC keys of %s in %s (%s): they will not survive an agent restart",
+                sid,
+                self._state.path if self._state is not None else "?",
+                exc.strerror or exc,
+            )
+
+    def _obtained(self, slot: _Slot, how: str) -> None:
+        assert slot.credentials is not None
+        slot.last_error = None
+        lag = time.monotonic() - slot.first_seen
+        self._metrics.rotation_lag.observe(lag)
+        self._update_gauges()
+        if slot.credentials.pqc_bundle:
+            td = slot.svid.spiffe_id.trust_domain
+            self._bundles[td] = b"".join(slot.credentials.pqc_bundle)
+        log.info("PQC credentials for %s %s in %.3fs", slot.svid.spiffe_id, how, lag)
         slot.attempted.set()
+        self.changes.publish(self.changes.version + 1)
+
+    def _failed(self, slot: _Slot, exc: SpirePqcError) -> None:
+        slot.last_error = str(exc)
+        self._metrics.issuance.labels(result="failure").inc()
+        log.warning("PQC issuance for %s failed (will retry): %s", slot.svid.spiffe_id, exc)
+
+    def _refused_for_good(self, slot: _Slot, exc: IssuanceError) -> None:
+        svid = slot.svid
+        slot.refused = True
+        slot.last_error = (
+            f"{exc}; not retried: the PQC CA certified other keys for this classical SVID (serial "
+            f"{svid.leaf.serial_number:x}), so PQC credentials come with the next classical SVID "
+            f"(this one expires at {svid.not_after.isoformat()})"
+        )
+        self._metrics.issuance.labels(result=DUPLICATE).inc()
+        self._update_gauges()
+        log.error(
+            "PQC CA refused %s as a duplicate (classical SVID serial %x): the keys it certified for this "
+            "SVID are not in this agent's state directory (wiped, lost, or another agent holds the SVID). "
+            "Not retrying; PQC credentials resume with the next classical SVID (by %s)",
+            svid.spiffe_id,
+            svid.leaf.serial_number,
+            svid.not_after.isoformat(),
+        )
 
     async def _issue_once(
         self, svid: ClassicalSvid, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
@@ -227,6 +373,7 @@ class PqcProvisioner:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.gather(*self._writes, return_exceptions=True)  # failures are reported by _kept
         self._slots.clear()
         self.changes.close()
         await self._ca.close()

@@ -1,8 +1,13 @@
 """The node agent: identity source + PQC provisioner + the Unix-socket gRPC server, with one lifecycle.
 
 Lifecycle mirrors ``asyncio.Server`` (STYLE.md §6): ``await start()``, ``await close()`` (graceful:
-open streams end with UNAVAILABLE so clients reconnect elsewhere or to the restarted agent), or
+tunnels stop accepting and their open connections get ``agent.shutdown_grace`` to finish, then open
+streams end with UNAVAILABLE so clients reconnect elsewhere or to the restarted agent), or
 ``async with Agent(config):``. Signals and ``asyncio.run`` belong to ``spire_pqc.cli.agent``.
+
+Start never waits for PQC credentials: the agent serves what it can at once (the standard Workload
+API, credentials restored from ``agent.state_dir``), and tunnels refuse connections until their
+identity has credentials. ``/ready`` (:attr:`Agent.ready`) says whether it serves PQC credentials.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
+from spire_pqc.agent.state import StateDirectory
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
 from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
 from spire_pqc.bundle import X509Bundle
@@ -83,6 +89,7 @@ class Agent:
         self._health: HealthServer | None = None
         self._own: OwnIdentity | None = None
         self._provisioner: PqcProvisioner | None = None
+        self._state: StateDirectory | None = None
         self._closing = False
         self._identities: dict[tuple[SpiffeId, frozenset[str]], AgentSvidSource] = {}
         self.tunnels: list[OutboundTunnel | InboundTunnel] = []
@@ -118,8 +125,18 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        """Serving, and the identity source can answer (PQC readiness is reported by metrics)."""
-        return self.live and self._source is not None and self._source.ready
+        """Serving, the identity source can answer, and PQC credentials are served.
+
+        Not ready while the agent holds classical SVIDs (of workloads that asked, or of its tunnels)
+        and none of them has usable PQC credentials: the PQC CA is unreachable or refusing for all.
+        """
+        return (
+            self.live
+            and self._source is not None
+            and self._source.ready
+            and self._provisioner is not None
+            and self._provisioner.ready
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -143,6 +160,20 @@ class Agent:
         if self._server is not None:
             raise SpirePqcError("agent already started")
         federated = _load_federated(self.config)
+        if self.config.state_dir is not None:
+            # First: it is locked, so a second agent on the same state (and, by default, the same
+            # socket directory) stops here instead of taking the first one's socket away.
+            state = StateDirectory(self.config.state_dir)
+            loaded = await asyncio.to_thread(state.open)
+            self._state = state
+            log.info("state directory %s: %d kept PQC credential record(s)", state.path, loaded)
+        try:
+            await self._start_serving(federated)
+        except BaseException:
+            await self.close()  # e.g. a tunnel's port is taken: do not leave a half-started agent behind
+            raise
+
+    async def _start_serving(self, federated: dict[TrustDomain, bytes]) -> None:
         if self._source is None:
             self._source = self._build_source()
         await self._source.start()
@@ -154,6 +185,7 @@ class Agent:
             retry_max=self.config.retry_max,
             metrics=self.metrics,
             static_bundles=federated,
+            state=self._state,
         )
         services = build_services(
             self._source, self._provisioner, self._tracker, self.metrics, first_pqc_wait=self._first_pqc_wait
@@ -167,11 +199,7 @@ class Agent:
         await server.start(path=str(path), backlog=4096)
         os.chmod(path, self.config.socket_mode)
         self._server = server
-        try:
-            await self._start_tunnels()
-        except BaseException:
-            await self.close()  # e.g. a tunnel's port is taken: do not leave a half-started agent behind
-            raise
+        await self._start_tunnels()
         if self.config.health_address is not None:
             host, port = self.config.health_address
             self._health = HealthServer(
@@ -258,9 +286,12 @@ class Agent:
                 await asyncio.wait_for(self._server.wait_closed(), grace)
             self._server.close_connections()
         with contextlib.suppress(FileNotFoundError):
-            self.config.socket_path.unlink()
+            if self._server is not None:  # never the socket of another agent that refused us
+                self.config.socket_path.unlink()
         if self._health is not None:
             await self._health.close()
+        if self._state is not None:
+            self._state.close()
         log.info("agent stopped")
 
     async def __aenter__(self) -> Agent:

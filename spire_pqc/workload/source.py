@@ -61,16 +61,25 @@ class HybridX509Source:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
+        self._last_error: SpirePqcError | None = None  # why the stream last broke (reported by start())
         self._closed = False
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, timeout: float | None = None) -> None:
-        """Connect and wait for the first verified update (raise its error if it fails fatally)."""
+        """Connect and wait for the first verified update (raise its error if it fails fatally).
+
+        Without one within ``timeout`` seconds, raise UnavailableError carrying the agent's last
+        answer (e.g. why it has no PQC credentials for this workload), not a bare TimeoutError.
+        """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="spire-pqc-hybrid-source")
-        await self.wait_until_updated(timeout, since=0)
+        try:
+            await self.wait_until_updated(timeout, since=0)
+        except TimeoutError as exc:
+            why = f"; last answer: {self._last_error}" if self._last_error is not None else ""
+            raise UnavailableError(f"no hybrid SVID from the agent within {timeout}s{why}") from exc
 
     async def close(self) -> None:
         self._closed = True
@@ -159,6 +168,7 @@ class HybridX509Source:
                     delay = self._retry_initial
                     self._wake()
             except (UnavailableError, AuthorizationError) as exc:
+                self._last_error = exc
                 log.info("hybrid stream interrupted (%s); reconnecting in about %.1fs", exc, delay)
             except SpirePqcError as exc:
                 log.warning("hybrid source stopped: %s", exc)
