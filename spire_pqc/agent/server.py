@@ -238,10 +238,10 @@ class Agent:
         return identity
 
     async def _start_tunnels(self) -> None:
+        # No waiting for credentials: a tunnel refuses connections (counted, logged once) until its
+        # identity has them, while everything else this agent serves goes on.
         for tc in self.config.tunnels:
             identity = self.tunnel_identity(tc.spiffe_id, tc.selectors)
-            # Inbound listeners ask for the SVID on every accept: have one before listening.
-            await identity.wait_ready(max(self._first_pqc_wait, 10.0))
             tunnel: OutboundTunnel | InboundTunnel
             if tc.direction == "outbound":
                 assert tc.remote is not None
@@ -261,12 +261,16 @@ class Agent:
             self.tunnels.append(tunnel)
 
     async def close(self) -> None:
-        """Graceful stop: end open streams with UNAVAILABLE, stop the server, forget every key."""
+        """Graceful stop: drain the tunnels, end open streams with UNAVAILABLE, stop the server.
+
+        The keys in memory are forgotten; those in the state directory stay for the next start.
+        """
         if self._closing:
             return
         self._closing = True
-        for tunnel in self.tunnels:
-            await tunnel.close()
+        grace = self.config.shutdown_grace.total_seconds()
+        # Tunnels first, all at once, while their identities and the Workload API still serve.
+        await asyncio.gather(*(tunnel.drain(grace) for tunnel in self.tunnels))
         for identity in self._identities.values():
             await identity.close()
         if self._source is not None:
@@ -276,7 +280,6 @@ class Agent:
         if self._own is not None:
             await self._own.close()
         if self._server is not None:
-            grace = self.config.shutdown_grace.total_seconds()
             # Give handlers a moment to send their final status before grpclib cancels the rest.
             deadline = asyncio.get_running_loop().time() + grace
             while self.metrics.open_stream_count() > 0 and asyncio.get_running_loop().time() < deadline:

@@ -11,6 +11,14 @@ Bytes are pumped both ways with back-pressure (``drain()`` after each chunk), ha
 (EOF on one side becomes ``write_eof`` on the other: a TLS close_notify, RFC 8446 §6.1, or a TCP FIN),
 and the connection is closed once both directions ended. Counters (:class:`TunnelStats`) feed the
 agent's ``/metrics``; every refusal is logged with the peer and the reason.
+
+A tunnel starts listening whether or not its identity has credentials yet: until they exist (the
+PQC CA unreachable or refusing), each connection is refused at once, counted as ``unavailable`` and
+logged once per outage, and the tunnel carries traffic as soon as they arrive.
+
+Shutdown (:meth:`~OutboundTunnel.drain`): stop accepting, let open connections finish within a grace
+period, then cut the rest with a reset, never a clean end of stream, so that neither end mistakes a
+cut transfer for a complete one.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from spire_pqc.agent.outage import Outage
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (
     Authorizer,
@@ -54,6 +63,8 @@ class TunnelStats:
     accepted: int = 0  # connections carried
     refused: int = 0  # refused for the peer's credentials or authorization
     failed: int = 0  # network failures (remote or target unreachable, resets)
+    unavailable: int = 0  # refused because this agent has no credentials for the tunnel's identity yet
+    cut: int = 0  # still open at shutdown when the grace period ended
     open: int = 0
     bytes_out: int = 0  # towards the remote side (over the channel)
     bytes_in: int = 0  # from the remote side
@@ -104,6 +115,12 @@ async def splice(
             await asyncio.gather(*pending, return_exceptions=True)
             stats.failed += 1
             log.info("tunnel connection ended with an error: %s", errors[0])
+    except asyncio.CancelledError:
+        # Cut (shutdown after the grace period): a reset on both sides, never a clean end of stream
+        # (TLS close_notify or TCP FIN) that a peer would take for the end of a complete transfer.
+        local[1].transport.abort()
+        remote[1].transport.abort()
+        raise
     finally:
         for task in tasks:
             task.cancel()
@@ -115,12 +132,14 @@ async def splice(
 
 
 class _Tunnel:
-    """Shared lifecycle: connection tasks are tracked so ``close()`` ends them cleanly."""
+    """Shared lifecycle: connection tasks are tracked so ``drain()`` and ``close()`` can end them."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, source: HybridSvidSource) -> None:
         self.name = name
         self.stats = TunnelStats()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._source = source
+        self._no_credentials = Outage(log, f"tunnel {name}: refusing connections, no credentials yet")
 
     def _track(self) -> None:
         task = asyncio.current_task()
@@ -128,9 +147,31 @@ class _Tunnel:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _cancel_connections(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """Whether the tunnel's identity has credentials (else it refuses connections)."""
+        try:
+            self._source.get_hybrid_svid()
+        except UnavailableError:
+            return False
+        return True
+
+    def _unavailable(self, exc: UnavailableError) -> None:
+        self.stats.unavailable += 1
+        self._no_credentials.hit(exc)
+
+    async def _finish_connections(self, grace: float) -> None:
+        """Let the tracked connections finish for up to ``grace`` seconds, then cut the rest."""
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
+        if tasks and grace > 0:
+            _, still_open = await asyncio.wait(tasks, timeout=grace)
+            tasks = list(still_open)
+        if tasks:
+            self.stats.cut += len(tasks)
+            log.warning(
+                "tunnel %s: cutting %d connection(s) still open after the grace period", self.name, len(tasks)
+            )
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -152,7 +193,7 @@ class OutboundTunnel(_Tunnel):
         mode: Mode | str = Mode.HYBRID,
         allow_non_loopback: bool = False,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, source)
         if not peer_ids:
             raise ConfigError(f"tunnel {name}: peer_ids must name at least one SPIFFE ID")
         if not allow_non_loopback and not is_loopback(listen[0]):
@@ -162,7 +203,6 @@ class OutboundTunnel(_Tunnel):
         self.remote = remote
         self.mode = Mode.parse(mode)
         self._authorizer: Authorizer = authorize_one_of(*peer_ids)
-        self._source = source
         self._classical = classical_bundles
         self._pqc = pqc_bundles
         self._server: asyncio.Server | None = None
@@ -188,6 +228,13 @@ class OutboundTunnel(_Tunnel):
         client = writer.get_extra_info("peername")
         host, port = self.remote
         try:
+            self._source.get_hybrid_svid()  # refuse at once, before dialling, while we have no credentials
+        except UnavailableError as exc:
+            self._unavailable(exc)
+            writer.transport.abort()  # a reset: the client must not read this as an empty answer
+            return
+        self._no_credentials.clear()
+        try:
             remote = await asyncio.wait_for(
                 open_connection(
                     host, port, source=self._source, authorizer=self._authorizer,
@@ -195,10 +242,9 @@ class OutboundTunnel(_Tunnel):
                 ),
                 _CONNECT_TIMEOUT,
             )  # fmt: skip
-        except UnavailableError as exc:  # our own identity is not ready: not the remote's fault
-            self.stats.failed += 1
-            log.warning("tunnel %s: no local credentials yet: %s", self.name, exc)
-            await _close(writer)
+        except UnavailableError as exc:  # our own identity went away meanwhile: not the remote's fault
+            self._unavailable(exc)
+            writer.transport.abort()
             return
         except SpirePqcError as exc:
             self.stats.refused += 1
@@ -221,23 +267,31 @@ class OutboundTunnel(_Tunnel):
         finally:
             self.stats.open -= 1
 
-    async def close(self) -> None:
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; open connections get ``grace`` seconds to finish, the rest are cut."""
         if self._server is not None:
             self._server.close()
-        await self._cancel_connections()
+        await self._finish_connections(grace)
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def close(self) -> None:
+        """Stop at once: open connections are cut."""
+        await self.drain(0.0)
 
 
 class _RefusalLog(deque[SpirePqcError]):
     """The channel server's refusal log, counted into the tunnel's stats (the deque itself is bounded)."""
 
-    def __init__(self, stats: TunnelStats) -> None:
+    def __init__(self, tunnel: InboundTunnel) -> None:
         super().__init__(maxlen=64)
-        self._stats = stats
+        self._tunnel = tunnel
 
     def append(self, item: SpirePqcError) -> None:
-        self._stats.refused += 1
+        if isinstance(item, UnavailableError):
+            self._tunnel._unavailable(item)  # our own credentials are missing, not the peer's fault
+        else:
+            self._tunnel.stats.refused += 1
         super().append(item)
 
 
@@ -257,7 +311,7 @@ class InboundTunnel(_Tunnel):
         allowed_trust_domain: TrustDomain | str | None = None,
         mode: Mode | str = Mode.HYBRID,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, source)
         authorizer: Authorizer
         if allowed_ids and allowed_trust_domain is None:
             authorizer = authorize_one_of(*allowed_ids)
@@ -269,7 +323,6 @@ class InboundTunnel(_Tunnel):
         self.target = target
         self.mode = Mode.parse(mode)
         self._authorizer = authorizer
-        self._source = source
         self._classical = classical_bundles
         self._pqc = pqc_bundles
         self._server: SecureServer | None = None
@@ -286,7 +339,7 @@ class InboundTunnel(_Tunnel):
             classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
         )  # fmt: skip
         # The channel server logs each refusal with the peer address and reason; we count them.
-        self._server.failures = _RefusalLog(self.stats)
+        self._server.failures = _RefusalLog(self)
         log.info(
             "tunnel %s: %s %s:%d → %s:%d",
             self.name, self.mode.value, self.listen[0], self.port, self.target[0], self.target[1],
@@ -294,6 +347,7 @@ class InboundTunnel(_Tunnel):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track()
+        self._no_credentials.clear()
         peer = writer.get_extra_info("peer_id")
         try:
             local = await asyncio.wait_for(asyncio.open_connection(*self.target), _CONNECT_TIMEOUT)
@@ -309,12 +363,17 @@ class InboundTunnel(_Tunnel):
         finally:
             self.stats.open -= 1
 
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; connections (also those still in their handshake) get ``grace`` seconds to
+        finish, the rest are cut."""
+        if self._server is None:
+            return
+        self.stats.cut += await self._server.drain(grace)
+        await self._server.wait_closed()
+
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        await self._cancel_connections()
-        if self._server is not None:
-            await self._server.wait_closed()
+        """Stop at once: open connections are cut."""
+        await self.drain(0.0)
 
 
 class TunnelCollector(Collector):
@@ -338,7 +397,13 @@ class TunnelCollector(Collector):
         for tunnel in self._tunnels():
             base = [tunnel.name, "outbound" if isinstance(tunnel, OutboundTunnel) else "inbound"]
             s = tunnel.stats
-            for result, value in (("accepted", s.accepted), ("refused", s.refused), ("failed", s.failed)):
+            for result, value in (
+                ("accepted", s.accepted),
+                ("refused", s.refused),
+                ("failed", s.failed),
+                ("unavailable", s.unavailable),
+                ("cut", s.cut),
+            ):
                 connections.add_metric([*base, result], value)
             open_now.add_metric(base, s.open)
             carried.add_metric([*base, "out"], s.bytes_out)

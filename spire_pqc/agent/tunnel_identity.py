@@ -5,7 +5,9 @@ provisioner for its PQC credentials (the same slots the Workload API uses, so a 
 workload of the same ID share one issuance) and answers the channel's three questions: the current
 hybrid SVID (``HybridSvidSource``), the classical bundles and the PQC bundles (``BundleSource``).
 Each new tunnel connection asks again, so it uses the credentials current at that moment; open
-connections keep the ones they were set up with.
+connections keep the ones they were set up with. Until credentials exist (the SPIRE agent or the PQC
+CA unreachable, a refusal), :meth:`AgentSvidSource.get_hybrid_svid` raises UnavailableError and the
+tunnels refuse connections; nothing waits for them, so the agent starts and serves regardless.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from cryptography import x509
-
 from spire_pqc.agent.model import PqcCredentials, X509State
+from spire_pqc.agent.outage import Outage
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.errors import SpirePqcError, UnavailableError
@@ -27,22 +28,6 @@ from spire_pqc.svid import HybridSvid
 log = logging.getLogger(__name__)
 
 StateWatch = Callable[[SpiffeId], AsyncIterator[X509State]]
-
-
-def hybrid_svid(credentials: PqcCredentials) -> HybridSvid:
-    """Assemble the channel's HybridSvid from the agent's PQC credentials (keys checked on construction)."""
-    load = x509.load_der_x509_certificate
-    classical = credentials.classical
-    return HybridSvid(
-        spiffe_id=classical.spiffe_id,
-        classical_chain=classical.chain,
-        classical_key=classical.key,
-        pqc_chain=tuple(load(c) for c in credentials.pqc_chain),
-        pqc_key=credentials.pqc_key,
-        kem_chain=tuple(load(c) for c in credentials.kem_chain),
-        kem_key=credentials.kem_key,
-        hint=classical.hint,
-    )
 
 
 def _bundle_set(bundles: Mapping[TrustDomain, bytes]) -> BundleSet:
@@ -77,6 +62,7 @@ class AgentSvidSource:
         self._pqc = _PqcBundles(provisioner)
         self._cached: tuple[PqcCredentials, HybridSvid] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, f"tunnel identity {spiffe_id} unavailable (retrying every second)")
 
     @property
     def pqc_bundles(self) -> _PqcBundles:
@@ -89,26 +75,15 @@ class AgentSvidSource:
         while True:
             try:
                 async for state in self._watch(self.spiffe_id):
+                    self._outage.clear()
                     self._state = state
                     self._classical = _bundle_set(state.bundles)
-                    self._provisioner.ensure(state.svids)
+                    self._provisioner.ensure(state.svids, state.bundles)
             except SpirePqcError as exc:
                 if isinstance(exc, UnavailableError) and self._provisioner.changes.closed:
                     return  # the agent is shutting down
-                log.warning("tunnel identity %s unavailable (retrying): %s", self.spiffe_id, exc)
+                self._outage.hit(exc)
             await asyncio.sleep(1.0)
-
-    async def wait_ready(self, timeout: float) -> None:
-        """Wait until a hybrid SVID is available (raise UnavailableError after ``timeout``)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                self.get_hybrid_svid()
-                return
-            except UnavailableError:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise
-                await asyncio.sleep(0.02)
 
     def get_hybrid_svid(self) -> HybridSvid:
         state = self._state
@@ -116,10 +91,13 @@ class AgentSvidSource:
             raise UnavailableError(f"no classical SVID yet for {self.spiffe_id}")
         credentials = self._provisioner.credentials_for(state.svids[0])
         if credentials is None:
-            raise UnavailableError(f"no PQC credentials yet for {self.spiffe_id}")
+            why = self._provisioner.last_error(state.svids[0])
+            raise UnavailableError(
+                f"no PQC credentials yet for {self.spiffe_id}" + (f": {why}" if why else "")
+            )
         # Same object for the same credentials: the channel caches its TLS context per SVID object.
         if self._cached is None or self._cached[0] is not credentials:
-            self._cached = (credentials, hybrid_svid(credentials))
+            self._cached = (credentials, credentials.hybrid_svid())
         return self._cached[1]
 
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:

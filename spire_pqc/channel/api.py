@@ -37,7 +37,7 @@ from spire_pqc.channel.session import (
 )
 from spire_pqc.channel.sources import ChannelConfig, HybridSvidSource, Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
-from spire_pqc.errors import SpirePqcError
+from spire_pqc.errors import SpirePqcError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.svid import HybridSvid
 
@@ -134,6 +134,14 @@ async def open_connection(
 ClientConnected = Callable[[asyncio.StreamReader, SecureStreamWriter], Awaitable[None] | None]
 
 
+class _Refuse(asyncio.Protocol):
+    """Closes an accepted connection at once (this server has no SVID to present yet)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+
+
 class SecureServer:
     """A listening channel server; ``async with`` closes it. ``failures`` keeps recent refusals."""
 
@@ -159,8 +167,15 @@ class SecureServer:
         self.failures: deque[SpirePqcError] = deque(maxlen=64)
         self.accepted = 0
 
-    def _protocol(self) -> TlsProtocol:
-        svid = self._config.source.get_hybrid_svid()
+    def _protocol(self) -> asyncio.Protocol:
+        try:
+            svid = self._config.source.get_hybrid_svid()
+        except UnavailableError as exc:
+            # Raising here would leave the accepted socket to the garbage collector; refuse it instead.
+            # Counted in ``failures`` (bounded); not logged per connection, which any client could flood.
+            self.failures.append(exc)
+            log.debug("refusing a connection: no SVID to present yet (%s)", exc)
+            return _Refuse()
         proto = TlsProtocol(self._contexts.get(svid), server_side=True)
         task = asyncio.get_running_loop().create_task(self._setup(proto, svid))
         self._tasks.add(task)
@@ -213,6 +228,17 @@ class SecureServer:
             self._server.close()
         for task in self._tasks:
             task.cancel()
+
+    async def drain(self, grace: float) -> int:
+        """Stop accepting; connections already accepted (in setup or in the callback) get ``grace``
+        seconds to finish, the rest are cancelled. Returns how many were cancelled."""
+        if self._server is not None:
+            self._server.close()
+        tasks = set(self._tasks)
+        if tasks and grace > 0:
+            _, tasks = await asyncio.wait(tasks, timeout=grace)
+        self.close()
+        return len(tasks)
 
     async def wait_closed(self) -> None:
         if self._server is not None:

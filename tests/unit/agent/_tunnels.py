@@ -1,8 +1,8 @@
 """Helpers for tunnel tests: an agent hosting a tunnel pair, small local servers, a plaintext client.
 
-Each dev source generates its own CA, so two dev agents would not trust each other; the tunnel pair
-(outbound "client side" → inbound "server side") therefore lives in one agent, with two service
-identities, which still sends every byte through a real hybrid channel over loopback TCP.
+The tunnel pair (outbound "client side" → inbound "server side") lives in one agent, with two service
+identities, which still sends every byte through a real hybrid channel over loopback TCP (pairs
+across two agents sharing a dev CA directory: tests/integration/test_dev_agents_shared_ca.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,12 +39,13 @@ def tunnel_config(
     allowed: dict[str, Any] | None = None,
     outbound_mode: str = "hybrid",
     inbound_mode: str = "hybrid",
+    grace: str = "1s",
 ) -> AgentConfig:
     inbound_port = free_port()
     entries = [{"spiffe_id": sid, "selectors": [NOBODY]} for sid in (CLIENT_ID, SERVER_ID)]
     return parse(
         {
-            "agent": {"socket_path": str(short_dir() / "agent.sock"), "shutdown_grace": "1s"},
+            "agent": {"socket_path": str(short_dir() / "agent.sock"), "shutdown_grace": grace},
             "source": {
                 "kind": "dev",
                 "dev": {"trust_domain": TRUST_DOMAIN, "svid_ttl": ttl, "entries": entries},
@@ -79,7 +81,16 @@ async def tunnel_agent(config: AgentConfig) -> AsyncIterator[tuple[Agent, Outbou
     async with running_agent(config) as agent:
         out, inb = agent.tunnels
         assert isinstance(out, OutboundTunnel) and isinstance(inb, InboundTunnel)
+        await wait_ready(out, inb)
         yield agent, out, inb
+
+
+async def wait_ready(*tunnels: OutboundTunnel | InboundTunnel, timeout: float = 30.0) -> None:
+    """Tunnels start without waiting for credentials; tests that carry data wait for them."""
+    deadline = time.monotonic() + timeout
+    while not all(t.ready for t in tunnels):
+        assert time.monotonic() < deadline, "tunnel identities got no credentials"
+        await asyncio.sleep(0.01)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

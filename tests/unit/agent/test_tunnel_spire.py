@@ -19,7 +19,7 @@ from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from tests.unit.agent._support import short_dir
-from tests.unit.agent._tunnels import free_port, http_handler, local_server
+from tests.unit.agent._tunnels import free_port, http_handler, local_server, wait_ready
 from tests.unit.agent.test_delegated import TD, WORKLOAD, FakeSpireAgent
 
 SELECTORS = ["unix:uid:4242", "unix:gid:4242"]
@@ -79,6 +79,7 @@ async def test_tunnel_pair_with_spire_selectors() -> None:
             async with Agent(config, ca_client=LocalCAClient(issuer)) as agent:
                 out, inb = agent.tunnels
                 assert isinstance(out, OutboundTunnel) and isinstance(inb, InboundTunnel)
+                await wait_ready(out, inb)
                 reader, writer = await asyncio.open_connection("127.0.0.1", out.port)
                 writer.write(b"GET /spire HTTP/1.0\r\n\r\n")
                 response = await asyncio.wait_for(reader.read(), 10)
