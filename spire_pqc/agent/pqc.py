@@ -121,18 +121,18 @@ class PqcProvisioner:
         slot = self._slots.get(svid.leaf_hash)
         return slot.last_error if slot is not None else None
 
-    @property
-    def ready(self) -> bool:
-        """False while the agent holds classical SVIDs and none of them has usable PQC credentials.
-
-        That is the state in which the PQC CA is unreachable or refusing for every identity served;
-        with no classical SVID asked for yet, there is nothing to be unready about.
-        """
+    def serving(self) -> bool:
+        """Whether some classical SVID held has usable PQC credentials."""
         now = self._clock()
-        current = [s for s in self._slots.values() if s.svid.not_after > now]
-        return not current or any(
-            s.credentials is not None and s.credentials.not_after > now for s in current
+        return any(
+            s.credentials is not None and s.credentials.not_after > now and s.svid.not_after > now
+            for s in self._slots.values()
         )
+
+    def holding(self) -> bool:
+        """Whether some current classical SVID was asked for (by a workload or a tunnel)."""
+        now = self._clock()
+        return any(s.svid.not_after > now for s in self._slots.values())
 
     async def wait_attempted(self, svids: Sequence[ClassicalSvid], timeout: float) -> None:
         """Wait (at most ``timeout``) until each SVID's first issuance attempt finished."""

@@ -125,18 +125,17 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        """Serving, the identity source can answer, and PQC credentials are served.
+        """Serving, the identity source can answer, and PQC credentials are served (``/ready``).
 
-        Not ready while the agent holds classical SVIDs (of workloads that asked, or of its tunnels)
-        and none of them has usable PQC credentials: the PQC CA is unreachable or refusing for all.
+        PQC credentials count as served when at least one identity has usable ones, or when there is
+        nothing to serve yet (no tunnels configured, no workload has asked). So the agent is not ready
+        while it has tunnels or callers and not one of their identities has PQC credentials: the PQC
+        CA is unreachable or refusing for all of them (or SPIRE gives the tunnels no SVID).
         """
-        return (
-            self.live
-            and self._source is not None
-            and self._source.ready
-            and self._provisioner is not None
-            and self._provisioner.ready
-        )
+        if not self.live or self._source is None or not self._source.ready or self._provisioner is None:
+            return False
+        provisioner = self._provisioner
+        return provisioner.serving() or (not provisioner.holding() and not self.config.tunnels)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 

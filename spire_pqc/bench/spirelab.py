@@ -1,4 +1,4 @@
-"""Drives real spire-server / spire-agent processes (loopback and Unix sockets only).
+"""Drives real spire-server / spire-agent / spire-pqc agent processes (loopback and Unix sockets only).
 
 Used by the integration tests and by `spire-pqc bench composer`. The binaries come from
 `make spire` (scripts/build-spire.sh) in ~/.cache/spire-pqc; a missing binary raises with the
@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -380,6 +382,114 @@ plugins {{
         shutil.rmtree(self.admin_dir, ignore_errors=True)
 
 
+@dataclass
+class PqcAgent:
+    """A ``spire-pqc agent run`` process (this interpreter) with its TOML configuration and log.
+
+    ``config`` must set ``[health] listen_address = "127.0.0.1:<health_port>"``: readiness and
+    metrics are read there, as an operator's probes would.
+    """
+
+    workdir: Path
+    config: str
+    health_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() of the last start
+    _log: IO[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "spire-pqc-agent.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "spire-pqc-agent.log"
+
+    def start(self, *, wait_live: bool = True, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()/kill()
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spire_pqc.cli", "agent", "run", "-c", str(self.config_path),
+             "--log-format", "json"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )  # fmt: skip
+        if wait_live:
+            self.wait_for(lambda: self.probe("/live") == 200, "/live", timeout)
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> float:
+        """Poll ``condition``; return the seconds it took; fail (with the log) if the agent exits."""
+        started = time.monotonic()
+        while not condition():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SpireLabError(
+                    f"spire-pqc agent exited with {self.proc.returncode} waiting for {what}:\n{self.log_tail()}"
+                )
+            if time.monotonic() - started > timeout:
+                raise SpireLabError(f"spire-pqc agent: no {what} after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Wait for ``/ready`` (PQC credentials served); return the seconds it took."""
+        return self.wait_for(lambda: self.probe("/ready") == 200, "/ready", timeout)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def probe(self, path: str) -> int | None:
+        """The status of ``path`` on the health port, or None while nothing answers."""
+        try:
+            return self.get(path)[0]
+        except (OSError, urllib.error.URLError):
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of ``/metrics`` (0 when absent), e.g. ``metric("…_total", result="duplicate")``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.get("/metrics")[1]):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM and wait (the graceful stop); return the exit status."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self._closed()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._closed()
+
+    def _closed(self) -> int | None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode if self.proc is not None else None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.terminate()
@@ -391,7 +501,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextlib.contextmanager
-def running(*processes: SpireServer | SpireAgent) -> Iterator[None]:
+def running(*processes: SpireServer | SpireAgent | PqcAgent) -> Iterator[None]:
     try:
         yield
     finally:

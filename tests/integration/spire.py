@@ -1,6 +1,7 @@
 """The SPIRE process harness, shared with `spire-pqc bench composer` (spire_pqc.bench.spirelab)."""
 
 from spire_pqc.bench.spirelab import (
+    PqcAgent,
     SpireAgent,
     SpireServer,
     cleanup,
@@ -12,6 +13,7 @@ from spire_pqc.bench.spirelab import (
 )
 
 __all__ = [
+    "PqcAgent",
     "SpireAgent",
     "SpireServer",
     "cleanup",
