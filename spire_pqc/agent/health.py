@@ -1,9 +1,9 @@
 """Liveness, readiness and Prometheus metrics over a tiny asyncio HTTP/1.1 responder (loopback only).
 
 ``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 once the identity source
-can answer callers (503 otherwise); ``GET /metrics`` → Prometheus text format 0.0.4. One request per
-connection, bounded request head, nothing else is parsed: this is an operations port, not a web
-server.
+can answer callers and PQC credentials are served (503 otherwise; see ``Agent.ready``);
+``GET /metrics`` → Prometheus text format 0.0.4. One request per connection, bounded request head,
+nothing else is parsed: this is an operations port, not a web server.
 """
 
 from __future__ import annotations
