@@ -164,8 +164,7 @@ def _server(workdir: Path, endpoint_port: int, delegates: list[str]) -> SpireSer
             "intermediate_cert_path": str(pqc_dir / "intermediate.crt.pem"),
             "pqc_bundle_path": str(pqc_dir / "root.crt.pem"),
             "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
-            "authorized_agents": delegates,
-            "ledger_path": str(workdir / "ledger.jsonl"),
+            "authorized_agents": delegates,  # the default in-memory ledger: its rules are all we need
         },
     )
 
