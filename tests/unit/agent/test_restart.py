@@ -122,7 +122,8 @@ class Node:
 
     def agent(self) -> tuple[Agent, SameSvidSource]:
         source = SameSvidSource(self.authority, self.svid)
-        return Agent(self.config, source=source, ca_client=self.ca, first_pqc_wait=2.0), source
+        # A first request waits for the first attempt (up to 10 s on a loaded machine, at once normally).
+        return Agent(self.config, source=source, ca_client=self.ca, first_pqc_wait=10.0), source
 
     @property
     def state_dir(self) -> Path:

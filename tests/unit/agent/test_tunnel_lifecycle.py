@@ -155,7 +155,8 @@ async def test_connections_still_open_after_the_grace_are_cut_with_a_reset() -> 
         started = time.monotonic()
         await agent.close()
         assert time.monotonic() - started < 10
-        assert out.stats.cut == 1 and inb.stats.cut == 1
+        # The outbound side was cut; the inbound side was cut too, or saw the reset first.
+        assert out.stats.cut == 1 and inb.stats.cut + inb.stats.failed == 1
         # The client sees a reset (or at worst end of stream with no answer), never a clean answer.
         try:
             answer = await asyncio.wait_for(reader.read(), 10)
