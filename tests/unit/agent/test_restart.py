@@ -74,8 +74,8 @@ class SameSvidSource:
     async def close(self) -> None:
         self._state.close()
 
-    def rotate(self) -> None:
-        self.svid = new_svid(self._authority)
+    def rotate(self, ttl: dt.timedelta = dt.timedelta(hours=1)) -> None:
+        self.svid = new_svid(self._authority, ttl)
         self._state.publish(X509State((self.svid,), self.bundles))
 
     async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
@@ -83,8 +83,8 @@ class SameSvidSource:
             yield state
 
 
-def new_svid(authority: DevAuthority) -> ClassicalSvid:
-    cert, key = authority.classical.issue_svid(SpiffeId.parse(ME), ttl=dt.timedelta(hours=1))
+def new_svid(authority: DevAuthority, ttl: dt.timedelta = dt.timedelta(hours=1)) -> ClassicalSvid:
+    cert, key = authority.classical.issue_svid(SpiffeId.parse(ME), ttl=ttl)
     return ClassicalSvid(SpiffeId.parse(ME), (cert,), key, "me")
 
 
@@ -290,3 +290,19 @@ async def test_ready_says_whether_pqc_credentials_are_served(node: Node) -> None
         node.ca.down = False
         await eventually(lambda: agent.ready, "ready once the CA answers")
         await fetch(agent)
+
+
+@pytest.mark.asyncio
+async def test_records_go_when_their_classical_svid_expires(node: Node) -> None:
+    agent, source = node.agent()
+    async with agent:
+        source.rotate(ttl=dt.timedelta(seconds=2))
+        short = source.svid
+        await fetch(agent)  # a workload asks for it
+        await eventually((node.state_dir / f"{short.leaf_hash.hex()}{SUFFIX}").exists, "kept")
+        await asyncio.sleep(max(0.0, (short.not_after - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
+        source.rotate()  # the next state prunes what expired
+        await fetch(agent)
+        names = {p.name for p in node.state_dir.glob(f"*{SUFFIX}")}
+        assert f"{short.leaf_hash.hex()}{SUFFIX}" not in names
+        assert f"{source.svid.leaf_hash.hex()}{SUFFIX}" in names
