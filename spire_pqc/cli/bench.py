@@ -27,7 +27,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=200)
     ca.set_defaults(handler=_ca)
 
-    agent = sub.add_parser("agent", help="rotation fan-out to N open streams, RSS with 100 identities")
+    agent = sub.add_parser(
+        "agent",
+        help="rotation fan-out to N open streams, RSS with 100 identities, restart on a kept state directory",
+    )
     agent.set_defaults(handler=_agent)
 
     channel = sub.add_parser("channel", help="mutual handshake latency and bytes per mode vs classical mTLS")
