@@ -271,6 +271,7 @@ class OutboundTunnel(_Tunnel):
         """Stop accepting; open connections get ``grace`` seconds to finish, the rest are cut."""
         if self._server is not None:
             self._server.close()
+        await asyncio.sleep(0)  # connections accepted just now start their task (and are tracked)
         await self._finish_connections(grace)
         if self._server is not None:
             await self._server.wait_closed()
