@@ -43,7 +43,13 @@ from spire_pqc.ca.request import build_request
 from spire_pqc.crypto.aio import generate_mldsa65, generate_mlkem768, run_crypto
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import IssuanceError, MalformedCredentialError, ParseError, SpirePqcError
+from spire_pqc.errors import (
+    IssuanceError,
+    MalformedCredentialError,
+    ParseError,
+    RefusalReason,
+    SpirePqcError,
+)
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.x509 import certs
 from spire_pqc.x509.load import load_der_certificate
@@ -51,7 +57,6 @@ from spire_pqc.x509.load import load_der_certificate
 log = logging.getLogger(__name__)
 
 
-DUPLICATE = "duplicate"  # IssuanceError.reason of the CA's one-issuance-per-classical-SVID refusal
 _NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
 
 
@@ -223,7 +228,7 @@ class PqcProvisioner:
             try:
                 credentials = await self._issue_once(svid, mldsa, mlkem)
             except IssuanceError as exc:
-                if exc.reason == DUPLICATE:
+                if exc.reason is RefusalReason.DUPLICATE:
                     self._refused_for_good(slot, exc)
                     return
                 self._failed(slot, exc)
@@ -317,7 +322,7 @@ class PqcProvisioner:
             f"{svid.leaf.serial_number:x}), so PQC credentials come with the next classical SVID "
             f"(this one expires at {svid.not_after.isoformat()})"
         )
-        self._metrics.issuance.labels(result=DUPLICATE).inc()
+        self._metrics.issuance.labels(result=RefusalReason.DUPLICATE.value).inc()
         self._update_gauges()
         log.error(
             "PQC CA refused %s as a duplicate (classical SVID serial %x): the keys it certified for this "

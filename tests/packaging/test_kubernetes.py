@@ -110,6 +110,11 @@ def test_daemonset_mounts_what_the_configuration_uses() -> None:
     assert spire_agent["sockets"]["admin"] == {"enabled": True, "mountOnHost": True}
     assert workload_host_dir == str(PurePosixPath(CHART_AGENT_SOCKET_PATH).parent)
     assert socket_host_dir == "/run/spire-pqc/sockets"
+    # The state directory (workloads' PQC private keys) is its own hostPath, not under the socket
+    # directory that workload pods mount.
+    state_dir = config["agent"]["state_dir"]
+    assert volumes[mounts[state_dir]]["hostPath"]["path"] == "/var/lib/spire-pqc"
+    assert not state_dir.startswith(str(PurePosixPath(config["agent"]["socket_path"]).parent))
     assert config["agent"]["production"] is True
     assert pod["hostPID"] is True
     # The container runs the agent from the image's entry point with arguments the CLI accepts.
