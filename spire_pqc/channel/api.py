@@ -26,6 +26,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel.authorize import Authorizer, check_authorizer
 from spire_pqc.channel.context import context_for
@@ -166,6 +167,7 @@ class SecureServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures: deque[SpirePqcError] = deque(maxlen=64)
         self.accepted = 0
+        self._log = LogLimiter()
 
     def _protocol(self) -> asyncio.Protocol:
         try:
@@ -193,11 +195,23 @@ class SecureServer:
                 proof_timeout=self._proof_timeout,
             )
         except SpirePqcError as exc:
+            # Every refusal is kept (and counted by whoever reads ``failures``); a peer can cause
+            # them at will, so the log gets one line per kind of refusal and interval.
             self.failures.append(exc)
-            log.warning("refused %s connection from %s: %s", self._config.mode.value, _peername(proto), exc)
+            self._log.log(
+                log, logging.WARNING, type(exc).__name__, "refused %s connection from %s: %s",
+                self._config.mode.value, _peername(proto), exc,
+            )  # fmt: skip
             return
         except (OSError, asyncio.IncompleteReadError) as exc:
-            log.info("connection from %s failed during setup: %s", _peername(proto), exc)
+            self._log.log(
+                log,
+                logging.INFO,
+                "setup-io",
+                "connection from %s failed during setup: %s",
+                _peername(proto),
+                exc,
+            )
             return
         self.accepted += 1
         reader, writer = _streams(proto, info, self._limit)

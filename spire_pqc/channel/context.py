@@ -83,10 +83,27 @@ def context_for(mode: Mode, svid: HybridSvid) -> SSL.Context:
     return ctx
 
 
+def _reasons(exc: SSL.Error) -> str:
+    """OpenSSL's reasons from a pyOpenSSL error, whatever its shape.
+
+    ``SSL.Error`` carries a list of ``(library, function, reason)`` tuples, but ``SysCallError``
+    carries ``(errno, text)`` — e.g. ``(-1, 'Unexpected EOF')`` when the peer closes mid-handshake —
+    and other shapes exist; none of them may turn a peer's abort into an exception of ours.
+    """
+    if isinstance(exc, SSL.SysCallError):
+        text = exc.args[1] if len(exc.args) > 1 else None
+        return f"the peer closed the connection ({text or 'unexpected EOF'})"
+    items = exc.args[0] if exc.args else None
+    if isinstance(items, list):
+        reasons = [str(item[2]) for item in items if isinstance(item, tuple | list) and len(item) > 2]
+        if reasons:
+            return " / ".join(reasons)
+    return str(exc) or type(exc).__name__
+
+
 def classify_handshake_error(exc: SSL.Error, *, server_side: bool) -> HandshakeError:
     """Turn OpenSSL's error stack into a typed error; a missing hybrid group gets its own type."""
-    reasons = " / ".join(str(item[2]) for item in exc.args[0] if len(item) > 2) if exc.args else ""
-    reasons = reasons or str(exc) or type(exc).__name__
+    reasons = _reasons(exc)
     if "no suitable key share" in reasons or "no shared group" in reasons:
         return NoHybridGroupError(
             f"the peer offered no {HYBRID_GROUP} key exchange (classical-only peer?); "

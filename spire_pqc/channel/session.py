@@ -98,33 +98,26 @@ async def _establish(
     chain = peer_chain(proto)
     now = dt.datetime.now(dt.UTC)
     exporter_value = pq.exporter(proto.tls)
-
-    own_proof: asyncio.Future[pq.Proof] | None = None
-    if config.mode is Mode.HYBRID:
-        # Sign our proof while the peer's TLS chain is checked; send it as early as possible.
-        own_proof = asyncio.ensure_future(
-            run_crypto(functools.partial(pq.make_proof, svid, exporter_value, role=role))
+    # The peer's TLS identity and the authorizer come first: an ML-DSA-65 signature costs about ten
+    # times an ECDSA verification, and a peer that is refused anyway must not be able to make us
+    # sign (issue 9, item 7).
+    peer_id = await _verify_tls_identity(config, chain, now)
+    _authorize(authorizer, peer_id, chain)
+    pqc_chain: tuple[x509.Certificate, ...] = ()
+    if config.mode is Mode.PQ_TLS:
+        pqc_chain = chain
+    elif config.mode is Mode.HYBRID:
+        own_proof = await run_crypto(functools.partial(pq.make_proof, svid, exporter_value, role=role))
+        try:
+            proto.write(own_proof.encode())
+        except ConnectionError as exc:
+            raise ProofMissingError(
+                f"the peer closed the channel before its PQ proof (it may have refused us: {exc})",
+                spiffe_id=str(peer_id),
+            ) from exc
+        pqc_chain = await _receive_proof(
+            proto, config, peer_id, chain, exporter_value, role, proof_timeout, now
         )
-    try:
-        peer_id = await _verify_tls_identity(config, chain, now)
-        _authorize(authorizer, peer_id, chain)
-        pqc_chain: tuple[x509.Certificate, ...] = ()
-        if config.mode is Mode.PQ_TLS:
-            pqc_chain = chain
-        elif own_proof is not None:
-            try:
-                proto.write((await own_proof).encode())
-            except ConnectionError as exc:
-                raise ProofMissingError(
-                    f"the peer closed the channel before its PQ proof (it may have refused us: {exc})",
-                    spiffe_id=str(peer_id),
-                ) from exc
-            pqc_chain = await _receive_proof(
-                proto, config, peer_id, chain, exporter_value, role, proof_timeout, now
-            )
-    finally:
-        if own_proof is not None and not own_proof.done():
-            own_proof.cancel()
     return ConnectionInfo(config.mode, group, role, svid.spiffe_id, peer_id, chain, pqc_chain)
 
 
