@@ -257,3 +257,15 @@ class MessageSignatureError(VerificationError):
     """A PQ-signed message's ML-DSA-65 signature does not verify under the signer's PQC SVID."""
 
     check = "message-signature"
+
+
+# --- the node agent's limits (spire_pqc.agent) ------------------------------------------------
+
+
+class RequestRefusedError(SpirePqcError):
+    """A local caller's request was refused before it was served: too large, malformed, too slow, or
+    over a per-uid limit. ``reason`` is a stable token (the agent's metric label)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")

@@ -9,7 +9,9 @@ must not silently fall back to a default. ``examples/agent/agent.toml`` document
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import ipaddress
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +27,8 @@ __all__ = [
     "CAClientConfig",
     "DevEntry",
     "DevSourceConfig",
+    "Limits",
+    "LocalUsers",
     "SpireSourceConfig",
     "TunnelConfig",
     "load",
@@ -104,13 +108,50 @@ class CAClientConfig:
         return self.addresses[0]
 
 
+# --- limits on what local users can make the agent hold (issue 9; README "Security") ----------
+
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # grpc-go's default receive limit, which SPIRE keeps
+MAX_ID = 4294967294  # the largest valid uid/gid ((uid_t)-1 means "no change" to the kernel)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """``[limits]``: what one local uid can make the agent hold (enforced by agent.connections)."""
+
+    max_connections_per_uid: int = 256
+    max_streams_per_uid: int = 1024
+    idle_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    max_message_size: int = MAX_MESSAGE_SIZE  # not configurable: the Workload API's messages are small
+
+
+@dataclass(frozen=True)
+class LocalUsers:
+    """The local users allowed to use an outbound tunnel: by uid, by gid, or (``anyone``) everyone."""
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    anyone: bool = False
+
+    def allows(self, uid: int | None, gids: frozenset[int] = frozenset()) -> bool:
+        if self.anyone:
+            return True
+        return uid is not None and (uid in self.uids or bool(gids & self.gids))
+
+    def describe(self) -> str:
+        if self.anyone:
+            return "any local user"
+        parts = [f"uids {sorted(self.uids)}"] if self.uids else []
+        parts += [f"gids {sorted(self.gids)}"] if self.gids else []
+        return " or ".join(parts)
+
+
 @dataclass(frozen=True)
 class TunnelConfig:
     """One tunnel (DESIGN.md §4): ``outbound`` (loopback plaintext → channel to ``remote``) or ``inbound``."""
 
     direction: str  # "outbound" | "inbound"
     name: str
-    listen: tuple[str, int]
+    listen: tuple[str, int] | Path  # host:port, or the path of a Unix socket (outbound only)
     spiffe_id: SpiffeId  # the local service whose hybrid SVID the tunnel presents
     mode: str = "hybrid"
     remote: tuple[str, int] | None = None  # outbound
@@ -121,6 +162,8 @@ class TunnelConfig:
     allow_non_loopback: bool = False  # outbound: let non-local processes use this node's identity
     # spire source: the local service's selectors, for Delegated Identity SubscribeToX509SVIDs.
     selectors: frozenset[str] = frozenset()
+    # outbound: who may connect to the listener (required; whoever connects speaks as spiffe_id).
+    local_users: LocalUsers | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +182,7 @@ class AgentConfig:
     # Root-only directory of the workloads' PQC keys and certificates, kept across agent restarts
     # (spire_pqc.agent.state); None keeps them in memory only (programmatic use; the loader sets it).
     state_dir: Path | None = None
+    limits: Limits = Limits()
 
 
 class _Collector:
@@ -201,11 +245,24 @@ class _Collector:
         text = self.string(data, key, prefix, required=required)
         if text is None:
             return None
+        return self.path_text(text, f"{prefix}{key}")
+
+    def path_text(self, text: str, key: str) -> Path | None:
+        if "\x00" in text:
+            self.problem(key, "contains a NUL byte")
+            return None
         path = Path(text)
         if not path.is_absolute():
-            self.problem(f"{prefix}{key}", f"{text!r} must be an absolute path")
+            self.problem(key, f"{text!r} must be an absolute path")
             return None
         return path
+
+    def positive_int(self, data: Mapping[str, Any], key: str, prefix: str, default: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.problem(f"{prefix}{key}", "must be a positive integer")
+            return default
+        return value
 
 
 def _socket_mode(c: _Collector, value: object) -> int:
@@ -377,6 +434,8 @@ _TUNNEL_KEYS = {
         "spiffe_id",
         "selectors",
         "allow_non_loopback",
+        "allowed_uids",
+        "allowed_gids",
     },
     "inbound": {
         "name",
@@ -437,6 +496,77 @@ def _tunnel_selectors(c: _Collector, raw: Mapping[str, Any], where: str, spire: 
     return frozenset(value)
 
 
+def _local_ids(c: _Collector, key: str, value: object, *, groups: bool) -> tuple[frozenset[int], bool] | None:
+    """``allowed_uids`` / ``allowed_gids``: numbers or names (resolved now), or ``"*"`` alone."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in items):
+        c.problem(key, 'must be a list of numeric ids or names, or "*" (every local user)')
+        return None
+    if "*" in items:
+        if len(items) > 1:
+            c.problem(key, '"*" (every local user) stands alone')
+            return None
+        return frozenset(), True
+    ids = set()
+    for item in items:
+        assert isinstance(item, int | str)
+        if isinstance(item, int):
+            if not 0 <= item <= MAX_ID:
+                c.problem(key, f"{item} is not a valid {'gid' if groups else 'uid'}")
+                continue
+            ids.add(item)
+            continue
+        try:
+            ids.add(grp.getgrnam(item).gr_gid if groups else pwd.getpwnam(item).pw_uid)
+        except (KeyError, ValueError):
+            c.problem(key, f"no local {'group' if groups else 'user'} named {item!r}")
+    return frozenset(ids), False
+
+
+def _local_users(
+    c: _Collector, raw: Mapping[str, Any], where: str, allow_non_loopback: bool
+) -> LocalUsers | None:
+    if "allowed_uids" not in raw and "allowed_gids" not in raw:
+        c.problem(
+            where[:-1],
+            'give allowed_uids and/or allowed_gids: the local users who may use this tunnel ("*" for every '
+            "local user); whoever connects to it speaks with the tunnel's SPIFFE ID",
+        )
+        return None
+    uids = gids = frozenset[int]()
+    anyone = False
+    for key, groups in (("allowed_uids", False), ("allowed_gids", True)):
+        if key in raw:
+            found = _local_ids(c, f"{where}{key}", raw[key], groups=groups)
+            if found is None:
+                return None
+            ids, star = found
+            anyone = anyone or star
+            if groups:
+                gids = ids
+            else:
+                uids = ids
+    if allow_non_loopback and not anyone:
+        c.problem(
+            f"{where}allow_non_loopback",
+            'connections from other hosts have no local user: it needs allowed_uids = "*"',
+        )
+    return LocalUsers(uids, gids, anyone)
+
+
+def _listen(
+    c: _Collector, key: str, text: str, *, direction: str, local_only: bool
+) -> tuple[str, int] | Path | None:
+    if text.startswith("unix:"):
+        if direction != "outbound":
+            c.problem(key, "a Unix-socket listener is for outbound tunnels only")
+            return None
+        path = text.removeprefix("unix:")
+        path = "/" + path.lstrip("/") if path.startswith("//") else path
+        return c.path_text(path, key)
+    return _address(c, key, text, loopback_only=local_only)
+
+
 def _tunnel(
     c: _Collector, direction: str, index: int, raw: object, identities: set[SpiffeId] | None, spire: bool
 ) -> TunnelConfig | None:
@@ -458,14 +588,16 @@ def _tunnel(
             c.problem(f"{where}spiffe_id", f"{sid} is not the SPIFFE ID of any [[source.dev.entries]]")
     selectors = _tunnel_selectors(c, raw, where, spire)
     allow_non_loopback = False
+    local_users = None
     if direction == "outbound":
         allow_non_loopback = c.boolean(raw, "allow_non_loopback", where, False)
+        local_users = _local_users(c, raw, where, allow_non_loopback)
     listen_text = c.string(raw, "listen", where, required=True)
     listen = None
     if listen_text is not None:
         # Outbound: whoever reaches the plaintext listener speaks with this node's identity.
         local_only = direction == "outbound" and not allow_non_loopback
-        listen = _address(c, f"{where}listen", listen_text, loopback_only=local_only)
+        listen = _listen(c, f"{where}listen", listen_text, direction=direction, local_only=local_only)
     remote = target = None
     peer_ids: tuple[SpiffeId, ...] = ()
     allowed_ids: tuple[SpiffeId, ...] = ()
@@ -506,6 +638,7 @@ def _tunnel(
         allowed_td,
         allow_non_loopback,
         selectors,
+        local_users,
     )
 
 
@@ -537,9 +670,13 @@ def _tunnels(
     ]
     for name in sorted({n for n in names if names.count(n) > 1}):
         c.problem("tunnel", f"name {name!r} is used by more than one tunnel")
-    listens = [t.listen for t in tunnels if t.listen[1] != 0]
-    for host, port in sorted({a for a in listens if listens.count(a) > 1}):
-        c.problem("tunnel", f"listen address {host}:{port} is used by more than one tunnel")
+    listens = [
+        str(t.listen) if isinstance(t.listen, Path) else f"{t.listen[0]}:{t.listen[1]}"
+        for t in tunnels
+        if isinstance(t.listen, Path) or t.listen[1] != 0
+    ]
+    for address in sorted({a for a in listens if listens.count(a) > 1}):
+        c.problem("tunnel", f"listen address {address} is used by more than one tunnel")
     return tuple(tunnels)
 
 
@@ -565,10 +702,23 @@ def _dev_ca_dir(c: _Collector, data: Mapping[str, Any], state_dir: Path | None) 
     return ca_dir
 
 
+def _limits(c: _Collector, data: Mapping[str, Any]) -> Limits:
+    prefix = "limits."
+    c.unknown(data, {"max_connections_per_uid", "max_streams_per_uid", "idle_timeout"}, prefix)
+    default = Limits()
+    return Limits(
+        max_connections_per_uid=c.positive_int(
+            data, "max_connections_per_uid", prefix, default.max_connections_per_uid
+        ),
+        max_streams_per_uid=c.positive_int(data, "max_streams_per_uid", prefix, default.max_streams_per_uid),
+        idle_timeout=c.duration(data, "idle_timeout", prefix, default.idle_timeout),
+    )
+
+
 def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:
     """Validate decoded TOML; raise ConfigError listing every problem."""
     c = _Collector()
-    c.unknown(data, {"agent", "source", "ca", "pqc", "health", "tunnel"}, "")
+    c.unknown(data, {"agent", "source", "ca", "pqc", "health", "tunnel", "limits"}, "")
     agent = c.table(data, "agent", "", required=True)
     c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace", "state_dir"}, "agent.")
     socket_path = c.absolute_path(agent, "socket_path", "agent.", required=True)
@@ -610,10 +760,12 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
         except SpiffeIdError as exc:
             c.problem(key, str(exc))
             continue
-        if not isinstance(path, str) or not Path(path).is_absolute():
+        if not isinstance(path, str):
             c.problem(key, "must be the absolute path of a PEM file of PQC roots")
             continue
-        federated[td] = Path(path)
+        found = c.path_text(path, key)
+        if found is not None:
+            federated[td] = found
 
     health = c.table(data, "health", "")
     c.unknown(health, {"listen_address"}, "health.")
@@ -621,6 +773,7 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
     health_address = _address(c, "health.listen_address", address_text) if address_text else None
 
     tunnels = _tunnels(c, c.table(data, "tunnel", ""), identity_source)
+    limits = _limits(c, c.table(data, "limits", ""))
 
     if c.problems:
         raise ConfigError(c.problems, source=source)
@@ -638,6 +791,7 @@ def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> Ag
         pqc_federated_bundles=federated,
         tunnels=tunnels,
         state_dir=state_dir,
+        limits=limits,
     )
 
 
@@ -651,4 +805,6 @@ def load(path: str | Path) -> AgentConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except RecursionError:
+        raise ConfigError("not valid TOML: arrays or tables nested too deeply", source=str(path)) from None
     return parse(data, source=str(path))

@@ -5,8 +5,11 @@ functions build messages; the stream loops apply the Workload API rules
 (reference/workload-api-and-peers.md §1):
 
 * every request must carry ``workload.spiffe.io: true`` — otherwise InvalidArgument;
+* the caller is checked (:mod:`spire_pqc.agent.peercred`) before any of the request body is read,
+  and the body is read within the limits of :mod:`spire_pqc.agent.connections` (over 4 MiB:
+  ResourceExhausted; malformed: InvalidArgument; too many requests of one uid: ResourceExhausted);
 * a caller with no identity gets PermissionDenied ("no identity issued"); one whose PID was reused
-  since it connected, too (:mod:`spire_pqc.agent.peercred`);
+  since it connected, too, checked again after the identity source answered and before every send;
 * Unavailable while initialising, while PQC credentials do not exist yet (extension only), or when
   the agent shuts down, so clients retry with backoff;
 * streams send the full state at once and again after each change, never deltas, and never the
@@ -29,24 +32,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.connections import ConnectionRegistry
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller, PqcCredentials, X509State
-from spire_pqc.agent.peercred import PeerTracker, caller_of
+from spire_pqc.agent.peercred import CallerChanged
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
-from spire_pqc.errors import AuthorizationError, SpiffeIdError, UnavailableError, VerificationError
+from spire_pqc.errors import (
+    AuthorizationError,
+    RequestRefusedError,
+    SpiffeIdError,
+    UnavailableError,
+    VerificationError,
+)
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
@@ -57,6 +68,16 @@ HYBRID_SERVICE = "spire_pqc.workload.v1.HybridWorkload"
 NO_JWT = "JWT-SVIDs are not served by this identity source"
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+StreamHandler = Callable[[Stream[Any, Any]], Awaitable[None]]
+
+# How each refusal of RequestRefusedError.reason reaches the caller.
+_REFUSAL_STATUS = {
+    "message_too_large": Status.RESOURCE_EXHAUSTED,
+    "too_many_streams": Status.RESOURCE_EXHAUSTED,
+    "malformed_request": Status.INVALID_ARGUMENT,
+    "request_timeout": Status.DEADLINE_EXCEEDED,
+}
 
 
 # --- pure composition ----------------------------------------------------------------------------
@@ -162,31 +183,50 @@ class _Services:
         self,
         source: IdentitySource,
         provisioner: PqcProvisioner,
-        tracker: PeerTracker,
+        connections: ConnectionRegistry,
         metrics: Metrics,
         *,
         first_pqc_wait: float = 5.0,
     ) -> None:
         self.source = source
         self.provisioner = provisioner
-        self.tracker = tracker
+        self.connections = connections
         self.metrics = metrics
         self.first_pqc_wait = first_pqc_wait
+        self._log = LogLimiter()
 
-    async def begin(self, stream: Stream[Any, Any]) -> Caller:
-        caller, _ = await self.begin_request(stream)
+    def guard(self, handler: StreamHandler) -> StreamHandler:
+        """Every RPC: counted as a request in progress (per-uid cap, idle timer); refusals mapped."""
+
+        async def guarded(stream: Stream[Any, Any]) -> None:
+            try:
+                with self.connections.active(stream):
+                    await handler(stream)
+            except RequestRefusedError as exc:
+                self.refused(stream, exc.reason, logging.INFO, "refused a request: %s", exc)
+                raise GRPCError(_REFUSAL_STATUS.get(exc.reason, Status.INVALID_ARGUMENT), str(exc)) from None
+
+        return guarded
+
+    def refused(self, stream: Stream[Any, Any], reason: str, level: int, msg: str, *args: object) -> None:
+        """Count a refusal; log it (at most one line per reason and interval) with who asked."""
+        self.metrics.requests_refused.labels(reason=reason).inc()
+        self._log.log(log, level, reason, msg + " (%s)", *args, self.connections.describe(stream))
+
+    async def begin(self, stream: Stream[Any, Any], request_type: type[R]) -> Caller:
+        caller, _ = await self.begin_request(stream, request_type)
         return caller
 
-    async def begin_request(self, stream: Stream[Any, Any]) -> tuple[Caller, Any]:
-        """Security header, request decoding, caller attestation — in the order SPIRE applies them."""
+    async def begin_request(self, stream: Stream[Any, Any], request_type: type[R]) -> tuple[Caller, R]:
+        """Security header, caller attestation, then the request: no body byte of an unchecked caller
+        is read."""
         metadata = stream.metadata
         if metadata is None or metadata.get(SECURITY_HEADER) != "true":
+            self.metrics.requests_refused.labels(reason="missing_header").inc()
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
-        try:
-            request = await stream.recv_message()
-        except DecodeError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
-        return self.caller(stream), request
+        caller = self.caller(stream)
+        request = await self.connections.read_request(stream, request_type)
+        return caller, request
 
     def jwt_source(self) -> JwtProfile:
         if not isinstance(self.source, JwtProfile):
@@ -194,9 +234,14 @@ class _Services:
         return self.source
 
     def caller(self, stream: Stream[Any, Any]) -> Caller:
+        """The caller, if it is still the process that connected (PermissionDenied otherwise)."""
         try:
-            return caller_of(self.tracker, stream)
+            return self.connections.caller(stream)
+        except CallerChanged as exc:
+            self.refused(stream, "pid_reused", logging.WARNING, "security event: refused a caller: %s", exc)
+            raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
         except AuthorizationError as exc:
+            self.refused(stream, "caller_unknown", logging.INFO, "refused a caller: %s", exc)
             raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
 
     @contextlib.contextmanager
@@ -214,6 +259,7 @@ class _Services:
         rpc: str,
         compose: Callable[[X509State], M | None],
         *,
+        request_type: type[Message],
         service: str,
         follow_pqc: bool,
         count: Callable[[M], int],
@@ -225,7 +271,7 @@ class _Services:
         credentials. ``compose`` returning None means "not available yet": before anything was
         sent, the first issuance attempt is awaited (bounded), then Unavailable is returned.
         """
-        caller = await self.begin(stream)
+        caller = await self.begin(stream, request_type)
         with self.open_stream(rpc):
             states = self.source.watch(caller)
             pending: asyncio.Future[X509State] | None = None
@@ -301,6 +347,7 @@ class WorkloadAPIService:
             stream,
             "FetchX509SVID",
             compose_x509_svid_response,
+            request_type=wl.X509SVIDRequest,
             service="workload",
             follow_pqc=False,
             count=lambda m: len(m.svids),
@@ -312,6 +359,7 @@ class WorkloadAPIService:
             stream,
             "FetchX509Bundles",
             compose_x509_bundles_response,
+            request_type=wl.X509BundlesRequest,
             service="workload-bundles",
             follow_pqc=False,
             count=lambda m: 0,
@@ -319,7 +367,7 @@ class WorkloadAPIService:
         )
 
     async def fetch_jwt_svid(self, stream: Stream[wl.JWTSVIDRequest, wl.JWTSVIDResponse]) -> None:
-        caller, request = await self._s.begin_request(stream)
+        caller, request = await self._s.begin_request(stream, wl.JWTSVIDRequest)
         source = self._s.jwt_source()
         audience = list(request.audience)
         if not audience or not all(audience):
@@ -339,7 +387,7 @@ class WorkloadAPIService:
         self._s.metrics.identities_served.labels(service="jwt").inc(len(svids))
 
     async def fetch_jwt_bundles(self, stream: Stream[wl.JWTBundlesRequest, wl.JWTBundlesResponse]) -> None:
-        caller = await self._s.begin(stream)
+        caller = await self._s.begin(stream, wl.JWTBundlesRequest)
         source = self._s.jwt_source()
         with self._s.open_stream("FetchJWTBundles"):
             updates = source.watch_jwt_bundles(caller)
@@ -359,7 +407,7 @@ class WorkloadAPIService:
     async def validate_jwt_svid(
         self, stream: Stream[wl.ValidateJWTSVIDRequest, wl.ValidateJWTSVIDResponse]
     ) -> None:
-        _, request = await self._s.begin_request(stream)
+        _, request = await self._s.begin_request(stream, wl.ValidateJWTSVIDRequest)
         source = self._s.jwt_source()
         if not request.audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
@@ -379,22 +427,31 @@ class WorkloadAPIService:
         base = f"/{WORKLOAD_SERVICE}/"
         return {
             base + "FetchX509SVID": Handler(
-                self.fetch_x509_svid, Cardinality.UNARY_STREAM, wl.X509SVIDRequest, wl.X509SVIDResponse
+                self._s.guard(self.fetch_x509_svid),
+                Cardinality.UNARY_STREAM,
+                wl.X509SVIDRequest,
+                wl.X509SVIDResponse,
             ),
             base + "FetchX509Bundles": Handler(
-                self.fetch_x509_bundles,
+                self._s.guard(self.fetch_x509_bundles),
                 Cardinality.UNARY_STREAM,
                 wl.X509BundlesRequest,
                 wl.X509BundlesResponse,
             ),
             base + "FetchJWTSVID": Handler(
-                self.fetch_jwt_svid, Cardinality.UNARY_UNARY, wl.JWTSVIDRequest, wl.JWTSVIDResponse
+                self._s.guard(self.fetch_jwt_svid),
+                Cardinality.UNARY_UNARY,
+                wl.JWTSVIDRequest,
+                wl.JWTSVIDResponse,
             ),
             base + "FetchJWTBundles": Handler(
-                self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, wl.JWTBundlesRequest, wl.JWTBundlesResponse
+                self._s.guard(self.fetch_jwt_bundles),
+                Cardinality.UNARY_STREAM,
+                wl.JWTBundlesRequest,
+                wl.JWTBundlesResponse,
             ),
             base + "ValidateJWTSVID": Handler(
-                self.validate_jwt_svid,
+                self._s.guard(self.validate_jwt_svid),
                 Cardinality.UNARY_UNARY,
                 wl.ValidateJWTSVIDRequest,
                 wl.ValidateJWTSVIDResponse,
@@ -425,6 +482,7 @@ class HybridWorkloadService:
             stream,
             "FetchHybridSVIDs",
             self._hybrid,
+            request_type=hy.HybridSVIDRequest,
             service="hybrid",
             follow_pqc=True,
             count=lambda m: len(m.svids),
@@ -440,6 +498,7 @@ class HybridWorkloadService:
             stream,
             "FetchPQCBundles",
             self._bundles,
+            request_type=hy.PQCBundlesRequest,
             service="pqc-bundles",
             follow_pqc=True,
             count=lambda m: 0,
@@ -450,10 +509,16 @@ class HybridWorkloadService:
         base = f"/{HYBRID_SERVICE}/"
         return {
             base + "FetchHybridSVIDs": Handler(
-                self.fetch_hybrid_svids, Cardinality.UNARY_STREAM, hy.HybridSVIDRequest, hy.HybridSVIDResponse
+                self._s.guard(self.fetch_hybrid_svids),
+                Cardinality.UNARY_STREAM,
+                hy.HybridSVIDRequest,
+                hy.HybridSVIDResponse,
             ),
             base + "FetchPQCBundles": Handler(
-                self.fetch_pqc_bundles, Cardinality.UNARY_STREAM, hy.PQCBundlesRequest, hy.PQCBundlesResponse
+                self._s.guard(self.fetch_pqc_bundles),
+                Cardinality.UNARY_STREAM,
+                hy.PQCBundlesRequest,
+                hy.PQCBundlesResponse,
             ),
         }
 
@@ -461,10 +526,10 @@ class HybridWorkloadService:
 def build_services(
     source: IdentitySource,
     provisioner: PqcProvisioner,
-    tracker: PeerTracker,
+    connections: ConnectionRegistry,
     metrics: Metrics,
     *,
     first_pqc_wait: float = 5.0,
 ) -> list[Any]:
-    shared = _Services(source, provisioner, tracker, metrics, first_pqc_wait=first_pqc_wait)
+    shared = _Services(source, provisioner, connections, metrics, first_pqc_wait=first_pqc_wait)
     return [WorkloadAPIService(shared), HybridWorkloadService(shared)]

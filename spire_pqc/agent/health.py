@@ -4,6 +4,11 @@
 can answer callers and PQC credentials are served (503 otherwise; see ``Agent.ready``);
 ``GET /metrics`` → Prometheus text format 0.0.4. One request per connection, bounded request head,
 nothing else is parsed: this is an operations port, not a web server.
+
+Any local user can reach a loopback port, so each uid (the owner of the connecting socket, from the
+kernel: :func:`~spire_pqc.agent.localpeer.tcp_peer_uid`) may hold at most :data:`MAX_PER_UID`
+connections at once; more are closed at once (``on_refused`` counts them). A probe from another
+user is still answered while one user floods the port.
 """
 
 from __future__ import annotations
@@ -11,13 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 
+from spire_pqc._internal.ratelimit import LogLimiter
+from spire_pqc.agent.localpeer import tcp_peer_uid
 from spire_pqc.agent.metrics import CONTENT_TYPE
+from spire_pqc.agent.sockets import deepen_backlog
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
+MAX_PER_UID = 8  # a probe needs one; a scraper two or three
+ACCEPT_BATCH = 16  # connections asyncio accepts per wake-up (each holds a descriptor until handled)
+LISTEN_BACKLOG = 1024
 _REASONS = {
     200: "OK",
     404: "Not Found",
@@ -36,10 +48,14 @@ class HealthServer:
         live: Callable[[], bool],
         ready: Callable[[], bool],
         metrics: Callable[[], str],
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._host, self._port = host, port
         self._live, self._ready, self._metrics = live, ready, metrics
+        self._on_refused = on_refused
         self._server: asyncio.Server | None = None
+        self._per_uid: Counter[int | None] = Counter()
+        self._log = LogLimiter()
 
     @property
     def port(self) -> int:
@@ -49,7 +65,10 @@ class HealthServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port, limit=MAX_HEAD)
+        self._server = await asyncio.start_server(
+            self._handle, self._host, self._port, limit=MAX_HEAD, backlog=ACCEPT_BATCH
+        )
+        deepen_backlog(self._server, LISTEN_BACKLOG)
         log.info("health and metrics on http://%s:%d (/live /ready /metrics)", self._host, self.port)
 
     async def close(self) -> None:
@@ -71,6 +90,27 @@ class HealthServer:
         return 404, "text/plain", "not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid: int | None = tcp_peer_uid(writer.get_extra_info("socket"))
+        except OSError:
+            uid = None  # not a local socket we can attribute: all such peers share one budget
+        if self._per_uid[uid] >= MAX_PER_UID:
+            self._on_refused()
+            self._log.log(
+                log, logging.WARNING, f"uid {uid}",
+                "health port: uid %s holds %d connections; closing its new ones", uid, MAX_PER_UID,
+            )  # fmt: skip
+            writer.transport.abort()
+            return
+        self._per_uid[uid] += 1
+        try:
+            await self._answer_one(reader, writer)
+        finally:
+            self._per_uid[uid] -= 1
+            if self._per_uid[uid] <= 0:
+                del self._per_uid[uid]
+
+    async def _answer_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -17,6 +17,16 @@ from spire_pqc.crypto.status import register_backend_metric
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a new classical SVID to its PQC credentials: ~10 ms in-process, up to minutes while the
 # CA is unreachable.
+CLOSE_REASONS = ("per_uid_cap", "idle_timeout", "health_per_uid_cap")
+REFUSAL_REASONS = (
+    "missing_header",
+    "caller_unknown",
+    "pid_reused",
+    "message_too_large",
+    "malformed_request",
+    "request_timeout",
+    "too_many_streams",
+)
 ROTATION_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -74,6 +84,29 @@ class Metrics:
         for event in ("restored", "discarded", "write-failed"):
             self.state.labels(event=event)
         register_backend_metric(r)  # spire_pqc_crypto_backend_info{backend=…,version=…} 1
+        # What local users made the agent refuse (README "Security"): every event is counted here,
+        # while the log gets at most one line per kind and interval.
+        self.connections_closed = Counter(
+            "spire_pqc_agent_connections_closed",
+            "Connections the agent closed on its own, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "spire_pqc_agent_requests_refused",
+            "Requests refused before they were served, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "spire_pqc_agent_accept_errors",
+            "Failed accept() calls on the agent's listeners (e.g. out of descriptors).",
+            registry=r,
+        )
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason=reason)
+        for reason in REFUSAL_REASONS:
+            self.requests_refused.labels(reason=reason)
 
     def register(self, collector: Collector) -> None:
         """Add a collector that reads state kept elsewhere at scrape time (e.g. tunnel counters)."""

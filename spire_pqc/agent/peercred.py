@@ -1,18 +1,27 @@
-"""Caller identification on the Unix socket: SO_PEERCRED, guarded against PID reuse.
+"""Who is calling: SO_PEERCRED at connect time, guarded against PID reuse until every answer.
 
 grpcio cannot see the peer of a Unix-socket connection (reference/workload-api-and-peers.md §0
-item 4), so the agent serves gRPC with grpclib, and this is the one module that knows how grpclib
-exposes the transport: :class:`PeerCredServer` wraps each connection's protocol so the peer's
-credentials are recorded *when the connection is made*, and :func:`caller_of` finds them again
-from a request's ``stream.peer``.
+item 4), so the agent serves gRPC with grpclib and records the peer of each connection when it is
+accepted (:mod:`spire_pqc.agent.connections`); this module decides whether that peer may still be
+answered.
 
-PID reuse (as SPIRE's peertracker, ``spiffe/spire:pkg/common/peertracker/tracker_linux.go``): at
-connect time we record the PID from SO_PEERCRED plus that process's ``starttime`` (field 22 of
-``/proc/<pid>/stat``) and the uid/gid owning ``/proc/<pid>``; before every answer
-:meth:`PeerTracker.caller` re-reads them. If the process exited, or the PID now belongs to another
-process (different starttime or owner), the caller is refused: an exited client's descriptor,
-passed to or inherited by another process, must never obtain the identity of whatever process
-later gets the same PID.
+The identity sources answer *by PID* (SPIRE's Delegated Identity API attests the PID it is given),
+so the PID must still name the process that connected, both when the connection is accepted and
+after the source has answered. As SPIRE's own peer tracker does
+(``spiffe/spire:pkg/common/peertracker/tracker_linux.go``), a process is known by its *stamp*:
+``starttime`` (field 22 of ``/proc/<pid>/stat``) plus its owner (the effective uid and gid of
+``/proc/<pid>/status``).
+
+* At connect: SO_PEERCRED gives pid, uid, gid as of connect(2). The process may already have exited
+  and its PID been given to another process (the agent accepts later than the kernel connects), so
+  the stamp read from ``/proc/<pid>`` must have the connecting uid and gid, and — where the kernel
+  has SO_PEERPIDFD (Linux ≥ 6.5) — the connecting process itself must still be alive after the stamp
+  was read, which proves the stamp is its own.
+* Before every answer (:meth:`PeerTracker.caller`): the stamp is read again and must be unchanged.
+  An exited caller, or one whose PID now names another process, is refused.
+
+Both reads go through one ``/proc/<pid>`` directory descriptor: if the process dies in between, the
+second read fails instead of reading another process's file.
 """
 
 from __future__ import annotations
@@ -20,26 +29,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import grpclib.server
-from grpclib.protocol import H2Protocol
+from typing import Protocol
 
 from spire_pqc.agent.model import Caller
 from spire_pqc.errors import AuthorizationError
 
 log = logging.getLogger(__name__)
 
-_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; } on Linux
+# struct ucred { pid_t pid; uid_t uid; gid_t gid; }: uid_t and gid_t are unsigned (4294967294 is a uid).
+_UCRED = struct.Struct("iII")
+# Linux >= 6.5; Python 3.11's socket module does not name it (reference §0 item 4).
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 
 
 @dataclass(frozen=True)
 class ProcessStamp:
-    """What identifies one incarnation of a PID."""
+    """What identifies one incarnation of a PID: its start time and its owner."""
 
     starttime: int
     uid: int
@@ -52,6 +62,13 @@ class ProcReader(Protocol):
     def stamp(self, pid: int) -> ProcessStamp: ...
 
 
+def _effective_id(status: str, key: str) -> int:
+    for line in status.splitlines():
+        if line.startswith(key):
+            return int(line.split()[2])  # "Uid:\treal\teffective\tsaved\tfs"
+    raise ValueError(f"no {key} line in /proc/<pid>/status")
+
+
 class LinuxProcReader:
     """Reads ``/proc`` (``root`` is injectable for tests)."""
 
@@ -59,20 +76,26 @@ class LinuxProcReader:
         self._root = Path(root)
 
     def stamp(self, pid: int) -> ProcessStamp:
-        base = self._root / str(pid)
-        info = os.stat(base)
-        text = (base / "stat").read_text()
+        if pid <= 0:
+            raise ValueError(f"invalid PID {pid}")
+        directory = os.open(self._root / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            stat = _read_at(directory, "stat")
+            status = _read_at(directory, "status")
+        finally:
+            os.close(directory)
         # comm (field 2) is in parentheses and may itself contain spaces or ')': split after the last ')'.
         # The remaining fields start at field 3 (state), so field 22 (starttime) is index 19.
-        fields = text[text.rindex(")") + 2 :].split()
-        return ProcessStamp(int(fields[19]), info.st_uid, info.st_gid)
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return ProcessStamp(int(fields[19]), _effective_id(status, "Uid:"), _effective_id(status, "Gid:"))
 
 
-@dataclass(frozen=True)
-class _Record:
-    caller: Caller | None
-    stamp: ProcessStamp | None
-    problem: str | None
+def _read_at(directory: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        return os.read(fd, 16384).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
 
 
 def peer_credentials(sock: socket.socket) -> Caller:
@@ -82,123 +105,113 @@ def peer_credentials(sock: socket.socket) -> Caller:
     return Caller(pid, uid, gid)
 
 
+def _peer_pidfd(sock: socket.socket) -> int | None:
+    """A pidfd of the exact process that connected, or None where the kernel has no SO_PEERPIDFD."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4)
+    except OSError:
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists (an agent that is not root may not signal it)
+    return True
+
+
+class CallerChanged(AuthorizationError):
+    """The PID no longer names the process that connected (it exited, or the PID was reused)."""
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """One accepted connection's peer: ``caller`` when attested, else ``problem`` says why not."""
+
+    caller: Caller | None
+    stamp: ProcessStamp | None
+    problem: str | None = None
+    security_event: bool = False  # the problem shows a PID that now belongs to someone else
+
+    @property
+    def uid(self) -> int | None:
+        return self.caller.uid if self.caller is not None else None
+
+
 class PeerTracker:
-    """Records each connection's peer at connect time and re-validates it before each answer."""
+    """Attests each connection's peer at connect time and re-validates it before each answer."""
 
     def __init__(self, proc: ProcReader | None = None) -> None:
         self._proc: ProcReader = proc or LinuxProcReader()
-        self._records: dict[int, _Record] = {}
+        self._records: dict[int, PeerRecord] = {}
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def on_connect(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
+    def attest(self, sock: socket.socket | None) -> PeerRecord:
+        """Who connected ``sock``; never raises (a record with a problem is refused later)."""
+        if sock is None:
+            return PeerRecord(None, None, "no socket")
         try:
             caller = peer_credentials(sock)
-        except (OSError, AttributeError, struct.error) as exc:
-            self._records[id(transport)] = _Record(None, None, f"no peer credentials: {exc}")
-            return
+        except (OSError, struct.error) as exc:
+            return PeerRecord(None, None, f"no peer credentials: {exc}")
+        pidfd = _peer_pidfd(sock)
         try:
-            stamp = self._proc.stamp(caller.pid)
-        except (OSError, ValueError, IndexError) as exc:
-            # The process is already gone (or /proc is unreadable): nothing can be attested.
-            self._records[id(transport)] = _Record(
-                caller, None, f"process {caller.pid} cannot be inspected: {exc}"
+            try:
+                stamp = self._proc.stamp(caller.pid)
+            except (OSError, ValueError, IndexError) as exc:
+                # Already gone (or /proc is unreadable): nothing can be attested.
+                return PeerRecord(caller, None, f"process {caller.pid} cannot be inspected: {exc}")
+            if pidfd is not None and not _alive(pidfd):
+                # The stamp just read may be another process's: the one that connected has exited.
+                return PeerRecord(
+                    caller, None, f"process {caller.pid} exited before the connection was accepted", True
+                )
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        if (stamp.uid, stamp.gid) != (caller.uid, caller.gid):
+            return PeerRecord(
+                caller,
+                None,
+                f"process {caller.pid} belongs to uid {stamp.uid} gid {stamp.gid}, but uid {caller.uid} "
+                f"gid {caller.gid} connected (PID reused before the connection was accepted)",
+                True,
             )
-            return
-        self._records[id(transport)] = _Record(caller, stamp, None)
+        return PeerRecord(caller, stamp)
+
+    def on_connect(self, transport: asyncio.BaseTransport) -> PeerRecord:
+        record = self.attest(transport.get_extra_info("socket"))
+        self._records[id(transport)] = record
+        return record
 
     def on_disconnect(self, transport: asyncio.BaseTransport) -> None:
         self._records.pop(id(transport), None)
 
+    def record(self, transport: asyncio.BaseTransport) -> PeerRecord | None:
+        return self._records.get(id(transport))
+
     def caller(self, transport: asyncio.BaseTransport) -> Caller:
-        """The connection's caller, if it is still the same process; AuthorizationError otherwise."""
+        """The connection's caller, if it is still the same process; AuthorizationError otherwise.
+
+        :class:`CallerChanged` when the PID now names another process (a security event).
+        """
         record = self._records.get(id(transport))
         if record is None:
             raise AuthorizationError("connection has no recorded peer")
         if record.problem is not None or record.caller is None or record.stamp is None:
-            raise AuthorizationError(record.problem or "caller unknown")
+            error = CallerChanged if record.security_event else AuthorizationError
+            raise error(record.problem or "caller unknown")
         pid = record.caller.pid
         try:
             now = self._proc.stamp(pid)
         except (OSError, ValueError, IndexError) as exc:
             raise AuthorizationError(f"caller process {pid} is gone ({exc.__class__.__name__})") from exc
         if now != record.stamp:
-            log.warning(
-                "security event: PID %d was reused since the connection was made; caller refused", pid
-            )
-            raise AuthorizationError(
-                f"caller process {pid} is no longer the process that connected (PID reused)"
-            )
+            raise CallerChanged(f"caller process {pid} is no longer the process that connected (PID reused)")
         return record.caller
-
-
-def caller_of(tracker: PeerTracker, stream: grpclib.server.Stream[Any, Any]) -> Caller:
-    """The validated caller of a grpclib server stream."""
-    # grpclib keeps the asyncio transport on Peer._transport; it is the object on_connect saw.
-    transport = stream.peer._transport
-    return tracker.caller(transport)
-
-
-class _TrackingProtocol(asyncio.Protocol):
-    """Delegates to grpclib's H2Protocol; records the peer before the first byte is read."""
-
-    def __init__(self, inner: H2Protocol, tracker: PeerTracker, live: set[_TrackingProtocol]) -> None:
-        self._inner = inner
-        self._tracker = tracker
-        self._live = live
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._live.add(self)
-        self._tracker.on_connect(transport)
-        self._inner.connection_made(transport)
-
-    def close(self) -> None:
-        """Close the connection after writing what is buffered (final statuses already queued)."""
-        if self._transport is not None:
-            self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._live.discard(self)
-        if self._transport is not None:
-            self._tracker.on_disconnect(self._transport)
-        self._inner.connection_lost(exc)
-
-
-class PeerCredServer(grpclib.server.Server):
-    """A grpclib server whose connections are tracked by a :class:`PeerTracker`."""
-
-    def __init__(self, handlers: Any, tracker: PeerTracker) -> None:
-        super().__init__(handlers)
-        self.tracker = tracker
-        self._live: set[_TrackingProtocol] = set()
-
-    @property
-    def connections(self) -> int:
-        return len(self._live)
-
-    def close_connections(self) -> None:
-        """grpclib's close() stops listening and cancels handlers but keeps connections open; a
-        stopped agent must drop them so clients reconnect (to its successor) instead of reusing them."""
-        for protocol in list(self._live):
-            protocol.close()
-
-    # grpclib 0.4.x builds one protocol per connection here; wrapping it is the only hook that runs at
-    # connect time (tests/unit/agent/test_peercred.py guards this against a grpclib upgrade).
-    def _protocol_factory(self) -> H2Protocol:
-        return _TrackingProtocol(super()._protocol_factory(), self.tracker, self._live)  # type: ignore[return-value]

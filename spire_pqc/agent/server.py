@@ -16,18 +16,18 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import stat
 from pathlib import Path
 from types import TracebackType
 
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
+from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
 from spire_pqc.agent.handler import build_services
 from spire_pqc.agent.health import HealthServer
 from spire_pqc.agent.metrics import Metrics
-from spire_pqc.agent.peercred import PeerCredServer, PeerTracker, ProcReader
+from spire_pqc.agent.peercred import PeerTracker, ProcReader
 from spire_pqc.agent.pqc import PqcProvisioner
+from spire_pqc.agent.sockets import bind_unix_socket
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
@@ -39,6 +39,9 @@ from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 32
+LISTEN_BACKLOG = 4096
 
 
 def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
@@ -52,17 +55,6 @@ def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
     if problems:
         raise ConfigError(problems)
     return bundles
-
-
-def _prepare_socket(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"agent.socket_path: {path} exists and is not a socket; refusing to replace it")
-    path.unlink()  # stale socket of a previous run
 
 
 class Agent:
@@ -186,24 +178,29 @@ class Agent:
             static_bundles=federated,
             state=self._state,
         )
+        registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
         services = build_services(
-            self._source, self._provisioner, self._tracker, self.metrics, first_pqc_wait=self._first_pqc_wait
+            self._source, self._provisioner, registry, self.metrics, first_pqc_wait=self._first_pqc_wait
         )
-        server = PeerCredServer(services, self._tracker)
+        server = PeerCredServer(services, registry)
         self.metrics.connections.set_function(lambda: server.connections)
         path = self.config.socket_path
-        _prepare_socket(path)
-        # Many workloads reconnect at once after an agent restart: a deep accept queue (capped by the
-        # kernel's somaxconn) avoids refusing them; grpclib's default is 100.
-        await server.start(path=str(path), backlog=4096)
-        os.chmod(path, self.config.socket_mode)
+        # Checked directory, final mode at bind() time, no symlink followed (agent.sockets).
+        sock = bind_unix_socket(path, self.config.socket_mode, key="agent.socket_path")
+        # asyncio accepts up to `backlog` connections per wake-up before it handles any of them, so
+        # that number of descriptors is held at once: keep it small. The kernel's queue, though, is
+        # deep (capped by somaxconn): many workloads reconnect at once after an agent restart.
+        await server.start(sock=sock, backlog=ACCEPT_BATCH)
+        sock.listen(LISTEN_BACKLOG)
         self._server = server
         await self._start_tunnels()
         if self.config.health_address is not None:
             host, port = self.config.health_address
+            refused = self.metrics.connections_closed.labels(reason="health_per_uid_cap")
             self._health = HealthServer(
-                host, port, live=lambda: self.live, ready=lambda: self.ready, metrics=self.render_metrics
-            )
+                host, port, live=lambda: self.live, ready=lambda: self.ready, metrics=self.render_metrics,
+                on_refused=refused.inc,
+            )  # fmt: skip
             await self._health.start()
         log.info(
             "agent serving the Workload API and the hybrid extension on unix://%s (mode %s, source %s)",
@@ -247,10 +244,10 @@ class Agent:
                 tunnel = OutboundTunnel(
                     tc.name, listen=tc.listen, remote=tc.remote, peer_ids=tc.peer_ids, source=identity,
                     classical_bundles=identity, pqc_bundles=identity.pqc_bundles, mode=tc.mode,
-                    allow_non_loopback=tc.allow_non_loopback,
+                    allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users,
                 )  # fmt: skip
             else:
-                assert tc.target is not None
+                assert tc.target is not None and isinstance(tc.listen, tuple)  # config: inbound is TCP
                 tunnel = InboundTunnel(
                     tc.name, listen=tc.listen, target=tc.target, source=identity, classical_bundles=identity,
                     pqc_bundles=identity.pqc_bundles, allowed_ids=tc.allowed_ids,

@@ -1,9 +1,12 @@
 """Tunnels: the post-quantum channel for processes that cannot change their code (DESIGN.md §4).
 
-An :class:`OutboundTunnel` listens for plaintext TCP on loopback and carries each connection over a
-hybrid (or ``spiffe`` / ``pq-tls``) channel to a remote agent whose SPIFFE ID must be one of the
-expected ones. An :class:`InboundTunnel` listens for channel connections, admits the allowed peers
-only, and forwards each to a local plaintext address. Both present the hybrid SVID of a local
+An :class:`OutboundTunnel` listens for plaintext on loopback TCP or on a Unix socket and carries
+each connection over a hybrid (or ``spiffe`` / ``pq-tls``) channel to a remote agent whose SPIFFE ID
+must be one of the expected ones. Whoever connects to it speaks with the tunnel's SPIFFE ID, so it
+admits only the local users it names (:class:`~spire_pqc.agent.config.LocalUsers`), as the kernel
+reports them (:mod:`spire_pqc.agent.localpeer`); everyone else is closed before anything is sent.
+An :class:`InboundTunnel` listens for channel connections, admits the allowed peers only, and
+forwards each to a local plaintext address. Both present the hybrid SVID of a local
 service (an :class:`~spire_pqc.channel.HybridSvidSource`, asked again for every new connection, so a
 rotation takes effect on new connections while open ones keep running).
 
@@ -30,12 +33,17 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from spire_pqc.agent.outage import Outage
+from spire_pqc._internal.ratelimit import LogLimiter
+from spire_pqc.agent.config import LocalUsers
+from spire_pqc.agent.localpeer import local_peer
+from spire_pqc.agent.sockets import bind_unix_socket
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (
     Authorizer,
@@ -62,6 +70,7 @@ class TunnelStats:
 
     accepted: int = 0  # connections carried
     refused: int = 0  # refused for the peer's credentials or authorization
+    denied: int = 0  # outbound: a local user the tunnel does not admit
     failed: int = 0  # network failures (remote or target unreachable, resets)
     unavailable: int = 0  # refused because this agent has no credentials for the tunnel's identity yet
     cut: int = 0  # still open at shutdown when the grace period ended
@@ -178,28 +187,41 @@ class _Tunnel:
 
 
 class OutboundTunnel(_Tunnel):
-    """Local plaintext listener → channel to ``remote``, whose SPIFFE ID must be one of ``peer_ids``."""
+    """Local plaintext listener → channel to ``remote``, whose SPIFFE ID must be one of ``peer_ids``.
+
+    ``listen`` is a loopback ``(host, port)`` or the path of a Unix socket; ``local_users`` (required)
+    are the local users allowed to connect to it.
+    """
 
     def __init__(
         self,
         name: str,
         *,
-        listen: tuple[str, int],
+        listen: tuple[str, int] | Path,
         remote: tuple[str, int],
         peer_ids: Sequence[SpiffeId | str],
         source: HybridSvidSource,
         classical_bundles: BundleSource | None,
         pqc_bundles: BundleSource | None,
+        local_users: LocalUsers | None,
         mode: Mode | str = Mode.HYBRID,
         allow_non_loopback: bool = False,
     ) -> None:
         super().__init__(name, source)
         if not peer_ids:
             raise ConfigError(f"tunnel {name}: peer_ids must name at least one SPIFFE ID")
-        if not allow_non_loopback and not is_loopback(listen[0]):
+        if local_users is None:
+            raise ConfigError(
+                f"tunnel {name}: name the local users allowed to use it (allowed_uids / allowed_gids)"
+            )
+        if isinstance(listen, tuple) and not allow_non_loopback and not is_loopback(listen[0]):
             # Anyone who can reach the plaintext side speaks with this node's identity: keep it local.
             raise ConfigError(f"tunnel {name}: listen address {listen[0]!r} is not loopback")
+        if allow_non_loopback and not local_users.anyone:
+            raise ConfigError(f"tunnel {name}: connections from other hosts have no local user to admit")
         self.listen = listen
+        self.local_users = local_users
+        self._denials = LogLimiter()
         self.remote = remote
         self.mode = Mode.parse(mode)
         self._authorizer: Authorizer = authorize_one_of(*peer_ids)
@@ -216,15 +238,50 @@ class OutboundTunnel(_Tunnel):
         return self._port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        if isinstance(self.listen, Path):
+            # Mode 0666: the access list below, not the file mode, decides who may use the tunnel.
+            sock = bind_unix_socket(self.listen, 0o666, key=f"tunnel {self.name}: listen")
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock)
+            self._port = 0
+            where = f"unix:{self.listen}"
+        else:
+            self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+            self._port = int(self._server.sockets[0].getsockname()[1])
+            where = f"{self.listen[0]}:{self._port}"
+        if self.local_users.anyone:
+            log.warning("tunnel %s: any local user may use it and speak as its SPIFFE ID (allowed_uids = \"*\")",
+                        self.name)  # fmt: skip
         log.info(
-            "tunnel %s: %s:%d → %s %s:%d",
-            self.name, self.listen[0], self.port, self.mode.value, self.remote[0], self.remote[1],
+            "tunnel %s: %s → %s %s:%d, for %s",
+            self.name, where, self.mode.value, self.remote[0], self.remote[1], self.local_users.describe(),
         )  # fmt: skip
+
+    def _admits(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether the local user on the other end may use this tunnel (refused if it cannot be told)."""
+        if self.local_users.anyone:
+            return True
+        sock = writer.get_extra_info("socket")
+        try:
+            uid, groups = local_peer(sock)
+        except OSError as exc:
+            kind, who, allowed = "unidentified", f"an unidentified peer ({exc})", False
+        else:
+            kind = who = f"uid {uid}"
+            allowed = self.local_users.allows(uid, groups)
+        if not allowed:
+            self.stats.denied += 1
+            self._denials.log(
+                log, logging.WARNING, kind,
+                "tunnel %s: refused %s: not among the allowed local users (%s)",
+                self.name, who, self.local_users.describe(),
+            )  # fmt: skip
+        return allowed
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track()
+        if not self._admits(writer):
+            writer.transport.abort()
+            return
         client = writer.get_extra_info("peername")
         host, port = self.remote
         try:
@@ -275,6 +332,9 @@ class OutboundTunnel(_Tunnel):
         await self._finish_connections(grace)
         if self._server is not None:
             await self._server.wait_closed()
+        if isinstance(self.listen, Path):
+            with contextlib.suppress(FileNotFoundError):
+                self.listen.unlink()
 
     async def close(self) -> None:
         """Stop at once: open connections are cut."""
@@ -398,13 +458,15 @@ class TunnelCollector(Collector):
         for tunnel in self._tunnels():
             base = [tunnel.name, "outbound" if isinstance(tunnel, OutboundTunnel) else "inbound"]
             s = tunnel.stats
-            for result, value in (
+            results = (
                 ("accepted", s.accepted),
                 ("refused", s.refused),
                 ("failed", s.failed),
                 ("unavailable", s.unavailable),
                 ("cut", s.cut),
-            ):
+                ("denied", s.denied),
+            )
+            for result, value in results:
                 connections.add_metric([*base, result], value)
             open_now.add_metric(base, s.open)
             carried.add_metric([*base, "out"], s.bytes_out)

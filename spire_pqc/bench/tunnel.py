@@ -15,6 +15,7 @@ reached directly:
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import statistics
@@ -119,7 +120,7 @@ async def _run(megabytes: int, connects: int) -> TunnelReport:
             "tunnel": {
                 "outbound": [
                     {"name": "out", "listen": "127.0.0.1:0", "remote": f"127.0.0.1:{inbound_port}",
-                     "peer_ids": [SERVER_ID], "spiffe_id": CLIENT_ID},
+                     "peer_ids": [SERVER_ID], "spiffe_id": CLIENT_ID, "allowed_uids": [os.getuid()]},
                 ],
                 "inbound": [
                     {"name": "in", "listen": f"127.0.0.1:{inbound_port}", "target": f"127.0.0.1:{target_port}",

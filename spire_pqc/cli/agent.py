@@ -1,9 +1,15 @@
 """`spire-pqc agent run|validate -c agent.toml`: the node agent daemon.
 
-This module owns the process: ``asyncio.run``, signal handling and log formatting. The first SIGTERM
-or SIGINT starts a graceful stop (open streams end with UNAVAILABLE so clients reconnect, keys are
-dropped, the socket is removed); a second one exits at once. ``--log-format json`` writes one JSON
-object per line (time, level, logger, message) for log pipelines.
+This module owns the process: ``asyncio.run``, signal handling, log formatting and the descriptor
+limit. The first SIGTERM or SIGINT starts a graceful stop (open streams end with UNAVAILABLE so
+clients reconnect, keys are dropped, the socket is removed); a second one exits at once.
+``--log-format json`` writes one JSON object per line (time, level, logger, message) for log
+pipelines.
+
+Local users can make the agent's listeners fail (issue 9): the soft RLIMIT_NOFILE is raised to the
+hard limit at start, a failed accept() (asyncio logs each one with a traceback) becomes one line per
+interval plus a counter, and the loggers of grpclib and asyncio get the agent's format and the same
+rate limit, so no peer can fill the disk through the log.
 """
 
 from __future__ import annotations
@@ -14,13 +20,20 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import resource
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+from spire_pqc._internal.ratelimit import LogLimiter, RateLimitFilter
 from spire_pqc.agent.config import DevSourceConfig, load
 from spire_pqc.agent.server import Agent
 from spire_pqc.crypto.status import log_backend
+
+log = logging.getLogger(__name__)
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message (selector_events.py)
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,6 +77,58 @@ def _configure_log_format(log_format: str) -> None:
     if log_format == "json":
         for handler in logger.handlers:
             handler.setFormatter(JsonFormatter())
+    # Libraries below us log per connection or per request (grpclib: "Application error" with a
+    # traceback); give them our handlers and at most one record per message per interval.
+    for name in ("grpclib", "asyncio"):
+        library = logging.getLogger(name)
+        library.handlers[:] = logger.handlers
+        library.propagate = False
+        library.setLevel(logging.WARNING)
+        library.addFilter(RateLimitFilter())
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each connection costs a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
+class LoopErrors:
+    """The event loop's exception handler: accept() failures are counted and logged once per interval.
+
+    asyncio reports each failed accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback and retries
+    a second later, per listener; under a descriptor flood that is one traceback per second per
+    listener for as long as it lasts. Everything else goes to asyncio's default handler.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._limiter = LogLimiter()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == _ACCEPT_FAILED and isinstance(exc, OSError):
+            self._agent.metrics.accept_errors.inc()
+            self._limiter.log(
+                log, logging.ERROR, "accept",
+                "accept() failed: %s (%d descriptors open, limit %d); new connections wait in the backlog",
+                exc.strerror or exc, _open_descriptors(), resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            )  # fmt: skip
+            return
+        loop.default_exception_handler(context)
+
+
+def _open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 async def _serve(agent: Agent) -> None:
@@ -80,6 +145,7 @@ async def _serve(agent: Agent) -> None:
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.set_exception_handler(LoopErrors(agent))
     try:
         await agent.start()
         await stop.wait()
@@ -94,5 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _configure_log_format(args.log_format)
     log_backend(logging.getLogger(__name__))
     config = load(args.config)
+    soft, hard = raise_descriptor_limit()
+    log.info("descriptor limit %d (hard %d)", soft, hard)
     asyncio.run(_serve(Agent(config)))
     return 0

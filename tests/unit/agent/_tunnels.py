@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,6 +60,7 @@ def tunnel_config(
                         "peer_ids": peer_ids or [SERVER_ID],
                         "spiffe_id": CLIENT_ID,
                         "mode": outbound_mode,
+                        "allowed_uids": [os.getuid()],
                     }
                 ],
                 "inbound": [

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.server import Agent
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.tunnel import OutboundTunnel
@@ -186,6 +187,7 @@ def test_outbound_listen_must_be_loopback_unless_allowed(allow: bool) -> None:
         return OutboundTunnel(
             "x", listen=("192.0.2.1", 1), remote=("127.0.0.1", 2), peer_ids=[SERVER_ID], source=_NoSvid(),
             classical_bundles=None, pqc_bundles=None, allow_non_loopback=allow,
+            local_users=LocalUsers(anyone=True),
         )  # fmt: skip
 
     if allow:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from spire_pqc.agent.config import load, parse
+from spire_pqc.agent.config import LocalUsers, load, parse
 from spire_pqc.errors import ConfigError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
@@ -47,7 +47,8 @@ def test_every_tunnel_problem_is_reported_at_once() -> None:
     tunnel = {
         "outbound": [
             {"name": "a", "listen": "0.0.0.0:1", "remote": "nowhere", "spiffe_id": SVC, "mode": "tls"},
-            {"name": "a", "listen": "127.0.0.1:2", "remote": "h:3", "peer_ids": ["http://x"], "spiffe_id": SVC},
+            {"name": "a", "listen": "127.0.0.1:2", "remote": "h:3", "peer_ids": ["http://x"], "spiffe_id": SVC,
+             "allowed_uids": ["*", 5], "allowed_gids": [-1, "no-such-group-here"]},
         ],
         "inbound": [
             {"name": "c", "listen": "0.0.0.0:4", "target": "127.0.0.1:5", "spiffe_id": "spiffe://example.org/x"},
@@ -64,9 +65,11 @@ def test_every_tunnel_problem_is_reported_at_once() -> None:
     assert keys == [
         "tunnel.sideways",
         "tunnel.outbound[0].mode",
+        "tunnel.outbound[0]",
         "tunnel.outbound[0].listen",
         "tunnel.outbound[0].remote",
         "tunnel.outbound[0].peer_ids",
+        "tunnel.outbound[1].allowed_uids",
         "tunnel.outbound[1].peer_ids[0]",
         "tunnel.inbound[0].spiffe_id",
         "tunnel.inbound[0]",
@@ -83,9 +86,50 @@ def test_every_tunnel_problem_is_reported_at_once() -> None:
 
 def test_outbound_may_listen_beyond_loopback_when_allowed() -> None:
     tunnel = {"outbound": [{"name": "o", "listen": "0.0.0.0:1", "remote": "h:2", "peer_ids": [SVC],
-                            "spiffe_id": SVC, "allow_non_loopback": True}]}  # fmt: skip
+                            "spiffe_id": SVC, "allow_non_loopback": True, "allowed_uids": "*"}]}  # fmt: skip
     (out,) = parse(_config(tunnel)).tunnels
     assert out.allow_non_loopback and out.listen == ("0.0.0.0", 1)
+    assert out.local_users == LocalUsers(anyone=True)
+    # Remote hosts have no local uid: a list of local users cannot admit them.
+    tunnel["outbound"][0]["allowed_uids"] = [1000]
+    with pytest.raises(
+        ConfigError, match="allow_non_loopback: connections from other hosts have no local user"
+    ):
+        parse(_config(tunnel))
+
+
+def test_outbound_local_users_by_number_name_and_unix_listener() -> None:
+    base = {"name": "o", "remote": "h:2", "peer_ids": [SVC], "spiffe_id": SVC}
+    tunnel = {
+        "outbound": [
+            {**base, "listen": "127.0.0.1:1", "allowed_uids": [0, "root", 4294967294]},
+            {**base, "name": "p", "listen": "unix:///run/spire-pqc/p.sock", "allowed_gids": ["root", 7]},
+            {**base, "name": "q", "listen": "unix:/run/q.sock", "allowed_uids": [1], "allowed_gids": [2]},
+        ]
+    }
+    first, second, third = parse(_config(tunnel)).tunnels
+    assert first.local_users == LocalUsers(uids=frozenset({0, 4294967294}))
+    assert second.listen == Path("/run/spire-pqc/p.sock") and second.local_users == LocalUsers(
+        gids=frozenset({0, 7})
+    )
+    assert third.listen == Path("/run/q.sock")
+    assert (
+        third.local_users is not None
+        and third.local_users.allows(1)
+        and third.local_users.allows(9, frozenset({2}))
+    )
+    assert not third.local_users.allows(9, frozenset({3})) and not third.local_users.allows(None)
+    bad = {"outbound": [{**base, "listen": "unix:relative.sock", "allowed_uids": [1]},
+                        {**base, "name": "p", "listen": "unix:/a\x00b", "allowed_uids": [1]}],
+           "inbound": [{"name": "i", "listen": "unix:/x.sock", "target": "127.0.0.1:2", "spiffe_id": SVC,
+                        "allowed_trust_domain": "example.org"}]}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse(_config(bad))
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        "'relative.sock' must be an absolute path",
+        "contains a NUL byte",
+        "a Unix-socket listener is for outbound tunnels only",
+    ]
 
 
 def test_inbound_trust_domain() -> None:

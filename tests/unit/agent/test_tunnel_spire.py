@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -68,7 +69,7 @@ async def test_tunnel_pair_with_spire_selectors() -> None:
                     "ca": {"address": "127.0.0.1:1"},
                     "tunnel": {
                         "outbound": [{"name": "o", "listen": "127.0.0.1:0", "remote": f"127.0.0.1:{inbound_port}",
-                                      "peer_ids": [str(WORKLOAD)], **identity}],
+                                      "peer_ids": [str(WORKLOAD)], "allowed_uids": [os.getuid()], **identity}],
                         "inbound": [{"name": "i", "listen": f"127.0.0.1:{inbound_port}",
                                      "target": f"127.0.0.1:{http_port}", "allowed_trust_domain": TD.name,
                                      **identity}],

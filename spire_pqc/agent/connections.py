@@ -1,0 +1,321 @@
+"""The agent's Unix-socket gRPC server and what it bounds for each local user.
+
+The one module that knows how grpclib exposes connections and request bodies. Every local user can
+connect to the agent's socket (callers are told apart by SO_PEERCRED), so what one uid can make the
+agent hold is bounded here (DESIGN.md §4, "Limits"):
+
+* **connections per uid** — beyond ``max_connections_per_uid`` a new connection is answered with an
+  HTTP/2 GOAWAY (ENHANCE_YOUR_CALM, "too many connections from uid N") and closed at once, before
+  ``/proc`` is even read; other uids are unaffected;
+* **idle connections** — a connection with no request in progress for ``idle_timeout`` is closed
+  (clients reconnect transparently when they next call);
+* **streams per uid** — at most ``max_streams_per_uid`` requests in progress (RESOURCE_EXHAUSTED);
+* **request size** — :meth:`ConnectionRegistry.read_request` reads the 5-byte gRPC prefix first
+  and refuses a message over 4 MiB (grpc-go's and SPIRE's limit) before reading any of its body;
+  HTTP/2 flow-control windows of 64 KiB bound what a peer can push ahead of that.
+
+Callers are attested when the connection is accepted (:class:`~spire_pqc.agent.peercred.PeerTracker`)
+and checked again before every answer. Counters go to :class:`~spire_pqc.agent.metrics.Metrics`;
+refusals are logged at most once per interval and kind (:class:`~spire_pqc._internal.ratelimit.LogLimiter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import grpclib.server
+import h2.config
+import h2.connection
+import h2.errors
+from google.protobuf.message import DecodeError, Message
+from grpclib.config import Configuration
+from grpclib.protocol import H2Protocol
+
+from spire_pqc._internal.ratelimit import LogLimiter
+from spire_pqc.agent.config import Limits
+from spire_pqc.agent.metrics import Metrics
+from spire_pqc.agent.model import Caller
+from spire_pqc.agent.peercred import PeerTracker, peer_credentials
+from spire_pqc.errors import RequestRefusedError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+H2_WINDOW = 65_535  # the smallest HTTP/2 window: what a peer may send before we read is bounded by it
+_PREFIX = 5  # compressed flag (1 byte) + big-endian message length (4 bytes)
+
+
+@functools.cache
+def _goaway(uid: int | None) -> bytes:
+    """Server preface + GOAWAY(ENHANCE_YOUR_CALM): a gRPC client reports the reason to its user."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    conn.close_connection(
+        error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+        additional_data=f"too many connections from uid {uid}".encode(),
+    )
+    return conn.data_to_send()
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted connection: admitted (delegating to grpclib's H2Protocol) or refused at once."""
+
+    def __init__(self, inner: H2Protocol, registry: ConnectionRegistry) -> None:
+        self._inner = inner
+        self._registry = registry
+        self._transport: asyncio.BaseTransport | None = None
+        self.uid: int | None = None
+        self.admitted = False
+        self.active_streams = 0
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if not self._registry.admit(self, transport):
+            return
+        self.admitted = True
+        self._inner.connection_made(transport)
+        self._mark_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.admitted:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self.admitted else None
+
+    def pause_writing(self) -> None:
+        if self.admitted:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.admitted:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self.admitted:
+            self._registry.forget(self, self._transport)
+            self._inner.connection_lost(exc)
+
+    # --- activity ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close after writing what is buffered (final statuses already queued)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def stream_started(self) -> None:
+        self.active_streams += 1
+
+    def stream_ended(self) -> None:
+        self.active_streams -= 1
+        if self.active_streams == 0:
+            self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_active = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(self._registry.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._transport is None or self._transport.is_closing():
+            return
+        timeout = self._registry.idle_timeout
+        loop = asyncio.get_running_loop()
+        if self.active_streams == 0:
+            remaining = self._last_active + timeout - loop.time()
+            if remaining <= 0:
+                self._registry.closed_idle(self)
+                self._transport.close()
+                return
+        else:
+            remaining = timeout
+        self._idle_timer = loop.call_later(max(remaining, 0.01), self._check_idle)
+
+
+class ConnectionRegistry:
+    """Open connections and streams per uid, the limits on them, and bounded request reading."""
+
+    def __init__(self, tracker: PeerTracker, limits: Limits, metrics: Metrics) -> None:
+        self.tracker = tracker
+        self.limits = limits
+        self.idle_timeout = limits.idle_timeout.total_seconds()
+        self.metrics = metrics
+        self._by_transport: dict[int, _Connection] = {}
+        self._per_uid: Counter[int | None] = Counter()
+        self._streams_per_uid: Counter[int | None] = Counter()
+        self._log = LogLimiter()
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_transport)
+
+    def connections_of(self, uid: int | None) -> int:
+        return self._per_uid[uid]
+
+    def admit(self, conn: _Connection, transport: asyncio.BaseTransport) -> bool:
+        sock = transport.get_extra_info("socket")
+        try:
+            uid: int | None = peer_credentials(sock).uid
+        except (OSError, AttributeError, ValueError):
+            uid = None  # no credentials: attestation below records why, and every request is refused
+        if self._per_uid[uid] >= self.limits.max_connections_per_uid:
+            self.metrics.connections_closed.labels(reason="per_uid_cap").inc()
+            self._log.log(
+                log, logging.WARNING, f"cap:{uid}",
+                "uid %s reached its connection cap (limits.max_connections_per_uid = %d); closing its new "
+                "connections", uid, self.limits.max_connections_per_uid,
+            )  # fmt: skip
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_goaway(uid))
+            transport.close()
+            return False
+        record = self.tracker.on_connect(transport)
+        conn.uid = record.uid if record.caller is not None else uid
+        self._per_uid[conn.uid] += 1
+        self._by_transport[id(transport)] = conn
+        return True
+
+    def forget(self, conn: _Connection, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None and self._by_transport.pop(id(transport), None) is not None:
+            self.tracker.on_disconnect(transport)
+            self._per_uid[conn.uid] -= 1
+            if self._per_uid[conn.uid] <= 0:
+                del self._per_uid[conn.uid]
+
+    def closed_idle(self, conn: _Connection) -> None:
+        self.metrics.connections_closed.labels(reason="idle_timeout").inc()
+        self._log.log(
+            log, logging.INFO, "idle",
+            "closed an idle connection of uid %s (no request for limits.idle_timeout = %gs)",
+            conn.uid, self.idle_timeout,
+        )  # fmt: skip
+
+    def close_all(self) -> None:
+        for conn in list(self._by_transport.values()):
+            conn.close()
+
+    # --- per request -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _transport(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+        # grpclib keeps the asyncio transport on Peer._transport; it is the object admit() saw.
+        transport: asyncio.BaseTransport = stream.peer._transport
+        return transport
+
+    def caller(self, stream: grpclib.server.Stream[Any, Any]) -> Caller:
+        """The validated caller of a request (AuthorizationError / CallerChanged otherwise)."""
+        return self.tracker.caller(self._transport(stream))
+
+    def describe(self, stream: grpclib.server.Stream[Any, Any]) -> str:
+        """``uid U pid P, /Service/Method`` of a request, for log lines."""
+        record = self.tracker.record(self._transport(stream))
+        who = (
+            "caller unknown"
+            if record is None or record.caller is None
+            else (f"uid {record.caller.uid} pid {record.caller.pid}")
+        )
+        return f"{who}, {stream._method_name}"
+
+    @contextlib.contextmanager
+    def active(self, stream: grpclib.server.Stream[Any, Any]) -> Iterator[None]:
+        """A request in progress: the connection is not idle; the uid's stream count is bounded."""
+        conn = self._by_transport.get(id(self._transport(stream)))
+        if conn is None:  # the connection is already gone
+            yield
+            return
+        if self._streams_per_uid[conn.uid] >= self.limits.max_streams_per_uid:
+            raise RequestRefusedError(
+                f"uid {conn.uid} has {self.limits.max_streams_per_uid} requests in progress "
+                "(limits.max_streams_per_uid)",
+                reason="too_many_streams",
+            )
+        self._streams_per_uid[conn.uid] += 1
+        conn.stream_started()
+        try:
+            yield
+        finally:
+            conn.stream_ended()
+            self._streams_per_uid[conn.uid] -= 1
+            if self._streams_per_uid[conn.uid] <= 0:
+                del self._streams_per_uid[conn.uid]
+
+    async def read_request(self, stream: grpclib.server.Stream[Any, Any], message_type: type[M]) -> M:
+        """The single request message of a unary-request RPC, read within the limits.
+
+        The length prefix is checked before any body byte is read; the message must arrive within the
+        idle timeout. Raises :class:`RequestRefusedError` (reason ``message_too_large``,
+        ``malformed_request`` or ``request_timeout``).
+        """
+        raw = stream._stream  # grpclib.protocol.Stream: its buffer acknowledges only what is read
+        limit = self.limits.max_message_size
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                prefix = await raw.recv_data(_PREFIX)
+                if len(prefix) != _PREFIX:
+                    raise RequestRefusedError("the request carries no message", reason="malformed_request")
+                if prefix[0] != 0:
+                    raise RequestRefusedError(
+                        f"compressed-flag {prefix[0]} although no message encoding was negotiated",
+                        reason="malformed_request",
+                    )
+                length = int.from_bytes(prefix[1:], "big")
+                if length > limit:
+                    raise RequestRefusedError(
+                        f"request message of {length} bytes is larger than the maximum of {limit} bytes",
+                        reason="message_too_large",
+                    )
+                body = await raw.recv_data(length) if length else b""
+        except TimeoutError:
+            raise RequestRefusedError(
+                f"no complete request message within {self.idle_timeout:g}s", reason="request_timeout"
+            ) from None
+        except AssertionError:  # grpclib's buffer: the stream ended before the announced bytes
+            raise RequestRefusedError(
+                "the request ended before its announced length", reason="malformed_request"
+            ) from None
+        try:
+            return message_type.FromString(body)
+        except (DecodeError, RecursionError) as exc:
+            raise RequestRefusedError(
+                f"malformed request message: {exc}", reason="malformed_request"
+            ) from exc
+
+
+class PeerCredServer(grpclib.server.Server):
+    """A grpclib server whose connections are admitted, attested and bounded by a registry."""
+
+    def __init__(self, handlers: Any, registry: ConnectionRegistry) -> None:
+        super().__init__(
+            handlers,
+            config=Configuration(http2_connection_window_size=H2_WINDOW, http2_stream_window_size=H2_WINDOW),
+        )
+        self.registry = registry
+
+    @property
+    def connections(self) -> int:
+        return self.registry.connections
+
+    def close_connections(self) -> None:
+        """grpclib's close() stops listening and cancels handlers but keeps connections open; a
+        stopped agent must drop them so clients reconnect (to its successor) instead of reusing them."""
+        self.registry.close_all()
+
+    # grpclib 0.4.x builds one protocol per connection here; wrapping it is the only hook that runs at
+    # connect time (tests/unit/agent/test_peercred.py guards this against a grpclib upgrade).
+    def _protocol_factory(self) -> H2Protocol:
+        return _Connection(super()._protocol_factory(), self.registry)  # type: ignore[return-value]
