@@ -10,7 +10,8 @@ how the security tests and ``spire-pqc bench soak`` play an unprivileged local u
 * ``oversize``  — one Workload API request whose gRPC length prefix says ``--length`` bytes, then
   ``--push`` MiB of body; reports the status and how much the agent took.
 * ``malformed`` — a request whose body is ``--kind`` compressed | truncated | short (3 bytes) |
-  garbage (not protobuf); reports the status.
+  garbage (not protobuf); reports the status. With ``--repeat N`` either makes N requests (the
+  malformed kinds in turn), one connection each, and reports a tally of the statuses.
 * ``handshake`` — ``--count`` TCP connections that send part of a TLS ClientHello and then close
   (``--rst``: reset); reports how many were made.
 * ``tunnel``    — connect to a tunnel listener (``--tcp host:port`` or ``--unix path``), send ``ping``
@@ -125,7 +126,9 @@ def _is_open(sock: socket.socket) -> bool:
         return False
 
 
-def idle(target: str | tuple[str, int], count: int, hold: float, reconnect: bool) -> dict[str, Any]:
+def idle(
+    target: str | tuple[str, int], count: int, hold: float, reconnect: bool, *, max_attempts: int = 0
+) -> dict[str, Any]:
     conns: list[socket.socket] = []
     attempts = 0
     deadline = time.monotonic() + hold
@@ -137,8 +140,9 @@ def idle(target: str | tuple[str, int], count: int, hold: float, reconnect: bool
             else:
                 conn.close()
         conns = alive
-        if reconnect or attempts < count:
-            for _ in range(count - len(conns)):
+        budget = max_attempts - attempts if max_attempts else count
+        if (reconnect or attempts < count) and budget > 0:
+            for _ in range(min(count - len(conns), budget)):
                 attempts += 1
                 sock = _connect(target)
                 if sock is not None:
@@ -175,14 +179,7 @@ async def _raw_request(path: str, body_frames: Sequence[bytes], *, push_mib: int
             for index, frame in enumerate(body_frames):
                 await raw.send_data(frame, end_stream=not push_mib and index == len(body_frames) - 1)
             stream._end_done = True  # our DATA bypassed grpclib's bookkeeping of the request's end
-            filler = b"\xa5" * (1 << 20)
-            with contextlib.suppress(
-                StreamTerminatedError, ConnectionError, GRPCError, AssertionError, TimeoutError
-            ):
-                for _ in range(push_mib):
-                    # Stop pushing once the agent takes no more (it answered, or keeps the window closed).
-                    await asyncio.wait_for(raw.send_data(filler), 5)
-                    pushed += len(filler)
+            pushed = await _push(raw, push_mib)
             try:
                 reply = await asyncio.wait_for(stream.recv_message(), 30)
             except StreamTerminatedError:
@@ -198,6 +195,26 @@ async def _raw_request(path: str, body_frames: Sequence[bytes], *, push_mib: int
     finally:
         channel.close()
     return {**outcome, "pushed": pushed}
+
+
+async def _push(raw: Any, mib: int) -> int:
+    """Push ``mib`` MiB of body; stop once the agent answered or takes no more for 5 s."""
+    filler = b"\xa5" * (1 << 20)
+    pushed = 0
+    answered = asyncio.ensure_future(raw.headers_received.wait())
+    try:
+        for _ in range(mib):
+            send = asyncio.ensure_future(raw.send_data(filler))
+            done, _ = await asyncio.wait({send, answered}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+            if send not in done or send.exception() is not None:
+                send.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await send
+                break
+            pushed += len(filler)
+    finally:
+        answered.cancel()
+    return pushed
 
 
 def _trailers_only(headers: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
@@ -334,6 +351,23 @@ def pass_fd(path: str, to_fd: int) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
+async def _requests(args: argparse.Namespace) -> dict[str, Any]:
+    """``--repeat`` oversize or malformed requests (malformed kinds in turn); one result or a tally."""
+    results = []
+    kinds = [args.kind] if args.repeat == 1 else sorted(MALFORMED)
+    for index in range(args.repeat):
+        if args.attack == "oversize":
+            results.append(await _raw_request(args.socket, [_prefix(args.length)], push_mib=args.push))
+        else:
+            results.append(await _raw_request(args.socket, MALFORMED[kinds[index % len(kinds)]]))
+    if args.repeat == 1:
+        return results[0]
+    tally: dict[str, int] = {}
+    for result in results:
+        tally[result["status"]] = tally.get(result["status"], 0) + 1
+    return {"requests": len(results), "statuses": tally}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spire_pqc.bench.hostile")
     parser.add_argument(
@@ -353,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unix", help="path of a Unix socket")
     parser.add_argument("--rst", action="store_true")
     parser.add_argument("--hit-and-run", action="store_true", help="tunnel: send and close at once")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="oversize/malformed: requests, one connection each"
+    )
+    parser.add_argument("--max-attempts", type=int, default=0, help="idle: stop reconnecting after this many")
     args = parser.parse_args(argv)
     hello = client_hello()  # uses OpenSSL: load it before dropping privileges
     drop_privileges(args.as_uid, args.as_gid)
@@ -364,11 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tcp:
             host, _, port = args.tcp.rpartition(":")
             target = (host, int(port))
-        result = idle(target, args.count, args.hold, args.reconnect)
-    elif args.attack == "oversize":
-        result = asyncio.run(_raw_request(args.socket, [_prefix(args.length)], push_mib=args.push))
-    elif args.attack == "malformed":
-        result = asyncio.run(_raw_request(args.socket, MALFORMED[args.kind]))
+        result = idle(target, args.count, args.hold, args.reconnect, max_attempts=args.max_attempts)
+    elif args.attack in ("oversize", "malformed"):
+        result = asyncio.run(_requests(args))
     elif args.attack == "handshake":
         host, _, port = args.tcp.rpartition(":")
         result = handshake(host, int(port), args.count, args.rst, hello)

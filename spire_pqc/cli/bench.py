@@ -65,6 +65,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ledger.add_argument("--prune-rows", type=int, default=100_000)
     ledger.set_defaults(handler=_ledger)
 
+    soak = sub.add_parser(
+        "soak", help="legitimate workload p99 while hostile local users attack the agent (needs root)"
+    )
+    soak.add_argument("--connections", type=int, default=10_000, help="hostile connections in all")
+    soak.add_argument("--seconds", type=float, default=30.0, help="length of each phase (alone, attacked)")
+    soak.set_defaults(handler=_soak)
+
 
 def _backend_list(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
@@ -124,4 +131,11 @@ def _ledger(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     print(bench_ledger.run(sizes=sizes, samples=args.samples, prune_rows=args.prune_rows))
+    return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import soak as bench_soak
+
+    print(bench_soak.format_report(bench_soak.run(connections=args.connections, seconds=args.seconds)))
     return 0

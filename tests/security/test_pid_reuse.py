@@ -34,6 +34,7 @@ from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.server import Agent
 from spire_pqc.bench.agentproc import AgentProcess
+from spire_pqc.bench.hostile import fetch
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
@@ -103,8 +104,8 @@ def test_pid_recycled_before_accept_gets_nothing_from_real_spire() -> None:
                 "ca": {"address": "127.0.0.1:1", "timeout": "1s"},  # no PQC CA: the classical API suffices
             }
             with AgentProcess(agent_dir, config) as agent:
-                # The root victim itself gets the root-only SVID through the agent (the guard is not a
-                # blanket refusal).
+                # Root itself gets the root-only SVID through the agent: the guard is not a blanket refusal.
+                assert ROOT_ID in asyncio.run(fetch(str(agent.socket_path)))["svids"]
                 outcomes = []
                 for _ in range(5):
                     recycled = _recycle(agent.socket_path, agent)
