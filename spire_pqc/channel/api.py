@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 _STREAM_LIMIT = 64 * 1024
 EXTRA_INFO_KEY = "spire_pqc"
+# Connections in setup (TLS handshake and PQ proofs) at once, in all and per peer address: each holds
+# OpenSSL's handshake state, and a peer that opens and abandons handshakes must not grow the server
+# without bound. Beyond either, a connection is closed before any of it is read.
+MAX_SETUP = 64
+MAX_SETUP_PER_PEER = 16
 
 
 class SecureStreamWriter(asyncio.StreamWriter):
@@ -168,6 +173,7 @@ class SecureServer:
         self.failures: deque[SpirePqcError] = deque(maxlen=64)
         self.accepted = 0
         self._log = LogLimiter()
+        self._in_setup: Counter[str] = Counter()
 
     def _protocol(self) -> asyncio.Protocol:
         try:
@@ -178,13 +184,32 @@ class SecureServer:
             self.failures.append(exc)
             log.debug("refusing a connection: no SVID to present yet (%s)", exc)
             return _Refuse()
-        proto = TlsProtocol(self._contexts.get(svid), server_side=True)
-        task = asyncio.get_running_loop().create_task(self._setup(proto, svid))
+        slot: list[str] = []  # the peer address, once admitted into setup
+        proto = TlsProtocol(
+            self._contexts.get(svid), server_side=True, admit=lambda t: self._take_slot(t, slot)
+        )
+        task = asyncio.get_running_loop().create_task(self._setup(proto, svid, slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return proto
 
-    async def _setup(self, proto: TlsProtocol, svid: HybridSvid) -> None:
+    def _take_slot(self, transport: asyncio.BaseTransport, slot: list[str]) -> bool:
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "(unknown)"
+        if self._in_setup.total() >= MAX_SETUP or self._in_setup[host] >= MAX_SETUP_PER_PEER:
+            return False
+        self._in_setup[host] += 1
+        slot.append(host)
+        return True
+
+    def _release_slot(self, slot: list[str]) -> None:
+        for host in slot:
+            self._in_setup[host] -= 1
+            if self._in_setup[host] <= 0:
+                del self._in_setup[host]
+        slot.clear()
+
+    async def _setup(self, proto: TlsProtocol, svid: HybridSvid, slot: list[str]) -> None:
         try:
             info = await establish(
                 proto,
@@ -205,14 +230,11 @@ class SecureServer:
             return
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._log.log(
-                log,
-                logging.INFO,
-                "setup-io",
-                "connection from %s failed during setup: %s",
-                _peername(proto),
-                exc,
-            )
+                log, logging.INFO, "setup-io", "connection from %s failed during setup: %s", _peername(proto), exc
+            )  # fmt: skip
             return
+        finally:
+            self._release_slot(slot)
         self.accepted += 1
         reader, writer = _streams(proto, info, self._limit)
         try:

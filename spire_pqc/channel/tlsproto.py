@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -44,8 +45,16 @@ class TruncatedStreamError(ConnectionResetError):
 class TlsProtocol(asyncio.Protocol):
     """One TLS 1.3 connection over a raw asyncio transport."""
 
-    def __init__(self, context: SSL.Context, *, server_side: bool) -> None:
+    def __init__(
+        self,
+        context: SSL.Context,
+        *,
+        server_side: bool,
+        admit: Callable[[asyncio.BaseTransport], bool] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
+        # Asked when the connection is made, before any byte is read: False aborts it at once.
+        self._admit = admit
         self.server_side = server_side
         self.tls = SSL.Connection(context, None)
         if server_side:
@@ -78,6 +87,12 @@ class TlsProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
         self._connected.set_result(None)
+        if self._admit is not None and not self._admit(transport):
+            self._handshake.set_exception(
+                HandshakeError("too many connections in setup from this peer (closed before the handshake)")
+            )
+            transport.abort()
+            return
         if not self.server_side:
             self._advance()  # emits the ClientHello
 

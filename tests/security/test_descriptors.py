@@ -62,8 +62,11 @@ def test_two_flooding_uids_do_not_starve_root() -> None:
                 held = []
                 for _ in range(3):
                     started = time.monotonic()
-                    result = asyncio.run(asyncio.wait_for(fetch(str(agent.socket_path)), 20))
-                    assert result == {"status": "OK", "svids": [ROOT_ID]}, result
+                    try:
+                        result = asyncio.run(asyncio.wait_for(fetch(str(agent.socket_path)), 20))
+                    except Exception as exc:
+                        raise AssertionError(f"root not served: {exc!r}\n{agent.log_tail()}") from exc
+                    assert result == {"status": "OK", "svids": [ROOT_ID]}, (result, agent.log_tail())
                     assert agent.http("/ready", timeout=20)[0] == 200
                     assert time.monotonic() - started < 20
                     held.append(agent.metric("spire_pqc_agent_connections"))
