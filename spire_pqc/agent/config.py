@@ -122,6 +122,7 @@ class Limits:
     max_streams_per_uid: int = 1024
     idle_timeout: dt.timedelta = dt.timedelta(seconds=30)
     max_message_size: int = MAX_MESSAGE_SIZE  # not configurable: the Workload API's messages are small
+    max_request_bytes_per_uid: int = 4 * MAX_MESSAGE_SIZE  # request bodies being read at once, per uid
 
 
 @dataclass(frozen=True)

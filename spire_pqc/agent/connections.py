@@ -11,8 +11,9 @@ agent hold is bounded here (DESIGN.md §4, "Limits"):
   (clients reconnect transparently when they next call);
 * **streams per uid** — at most ``max_streams_per_uid`` requests in progress (RESOURCE_EXHAUSTED);
 * **request size** — :meth:`ConnectionRegistry.read_request` reads the 5-byte gRPC prefix first
-  and refuses a message over 4 MiB (grpc-go's and SPIRE's limit) before reading any of its body;
-  HTTP/2 flow-control windows of 64 KiB bound what a peer can push ahead of that.
+  and refuses a message over 4 MiB (grpc-go's and SPIRE's limit) before reading any of its body, and
+  one uid's bodies being read at once to 16 MiB; HTTP/2 flow-control windows of 64 KiB bound what a
+  peer can push ahead of that.
 
 Callers are attested when the connection is accepted (:class:`~spire_pqc.agent.peercred.PeerTracker`)
 and checked again before every answer. Counters go to :class:`~spire_pqc.agent.metrics.Metrics`;
@@ -158,6 +159,7 @@ class ConnectionRegistry:
         self._by_transport: dict[int, _Connection] = {}
         self._per_uid: Counter[int | None] = Counter()
         self._streams_per_uid: Counter[int | None] = Counter()
+        self._reading_per_uid: Counter[int | None] = Counter()
         self._log = LogLimiter()
 
     @property
@@ -254,11 +256,32 @@ class ConnectionRegistry:
             if self._streams_per_uid[conn.uid] <= 0:
                 del self._streams_per_uid[conn.uid]
 
+    @contextlib.contextmanager
+    def _reading(self, stream: grpclib.server.Stream[Any, Any], length: int) -> Iterator[None]:
+        """Reserve ``length`` bytes of the uid's budget for request bodies being read (many streams of
+        one uid each announcing 4 MiB and sending slowly would otherwise hold 4 MiB each)."""
+        conn = self._by_transport.get(id(self._transport(stream)))
+        uid = conn.uid if conn is not None else None
+        budget = self.limits.max_request_bytes_per_uid
+        if self._reading_per_uid[uid] + length > budget:
+            raise RequestRefusedError(
+                f"uid {uid} is already sending {self._reading_per_uid[uid]} bytes of requests (at most {budget})",
+                reason="too_many_bytes",
+            )
+        self._reading_per_uid[uid] += length
+        try:
+            yield
+        finally:
+            self._reading_per_uid[uid] -= length
+            if self._reading_per_uid[uid] <= 0:
+                del self._reading_per_uid[uid]
+
     async def read_request(self, stream: grpclib.server.Stream[Any, Any], message_type: type[M]) -> M:
         """The single request message of a unary-request RPC, read within the limits.
 
         The length prefix is checked before any body byte is read; the message must arrive within the
-        idle timeout. Raises :class:`RequestRefusedError` (reason ``message_too_large``,
+        idle timeout, and the uid's bodies being read at once are bounded. Raises
+        :class:`RequestRefusedError` (reason ``message_too_large``, ``too_many_bytes``,
         ``malformed_request`` or ``request_timeout``).
         """
         raw = stream._stream  # grpclib.protocol.Stream: its buffer acknowledges only what is read
@@ -279,7 +302,8 @@ class ConnectionRegistry:
                         f"request message of {length} bytes is larger than the maximum of {limit} bytes",
                         reason="message_too_large",
                     )
-                body = await raw.recv_data(length) if length else b""
+                with self._reading(stream, length):
+                    body = await raw.recv_data(length) if length else b""
         except TimeoutError:
             raise RequestRefusedError(
                 f"no complete request message within {self.idle_timeout:g}s", reason="request_timeout"

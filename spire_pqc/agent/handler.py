@@ -75,6 +75,7 @@ StreamHandler = Callable[[Stream[Any, Any]], Awaitable[None]]
 _REFUSAL_STATUS = {
     "message_too_large": Status.RESOURCE_EXHAUSTED,
     "too_many_streams": Status.RESOURCE_EXHAUSTED,
+    "too_many_bytes": Status.RESOURCE_EXHAUSTED,
     "malformed_request": Status.INVALID_ARGUMENT,
     "request_timeout": Status.DEADLINE_EXCEEDED,
 }

@@ -23,6 +23,7 @@ REFUSAL_REASONS = (
     "caller_unknown",
     "pid_reused",
     "message_too_large",
+    "too_many_bytes",
     "malformed_request",
     "request_timeout",
     "too_many_streams",

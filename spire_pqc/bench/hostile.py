@@ -12,6 +12,8 @@ how the security tests and ``spire-pqc bench soak`` play an unprivileged local u
 * ``malformed`` — a request whose body is ``--kind`` compressed | truncated | short (3 bytes) |
   garbage (not protobuf); reports the status. With ``--repeat N`` either makes N requests (the
   malformed kinds in turn), one connection each, and reports a tally of the statuses.
+* ``slow-bodies`` — ``--count`` requests at once on one connection, each announcing 4 MiB and sending
+  1 KiB; reports what each got within ``--hold`` seconds.
 * ``handshake`` — ``--count`` TCP connections that send part of a TLS ClientHello and then close
   (``--rst``: reset); reports how many were made.
 * ``tunnel``    — connect to a tunnel listener (``--tcp host:port`` or ``--unix path``), send ``ping``
@@ -240,6 +242,44 @@ MALFORMED = {
 }
 
 
+async def slow_bodies(path: str, count: int, hold: float) -> dict[str, Any]:
+    """``count`` requests at once on one connection, each announcing a 4 MiB message and sending 1 KiB
+    of it; the tally of what each got within ``hold`` seconds (PENDING: still being read)."""
+    channel = Channel(path=path)
+
+    async def one() -> str:
+        outcome = ""
+        try:
+            async with channel.request(
+                FETCH_X509, Cardinality.UNARY_STREAM, wl.X509SVIDRequest, wl.X509SVIDResponse,
+                metadata=HEADER, timeout=hold + 30,
+            ) as stream:  # fmt: skip
+                await stream.send_request()
+                await stream._stream.send_data(_prefix(4 << 20) + b"\x0a" * 1024)
+                stream._end_done = True
+                try:
+                    await asyncio.wait_for(stream.recv_message(), hold)
+                    outcome = "OK"
+                except StreamTerminatedError:
+                    outcome = str(_trailers_only(stream._stream.headers)["status"])
+                except TimeoutError:
+                    outcome = "PENDING"
+                    await stream.cancel()
+        except GRPCError as exc:  # grpclib raises the status again when the block ends
+            return outcome or exc.status.name
+        return outcome
+
+    try:
+        outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    finally:
+        channel.close()
+    tally: dict[str, int] = {}
+    for outcome in outcomes:
+        key = outcome if isinstance(outcome, str) else type(outcome).__name__
+        tally[key] = tally.get(key, 0) + 1
+    return {"statuses": tally}
+
+
 async def fetch(path: str) -> dict[str, Any]:
     channel = Channel(path=path)
     try:
@@ -371,7 +411,8 @@ async def _requests(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spire_pqc.bench.hostile")
     parser.add_argument(
-        "attack", choices=("idle", "oversize", "malformed", "handshake", "tunnel", "fetch", "pass-fd")
+        "attack",
+        choices=("idle", "oversize", "malformed", "slow-bodies", "handshake", "tunnel", "fetch", "pass-fd"),
     )
     parser.add_argument("--as-uid", type=int, required=True)
     parser.add_argument("--as-gid", type=int, required=True)
@@ -405,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = idle(target, args.count, args.hold, args.reconnect, max_attempts=args.max_attempts)
     elif args.attack in ("oversize", "malformed"):
         result = asyncio.run(_requests(args))
+    elif args.attack == "slow-bodies":
+        result = asyncio.run(slow_bodies(args.socket, args.count, args.hold))
     elif args.attack == "handshake":
         host, _, port = args.tcp.rpartition(":")
         result = handshake(host, int(port), args.count, args.rst, hello)

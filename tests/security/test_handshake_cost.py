@@ -66,6 +66,7 @@ async def _s_client(openssl: OpenSSLCli, port: int, cert_args: list[str]) -> str
     return output.decode(errors="replace")
 
 
+@pytest.mark.openssl35
 @pytest.mark.asyncio
 async def test_no_ml_dsa_signature_for_an_unauthenticated_or_unauthorized_peer(
     world: World, signatures: list[str], tmp_path: Path

@@ -40,6 +40,18 @@ def test_a_4_gib_length_prefix_is_refused_before_the_body_is_read() -> None:
         assert_no_traceback(agent)
 
 
+def test_request_bodies_one_uid_sends_at_once_are_bounded() -> None:
+    # Eight requests of one uid, each announcing 4 MiB and sending 1 KiB of it: four fit the uid's
+    # 16 MiB budget of bodies being read, the others are refused at once.
+    require_root()
+    with public_dir() as directory, AgentProcess(directory, dev_agent_config(directory)) as agent:
+        args = ["--socket", str(agent.socket_path), "--count", "8", "--hold", "3"]
+        result = result_of(spawn("slow-bodies", args, uid=ATTACKER))
+        assert result["statuses"] == {"PENDING": 4, "RESOURCE_EXHAUSTED": 4}, result
+        assert agent.metric("spire_pqc_agent_requests_refused_total", reason="too_many_bytes") == 4
+        assert_no_traceback(agent)
+
+
 def test_malformed_frames_are_invalid_argument_without_traceback() -> None:
     require_root()
     kinds = sorted(MALFORMED)  # compressed flag, truncated body, 3-byte body, not protobuf
