@@ -53,7 +53,7 @@ H2_WINDOW = 65_535  # the smallest HTTP/2 window: what a peer may send before we
 _PREFIX = 5  # compressed flag (1 byte) + big-endian message length (4 bytes)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _goaway(uid: int | None) -> bytes:
     """Server preface + GOAWAY(ENHANCE_YOUR_CALM): a gRPC client reports the reason to its user."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
