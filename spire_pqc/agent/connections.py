@@ -4,9 +4,11 @@ The one module that knows how grpclib exposes connections and request bodies. Ev
 connect to the agent's socket (callers are told apart by SO_PEERCRED), so what one uid can make the
 agent hold is bounded here (DESIGN.md §4, "Limits"):
 
-* **connections per uid** — beyond ``max_connections_per_uid`` a new connection is answered with an
-  HTTP/2 GOAWAY (ENHANCE_YOUR_CALM, "too many connections from uid N") and closed at once, before
-  ``/proc`` is even read; other uids are unaffected;
+* **connections per uid** — the agent's own accept loop (:class:`_Listener`) reads SO_PEERCRED right
+  after accept(2); beyond ``max_connections_per_uid`` the connection gets an HTTP/2 GOAWAY
+  (ENHANCE_YOUR_CALM, "too many connections from uid N") and is closed before any asyncio transport
+  exists — a few system calls, its descriptor released at once — so a flood is drained from the
+  kernel's queue quickly and other uids are unaffected;
 * **idle connections** — a connection with no request in progress for ``idle_timeout`` is closed
   (clients reconnect transparently when they next call);
 * **streams per uid** — at most ``max_streams_per_uid`` requests in progress (RESOURCE_EXHAUSTED);
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+ACCEPT_BATCH = 64  # accept(2) calls per wake-up; refused connections are closed within the same call
+ACCEPT_RETRY = 1.0  # seconds without accepting after a failed accept(2), as asyncio does
+LISTEN_BACKLOG = 4096  # many workloads reconnect at once after an agent restart (capped by somaxconn)
 H2_WINDOW = 65_535  # the smallest HTTP/2 window: what a peer may send before we read is bounded by it
 _PREFIX = 5  # compressed flag (1 byte) + big-endian message length (4 bytes)
 
@@ -66,13 +72,13 @@ def _goaway(uid: int | None) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    """One accepted connection: admitted (delegating to grpclib's H2Protocol) or refused at once."""
+    """One admitted connection: grpclib's H2Protocol, plus its uid, idle timer and request count."""
 
-    def __init__(self, inner: H2Protocol, registry: ConnectionRegistry) -> None:
+    def __init__(self, inner: H2Protocol, registry: ConnectionRegistry, uid: int | None) -> None:
         self._inner = inner
         self._registry = registry
         self._transport: asyncio.BaseTransport | None = None
-        self.uid: int | None = None
+        self.uid = uid  # admitted by the accept loop, which counted it for this uid already
         self.admitted = False
         self.active_streams = 0
         self._last_active = 0.0
@@ -82,8 +88,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        if not self._registry.admit(self, transport):
-            return
+        self._registry.attach(self, transport)
         self.admitted = True
         self._inner.connection_made(transport)
         self._mark_idle()
@@ -169,12 +174,12 @@ class ConnectionRegistry:
     def connections_of(self, uid: int | None) -> int:
         return self._per_uid[uid]
 
-    def admit(self, conn: _Connection, transport: asyncio.BaseTransport) -> bool:
-        sock = transport.get_extra_info("socket")
+    def accept(self, sock: socket.socket) -> int | _Refused | None:
+        """Count a just-accepted connection for its uid, or refuse it (GOAWAY, closed) over the cap."""
         try:
             uid: int | None = peer_credentials(sock).uid
-        except (OSError, AttributeError, ValueError):
-            uid = None  # no credentials: attestation below records why, and every request is refused
+        except (OSError, ValueError):
+            uid = None  # no credentials: attestation records why, and every request is refused
         if self._per_uid[uid] >= self.limits.max_connections_per_uid:
             self.metrics.connections_closed.labels(reason="per_uid_cap").inc()
             self._log.log(
@@ -182,22 +187,36 @@ class ConnectionRegistry:
                 "uid %s reached its connection cap (limits.max_connections_per_uid = %d); closing its new "
                 "connections", uid, self.limits.max_connections_per_uid,
             )  # fmt: skip
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_goaway(uid))
-            transport.close()
-            return False
-        record = self.tracker.on_connect(transport)
-        conn.uid = record.uid if record.caller is not None else uid
-        self._per_uid[conn.uid] += 1
+            with contextlib.suppress(OSError):  # best effort: the client learns why
+                sock.send(_goaway(uid), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sock.close()
+            return REFUSED
+        self._per_uid[uid] += 1
+        return uid
+
+    def release(self, uid: int | None) -> None:
+        """A counted connection is gone (or never got its transport)."""
+        self._per_uid[uid] -= 1
+        if self._per_uid[uid] <= 0:
+            del self._per_uid[uid]
+
+    def attach(self, conn: _Connection, transport: asyncio.BaseTransport) -> None:
+        """The admitted connection's transport exists: attest its caller (peercred) and track it."""
+        self.tracker.on_connect(transport)
         self._by_transport[id(transport)] = conn
-        return True
+
+    def accept_failed(self, exc: OSError) -> None:
+        self.metrics.accept_errors.inc()
+        self._log.log(
+            log, logging.ERROR, "accept",
+            "accept() failed: %s; new connections wait in the kernel's queue (retrying in %gs)",
+            exc.strerror or exc, ACCEPT_RETRY,
+        )  # fmt: skip
 
     def forget(self, conn: _Connection, transport: asyncio.BaseTransport | None) -> None:
         if transport is not None and self._by_transport.pop(id(transport), None) is not None:
             self.tracker.on_disconnect(transport)
-            self._per_uid[conn.uid] -= 1
-            if self._per_uid[conn.uid] <= 0:
-                del self._per_uid[conn.uid]
+            self.release(conn.uid)
 
     def closed_idle(self, conn: _Connection) -> None:
         self.metrics.connections_closed.labels(reason="idle_timeout").inc()
@@ -320,6 +339,97 @@ class ConnectionRegistry:
             ) from exc
 
 
+class _Refused:
+    """The marker :meth:`ConnectionRegistry.accept` returns for a connection it closed."""
+
+
+REFUSED = _Refused()
+
+
+class _Listener(asyncio.AbstractServer):
+    """The accept loop of the agent socket, in place of asyncio's server.
+
+    asyncio accepts a batch of connections and creates a task, then a transport, for each before any
+    protocol code runs, so every connection of a flood holds a descriptor for several loop iterations
+    and costs tens of microseconds. Here the per-uid cap is applied right after accept(2); only
+    admitted connections become transports (``loop.connect_accepted_socket``). Failed accepts
+    (out of descriptors) pause the loop for :data:`ACCEPT_RETRY` seconds, counted and logged once per
+    interval. ``close`` / ``wait_closed`` are what grpclib's ``Server.close`` expects of its server.
+    """
+
+    def __init__(self, sock: socket.socket, server: PeerCredServer) -> None:
+        self._sock = sock
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
+        sock.setblocking(False)
+        sock.listen(LISTEN_BACKLOG)
+        self._loop.add_reader(sock.fileno(), self._ready)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self._closed else (self._sock,)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return not self._closed
+
+    async def start_serving(self) -> None:
+        return None  # serving since construction
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError("the agent starts and stops its server itself (Agent.start/close)")
+
+    def _ready(self) -> None:
+        registry = self._server.registry
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: try again in a moment
+                registry.accept_failed(exc)
+                self._loop.remove_reader(self._sock.fileno())
+                self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            uid = registry.accept(conn)
+            if isinstance(uid, _Refused):
+                continue
+            conn.setblocking(False)
+            task = self._loop.create_task(self._connect(conn, uid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket, uid: int | None) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: self._server.connection(uid), conn)
+        except OSError:
+            self._server.registry.release(uid)
+            conn.close()
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class PeerCredServer(grpclib.server.Server):
     """A grpclib server whose connections are admitted, attested and bounded by a registry."""
 
@@ -330,6 +440,14 @@ class PeerCredServer(grpclib.server.Server):
         )
         self.registry = registry
 
+    async def serve(self, sock: socket.socket) -> None:
+        """Start accepting on a bound Unix socket (instead of ``start``, which uses asyncio's server)."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        # grpclib's close() and wait_closed() use these two attributes (guarded by test_peercred.py).
+        self._server = _Listener(sock, self)
+        self._server_closed_fut = asyncio.get_running_loop().create_future()
+
     @property
     def connections(self) -> int:
         return self.registry.connections
@@ -339,7 +457,7 @@ class PeerCredServer(grpclib.server.Server):
         stopped agent must drop them so clients reconnect (to its successor) instead of reusing them."""
         self.registry.close_all()
 
-    # grpclib 0.4.x builds one protocol per connection here; wrapping it is the only hook that runs at
-    # connect time (tests/unit/agent/test_peercred.py guards this against a grpclib upgrade).
-    def _protocol_factory(self) -> H2Protocol:
-        return _Connection(super()._protocol_factory(), self.registry)  # type: ignore[return-value]
+    def connection(self, uid: int | None) -> _Connection:
+        """The protocol of one admitted connection: grpclib's own (one Handler per connection,
+        ``Server._protocol_factory`` in grpclib 0.4.x) inside ours."""
+        return _Connection(self._protocol_factory(), self.registry, uid)

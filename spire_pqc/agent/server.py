@@ -40,9 +40,6 @@ from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-ACCEPT_BATCH = 32
-LISTEN_BACKLOG = 4096
-
 
 def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
     bundles: dict[TrustDomain, bytes] = {}
@@ -187,11 +184,7 @@ class Agent:
         path = self.config.socket_path
         # Checked directory, final mode at bind() time, no symlink followed (agent.sockets).
         sock = bind_unix_socket(path, self.config.socket_mode, key="agent.socket_path")
-        # asyncio accepts up to `backlog` connections per wake-up before it handles any of them, so
-        # that number of descriptors is held at once: keep it small. The kernel's queue, though, is
-        # deep (capped by somaxconn): many workloads reconnect at once after an agent restart.
-        await server.start(sock=sock, backlog=ACCEPT_BATCH)
-        sock.listen(LISTEN_BACKLOG)
+        await server.serve(sock)  # its own accept loop: the per-uid cap is applied right after accept(2)
         self._server = server
         await self._start_tunnels()
         if self.config.health_address is not None:

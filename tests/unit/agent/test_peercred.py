@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -149,9 +150,30 @@ def test_no_peer_credentials() -> None:
         tracker.caller(transport)
 
 
-def test_grpclib_hook_still_exists() -> None:
-    # PeerCredServer relies on grpclib building one protocol per connection in _protocol_factory.
+@pytest.mark.asyncio
+async def test_grpclib_internals_the_server_relies_on() -> None:
+    # PeerCredServer builds grpclib's per-connection protocol with Server._protocol_factory and
+    # replaces asyncio's server by its own accept loop in Server._server / _server_closed_fut, which
+    # grpclib's close() and wait_closed() use: a grpclib upgrade that changes them must fail here.
     import grpclib.server
 
+    from spire_pqc.agent.config import Limits
+    from spire_pqc.agent.connections import ConnectionRegistry
+    from spire_pqc.agent.metrics import Metrics
+
     assert callable(grpclib.server.Server._protocol_factory)
-    assert PeerCredServer._protocol_factory is not grpclib.server.Server._protocol_factory
+    server = PeerCredServer([], ConnectionRegistry(PeerTracker(), Limits(), Metrics()))
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "s.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    await server.serve(listener)
+    _, writer = await asyncio.open_unix_connection(str(path))
+    async with asyncio.timeout(10):
+        while server.connections != 1:
+            await asyncio.sleep(0.01)
+    server.close()
+    server.close_connections()
+    await asyncio.wait_for(server.wait_closed(), 10)
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_unix_connection(str(path))
