@@ -39,10 +39,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from spire_pqc.agent.outage import Outage
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.localpeer import local_peer
+from spire_pqc.agent.outage import Outage
 from spire_pqc.agent.sockets import bind_unix_socket
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (

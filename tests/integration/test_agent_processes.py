@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ listen = "127.0.0.1:{listen}"
 remote = "127.0.0.1:{remote}"
 peer_ids = ["{peer}"]
 spiffe_id = "{spiffe_id}"
-"""
+allowed_uids = [UID]
+""".replace("UID", str(os.getuid()))  # the tests connect to the tunnel as themselves
 INBOUND = """
 [[tunnel.inbound]]
 name = "from-a"
@@ -152,6 +154,7 @@ remote = "127.0.0.1:1"
 peer_ids = ["{SERVER_ID}"]
 spiffe_id = "{CLIENT_ID}"
 selectors = ["unix:uid:1001"]
+allowed_uids = [{os.getuid()}]
 """
     agent = PqcAgent(workdir, config, health)
     try:

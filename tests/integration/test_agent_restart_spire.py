@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -347,6 +348,7 @@ remote = "127.0.0.1:{inbound_port}"
 peer_ids = ["{service}"]
 spiffe_id = "{client}"
 selectors = ["unix:uid:1001"]
+allowed_uids = [{os.getuid()}]
 """
     inbound = f"""
 [[tunnel.inbound]]
