@@ -183,11 +183,16 @@ def ha() -> Iterator[HA]:
         cleanup(workdir)
 
 
-def _issue_at(ha: HA, server: SpireServer, caller_from: SpireServer, request: Any) -> Any:
+def _client(ha: HA, server: SpireServer, caller_from: SpireServer) -> Any:
+    """A node-agent client of ``server``'s endpoint (reads SPIRE's bundle: needs SPIRE's datastore up)."""
     caller = ha.workdir / "minted" / f"caller-{caller_from.port}"
     if not caller.exists():
         ha.mint(caller_from, NODE_AGENT, f"caller-{caller_from.port}")
-    client = endpoint_client(server, caller)
+    return endpoint_client(server, caller)
+
+
+def _issue_at(ha: HA, server: SpireServer, caller_from: SpireServer, request: Any) -> Any:
+    client = _client(ha, server, caller_from)
     try:
         return client.issue(request)
     finally:
@@ -270,14 +275,17 @@ def test_credentials_through_either_server_and_mixed_verify_everywhere(ha: HA) -
 
 
 def test_postgres_stopped_classical_goes_on_pqc_unavailable_then_resumes(ha: HA) -> None:
+    # The test's own clients read SPIRE's bundle (`bundle show`), which needs SPIRE's datastore: make
+    # them while PostgreSQL is up. (The plugin's endpoint gets the bundle from SPIRE's IdentityProvider.)
+    clients = [_client(ha, srv, ha.a) for srv in ha.servers()]
     ha.pg.stop()
     try:
         # SPIRE still signs, and our composer still adds its binding (it needs no database).
         chain, key = ha.mint(ha.a, f"{WORKLOAD}/during-outage", "outage")
         assert any(e.oid.dotted_string == "2.25.1713860176.1" for e in chain[0].extensions)
-        for srv in ha.servers():
+        for client in clients:
             with pytest.raises(grpc.RpcError) as info:
-                _issue_at(ha, srv, ha.a, workload_request(chain, key))
+                client.issue(workload_request(chain, key))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert _reason(info.value) is RefusalReason.UNAVAILABLE
             assert f"issuance ledger postgresql://spire_pqc@127.0.0.1:{ha.pg.port}/ledger" in (
@@ -288,6 +296,8 @@ def test_postgres_stopped_classical_goes_on_pqc_unavailable_then_resumes(ha: HA)
         assert f"issuance ledger postgresql://spire_pqc@127.0.0.1:{ha.pg.port}/ledger is unavailable" in log
         assert ha.pg.password not in log and ha.pg.password not in ha.b.log_text()
     finally:
+        for client in clients:
+            client.bridge.close()
         ha.pg.start()
     _until(
         "PQC issuance after PostgreSQL returned",
