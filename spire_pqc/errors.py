@@ -269,3 +269,71 @@ class RequestRefusedError(SpirePqcError):
     def __init__(self, message: str, *, reason: str) -> None:
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+# --- JWT-SVIDs (spire_pqc.jwtsvid) ---------------------------------------------------------------
+
+
+class TokenMalformedError(MalformedCredentialError):
+    """A JWT-SVID (or its PQC part) is not a well-formed, bounded compact JWS with the required claims."""
+
+    check = "jwt-malformed"
+
+
+class TokenAlgorithmError(VerificationError):
+    """A token's ``alg`` is not the one its part must use: ``none``, HMAC, ML-DSA in the classical part,
+    a classical algorithm in the PQC part, or a header that embeds or points at a key."""
+
+    check = "jwt-algorithm"
+
+
+class TokenKeyError(VerificationError):
+    """The key named by a token's ``kid`` is not in its trust domain's JWT bundle, or (PQC part) its
+    certificate does not chain to a trusted PQC root."""
+
+    check = "jwt-key"
+
+
+class TokenSignatureError(VerificationError):
+    """A token signature (classical or ML-DSA-65) does not verify."""
+
+    check = "jwt-signature"
+
+
+class TokenBindingError(VerificationError):
+    """The PQC part of a hybrid JWT-SVID was not made for this classical token (swapped or missing)."""
+
+    check = "jwt-binding"
+
+
+class TokenAudienceError(VerificationError):
+    """The audience asked for is not in the token's ``aud``."""
+
+    check = "jwt-audience"
+
+
+class TokenExpiredError(VerificationError):
+    """The token's ``exp`` has passed."""
+
+    check = "jwt-expired"
+
+
+# --- PQC bundle federation (spire_pqc.federation) --------------------------------------------------
+
+
+class BundleSignatureError(VerificationError):
+    """A federated PQC bundle document is unsigned, or its ML-DSA-65 signature does not verify under a
+    key certified by a root the trust domain was already trusted with."""
+
+    check = "bundle-signature"
+
+
+class BundleSequenceError(VerificationError):
+    """A federated PQC bundle document goes back in ``spiffe_sequence`` (a replay of an older one), or
+    changes without a higher sequence number."""
+
+    check = "bundle-sequence"
+
+
+class FederationError(UnavailableError):
+    """A remote PQC bundle endpoint could not be reached or answered with something unusable."""

@@ -21,6 +21,11 @@ ID_SPIRE_PQC = "2.25.271571985152771553373558813120084055526"
 #: Number): 2.25.<top 31 bits of the project UUID>.1. Every arc fits in 31 bits.
 ID_SPIRE_PQC_SVID_BINDING = "2.25.1713860176.1"
 
+#: Extended key usages of a trust-domain signer certificate (x509/signer.py), under the same interim arc:
+#: the key signs the trust domain's PQC parts of JWT-SVIDs, and its federated PQC bundle document.
+ID_SPIRE_PQC_KP_JWT_SVID = "2.25.1713860176.2"
+ID_SPIRE_PQC_KP_BUNDLE = "2.25.1713860176.3"
+
 ID_ML_DSA_65 = "2.16.840.1.101.3.4.3.18"
 ID_ML_KEM_768 = "2.16.840.1.101.3.4.4.2"
 ID_SHA256 = "2.16.840.1.101.3.4.2.1"
@@ -29,5 +34,7 @@ ID_PE_RELATED_CERT = "1.3.6.1.5.5.7.1.36"
 
 SVID_BINDING = ObjectIdentifier(ID_SPIRE_PQC_SVID_BINDING)
 RELATED_CERT = ObjectIdentifier(ID_PE_RELATED_CERT)
+KP_JWT_SVID = ObjectIdentifier(ID_SPIRE_PQC_KP_JWT_SVID)
+KP_BUNDLE = ObjectIdentifier(ID_SPIRE_PQC_KP_BUNDLE)
 ML_DSA_65 = ObjectIdentifier(ID_ML_DSA_65)
 ML_KEM_768 = ObjectIdentifier(ID_ML_KEM_768)
