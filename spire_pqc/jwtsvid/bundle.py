@@ -73,7 +73,7 @@ class PqcJwtKey:
         if entry.get("kid") != jwk.thumbprint():
             raise BundleError(f"{what}: 'kid' must be the key's RFC 7638 thumbprint ({jwk.thumbprint()})")
         x5c = entry.get("x5c")
-        if not isinstance(x5c, list) or not 1 <= len(x5c) <= _MAX_X5C:
+        if not isinstance(x5c, list | tuple) or not 1 <= len(x5c) <= _MAX_X5C:
             raise BundleError(f"{what}: 'x5c' must hold the signer certificate and its intermediate")
         chain = []
         for index, item in enumerate(x5c):
