@@ -8,8 +8,10 @@ import pytest
 
 from spire_pqc.bundle import SpiffeBundle
 from spire_pqc.errors import BundleError, BundleSequenceError, BundleSignatureError
+from spire_pqc.federation.client import BundleEndpoint
 from spire_pqc.federation.document import SignedBundle, sign_bundle, verify_signed_bundle
 from spire_pqc.jwtsvid.jws import b64url_encode
+from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.x509.signer import TrustDomainSigner
 from tests.unit.federation.pki import RemoteDomain, signer_of
 
@@ -148,3 +150,9 @@ def test_a_document_without_roots_is_refused(remote: RemoteDomain) -> None:
 def test_a_document_without_a_sequence_number_cannot_be_signed(remote: RemoteDomain) -> None:
     with pytest.raises(BundleError, match="spiffe_sequence"):
         sign_bundle(SpiffeBundle(remote.td, remote.roots), signer_of(remote.active, remote.td))
+
+
+def test_the_endpoint_id_must_be_in_the_remote_trust_domain() -> None:
+    remote = RemoteDomain.generate()
+    with pytest.raises(ValueError, match="not in trust domain"):
+        BundleEndpoint(remote.td, "127.0.0.1", 1, SpiffeId.parse("spiffe://a.org/spire/server"))
