@@ -27,6 +27,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=200)
     ca.set_defaults(handler=_ca)
 
+    jwt = sub.add_parser("jwt", help="hybrid JWT-SVID issuance and validation vs classical (same run)")
+    jwt.add_argument("--iterations", type=int, default=300)
+    jwt.set_defaults(handler=_jwt)
+
     agent = sub.add_parser(
         "agent",
         help="rotation fan-out to N open streams, RSS with 100 identities, restart on a kept state directory",
@@ -93,6 +97,13 @@ def _ca(args: argparse.Namespace) -> int:
     from spire_pqc.bench import ca as bench_ca
 
     print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
+    return 0
+
+
+def _jwt(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import jwt as bench_jwt
+
+    print(bench_jwt.format_report(bench_jwt.run(iterations=args.iterations)))
     return 0
 
 
