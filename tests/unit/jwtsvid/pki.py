@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from spire_pqc.agent.jwtsvid import JwtSigningKey, jwks_bytes
-from spire_pqc.bundle import BundleSet, X509Bundle
+from spire_pqc.bundle import BundleSet, BundleSource, X509Bundle
 from spire_pqc.ca.devca import PQCHierarchy
 from spire_pqc.jwtsvid.bundle import PqcJwtBundle
 from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, sign_pqc_part
@@ -52,9 +54,16 @@ class Domain:
             jwt_bundles=self.jwt_bundles(),
         )
 
-    def validation_kwargs(self) -> dict[str, object]:
-        return {
-            "jwt_bundles": self.jwt_bundles(),
-            "pqc_jwt_bundles": self.pqc_jwt_bundles(),
-            "pqc_bundles": self.pqc_bundles(),
-        }
+    def validation_kwargs(self, pqc_jwt_bundles: Mapping[TrustDomain, PqcJwtBundle] | None = None) -> Bundles:
+        """The bundles ``validate`` needs, optionally with other PQC JWT bundles."""
+        return Bundles(
+            jwt_bundles=self.jwt_bundles(),
+            pqc_jwt_bundles=self.pqc_jwt_bundles() if pqc_jwt_bundles is None else pqc_jwt_bundles,
+            pqc_bundles=self.pqc_bundles(),
+        )
+
+
+class Bundles(TypedDict):
+    jwt_bundles: Mapping[TrustDomain, bytes]
+    pqc_jwt_bundles: Mapping[TrustDomain, PqcJwtBundle]
+    pqc_bundles: BundleSource

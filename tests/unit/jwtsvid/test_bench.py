@@ -8,6 +8,11 @@ from spire_pqc.bench import jwt as bench_jwt
 def test_the_jwt_benchmark_measures_both_sides() -> None:
     report = bench_jwt.run(iterations=3)
     assert report.hybrid_bytes > report.classical_bytes > 0
-    for timing in (report.classical_issue, report.hybrid_issue, report.classical_validate, report.hybrid_validate):
+    for timing in (
+        report.classical_issue,
+        report.hybrid_issue,
+        report.classical_validate,
+        report.hybrid_validate,
+    ):
         assert 0 < timing.p50_ms <= timing.p99_ms
     assert "hybrid validate" in bench_jwt.format_report(report)

@@ -62,7 +62,7 @@ def _with_header(token: str, **changes: Any) -> str:
 
 def test_a_valid_hybrid_token_validates_with_the_claims_both_parts_sign(domain: Domain) -> None:
     token = domain.hybrid(audience=("a", "b"))
-    verified = validate(token, "b", **domain.validation_kwargs())  # type: ignore[arg-type]
+    verified = validate(token, "b", **domain.validation_kwargs())
     assert verified.spiffe_id == SpiffeId.parse("spiffe://example.org/me")
     assert verified.claims == _decode(_segments(token.classical)[1])
     # The PQC part carries the classical payload segment byte for byte, and binds the whole token.
@@ -78,25 +78,25 @@ def test_a_valid_hybrid_token_validates_with_the_claims_both_parts_sign(domain: 
 
 def test_wrong_audience_is_refused(domain: Domain) -> None:
     with pytest.raises(TokenAudienceError, match="not in the token's 'aud'"):
-        validate(domain.hybrid(), "other", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(domain.hybrid(), "other", **domain.validation_kwargs())
 
 
 def test_an_expired_token_is_refused(domain: Domain) -> None:
     token = domain.hybrid(ttl=60)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
     with pytest.raises(TokenExpiredError):
-        validate(token, "a", now=later, **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(token, "a", now=later, **domain.validation_kwargs())
 
 
 def test_a_missing_pqc_part_is_refused(domain: Domain) -> None:
     with pytest.raises(TokenBindingError, match="missing"):
-        validate(HybridJwtSvid(domain.classical(), ""), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(domain.classical(), ""), "a", **domain.validation_kwargs())
 
 
 def test_a_missing_classical_part_is_refused(domain: Domain) -> None:
     token = domain.hybrid()
     with pytest.raises(TokenMalformedError):
-        validate(HybridJwtSvid("", token.pqc), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid("", token.pqc), "a", **domain.validation_kwargs())
 
 
 def _flip_signature(token: str) -> str:
@@ -111,7 +111,7 @@ def test_an_invalid_pqc_signature_is_refused(domain: Domain) -> None:
     with pytest.raises(TokenSignatureError, match="ML-DSA-65"):
         validate(
             HybridJwtSvid(token.classical, _flip_signature(token.pqc)), "a", **domain.validation_kwargs()
-        )  # type: ignore[arg-type]
+        )
 
 
 def test_an_invalid_classical_signature_is_refused(domain: Domain) -> None:
@@ -124,14 +124,14 @@ def test_an_invalid_classical_signature_is_refused(domain: Domain) -> None:
         domain.signer.key,
     )
     with pytest.raises(TokenSignatureError, match="classical"):
-        validate(HybridJwtSvid(bad, pqc), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(bad, pqc), "a", **domain.validation_kwargs())
 
 
 def test_a_classical_token_with_another_tokens_pqc_part_is_refused(domain: Domain) -> None:
     first = domain.hybrid(ttl=300)
     second = domain.hybrid(ttl=301)  # other claims (exp)
     with pytest.raises(TokenBindingError):
-        validate(HybridJwtSvid(first.classical, second.pqc), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(first.classical, second.pqc), "a", **domain.validation_kwargs())
 
 
 def test_a_pqc_part_over_the_same_claims_for_another_classical_signature_is_refused(domain: Domain) -> None:
@@ -147,7 +147,7 @@ def test_a_pqc_part_over_the_same_claims_for_another_classical_signature_is_refu
     )  # fmt: skip
     assert resigned != token.classical
     with pytest.raises(TokenBindingError, match="another classical token"):
-        validate(HybridJwtSvid(resigned, token.pqc), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(resigned, token.pqc), "a", **domain.validation_kwargs())
 
 
 def test_a_pqc_key_not_in_the_bundle_is_refused(domain: Domain) -> None:
@@ -158,10 +158,10 @@ def test_a_pqc_key_not_in_the_bundle_is_refused(domain: Domain) -> None:
     classical = domain.classical()
     token = sign_pqc_part(classical, other, trust_domain=domain.td, jwt_bundles=domain.jwt_bundles())
     with pytest.raises(TokenKeyError, match="not in the PQC JWT bundle"):
-        validate(token, "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(token, "a", **domain.validation_kwargs())
     # ... and accepted once the bundle lists it (rotation: the next signer is published).
     bundles = {domain.td: PqcJwtBundle.from_signers(domain.td, [domain.signer, other])}
-    assert validate(token, "a", **{**domain.validation_kwargs(), "pqc_jwt_bundles": bundles}).claims  # type: ignore[arg-type]
+    assert validate(token, "a", **domain.validation_kwargs(bundles)).claims
 
 
 def test_a_key_injected_into_the_bundle_without_a_trusted_chain_is_refused(domain: Domain) -> None:
@@ -171,7 +171,7 @@ def test_a_key_injected_into_the_bundle_without_a_trusted_chain_is_refused(domai
     )
     bundles = {domain.td: PqcJwtBundle.from_signers(domain.td, [domain.signer, rogue_domain.signer])}
     with pytest.raises(ChainError):
-        validate(token, "a", **{**domain.validation_kwargs(), "pqc_jwt_bundles": bundles})  # type: ignore[arg-type]
+        validate(token, "a", **domain.validation_kwargs(bundles))
 
 
 def test_a_workload_pqc_svid_cannot_sign_jwt_svids(domain: Domain) -> None:
@@ -189,7 +189,7 @@ def test_a_workload_pqc_svid_cannot_sign_jwt_svids(domain: Domain) -> None:
     )
     bundles = {domain.td: PqcJwtBundle(domain.td, [PqcJwtKey.from_signer(impostor)])}
     with pytest.raises((KeyUsageError, LeafError)):
-        validate(token, "a", **{**domain.validation_kwargs(), "pqc_jwt_bundles": bundles})  # type: ignore[arg-type]
+        validate(token, "a", **domain.validation_kwargs(bundles))
 
 
 def _forge(header: dict[str, Any], payload: str, signature: bytes = b"\x00" * 64) -> str:
@@ -217,7 +217,7 @@ def test_alg_confusion_in_the_classical_part_is_refused(domain: Domain, alg: Any
         domain.signer.key,
     )
     with pytest.raises(TokenAlgorithmError):
-        validate(HybridJwtSvid(classical, pqc), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(classical, pqc), "a", **domain.validation_kwargs())
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_alg_confusion_in_the_pqc_part_is_refused(domain: Domain, alg: Any) -> N
     token = domain.hybrid()
     forged = _with_header(token.pqc, alg=alg)
     with pytest.raises(TokenAlgorithmError):
-        validate(HybridJwtSvid(token.classical, forged), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(token.classical, forged), "a", **domain.validation_kwargs())
 
 
 @pytest.mark.parametrize("member", ["jwk", "jku", "x5c", "x5u", "crit"])
@@ -235,7 +235,7 @@ def test_headers_that_embed_or_point_at_keys_are_refused(domain: Domain, member:
     token = domain.hybrid()
     forged = _with_header(token.pqc, **{member: ["x"]})
     with pytest.raises(TokenAlgorithmError, match=member):
-        validate(HybridJwtSvid(token.classical, forged), "a", **domain.validation_kwargs())  # type: ignore[arg-type]
+        validate(HybridJwtSvid(token.classical, forged), "a", **domain.validation_kwargs())
 
 
 def test_a_changed_pqc_header_breaks_its_signature(domain: Domain) -> None:
@@ -245,7 +245,7 @@ def test_a_changed_pqc_header_breaks_its_signature(domain: Domain) -> None:
             HybridJwtSvid(token.classical, _with_header(token.pqc, typ=None)),
             "a",
             **domain.validation_kwargs(),
-        )  # type: ignore[arg-type]
+        )
 
 
 def test_another_trust_domains_signer_cannot_sign_for_this_one(domain: Domain) -> None:
@@ -259,7 +259,7 @@ def test_another_trust_domains_signer_cannot_sign_for_this_one(domain: Domain) -
         domain.td: PqcJwtBundle.from_signers(domain.td, [domain.signer, other.signer])
     }
     with pytest.raises(VerificationError):
-        validate(token, "a", **kwargs)  # type: ignore[arg-type]
+        validate(token, "a", **kwargs)
 
 
 def test_the_signer_refuses_what_spire_did_not_sign(domain: Domain) -> None:

@@ -85,7 +85,7 @@ def _tokens(draw: st.DrawFn) -> HybridJwtSvid:
 @given(_tokens(), st.sampled_from(["a", "b"]))
 def test_validate_raises_only_spire_pqc_errors(token: HybridJwtSvid, audience: str) -> None:
     try:
-        verified = validate(token, audience, **KWARGS)  # type: ignore[arg-type]
+        verified = validate(token, audience, **KWARGS)
     except SpirePqcError:
         return
     # Only the genuine pair validates (a header-only change always breaks a signature or a binding).
