@@ -89,6 +89,7 @@ bench: venv tools
 	$(VENV)/bin/spire-pqc bench composer
 	$(VENV)/bin/spire-pqc bench ledger
 	$(VENV)/bin/spire-pqc bench soak
+	$(VENV)/bin/spire-pqc bench jwt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
