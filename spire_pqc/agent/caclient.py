@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_status import rpc_status
 
-from spire_pqc._internal.backoff import backoff_delays
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
@@ -227,8 +227,8 @@ class GrpcCAClient:
 class _Endpoint:
     address: str
     client: CAClient
-    delay: Callable[[], float] | None = None  # set while the endpoint is backing off
-    retry_at: float = 0.0
+    backoff: Backoff
+    retry_at: float | None = None  # set while the endpoint is backing off
 
 
 class FailoverCAClient:
@@ -254,10 +254,12 @@ class FailoverCAClient:
     ) -> None:
         if not endpoints:
             raise ValueError("at least one PQC CA endpoint is needed")
-        self._endpoints = [_Endpoint(address, client) for address, client in endpoints]
-        self._retry = (retry_initial, retry_max)
+        rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._endpoints = [
+            _Endpoint(address, client, Backoff(retry_initial, retry_max, rng=rng))
+            for address, client in endpoints
+        ]
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
 
     @property
     def addresses(self) -> list[str]:
@@ -265,9 +267,8 @@ class FailoverCAClient:
 
     def _order(self) -> list[_Endpoint]:
         now = self._clock()
-        healthy = [e for e in self._endpoints if e.retry_at <= now]
-        backing_off = sorted((e for e in self._endpoints if e.retry_at > now), key=lambda e: e.retry_at)
-        return healthy + backing_off
+        # Healthy endpoints in the configured order (a stable sort), then those backing off, soonest first.
+        return sorted(self._endpoints, key=lambda e: e.retry_at if e.retry_at and e.retry_at > now else 0.0)
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         failures = []
@@ -275,16 +276,15 @@ class FailoverCAClient:
             try:
                 response = await endpoint.client.issue(request)
             except UnavailableError as exc:
-                if endpoint.delay is None:
-                    endpoint.delay = backoff_delays(*self._retry, self._rng)
-                endpoint.retry_at = self._clock() + endpoint.delay()
+                endpoint.retry_at = self._clock() + endpoint.backoff.next()
                 failures.append(str(exc))
                 if len(self._endpoints) > 1:
                     log.warning("PQC CA %s unavailable (%s); trying the next endpoint", endpoint.address, exc)
                 continue
-            if endpoint.delay is not None:
+            if endpoint.retry_at is not None:
                 log.info("PQC CA %s answers again", endpoint.address)
-            endpoint.delay, endpoint.retry_at = None, 0.0
+                endpoint.backoff.reset()
+                endpoint.retry_at = None
             return response
         if len(failures) == 1:
             raise UnavailableError(failures[0])

@@ -1,7 +1,7 @@
 """Log a condition once when it begins and once when it ends, however often it recurs in between.
 
 A tunnel refusing every connection while its credentials are missing, or an identity stream retrying
-every second while the SPIRE agent is down, would otherwise write a warning per occurrence: a flood
+while the SPIRE agent is down, would otherwise write a warning per occurrence: a flood
 that an attacker can also drive by simply connecting. :class:`Outage` keeps the first occurrence at
 WARNING, later ones at DEBUG, and one INFO line with the count when the condition clears.
 """

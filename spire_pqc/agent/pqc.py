@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from spire_pqc._internal.backoff import backoff_delays
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
@@ -220,7 +220,7 @@ class PqcProvisioner:
             # Kept before the CA sees them: after a crash, the same keys get the same certificates.
             await self._keep(StoredCredentials.pending(svid, *keys), sid)
         mldsa, mlkem = keys
-        delay = backoff_delays(self._retry_initial, self._retry_max, self._rng)
+        backoff = Backoff(self._retry_initial, self._retry_max, rng=self._rng)
         while not self._closed:
             if svid.not_after <= self._clock():
                 log.warning("classical SVID of %s expired before PQC credentials could be obtained", sid)
@@ -241,7 +241,7 @@ class PqcProvisioner:
                 await self._keep(StoredCredentials.issued(credentials), sid)
                 return
             slot.attempted.set()
-            await asyncio.sleep(delay())
+            await asyncio.sleep(backoff.next())
 
     async def _restore(self, slot: _Slot) -> tuple[MLDSA65PrivateKey, MLKEM768PrivateKey] | None:
         """The slot's kept keys (and credentials, set on the slot when they verify), or None."""

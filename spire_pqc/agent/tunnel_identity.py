@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc.agent.model import PqcCredentials, X509State
 from spire_pqc.agent.outage import Outage
 from spire_pqc.agent.pqc import PqcProvisioner
@@ -26,6 +27,10 @@ from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid
 
 log = logging.getLogger(__name__)
+
+# While the identity source cannot answer (the SPIRE agent restarting): soon at first, then every few seconds.
+RETRY_INITIAL_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
 
 StateWatch = Callable[[SpiffeId], AsyncIterator[X509State]]
 
@@ -62,7 +67,7 @@ class AgentSvidSource:
         self._pqc = _PqcBundles(provisioner)
         self._cached: tuple[PqcCredentials, HybridSvid] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._outage = Outage(log, f"tunnel identity {spiffe_id} unavailable (retrying every second)")
+        self._outage = Outage(log, f"tunnel identity {spiffe_id} unavailable (retrying with backoff)")
 
     @property
     def pqc_bundles(self) -> _PqcBundles:
@@ -72,10 +77,12 @@ class AgentSvidSource:
         self._task = asyncio.create_task(self._follow(), name=f"spire-pqc-tunnel-identity {self.spiffe_id}")
 
     async def _follow(self) -> None:
+        backoff = Backoff(RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS)
         while True:
             try:
                 async for state in self._watch(self.spiffe_id):
                     self._outage.clear()
+                    backoff.reset()
                     self._state = state
                     self._classical = _bundle_set(state.bundles)
                     self._provisioner.ensure(state.svids, state.bundles)
@@ -83,7 +90,7 @@ class AgentSvidSource:
                 if isinstance(exc, UnavailableError) and self._provisioner.changes.closed:
                     return  # the agent is shutting down
                 self._outage.hit(exc)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(backoff.next())
 
     def get_hybrid_svid(self) -> HybridSvid:
         state = self._state

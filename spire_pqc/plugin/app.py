@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from typing import Any
 
-from spire_pqc._internal.backoff import backoff_delays
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
 from spire_pqc.errors import SpirePqcError
@@ -80,7 +79,7 @@ class EndpointSupervisor:
 
     def _start(self, config: Config, generation: int, superseded: threading.Event) -> None:
         attempt = 0
-        delay = backoff_delays(ENDPOINT_RETRY_SECONDS, ENDPOINT_RETRY_MAX_SECONDS, random.Random())  # noqa: S311
+        backoff = Backoff(ENDPOINT_RETRY_SECONDS, ENDPOINT_RETRY_MAX_SECONDS)
         while not superseded.is_set():
             attempt += 1
             try:
@@ -92,7 +91,7 @@ class EndpointSupervisor:
                 continue
             except Exception:  # a bug or an OS error: say so loudly, and keep trying
                 log.exception("PQC CA endpoint failed to start (attempt %d); retrying", attempt)
-                superseded.wait(delay())
+                superseded.wait(backoff.next())
                 continue
             with self._lock:
                 if generation != self._generation:
@@ -103,7 +102,7 @@ class EndpointSupervisor:
                 except Exception:
                     log.exception("PQC CA endpoint failed to start (attempt %d); retrying", attempt)
                     endpoint.stop(0)
-                    superseded.wait(delay())
+                    superseded.wait(backoff.next())
                     continue
                 self._endpoint = endpoint
             return

@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc.bundle import BundleSet
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, SpirePqcError, UnavailableError, VerificationError
@@ -63,7 +63,6 @@ class HybridX509Source:
         self._fatal: BaseException | None = None
         self._last_error: SpirePqcError | None = None  # why the stream last broke (reported by start())
         self._closed = False
-        self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -154,8 +153,9 @@ class HybridX509Source:
     # --- the stream ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self._retry_initial
+        backoff = Backoff(self._retry_initial, self._retry_max)
         while not self._closed:
+            delay = None
             try:
                 async for update in self._client.watch_hybrid_svids():
                     try:
@@ -165,10 +165,11 @@ class HybridX509Source:
                         continue
                     self._update = update
                     self._version += 1
-                    delay = self._retry_initial
+                    backoff.reset()
                     self._wake()
             except (UnavailableError, AuthorizationError) as exc:
                 self._last_error = exc
+                delay = backoff.next()
                 log.info("hybrid stream interrupted (%s); reconnecting in about %.1fs", exc, delay)
             except SpirePqcError as exc:
                 log.warning("hybrid source stopped: %s", exc)
@@ -177,5 +178,4 @@ class HybridX509Source:
                 return
             # The stream broke: a new connection is needed (the agent may have restarted).
             self._client.close()
-            await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._retry_max)
+            await asyncio.sleep(backoff.next() if delay is None else delay)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ import grpc
 import grpc.aio
 from cryptography.hazmat.primitives import serialization
 
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2 as di
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2_grpc as di_grpc
 from spire_pqc._proto.spire.api.types import types_pb2
@@ -157,7 +157,7 @@ class DelegatedIdentitySource:
             await self._channel.close(None)
 
     async def _follow_bundles(self, into: Broadcast[dict[TrustDomain, bytes]], *, jwt: bool) -> None:
-        delay, rng = self._retry[0], random.Random()  # noqa: S311 - jitter, not a secret
+        backoff = Backoff(*self._retry)
         what = "JWT bundles" if jwt else "bundles"
         while not self._closed:
             stub = self._stub()
@@ -169,17 +169,16 @@ class DelegatedIdentitySource:
             try:
                 async for response in call:
                     into.publish(parse_bundles(response))
-                    delay = self._retry[0]
+                    backoff.reset()
                 log.warning("SPIRE agent ended the %s stream; resubscribing", what)
             except grpc.aio.AioRpcError as exc:
-                log.warning("%s; retrying in about %.1fs", _rpc_error(exc, what), delay)
+                log.warning("%s; retrying with backoff", _rpc_error(exc, what))
                 # Only the X.509 follower replaces the shared channel, so a restart reconnects once.
                 if exc.code() is grpc.StatusCode.UNAVAILABLE and not self._closed and not jwt:
                     await self._reconnect()
             finally:
                 call.cancel()
-            await asyncio.sleep(rng.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._retry[1])
+            await asyncio.sleep(backoff.next())
 
     def _state(self, svids: tuple[ClassicalSvid, ...], federates_with: set[TrustDomain]) -> X509State:
         all_bundles: Mapping[TrustDomain, bytes] = self._bundles.value or {}
@@ -334,7 +333,7 @@ class OwnIdentity:
         return next((s for s in svids if s.spiffe_id == self._agent_id), None)
 
     async def _follow(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             client = WorkloadClient(self._address)
             try:
@@ -354,13 +353,12 @@ class OwnIdentity:
                         bundle_pem=bundle.to_pem(),
                     )
                     self._ready.set()
-                    delay = 0.5
+                    backoff.reset()
             except SpirePqcError as exc:
                 log.warning("own X509-SVID from %s unavailable (%s); retrying", self._address, exc)
             finally:
                 client.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(backoff.next())
 
 
 def grpc_ca_client(config: CAClientConfig, own: OwnIdentity) -> FailoverCAClient:

@@ -22,14 +22,13 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import random
 import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from spire_pqc._internal.backoff import backoff_delays
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc.ca.ledger.model import (
     IssuanceLedger,
     LedgerEntry,
@@ -83,13 +82,11 @@ class _Availability:
 
     def __init__(self, database: str, retry_initial: float, retry_max: float) -> None:
         self._database = database
-        self._initial, self._max = retry_initial, retry_max
+        self._backoff = Backoff(retry_initial, retry_max)
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._retry_at = 0.0
-        self._delay: Callable[[], float] | None = None
         self._last_error = ""
-        self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     @property
     def up(self) -> bool:
@@ -108,16 +105,15 @@ class _Availability:
     def failed(self, reason: str) -> LedgerError:
         now = time.monotonic()
         with self._lock:
-            if self._down_since is None or self._delay is None:
+            if self._down_since is None:
                 self._down_since = now
-                self._delay = backoff_delays(self._initial, self._max, self._rng)
                 log.error(
                     "issuance ledger %s is unavailable: %s; PQC issuance is refused (UNAVAILABLE) until it "
                     "answers again (retrying with backoff); classical signing is not affected",
                     self._database,
                     reason,
                 )
-            self._retry_at = now + self._delay()
+            self._retry_at = now + self._backoff.next()
             self._last_error = reason
         return LedgerError(f"unavailable ({reason})", database=self._database)
 
@@ -131,7 +127,8 @@ class _Availability:
                     self._database,
                     time.monotonic() - self._down_since,
                 )
-            self._down_since, self._delay = None, None
+            self._down_since = None
+            self._backoff.reset()
 
 
 class SqlLedger(IssuanceLedger):
