@@ -10,7 +10,7 @@ export SPIRE_PQC_CACHE ?= $(HOME)/.cache/spire-pqc
 export OQS_INSTALL_PATH ?= $(SPIRE_PQC_CACHE)/liboqs-0.16.0
 PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
 
-.PHONY: venv demo test test-unit test-packaging lint proto proto-check bench spire openssl postgres liboqs promtool systemd-tools tools dist clean
+.PHONY: venv demo test test-unit test-packaging lint config-docs proto proto-check bench spire openssl postgres liboqs promtool systemd-tools tools dist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -71,6 +71,11 @@ lint: venv proto-check
 	$(VENV)/bin/mypy spire_pqc tests examples
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/check_pq_imports.py
+	$(PY) scripts/gen_config_docs.py --check
+
+## The configuration reference (docs/configuration.md, README and plugin README key tables) from the models.
+config-docs: venv
+	$(PY) scripts/gen_config_docs.py
 
 proto: venv
 	$(PY) scripts/gen_proto.py

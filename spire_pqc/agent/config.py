@@ -1,29 +1,66 @@
 """The node agent's configuration: a TOML file → a frozen, validated :class:`AgentConfig`.
 
-:func:`load` (file) and :func:`parse` (already-decoded TOML) collect *every* problem, each naming its
-key (``source.dev.entries[2].spiffe_id: ...``), and raise one :class:`~spire_pqc.errors.ConfigError`
-listing them all, so an operator fixes a file in one pass. Unknown keys are problems too: a typo
-must not silently fall back to a default. ``examples/agent/agent.toml`` documents every key.
+:class:`AgentFile` is the file's schema (pydantic models of its tables, built from the value types
+shared with the plugin in :mod:`spire_pqc.config`); :func:`load` (a file) and :func:`parse` (decoded
+TOML) validate it, reporting *every* problem at once, each naming its key
+(``source.dev.entries[2].spiffe_id: ...``), and turn it into the :class:`AgentConfig` the agent runs
+with. Unknown keys are problems too: a typo must not silently fall back to a default. The reference
+of every key is docs/configuration.md, generated from these models.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import grp
-import ipaddress
 import pwd
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from spire_pqc.errors import ConfigError, SpiffeIdError
+from pydantic import ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails
+
+from spire_pqc.config import (
+    ADDRESS,
+    AbsolutePath,
+    Address,
+    Addresses,
+    Duration,
+    Flag,
+    Kind,
+    LoopbackAddress,
+    PositiveInt,
+    Selectors,
+    Size,
+    SocketMode,
+    SpiffeIdText,
+    Table,
+    Text,
+    TrustDomainName,
+    WorkloadId,
+    WorkloadIds,
+    absolute_path,
+    checked,
+    choice,
+    first_use,
+    format_address,
+    is_loopback,
+    key,
+    parse_address,
+    problem,
+    read_toml,
+    recall,
+    registered,
+    remember,
+    shown,
+    validate,
+)
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 __all__ = [
     "AgentConfig",
+    "AgentFile",
     "CAClientConfig",
     "DevEntry",
     "DevSourceConfig",
@@ -33,26 +70,18 @@ __all__ = [
     "TunnelConfig",
     "load",
     "parse",
-    "parse_duration",
 ]
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
-_SELECTOR = re.compile(r"^[a-z0-9_-]+:.+$")
 DEFAULT_SOCKET_MODE = 0o666
+STATE_DIR_NAME = "agent-state"  # default agent.state_dir: beside the socket, e.g. /run/spire-pqc/agent-state
+DEV_CA_DIR_NAME = "dev-ca"  # default source.dev.ca_dir: inside agent.state_dir
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # grpc-go's default receive limit, which SPIRE keeps
+MAX_ID = 4294967294  # the largest valid uid/gid ((uid_t)-1 means "no change" to the kernel)
+MAX_HINT_BYTES = 1024
+TUNNEL_MODES = ("hybrid", "spiffe", "pq-tls")  # spire_pqc.channel.Mode's values
 
 
-def parse_duration(value: object) -> dt.timedelta:
-    """``30`` (seconds), ``"30s"``, ``"5m"``, ``"1h30m"``, ``"0.5s"``; must be positive."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value and (m := _DURATION.match(value)):
-        hours, minutes, secs = m.groups()
-        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
-    else:
-        raise ValueError(f"{value!r} is not a duration like 30, '30s', '5m' or '1h30m'")
-    if seconds <= 0:
-        raise ValueError(f"{value!r} must be positive")
-    return dt.timedelta(seconds=seconds)
+# --- what the agent runs with -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -108,12 +137,6 @@ class CAClientConfig:
         return self.addresses[0]
 
 
-# --- limits on what local users can make the agent hold (issue 9; README "Security") ----------
-
-MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # grpc-go's default receive limit, which SPIRE keeps
-MAX_ID = 4294967294  # the largest valid uid/gid ((uid_t)-1 means "no change" to the kernel)
-
-
 @dataclass(frozen=True)
 class Limits:
     """``[limits]``: what one local uid can make the agent hold (enforced by agent.connections)."""
@@ -148,7 +171,8 @@ class LocalUsers:
 
 @dataclass(frozen=True)
 class TunnelConfig:
-    """One tunnel (DESIGN.md §4): ``outbound`` (loopback plaintext → channel to ``remote``) or ``inbound``."""
+    """One tunnel (docs/architecture.md): ``outbound`` (loopback plaintext → channel to ``remote``) or
+    ``inbound`` (channel listener → local plaintext ``target``)."""
 
     direction: str  # "outbound" | "inbound"
     name: str
@@ -186,626 +210,609 @@ class AgentConfig:
     limits: Limits = Limits()
 
 
-class _Collector:
-    """Reads typed values out of nested tables and records every problem with its key path."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
-
-    def table(
-        self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False
-    ) -> Mapping[str, Any]:
-        value = data.get(key)
-        where = f"{prefix}{key}"
-        if value is None:
-            if required:
-                self.problem(where, "missing table")
-            return {}
-        if not isinstance(value, Mapping):
-            self.problem(where, "must be a table")
-            return {}
-        return value
-
-    def unknown(self, data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-        for key in sorted(set(data) - allowed):
-            self.problem(f"{prefix}{key}", "unknown key")
-
-    def string(self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False) -> str | None:
-        value = data.get(key)
-        if value is None:
-            if required:
-                self.problem(f"{prefix}{key}", "missing (required)")
-            return None
-        if not isinstance(value, str) or not value:
-            self.problem(f"{prefix}{key}", "must be a non-empty string")
-            return None
-        return value
-
-    def boolean(self, data: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            self.problem(f"{prefix}{key}", "must be true or false")
-            return default
-        return value
-
-    def duration(self, data: Mapping[str, Any], key: str, prefix: str, default: dt.timedelta) -> dt.timedelta:
-        if key not in data:
-            return default
-        try:
-            return parse_duration(data[key])
-        except ValueError as exc:
-            self.problem(f"{prefix}{key}", str(exc))
-            return default
-
-    def absolute_path(
-        self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool = False
-    ) -> Path | None:
-        text = self.string(data, key, prefix, required=required)
-        if text is None:
-            return None
-        return self.path_text(text, f"{prefix}{key}")
-
-    def path_text(self, text: str, key: str) -> Path | None:
-        if "\x00" in text:
-            self.problem(key, "contains a NUL byte")
-            return None
-        path = Path(text)
-        if not path.is_absolute():
-            self.problem(key, f"{text!r} must be an absolute path")
-            return None
-        return path
-
-    def positive_int(self, data: Mapping[str, Any], key: str, prefix: str, default: int) -> int:
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.problem(f"{prefix}{key}", "must be a positive integer")
-            return default
-        return value
+# --- value types of the agent only ---------------------------------------------------------------
 
 
-def _socket_mode(c: _Collector, value: object) -> int:
-    # TOML has no octal strings by default; accept "0660" (string) or 0o660 (TOML octal integer).
-    if isinstance(value, bool):
-        c.problem("agent.socket_mode", "must be an octal string like '0660'")
-        return DEFAULT_SOCKET_MODE
-    if isinstance(value, str):
-        try:
-            mode = int(value, 8)
-        except ValueError:
-            c.problem("agent.socket_mode", f"{value!r} is not an octal mode like '0660'")
-            return DEFAULT_SOCKET_MODE
-    elif isinstance(value, int):
-        mode = value
-    else:
-        c.problem("agent.socket_mode", "must be an octal string like '0660'")
-        return DEFAULT_SOCKET_MODE
-    if not 0 <= mode <= 0o777:
-        c.problem("agent.socket_mode", f"{oct(mode)} is not a permission mode (0..0777)")
-        return DEFAULT_SOCKET_MODE
-    return mode
+def _hint(value: object) -> str:
+    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > MAX_HINT_BYTES:
+        raise ValueError(f"must be a string of at most {MAX_HINT_BYTES} bytes")
+    return value
 
 
-def _address(c: _Collector, key: str, text: str, *, loopback_only: bool = True) -> tuple[str, int] | None:
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        c.problem(key, f"{text!r} is not host:port")
-        return None
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback_only and not loopback:
-        # Health and metrics reveal which identities the node serves: keep them local by default.
-        c.problem(key, f"{text!r} must be a loopback address (127.0.0.1, ::1 or localhost)")
-        return None
-    return host, int(port_text)
+@dataclass(frozen=True)
+class LocalIds:
+    """``allowed_uids`` / ``allowed_gids`` as configured: ids (names resolved), or everyone."""
+
+    ids: frozenset[int]
+    anyone: bool
 
 
-def _dev_source(c: _Collector, data: Mapping[str, Any], state_dir: Path | None) -> DevSourceConfig | None:
-    prefix = "source.dev."
-    c.unknown(data, {"trust_domain", "svid_ttl", "jwt_svid_ttl", "entries", "ca_dir"}, prefix)
-    ca_dir = _dev_ca_dir(c, data, state_dir)
-    td_text = c.string(data, "trust_domain", prefix, required=True)
-    trust_domain = None
-    if td_text is not None:
-        try:
-            trust_domain = TrustDomain.parse(td_text)
-        except SpiffeIdError as exc:
-            c.problem(f"{prefix}trust_domain", str(exc))
-    ttl = c.duration(data, "svid_ttl", prefix, dt.timedelta(hours=1))
-    jwt_ttl = c.duration(data, "jwt_svid_ttl", prefix, dt.timedelta(minutes=5))
-    raw_entries = data.get("entries", [])
-    entries: list[DevEntry] = []
-    if not isinstance(raw_entries, list):
-        c.problem(f"{prefix}entries", "must be an array of tables ([[source.dev.entries]])")
-        raw_entries = []
-    for index, raw in enumerate(raw_entries):
-        where = f"{prefix}entries[{index}]."
-        if not isinstance(raw, Mapping):
-            c.problem(f"{prefix}entries[{index}]", "must be a table")
-            continue
-        c.unknown(raw, {"spiffe_id", "selectors", "hint"}, where)
-        sid_text = c.string(raw, "spiffe_id", where, required=True)
-        spiffe_id = None
-        if sid_text is not None:
+def _local_ids(*, groups: bool) -> Any:
+    what = "gid" if groups else "uid"
+
+    def parse(value: object) -> LocalIds:
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in items):
+            raise ValueError('must be a list of numeric ids or names, or "*" (every local user)')
+        if "*" in items:
+            if len(items) > 1:
+                raise ValueError('"*" (every local user) stands alone')
+            return LocalIds(frozenset(), anyone=True)
+        ids: set[int] = set()
+        errors: list[InitErrorDetails] = []
+        for index, item in enumerate(items):
             try:
-                spiffe_id = SpiffeId.parse(sid_text)
-            except SpiffeIdError as exc:
-                c.problem(f"{where}spiffe_id", str(exc))
-            else:
-                if spiffe_id.is_root:
-                    c.problem(f"{where}spiffe_id", "a workload SPIFFE ID needs a path")
-                    spiffe_id = None
-                elif trust_domain is not None and spiffe_id.trust_domain != trust_domain:
-                    c.problem(f"{where}spiffe_id", f"not in trust domain {trust_domain}")
-                    spiffe_id = None
-        selectors = raw.get("selectors")
-        if not isinstance(selectors, list) or not selectors:
-            c.problem(f"{where}selectors", "must be a non-empty array like ['unix:uid:1000']")
-            selectors = None
-        else:
-            bad = [s for s in selectors if not isinstance(s, str) or not _SELECTOR.match(s)]
-            if bad:
-                c.problem(
-                    f"{where}selectors", f"{bad!r}: each selector is 'type:value', e.g. 'unix:uid:1000'"
-                )
-                selectors = None
-        hint = raw.get("hint", "")
-        if not isinstance(hint, str) or len(hint.encode()) > 1024:
-            c.problem(f"{where}hint", "must be a string of at most 1024 bytes")
-            hint = ""
-        if spiffe_id is not None and selectors is not None:
-            entries.append(DevEntry(spiffe_id, frozenset(selectors), hint))
-    hints = [e.hint for e in entries if e.hint]
-    for hint in sorted({h for h in hints if hints.count(h) > 1}):
-        # The Workload API requires hints to be unique within a response.
-        c.problem(f"{prefix}entries", f"hint {hint!r} is used by more than one entry")
-    if trust_domain is None:
-        return None
-    return DevSourceConfig(trust_domain, ttl, tuple(entries), jwt_ttl, ca_dir)
+                ids.add(_local_id(item, groups=groups))
+            except ValueError as exc:
+                loc = (index,) if isinstance(value, list) else ()
+                errors.append(InitErrorDetails(type=problem(str(exc)), loc=loc, input=item))
+        if errors:
+            raise ValidationError.from_exception_data(what, errors)
+        return LocalIds(frozenset(ids), anyone=False)
+
+    return checked(parse)
 
 
-def _spire_source(c: _Collector, data: Mapping[str, Any]) -> SpireSourceConfig | None:
-    prefix = "source.spire."
-    c.unknown(data, {"admin_socket_path", "workload_socket_path", "agent_id"}, prefix)
-    admin = c.absolute_path(data, "admin_socket_path", prefix, required=True)
-    workload = c.absolute_path(data, "workload_socket_path", prefix, required=True)
-    agent_id = None
-    agent_id_text = c.string(data, "agent_id", prefix)
-    if agent_id_text is not None:
-        try:
-            agent_id = SpiffeId.parse(agent_id_text)
-        except SpiffeIdError as exc:
-            c.problem(f"{prefix}agent_id", str(exc))
-    return (
-        SpireSourceConfig(admin, workload, agent_id) if admin is not None and workload is not None else None
-    )
+def _local_id(item: int | str, *, groups: bool) -> int:
+    if isinstance(item, int):
+        if not 0 <= item <= MAX_ID:
+            raise ValueError(f"{item} is not a valid {'gid' if groups else 'uid'}")
+        return item
+    try:  # names are resolved now: a name that does not exist is a typo, found at validation
+        return grp.getgrnam(item).gr_gid if groups else pwd.getpwnam(item).pw_uid
+    except (KeyError, ValueError):
+        raise ValueError(f"no local {'group' if groups else 'user'} named {shown(item)}") from None
 
 
-def _ca(c: _Collector, data: Mapping[str, Any]) -> CAClientConfig | None:
-    if not data:
-        return None
-    prefix = "ca."
-    c.unknown(data, {"address", "addresses", "server_id", "timeout"}, prefix)
-    single = c.string(data, "address", prefix)
-    many = data.get("addresses")
-    addresses: list[str] = []
-    if single is not None and many is not None:
-        c.problem(f"{prefix}addresses", "set either ca.address or ca.addresses, not both")
-    elif many is not None:
-        if not isinstance(many, list) or not many or not all(isinstance(a, str) and a for a in many):
-            c.problem(f"{prefix}addresses", "must be a non-empty array of 'host:port' strings")
-        else:
-            addresses = list(many)
-    elif single is not None:
-        addresses = [single]
-    else:
-        c.problem(f"{prefix}addresses", "missing (required): the PQC CA endpoint(s) as 'host:port'")
-    key = f"{prefix}address" if single is not None else f"{prefix}addresses"
-    for index, address in enumerate(addresses):
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            where = key if single is not None else f"{key}[{index}]"
-            c.problem(where, f"{address!r} is not host:port")
-    for address in sorted({a for a in addresses if addresses.count(a) > 1}):
-        c.problem(key, f"{address!r} is listed more than once")
-    server_id_text = c.string(data, "server_id", prefix)
-    server_id = None
-    if server_id_text is not None:
-        try:
-            server_id = SpiffeId.parse(server_id_text)
-        except SpiffeIdError as exc:
-            c.problem(f"{prefix}server_id", str(exc))
-    timeout = c.duration(data, "timeout", prefix, dt.timedelta(seconds=10))
-    return CAClientConfig(tuple(addresses), server_id, timeout) if addresses else None
-
-
-_MODES = ("hybrid", "spiffe", "pq-tls")  # spire_pqc.channel.Mode (agent config does not import the channel)
-_TUNNEL_KEYS = {
-    "outbound": {
-        "name",
-        "listen",
-        "remote",
-        "peer_ids",
-        "mode",
-        "spiffe_id",
-        "selectors",
-        "allow_non_loopback",
-        "allowed_uids",
-        "allowed_gids",
-    },
-    "inbound": {
-        "name",
-        "listen",
-        "target",
-        "allowed_ids",
-        "allowed_trust_domain",
-        "mode",
-        "spiffe_id",
-        "selectors",
-    },
-}
-
-
-def _spiffe_id(c: _Collector, key: str, value: object) -> SpiffeId | None:
+def _outbound_listen(value: object) -> tuple[str, int] | Path:
     if not isinstance(value, str):
-        c.problem(key, "must be a SPIFFE ID string")
-        return None
-    try:
-        sid = SpiffeId.parse(value)
-    except SpiffeIdError as exc:
-        c.problem(key, str(exc))
-        return None
-    if sid.is_root:
-        c.problem(key, "a workload SPIFFE ID needs a path")
-        return None
-    return sid
+        raise ValueError("must be a 'host:port' or 'unix:/path' string")
+    if value.startswith("unix:"):
+        path = value.removeprefix("unix:")
+        return absolute_path("/" + path.lstrip("/") if path.startswith("//") else path)
+    return parse_address(value)
 
 
-def _id_list(c: _Collector, data: Mapping[str, Any], key: str, prefix: str) -> tuple[SpiffeId, ...] | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        c.problem(f"{prefix}{key}", "must be a non-empty array of SPIFFE IDs")
-        return ()
-    ids = [_spiffe_id(c, f"{prefix}{key}[{i}]", v) for i, v in enumerate(value)]
-    return tuple(i for i in ids if i is not None)
+def _inbound_listen(value: object) -> tuple[str, int]:
+    if isinstance(value, str) and value.startswith("unix:"):
+        raise ValueError("a Unix-socket listener is for outbound tunnels only")
+    if not isinstance(value, str):
+        raise ValueError("must be a 'host:port' string")
+    return parse_address(value)
 
 
-def _tunnel_selectors(c: _Collector, raw: Mapping[str, Any], where: str, spire: bool) -> frozenset[str]:
-    key = f"{where}selectors"
-    if not spire:
-        if "selectors" in raw:
-            c.problem(key, "only with the spire source (the dev source uses the entry of spiffe_id)")
-        return frozenset()
-    value = raw.get("selectors")
-    if value is None:
-        c.problem(key, "missing (required with the spire source): the local service's SPIRE selectors")
-        return frozenset()
-    if not isinstance(value, list) or not value:
-        c.problem(key, "must be a non-empty array like ['unix:uid:1000']")
-        return frozenset()
-    bad = [v for v in value if not isinstance(v, str) or not _SELECTOR.match(v)]
-    if bad:
-        c.problem(key, f"{bad!r}: each selector is 'type:value', e.g. 'unix:uid:1000'")
-        return frozenset()
-    return frozenset(value)
+UidList = Annotated[
+    LocalIds,
+    _local_ids(groups=False),
+    Kind("uids", 'uids or user names: `[1000, "billing"]`, or `"*"` alone for every local user'),
+]
+GidList = Annotated[
+    LocalIds,
+    _local_ids(groups=True),
+    Kind("gids", 'gids or group names: `["billing"]`, or `"*"` alone for every local user'),
+]
+Hint = Annotated[
+    str, checked(_hint), Kind("hint", f"a string of at most {MAX_HINT_BYTES} bytes, possibly empty")
+]
+TunnelMode = Annotated[
+    str, checked(choice(*TUNNEL_MODES)), Kind("tunnel mode", "`hybrid`, `spiffe` or `pq-tls`")
+]
+SourceKind = Annotated[str, checked(choice("dev", "spire")), Kind("source kind", "`dev` or `spire`")]
+OutboundListen = Annotated[
+    tuple[str, int] | Path,
+    checked(_outbound_listen),
+    Kind("listener", "`host:port`, or `unix:/absolute/path` for a Unix socket"),
+]
+InboundListen = Annotated[tuple[str, int], checked(_inbound_listen), ADDRESS]
 
 
-def _local_ids(c: _Collector, key: str, value: object, *, groups: bool) -> tuple[frozenset[int], bool] | None:
-    """``allowed_uids`` / ``allowed_gids``: numbers or names (resolved now), or ``"*"`` alone."""
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in items):
-        c.problem(key, 'must be a list of numeric ids or names, or "*" (every local user)')
-        return None
-    if "*" in items:
-        if len(items) > 1:
-            c.problem(key, '"*" (every local user) stands alone')
-            return None
-        return frozenset(), True
-    ids = set()
-    for item in items:
-        assert isinstance(item, int | str)
-        if isinstance(item, int):
-            if not 0 <= item <= MAX_ID:
-                c.problem(key, f"{item} is not a valid {'gid' if groups else 'uid'}")
-                continue
-            ids.add(item)
-            continue
-        try:
-            ids.add(grp.getgrnam(item).gr_gid if groups else pwd.getpwnam(item).pw_uid)
-        except (KeyError, ValueError):
-            c.problem(key, f"no local {'group' if groups else 'user'} named {item!r}")
-    return frozenset(ids), False
+# --- the file ------------------------------------------------------------------------------------
 
 
-def _local_users(
-    c: _Collector, raw: Mapping[str, Any], where: str, allow_non_loopback: bool
-) -> LocalUsers | None:
-    if "allowed_uids" not in raw and "allowed_gids" not in raw:
-        c.problem(
-            where[:-1],
-            'give allowed_uids and/or allowed_gids: the local users who may use this tunnel ("*" for every '
-            "local user); whoever connects to it speaks with the tunnel's SPIFFE ID",
-        )
-        return None
-    uids = gids = frozenset[int]()
-    anyone = False
-    for key, groups in (("allowed_uids", False), ("allowed_gids", True)):
-        if key in raw:
-            found = _local_ids(c, f"{where}{key}", raw[key], groups=groups)
-            if found is None:
-                return None
-            ids, star = found
-            anyone = anyone or star
-            if groups:
-                gids = ids
-            else:
-                uids = ids
-    if allow_non_loopback and not anyone:
-        c.problem(
-            f"{where}allow_non_loopback",
-            'connections from other hosts have no local user: it needs allowed_uids = "*"',
-        )
-    return LocalUsers(uids, gids, anyone)
+class AgentTable(Table):
+    socket_path: AbsolutePath = key(
+        doc="Unix socket serving the SPIFFE Workload API and the `HybridWorkload` extension. Workloads "
+        "find it through `SPIFFE_ENDPOINT_SOCKET=unix:///…`."
+    )
+    socket_mode: SocketMode = key(
+        DEFAULT_SOCKET_MODE,
+        shown='`"0666"`',
+        doc="permission bits of the socket. Callers are attested by their peer credentials "
+        "(SO_PEERCRED), so any local user may connect; what each receives depends on its uid, gid and "
+        "process.",
+    )
+    production: Flag = key(False, doc="`true` refuses the dev source (set it on every production node).")
+    shutdown_grace: Duration = key(
+        dt.timedelta(seconds=5),
+        doc="on SIGTERM, how long open tunnel connections get to finish (new ones are refused at once; "
+        "those still open then are reset) before open streams get their final UNAVAILABLE.",
+    )
+    state_dir: AbsolutePath | None = key(
+        None,
+        check_default=True,
+        shown="`<socket directory>/agent-state`",
+        doc="directory keeping each workload's PQC keys and certificates across restarts and crashes. "
+        "It must be private to the agent's user (0700, owned by it; refused at start otherwise) and "
+        "used by one agent only; never under a socket directory that containers mount. Format and "
+        "threat model: docs/agent-state.md.",
+    )
+
+    @field_validator("production")
+    @classmethod
+    def _remember_production(cls, production: bool, info: ValidationInfo) -> bool:
+        remember(info, "agent.production", production)
+        return production
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, state_dir: Path | None, info: ValidationInfo) -> Path | None:
+        socket_path: Path | None = info.data.get("socket_path")
+        if state_dir is None and socket_path is not None:
+            state_dir = socket_path.parent / STATE_DIR_NAME
+        if state_dir is not None and state_dir == socket_path:
+            raise problem("must not be the socket path")
+        remember(info, "agent.state_dir", state_dir)
+        return state_dir
 
 
-def _listen(
-    c: _Collector, key: str, text: str, *, direction: str, local_only: bool
-) -> tuple[str, int] | Path | None:
-    if text.startswith("unix:"):
-        if direction != "outbound":
-            c.problem(key, "a Unix-socket listener is for outbound tunnels only")
-            return None
-        path = text.removeprefix("unix:")
-        path = "/" + path.lstrip("/") if path.startswith("//") else path
-        return c.path_text(path, key)
-    return _address(c, key, text, loopback_only=local_only)
+class DevEntryTable(Table):
+    spiffe_id: WorkloadId = key(doc="the SPIFFE ID a caller matching every selector gets.")
+    selectors: Selectors = key(
+        doc="the selectors a caller must all match: `unix:uid:<n>`, `unix:gid:<n>`, `unix:user:<name>`, "
+        "`unix:group:<name>`."
+    )
+    hint: Hint = key(
+        "", doc="the Workload API's hint for this SVID (unique among the entries); empty: no hint."
+    )
+
+    @field_validator("spiffe_id")
+    @classmethod
+    def _in_trust_domain(cls, spiffe_id: SpiffeId, info: ValidationInfo) -> SpiffeId:
+        trust_domain = recall(info, "source.dev.trust_domain")
+        if trust_domain is not None and spiffe_id.trust_domain != trust_domain:
+            raise problem(f"not in trust domain {trust_domain}")
+        first_use(info, "source.dev entry IDs", spiffe_id)
+        return spiffe_id
+
+    @field_validator("hint")
+    @classmethod
+    def _unique_hint(cls, hint: str, info: ValidationInfo) -> str:
+        # The Workload API requires hints to be unique within a response.
+        if hint and not first_use(info, "source.dev hints", hint):
+            raise problem(f"hint {shown(hint)} is used by more than one entry")
+        return hint
 
 
-def _tunnel(
-    c: _Collector, direction: str, index: int, raw: object, identities: set[SpiffeId] | None, spire: bool
-) -> TunnelConfig | None:
-    where = f"tunnel.{direction}[{index}]."
-    if not isinstance(raw, Mapping):
-        c.problem(where[:-1], "must be a table")
-        return None
-    c.unknown(raw, _TUNNEL_KEYS[direction], where)
-    name = c.string(raw, "name", where, required=True)
-    mode = c.string(raw, "mode", where) or "hybrid"
-    if mode not in _MODES:
-        c.problem(f"{where}mode", f"{mode!r} is not one of {', '.join(_MODES)}")
-    sid = None
-    if "spiffe_id" not in raw:
-        c.problem(f"{where}spiffe_id", "missing (required): the local service identity the tunnel presents")
-    else:
-        sid = _spiffe_id(c, f"{where}spiffe_id", raw["spiffe_id"])
-        if sid is not None and identities is not None and sid not in identities:
-            c.problem(f"{where}spiffe_id", f"{sid} is not the SPIFFE ID of any [[source.dev.entries]]")
-    selectors = _tunnel_selectors(c, raw, where, spire)
-    allow_non_loopback = False
-    local_users = None
-    if direction == "outbound":
-        allow_non_loopback = c.boolean(raw, "allow_non_loopback", where, False)
-        local_users = _local_users(c, raw, where, allow_non_loopback)
-    listen_text = c.string(raw, "listen", where, required=True)
-    listen = None
-    if listen_text is not None:
-        # Outbound: whoever reaches the plaintext listener speaks with this node's identity.
-        local_only = direction == "outbound" and not allow_non_loopback
-        listen = _listen(c, f"{where}listen", listen_text, direction=direction, local_only=local_only)
-    remote = target = None
-    peer_ids: tuple[SpiffeId, ...] = ()
-    allowed_ids: tuple[SpiffeId, ...] = ()
-    allowed_td = None
-    if direction == "outbound":
-        remote_text = c.string(raw, "remote", where, required=True)
-        if remote_text is not None:
-            remote = _address(c, f"{where}remote", remote_text, loopback_only=False)
-        found = _id_list(c, raw, "peer_ids", where)
-        if found is None:
-            c.problem(f"{where}peer_ids", "missing (required): the SPIFFE ID(s) the remote must present")
-        peer_ids = found or ()
-    else:
-        target_text = c.string(raw, "target", where, required=True)
-        if target_text is not None:
-            target = _address(c, f"{where}target", target_text, loopback_only=False)
-        allowed_ids = _id_list(c, raw, "allowed_ids", where) or ()
-        td_text = c.string(raw, "allowed_trust_domain", where)
-        if td_text is not None:
-            try:
-                allowed_td = TrustDomain.parse(td_text)
-            except SpiffeIdError as exc:
-                c.problem(f"{where}allowed_trust_domain", str(exc))
-        if ("allowed_ids" in raw) == ("allowed_trust_domain" in raw):
-            c.problem(where[:-1], "give exactly one of allowed_ids, allowed_trust_domain")
-    if name is None or listen is None or sid is None:
-        return None
-    return TunnelConfig(
-        direction,
-        name,
-        listen,
-        sid,
-        mode,
-        remote,
-        peer_ids,
-        target,
-        allowed_ids,
-        allowed_td,
-        allow_non_loopback,
-        selectors,
-        local_users,
+class DevSourceTable(Table):
+    trust_domain: TrustDomainName = key(doc="the trust domain of the dev CAs and of every entry.")
+    svid_ttl: Duration = key(
+        dt.timedelta(hours=1),
+        doc="lifetime of the dev X509-SVIDs; they rotate at half of it, as SPIRE's agent does.",
+    )
+    jwt_svid_ttl: Duration = key(
+        dt.timedelta(minutes=5),
+        doc="lifetime of the dev JWT-SVIDs, signed with a dev ES256 key per trust domain.",
+    )
+    ca_dir: AbsolutePath | None = key(
+        None,
+        check_default=True,
+        shown="`<agent.state_dir>/dev-ca`",
+        doc="where the dev source keeps its dev CAs (classical CA, PQC root and intermediate, JWT key; "
+        "0700, keys 0600): a restarted dev agent keeps its trust, and dev agents pointed at one "
+        "directory trust each other.",
+    )
+    entries: list[DevEntryTable] = key(
+        [], doc="registration entries (`[[source.dev.entries]]`), each mapping selectors to a SPIFFE ID."
+    )
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _remember_trust_domain(cls, trust_domain: TrustDomain, info: ValidationInfo) -> TrustDomain:
+        remember(info, "source.dev.trust_domain", trust_domain)
+        return trust_domain
+
+    @field_validator("ca_dir")
+    @classmethod
+    def _default_ca_dir(cls, ca_dir: Path | None, info: ValidationInfo) -> Path | None:
+        state_dir: Path | None = recall(info, "agent.state_dir")
+        return ca_dir if ca_dir is not None or state_dir is None else state_dir / DEV_CA_DIR_NAME
+
+
+class SpireSourceTable(Table):
+    admin_socket_path: AbsolutePath = key(
+        doc="the SPIRE agent's admin socket (its `admin_socket_path`). This agent's SPIFFE ID must be "
+        "in the SPIRE agent's `authorized_delegates`."
+    )
+    workload_socket_path: AbsolutePath = key(
+        doc="the SPIRE agent's Workload API socket, where this agent gets its own X509-SVID for mutual "
+        "TLS to the PQC CA."
+    )
+    agent_id: SpiffeIdText | None = key(
+        None,
+        shown="the first SVID",
+        doc="which of the SVIDs SPIRE gives this process is the agent's own identity.",
     )
 
 
-def _tunnels(
-    c: _Collector, data: Mapping[str, Any], identity_source: DevSourceConfig | SpireSourceConfig | None
-) -> tuple[TunnelConfig, ...]:
-    c.unknown(data, {"outbound", "inbound"}, "tunnel.")
-    identities = None
-    if isinstance(identity_source, DevSourceConfig):
-        identities = {e.spiffe_id for e in identity_source.entries}
-    tunnels: list[TunnelConfig] = []
-    for direction in ("outbound", "inbound"):
-        raw_list = data.get(direction, [])
-        if not isinstance(raw_list, list):
-            c.problem(f"tunnel.{direction}", f"must be an array of tables ([[tunnel.{direction}]])")
-            continue
-        for index, raw in enumerate(raw_list):
-            spire = isinstance(identity_source, SpireSourceConfig)
-            tunnel = _tunnel(c, direction, index, raw, identities, spire)
-            if tunnel is not None:
-                tunnels.append(tunnel)
-    # Duplicate names are reported even among tunnels with other problems (one pass fixes all).
-    names = [
-        raw["name"]
-        for direction in ("outbound", "inbound")
-        if isinstance(data.get(direction), list)
-        for raw in data[direction]
-        if isinstance(raw, Mapping) and isinstance(raw.get("name"), str)
-    ]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        c.problem("tunnel", f"name {name!r} is used by more than one tunnel")
-    listens = [
-        str(t.listen) if isinstance(t.listen, Path) else f"{t.listen[0]}:{t.listen[1]}"
-        for t in tunnels
-        if isinstance(t.listen, Path) or t.listen[1] != 0
-    ]
-    for address in sorted({a for a in listens if listens.count(a) > 1}):
-        c.problem("tunnel", f"listen address {address} is used by more than one tunnel")
-    return tuple(tunnels)
-
-
-# --- state kept across restarts: agent.state_dir, source.dev.ca_dir ------------------------------
-
-STATE_DIR_NAME = "agent-state"  # default agent.state_dir: beside the socket, e.g. /run/spire-pqc/agent-state
-DEV_CA_DIR_NAME = "dev-ca"  # default source.dev.ca_dir: inside agent.state_dir
-
-
-def _state_dir(c: _Collector, agent: Mapping[str, Any], socket_path: Path | None) -> Path | None:
-    state_dir = c.absolute_path(agent, "state_dir", "agent.")
-    if state_dir is None and "state_dir" not in agent and socket_path is not None:
-        state_dir = socket_path.parent / STATE_DIR_NAME
-    if state_dir is not None and socket_path is not None and state_dir == socket_path:
-        c.problem("agent.state_dir", "must not be the socket path")
-    return state_dir
-
-
-def _dev_ca_dir(c: _Collector, data: Mapping[str, Any], state_dir: Path | None) -> Path | None:
-    ca_dir = c.absolute_path(data, "ca_dir", "source.dev.")
-    if ca_dir is None and "ca_dir" not in data and state_dir is not None:
-        ca_dir = state_dir / DEV_CA_DIR_NAME
-    return ca_dir
-
-
-def _limits(c: _Collector, data: Mapping[str, Any]) -> Limits:
-    prefix = "limits."
-    c.unknown(data, {"max_connections_per_uid", "max_streams_per_uid", "idle_timeout"}, prefix)
-    default = Limits()
-    return Limits(
-        max_connections_per_uid=c.positive_int(
-            data, "max_connections_per_uid", prefix, default.max_connections_per_uid
-        ),
-        max_streams_per_uid=c.positive_int(data, "max_streams_per_uid", prefix, default.max_streams_per_uid),
-        idle_timeout=c.duration(data, "idle_timeout", prefix, default.idle_timeout),
+class SourceTable(Table):
+    kind: SourceKind = key(
+        doc="`dev`: the embedded development source (dev classical CA and in-process PQC CA, labelled "
+        "dev everywhere; never for production). `spire`: SPIRE's Delegated Identity API."
     )
+    dev: DevSourceTable | None = key(
+        None, check_default=True, shown="required with `dev`", doc="the dev source (`[source.dev]`)."
+    )
+    spire: SpireSourceTable | None = key(
+        None, check_default=True, shown="required with `spire`", doc="the SPIRE source (`[source.spire]`)."
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, kind: str, info: ValidationInfo) -> str:
+        remember(info, "source.kind", kind)
+        if kind == "dev" and recall(info, "agent.production"):
+            raise problem("the dev source is refused when agent.production = true")
+        return kind
+
+    @field_validator("dev", "spire")
+    @classmethod
+    def _table_of_kind(cls, table: Table | None, info: ValidationInfo) -> Table | None:
+        if table is None and info.data.get("kind") == info.field_name:
+            raise problem(f'required with source.kind = "{info.field_name}"')
+        return table
+
+
+class CATable(Table):
+    address: Address | None = key(None, doc="`host:port` of the plugin's PQC CA endpoint.")
+    addresses: Addresses | None = key(
+        None,
+        check_default=True,
+        doc="instead of `address`, several endpoints (SPIRE HA: one per server), tried in order. An "
+        "unavailable one is moved behind the others for a backoff of 1s doubling to 30s; a refusal "
+        "is never retried at another server.",
+    )
+    server_id: SpiffeIdText | None = key(
+        None,
+        shown="`spiffe://<trust domain>/spire/server`",
+        doc="the SPIFFE ID the endpoint must present (SPIRE's server SVID).",
+    )
+    timeout: Duration = key(dt.timedelta(seconds=10), doc="timeout of each request to the endpoint.")
+
+    @field_validator("addresses")
+    @classmethod
+    def _one_of(cls, addresses: list[tuple[str, int]] | None, info: ValidationInfo) -> Any:
+        if "address" not in info.data:
+            return addresses  # a wrong ca.address is already reported
+        if addresses is not None and info.data["address"] is not None:
+            raise problem("set either ca.address or ca.addresses, not both")
+        if addresses is None and info.data["address"] is None:
+            raise problem("required (ca.address or ca.addresses): the PQC CA endpoint(s) as 'host:port'")
+        return addresses
+
+
+class PqcTable(Table):
+    retry_initial: Duration = key(
+        dt.timedelta(seconds=1),
+        doc="first delay before PQC issuance is retried while the CA is unreachable; it doubles up to "
+        "`pqc.retry_max` (with jitter).",
+    )
+    retry_max: Duration = key(
+        dt.timedelta(seconds=60), check_default=True, doc="longest delay between PQC issuance retries."
+    )
+    federated_bundles: dict[TrustDomainName, AbsolutePath] = key(
+        {},
+        doc="PQC roots of federated trust domains, handed to workloads with their hybrid SVIDs: "
+        '`"partner.example" = "/etc/spire-pqc/partner-pqc-bundle.pem"` (a PEM file per trust domain).',
+    )
+
+    @field_validator("retry_max")
+    @classmethod
+    def _not_below_initial(cls, retry_max: dt.timedelta, info: ValidationInfo) -> dt.timedelta:
+        initial = info.data.get("retry_initial")
+        if initial is not None and retry_max < initial:
+            raise problem("must not be smaller than pqc.retry_initial")
+        return retry_max
+
+
+class HealthTable(Table):
+    listen_address: LoopbackAddress | None = key(
+        None,
+        shown="disabled",
+        doc="loopback `host:port` of `/live`, `/ready` and `/metrics` (Prometheus: identities served, "
+        "issuance results, rotation lag, streams, state directory and tunnel counters). `/ready` is 503 "
+        "while the agent has tunnels or callers and none of their identities has PQC credentials.",
+    )
+
+
+class _Tunnel(Table):
+    name: Text = key(doc="the tunnel's name, unique among all tunnels (in logs and metrics).")
+    mode: TunnelMode = key(
+        "hybrid",
+        doc="`hybrid` (the post-quantum channel), `spiffe` (standard SPIFFE mutual TLS) or `pq-tls` "
+        "(ML-DSA-65 certificates in TLS); both ends must agree.",
+    )
+    spiffe_id: WorkloadId = key(
+        doc="the SPIFFE ID whose hybrid SVID the tunnel presents: with the dev source, one of its "
+        "entries'; with the spire source, the SVID SPIRE gives the tunnel's `selectors`."
+    )
+    selectors: Selectors | None = key(
+        None,
+        check_default=True,
+        shown="required with `spire`",
+        doc="spire source only: the local service's SPIRE selectors (the agent subscribes to its SVIDs "
+        "through the Delegated Identity API).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _unique_name(cls, name: str, info: ValidationInfo) -> str:
+        if not first_use(info, "tunnel names", name):
+            raise problem(f"name {shown(name)} is used by more than one tunnel")
+        return name
+
+    @field_validator("spiffe_id")
+    @classmethod
+    def _served(cls, spiffe_id: SpiffeId, info: ValidationInfo) -> SpiffeId:
+        if recall(info, "source.kind") == "dev" and not registered(info, "source.dev entry IDs", spiffe_id):
+            raise problem(f"{spiffe_id} is not the SPIFFE ID of any [[source.dev.entries]]")
+        return spiffe_id
+
+    @field_validator("selectors")
+    @classmethod
+    def _with_spire(cls, selectors: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        kind = recall(info, "source.kind")
+        if kind == "spire" and selectors is None:
+            raise problem("required with the spire source: the local service's SPIRE selectors")
+        if kind == "dev" and selectors is not None:
+            raise problem("only with the spire source (the dev source uses the entry of spiffe_id)")
+        return selectors
+
+    @classmethod
+    def _listen_once(cls, listen: tuple[str, int] | Path, info: ValidationInfo) -> None:
+        if isinstance(listen, tuple) and listen[1] == 0:
+            return  # an ephemeral port, chosen at start
+        text = str(listen) if isinstance(listen, Path) else format_address(listen)
+        if not first_use(info, "tunnel listen addresses", text):
+            raise problem(f"listen address {text} is used by more than one tunnel")
+
+
+class OutboundTunnelTable(_Tunnel):
+    allowed_gids: GidList | None = key(
+        None, doc="local groups whose members may use the listener (see `allowed_uids`)."
+    )
+    allowed_uids: UidList | None = key(
+        None,
+        check_default=True,
+        shown="required (or `allowed_gids`)",
+        doc="local users who may use the listener: whoever connects speaks with the tunnel's SPIFFE ID. "
+        'The kernel names them (SO_PEERCRED on a Unix socket, the socket owner on loopback TCP); `"*"` '
+        "admits every local user (logged as a warning at start).",
+    )
+    allow_non_loopback: Flag = key(
+        False,
+        doc="`true` lets other hosts use this node's identity through a non-loopback `listen` (needs "
+        '`allowed_uids = "*"`).',
+    )
+    listen: OutboundListen = key(
+        doc="the plaintext listener: loopback `host:port` (other addresses need `allow_non_loopback`), "
+        "or `unix:/path`."
+    )
+    remote: Address = key(doc="`host:port` of the remote end (usually another agent's inbound tunnel).")
+    peer_ids: WorkloadIds = key(doc="the SPIFFE IDs the remote may present (any other is refused).")
+
+    @field_validator("allowed_uids")
+    @classmethod
+    def _someone_allowed(cls, uids: LocalIds | None, info: ValidationInfo) -> LocalIds | None:
+        if uids is None and "allowed_gids" in info.data and info.data["allowed_gids"] is None:
+            raise problem(
+                'give allowed_uids and/or allowed_gids: the local users who may use this tunnel ("*" for '
+                "every local user); whoever connects to it speaks with the tunnel's SPIFFE ID"
+            )
+        return uids
+
+    @field_validator("allow_non_loopback")
+    @classmethod
+    def _everyone_allowed(cls, allow: bool, info: ValidationInfo) -> bool:
+        if not allow or "allowed_uids" not in info.data or "allowed_gids" not in info.data:
+            return allow
+        if not any(
+            ids is not None and ids.anyone for ids in (info.data["allowed_uids"], info.data["allowed_gids"])
+        ):
+            raise problem('connections from other hosts have no local user: it needs allowed_uids = "*"')
+        return allow
+
+    @field_validator("listen")
+    @classmethod
+    def _local_listener(cls, listen: tuple[str, int] | Path, info: ValidationInfo) -> Any:
+        allowed = info.data.get("allow_non_loopback")
+        if isinstance(listen, tuple) and allowed is False and not is_loopback(listen[0]):
+            # Whoever reaches the plaintext listener speaks with this node's identity.
+            raise problem(
+                f"{shown(format_address(listen))} must be a loopback address (127.0.0.1, ::1 or localhost)"
+            )
+        cls._listen_once(listen, info)
+        return listen
+
+
+class InboundTunnelTable(_Tunnel):
+    listen: InboundListen = key(doc="`host:port` of the channel listener.")
+    target: Address = key(doc="`host:port` of the local plaintext service admitted peers are forwarded to.")
+    allowed_ids: WorkloadIds | None = key(None, doc="the SPIFFE IDs admitted (or `allowed_trust_domain`).")
+    allowed_trust_domain: TrustDomainName | None = key(
+        None,
+        check_default=True,
+        shown="exactly one of the two",
+        doc="instead of `allowed_ids`, admit any member of this trust domain.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_unique(cls, listen: tuple[str, int], info: ValidationInfo) -> tuple[str, int]:
+        cls._listen_once(listen, info)
+        return listen
+
+    @field_validator("allowed_trust_domain")
+    @classmethod
+    def _exactly_one(cls, trust_domain: TrustDomain | None, info: ValidationInfo) -> TrustDomain | None:
+        if "allowed_ids" in info.data and (info.data["allowed_ids"] is None) == (trust_domain is None):
+            raise problem("give exactly one of allowed_ids, allowed_trust_domain")
+        return trust_domain
+
+
+class TunnelTables(Table):
+    outbound: list[OutboundTunnelTable] = key(
+        [],
+        doc="`[[tunnel.outbound]]`: a local plaintext listener; each connection is carried over a channel "
+        "to `remote`, which must present one of `peer_ids`.",
+    )
+    inbound: list[InboundTunnelTable] = key(
+        [],
+        doc="`[[tunnel.inbound]]`: a channel listener admitting the allowed peers and forwarding each "
+        "connection to the local `target`.",
+    )
+
+
+class LimitsTable(Table):
+    max_connections_per_uid: PositiveInt = key(
+        256,
+        doc="open connections per local uid (containers that share a uid share it); beyond it a "
+        "connection is closed at once (GOAWAY ENHANCE_YOUR_CALM).",
+    )
+    max_streams_per_uid: PositiveInt = key(
+        1024, doc="requests in progress per uid, open streams included; beyond it RESOURCE_EXHAUSTED."
+    )
+    idle_timeout: Duration = key(
+        dt.timedelta(seconds=30),
+        doc="a connection with no request in progress for this long is closed (clients reconnect on "
+        "their next call); also how long a request's message may take to arrive.",
+    )
+    max_request_bytes_per_uid: Size = key(
+        4 * MAX_MESSAGE_SIZE,
+        shown='`"16MiB"`',
+        doc="request bodies one uid may have the agent reading at once (at least 4MiB, the largest "
+        "request); beyond it RESOURCE_EXHAUSTED.",
+    )
+
+    @field_validator("max_request_bytes_per_uid")
+    @classmethod
+    def _fits_one_request(cls, size: int) -> int:
+        if size < MAX_MESSAGE_SIZE:
+            raise problem("must be at least 4MiB: one request of the largest size must fit")
+        return size
+
+
+class AgentFile(Table):
+    """The agent's TOML file. Tables are validated in this order (later rules read earlier keys)."""
+
+    agent: AgentTable = key(doc="the agent process: its socket, state directory and shutdown.")
+    source: SourceTable = key(doc="where classical SVIDs come from.")
+    ca: CATable | None = key(
+        None,
+        check_default=True,
+        shown="required with `spire`",
+        doc="the PQC CA endpoint(s) of the SPIRE server plugin (the spire source only; the dev source "
+        "has its own in-process PQC CA).",
+    )
+    pqc: PqcTable = key(PqcTable(), doc="PQC issuance and PQC trust.")
+    health: HealthTable = key(HealthTable(), doc="the health and metrics listener.")
+    tunnel: TunnelTables = key(TunnelTables(), doc="tunnels for processes that cannot change their code.")
+    limits: LimitsTable = key(LimitsTable(), doc="what one local user (uid) can make the agent hold.")
+
+    @field_validator("ca")
+    @classmethod
+    def _ca_for_spire(cls, ca: CATable | None, info: ValidationInfo) -> CATable | None:
+        kind = recall(info, "source.kind")
+        if kind == "spire" and ca is None:
+            raise problem("the spire source needs a [ca] table (the PQC CA endpoint address)")
+        if kind == "dev" and ca is not None:
+            raise problem("the dev source uses its own in-process PQC CA; remove [ca]")
+        return ca
+
+
+# --- file → AgentConfig --------------------------------------------------------------------------
 
 
 def parse(data: Mapping[str, Any], *, source: str = "agent configuration") -> AgentConfig:
     """Validate decoded TOML; raise ConfigError listing every problem."""
-    c = _Collector()
-    c.unknown(data, {"agent", "source", "ca", "pqc", "health", "tunnel", "limits"}, "")
-    agent = c.table(data, "agent", "", required=True)
-    c.unknown(agent, {"socket_path", "socket_mode", "production", "shutdown_grace", "state_dir"}, "agent.")
-    socket_path = c.absolute_path(agent, "socket_path", "agent.", required=True)
-    state_dir = _state_dir(c, agent, socket_path)
-    socket_mode = _socket_mode(c, agent.get("socket_mode", "0666"))
-    production = c.boolean(agent, "production", "agent.", False)
-    grace = c.duration(agent, "shutdown_grace", "agent.", dt.timedelta(seconds=5))
-
-    src = c.table(data, "source", "", required=True)
-    c.unknown(src, {"kind", "dev", "spire"}, "source.")
-    kind = c.string(src, "kind", "source.", required=True)
-    identity_source: DevSourceConfig | SpireSourceConfig | None = None
-    if kind == "dev":
-        identity_source = _dev_source(c, c.table(src, "dev", "source.", required=True), state_dir)
-        if production:
-            c.problem("source.kind", "the dev source is refused when agent.production = true")
-    elif kind == "spire":
-        identity_source = _spire_source(c, c.table(src, "spire", "source.", required=True))
-    elif kind is not None:
-        c.problem("source.kind", f"{kind!r} is not one of 'dev', 'spire'")
-
-    ca = _ca(c, c.table(data, "ca", ""))
-    if kind == "spire" and ca is None:
-        c.problem("ca", "the spire source needs a [ca] table (the PQC CA endpoint address)")
-    if kind == "dev" and ca is not None:
-        c.problem("ca", "the dev source uses its own in-process PQC CA; remove [ca]")
-
-    pqc = c.table(data, "pqc", "")
-    c.unknown(pqc, {"retry_initial", "retry_max", "federated_bundles"}, "pqc.")
-    retry_initial = c.duration(pqc, "retry_initial", "pqc.", dt.timedelta(seconds=1))
-    retry_max = c.duration(pqc, "retry_max", "pqc.", dt.timedelta(seconds=60))
-    if retry_max < retry_initial:
-        c.problem("pqc.retry_max", "must not be smaller than pqc.retry_initial")
-    federated: dict[TrustDomain, Path] = {}
-    for name, path in c.table(pqc, "federated_bundles", "pqc.").items():
-        key = f"pqc.federated_bundles.{name}"
-        try:
-            td = TrustDomain.parse(name)
-        except SpiffeIdError as exc:
-            c.problem(key, str(exc))
-            continue
-        if not isinstance(path, str):
-            c.problem(key, "must be the absolute path of a PEM file of PQC roots")
-            continue
-        found = c.path_text(path, key)
-        if found is not None:
-            federated[td] = found
-
-    health = c.table(data, "health", "")
-    c.unknown(health, {"listen_address"}, "health.")
-    address_text = c.string(health, "listen_address", "health.")
-    health_address = _address(c, "health.listen_address", address_text) if address_text else None
-
-    tunnels = _tunnels(c, c.table(data, "tunnel", ""), identity_source)
-    limits = _limits(c, c.table(data, "limits", ""))
-
-    if c.problems:
-        raise ConfigError(c.problems, source=source)
-    assert socket_path is not None and identity_source is not None
-    return AgentConfig(
-        socket_path=socket_path,
-        socket_mode=socket_mode,
-        production=production,
-        source=identity_source,
-        ca=ca,
-        retry_initial=retry_initial,
-        retry_max=retry_max,
-        health_address=health_address,
-        shutdown_grace=grace,
-        pqc_federated_bundles=federated,
-        tunnels=tunnels,
-        state_dir=state_dir,
-        limits=limits,
-    )
+    return _config(validate(AgentFile, dict(data), source=source))
 
 
 def load(path: str | Path) -> AgentConfig:
     """Read and validate a TOML configuration file."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
-    except RecursionError:
-        raise ConfigError("not valid TOML: arrays or tables nested too deeply", source=str(path)) from None
-    return parse(data, source=str(path))
+    return parse(read_toml(path), source=str(path))
+
+
+def _config(file: AgentFile) -> AgentConfig:
+    identity_source: DevSourceConfig | SpireSourceConfig
+    if file.source.kind == "dev":
+        assert file.source.dev is not None
+        dev = file.source.dev
+        entries = tuple(DevEntry(e.spiffe_id, frozenset(e.selectors), e.hint) for e in dev.entries)
+        identity_source = DevSourceConfig(
+            dev.trust_domain, dev.svid_ttl, entries, dev.jwt_svid_ttl, dev.ca_dir
+        )
+    else:
+        assert file.source.spire is not None
+        spire = file.source.spire
+        identity_source = SpireSourceConfig(
+            spire.admin_socket_path, spire.workload_socket_path, spire.agent_id
+        )
+    ca = None
+    if file.ca is not None:
+        addresses = file.ca.addresses or ([file.ca.address] if file.ca.address else [])
+        ca = CAClientConfig(tuple(format_address(a) for a in addresses), file.ca.server_id, file.ca.timeout)
+    limits = file.limits
+    return AgentConfig(
+        socket_path=file.agent.socket_path,
+        socket_mode=file.agent.socket_mode,
+        production=file.agent.production,
+        source=identity_source,
+        ca=ca,
+        retry_initial=file.pqc.retry_initial,
+        retry_max=file.pqc.retry_max,
+        health_address=file.health.listen_address,
+        shutdown_grace=file.agent.shutdown_grace,
+        pqc_federated_bundles=dict(file.pqc.federated_bundles),
+        tunnels=tuple([_tunnel(t) for t in file.tunnel.outbound] + [_tunnel(t) for t in file.tunnel.inbound]),
+        state_dir=file.agent.state_dir,
+        limits=Limits(
+            max_connections_per_uid=limits.max_connections_per_uid,
+            max_streams_per_uid=limits.max_streams_per_uid,
+            idle_timeout=limits.idle_timeout,
+            max_request_bytes_per_uid=limits.max_request_bytes_per_uid,
+        ),
+    )
+
+
+def _tunnel(table: OutboundTunnelTable | InboundTunnelTable) -> TunnelConfig:
+    selectors = frozenset(table.selectors or ())
+    if isinstance(table, OutboundTunnelTable):
+        uids, gids = table.allowed_uids, table.allowed_gids
+        users = LocalUsers(
+            uids=uids.ids if uids else frozenset(),
+            gids=gids.ids if gids else frozenset(),
+            anyone=any(ids is not None and ids.anyone for ids in (uids, gids)),
+        )
+        return TunnelConfig(
+            "outbound",
+            table.name,
+            table.listen,
+            table.spiffe_id,
+            table.mode,
+            remote=table.remote,
+            peer_ids=tuple(table.peer_ids),
+            allow_non_loopback=table.allow_non_loopback,
+            selectors=selectors,
+            local_users=users,
+        )
+    return TunnelConfig(
+        "inbound",
+        table.name,
+        table.listen,
+        table.spiffe_id,
+        table.mode,
+        target=table.target,
+        allowed_ids=tuple(table.allowed_ids or ()),
+        allowed_trust_domain=table.allowed_trust_domain,
+        selectors=selectors,
+    )

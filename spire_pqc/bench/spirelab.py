@@ -93,6 +93,8 @@ class SpireServer:
     workdir: Path
     trust_domain: str = "example.org"
     composer_data: dict[str, object] | None = None
+    # True: composer_data goes to a file named by plugin_data_file (SIGUSR1 makes SPIRE re-read it).
+    composer_data_file: bool = False
     plugin_checksum: bool = True
     plugin_cmd: Path = field(default_factory=plugin_command)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -117,6 +119,20 @@ class SpireServer:
     def log_path(self) -> Path:
         return self.workdir / "server.log"
 
+    @property
+    def plugin_data_path(self) -> Path:
+        return self.workdir / "spire-pqc.plugin_data.hcl"
+
+    def write_plugin_data(self, values: dict[str, object]) -> None:
+        """Write ``plugin_data_file`` (``composer_data_file``); :meth:`reload` makes SPIRE apply it."""
+        self.composer_data = values
+        self.plugin_data_path.write_text(hcl_block(values, "") + "\n")
+
+    def reload(self) -> None:
+        """SIGUSR1: spire-server re-reads plugin_data_file and calls Configure if its content changed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1)
+
     def write_config(self) -> Path:
         composer = ""
         if self.composer_data is not None:
@@ -126,12 +142,15 @@ class SpireServer:
 
                 digest = hashlib.sha256(self.plugin_cmd.read_bytes()).hexdigest()
                 checksum = f'\n        plugin_checksum = "{digest}"'
+            if self.composer_data_file:
+                self.write_plugin_data(self.composer_data)
+                data = f'plugin_data_file = "{self.plugin_data_path}"'
+            else:
+                data = f"plugin_data {{\n{hcl_block(self.composer_data, '            ')}\n        }}"
             composer = f"""
     CredentialComposer "spire_pqc" {{
         plugin_cmd = "{self.plugin_cmd}"{checksum}
-        plugin_data {{
-{hcl_block(self.composer_data, "            ")}
-        }}
+        {data}
     }}"""
         (self.workdir / "server").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(

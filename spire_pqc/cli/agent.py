@@ -31,6 +31,7 @@ from spire_pqc._internal.ratelimit import LogLimiter, RateLimitFilter
 from spire_pqc.agent.config import DevSourceConfig, load
 from spire_pqc.agent.server import Agent
 from spire_pqc.crypto.status import log_backend
+from spire_pqc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message (selector_events.py)
@@ -64,7 +65,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = load(args.config)  # ConfigError (every problem) is printed by main()
+    try:
+        config = load(args.config)
+    except ConfigError as exc:  # every problem, one per line (the daemon logs them on one line)
+        count = len(exc.problems)
+        print(f"{exc.source}: {count} problem{'s' if count > 1 else ''}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     kind = "dev (NOT FOR PRODUCTION)" if isinstance(config.source, DevSourceConfig) else "spire"
     print(f"{args.config}: valid; socket unix://{config.socket_path}, source {kind}")
     return 0

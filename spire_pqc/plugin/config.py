@@ -1,28 +1,50 @@
 """The plugin's configuration: ``plugin_data`` (HCL v1, as SPIRE sends it) → a validated Config.
 
-One builder serves both ``Configure`` and ``Validate`` (as SPIRE's pluginconf does): it collects
-every problem, each naming its key, and raises a single ConfigError listing them all. Files are
-loaded and cross-checked (key matches certificate, key file mode 0600, certificate is an
-intermediate PQC CA of the configured trust domain) so a bad configuration fails at load, not at
-the first signing.
+:class:`PluginData` is the schema of ``plugin_data`` (a pydantic model built from the value types
+shared with the agent in :mod:`spire_pqc.config`). One builder, :func:`build_config`, serves both
+``Configure`` and ``Validate`` (as SPIRE's pluginconf does): it collects every problem, each naming
+its key, and raises a single ConfigError listing them all. Files are loaded and cross-checked while
+the keys are validated (key matches certificate, key file mode 0600, certificate is an intermediate
+PQC CA of the configured trust domain, the 0.1 ledger file is importable), so a bad configuration
+fails at load, not at the first signing, and a missing file is reported with the other problems.
+Secrets (the key's and the ledger's passwords) come from files or the environment, never from
+``plugin_data``, and are kept out of every repr, message and log. The reference of every key is
+docs/configuration.md, generated from this model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from cryptography import x509
+from pydantic import ValidationInfo, field_validator
 
 from spire_pqc._internal.files import read_private, read_public
 from spire_pqc.ca.issuer import IntermediateCA
 from spire_pqc.ca.ledger import MEMORY, LedgerDsn, read_legacy
+from spire_pqc.config import (
+    AbsolutePath,
+    Address,
+    Duration,
+    Kind,
+    LoopbackAddress,
+    Table,
+    array,
+    checked,
+    choice,
+    format_address,
+    key,
+    parse_hcl,
+    problem,
+    recall,
+    validate,
+)
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.errors import ConfigError, ParseError, SpiffeIdError, SpirePqcError, VerificationError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
@@ -30,28 +52,11 @@ from spire_pqc.x509 import certs
 from spire_pqc.x509.load import load_pem_certificates
 from spire_pqc.x509.path import verify_pqc_chain
 
-ON_ERROR_VALUES = ("skip", "fail")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+__all__ = ["ON_ERROR_VALUES", "AgentPattern", "Config", "PluginData", "build_config", "load_intermediate_key"]
 
-KEYS: dict[str, str] = {
-    "intermediate_key_path": "ML-DSA-65 key of the intermediate PQC CA (PKCS#8 PEM, mode 0600) [required]",
-    "intermediate_key_password_file": "file holding the password of an encrypted intermediate key",
-    "intermediate_cert_path": "PEM: intermediate PQC CA certificate, then the PQC root [required]",
-    "pqc_bundle_path": "PEM: the PQC root certificate(s) of the trust domain [required]",
-    "trusted_intermediates_path": "PEM: sibling intermediates (SPIRE HA) whose bindings are also accepted",
-    "endpoint_listen_address": "host:port (loopback or any) of the PQC CA endpoint; omit to disable it",
-    "authorized_agents": "SPIFFE IDs allowed to call the endpoint: exact IDs or 'spiffe://td/prefix/*'",
-    "freshness_window": "accepted clock difference of issue requests (Go duration, default 60s)",
-    "max_pqc_ttl": "upper bound of PQC SVID lifetimes (Go duration, default 24h)",
-    "ledger_dsn": "issuance ledger database: 'sqlite:///ABSOLUTE/PATH' or 'postgresql://user@host:port/db' "
-    "(SPIRE HA: one PostgreSQL database shared by every server); default: in memory",
-    "ledger_password_file": "file (mode 0600) holding the ledger database's password",
-    "ledger_password_env": "environment variable holding the ledger database's password",
-    "ledger_prune_interval": "how often expired ledger entries are removed (Go duration, default 30s)",
-    "ledger_path": "the 0.1 JSON-lines ledger: imported once into ledger_dsn, then renamed <file>.imported",
-    "metrics_listen_address": "loopback host:port serving Prometheus /metrics; omit to disable",
-    "on_error": "'skip' (default: sign without the binding, log, count) or 'fail' (fail SPIRE's signing)",
-}
+SOURCE = "spire-pqc plugin_data"
+ON_ERROR_VALUES = ("skip", "fail")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 
 
 @dataclass(frozen=True)
@@ -82,13 +87,15 @@ class AgentPattern:
 
 @dataclass(frozen=True)
 class Config:
+    """What the plugin runs with: ``plugin_data``'s values, its files loaded and checked."""
+
     trust_domain: TrustDomain
     intermediate: IntermediateCA
     intermediate_key_path: Path
     intermediate_key_password: bytes | None = field(repr=False)
     pqc_roots: tuple[x509.Certificate, ...]
     trusted_intermediates: tuple[MLDSA65PublicKey, ...]
-    endpoint_listen_address: str | None
+    endpoint_listen_address: str | None  # host:port as grpcio's add_secure_port takes it
     authorized_agents: tuple[AgentPattern, ...]
     freshness_window: dt.timedelta
     max_pqc_ttl: dt.timedelta
@@ -105,74 +112,303 @@ class Config:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    match = _DURATION.match(text.strip())
-    if not text.strip() or not match:
-        raise ValueError(f"{text!r} is not a duration like 60s, 5m or 1h30m")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+# --- the schema ------------------------------------------------------------------------------------
+
+
+def _agent_pattern(value: object) -> AgentPattern:
+    if not isinstance(value, str):
+        raise ValueError("must be a SPIFFE ID string")
+    return AgentPattern.parse(value)
+
+
+def _ledger_dsn(value: object) -> LedgerDsn:
+    if not isinstance(value, str):
+        raise ValueError("must be a string like 'sqlite:///var/lib/spire-pqc/ledger.db'")
+    return LedgerDsn.parse(value)  # its errors never quote the text (it may hold a password)
+
+
+def _env_name(value: object) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise ValueError("must be the name of an environment variable, like 'SPIRE_PQC_LEDGER_PASSWORD'")
+    return value
+
+
+AgentPatterns = Annotated[
+    list[AgentPattern],
+    checked(array(_agent_pattern, of="SPIFFE IDs or 'spiffe://td/prefix/*' patterns", non_empty=False)),
+    Kind("SPIFFE ID patterns", "an array of SPIFFE IDs, each exact or ending in `/*` (a path prefix)"),
+]
+Dsn = Annotated[
+    LedgerDsn,
+    checked(_ledger_dsn),
+    Kind("DSN", "`sqlite:///ABSOLUTE/PATH`, `sqlite://:memory:` or `postgresql://user@host:port/db`"),
+]
+EnvName = Annotated[str, checked(_env_name), Kind("variable name", "an environment variable's name")]
+OnError = Annotated[str, checked(choice(*ON_ERROR_VALUES)), Kind("policy", "`skip` or `fail`")]
+
+
+@dataclass
+class _Loaded:
+    """What the key validators read from files, for :func:`build_config` (in the validation context)."""
+
+    roots: list[x509.Certificate] | None = None
+    chain: list[x509.Certificate] | None = None
+    key_password: bytes | None = field(default=None, repr=False)
+    intermediate: IntermediateCA | None = None
+    siblings: list[x509.Certificate] = field(default_factory=list)
+    trusted_keys: list[MLDSA65PublicKey] = field(default_factory=list)
+    ledger_password: str | None = field(default=None, repr=False)
+
+
+def _loaded(info: ValidationInfo) -> _Loaded:
+    loaded = recall(info, "loaded")
+    return loaded if isinstance(loaded, _Loaded) else _Loaded()
+
+
+def _certificates(path: Path) -> list[x509.Certificate]:
     try:
-        return dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
-    except OverflowError as exc:  # timedelta's limit is 999999999 days
-        raise ValueError(f"{text!r} is longer than any usable duration") from exc
+        return load_pem_certificates(read_public(path), what=str(path))
+    except SpirePqcError as exc:
+        raise problem(str(exc)) from None
 
 
-def _parse_hcl(text: str) -> dict[str, Any]:
-    import hcl
+class PluginData(Table):
+    """``plugin_data``: files first (each key's checks use the files loaded before it), then the rest."""
 
-    if not text.strip():
-        return {}
-    try:
-        data = hcl.loads(text)
-    # pyhcl raises ValueError for syntax errors, but its internals leak other exceptions on odd
-    # input (found by tests/unit/credentials/test_parsers_property.py): ZeroDivisionError for
-    # "a = 0/0", RecursionError for deep nesting, AttributeError for 'k = "" k {a = 1}'. All of
-    # them mean the text is not usable HCL, and plugin_data must fail as a ConfigError.
-    except Exception as exc:
-        raise ConfigError([f"plugin_data is not valid HCL: {exc}"], source="spire-pqc plugin_data") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(
-            ["plugin_data must be a block of key = value pairs"], source="spire-pqc plugin_data"
-        )
-    return data
+    pqc_bundle_path: AbsolutePath = key(doc="PEM file of the trust domain's PQC root certificate(s).")
+    intermediate_cert_path: AbsolutePath = key(
+        doc="PEM file of the intermediate PQC CA certificate, then the PQC root (what `spire-pqc ca "
+        "intermediate` writes). It must chain to `pqc_bundle_path` and name the trust domain."
+    )
+    intermediate_key_password_file: AbsolutePath | None = key(
+        None, doc="file (mode 0600) holding the password of an encrypted intermediate key."
+    )
+    intermediate_key_path: AbsolutePath = key(
+        doc="ML-DSA-65 private key of the intermediate PQC CA, PKCS#8 PEM (seed form), mode 0600 "
+        "(refused otherwise). Re-checked on every signing: removing or replacing it takes effect "
+        "without a restart."
+    )
+    trusted_intermediates_path: AbsolutePath | None = key(
+        None,
+        doc="PEM file of the intermediates of sibling SPIRE servers (HA), whose bindings the endpoint "
+        "also accepts.",
+    )
+    endpoint_listen_address: Address | None = key(
+        None,
+        shown="disabled",
+        doc="`host:port` of the PQC CA endpoint, where node agents obtain PQC credentials. Agents on other "
+        "nodes connect to it, so it usually listens on every interface (`0.0.0.0:8443`): it admits only "
+        "clients presenting an X509-SVID of the trust domain (mutual TLS, TLS 1.3 with X25519MLKEM768) "
+        "whose SPIFFE ID matches `authorized_agents`; a firewall may restrict it further to the nodes' "
+        "network.",
+    )
+    authorized_agents: AgentPatterns | None = key(
+        None,
+        check_default=True,
+        shown="required with the endpoint",
+        doc="the node agents allowed to call the endpoint: exact SPIFFE IDs, or `spiffe://td/prefix/*`. "
+        'There is no "allow all" default.',
+    )
+    freshness_window: Duration = key(
+        dt.timedelta(seconds=60),
+        doc="accepted difference between an issue request's timestamp and the CA's clock.",
+    )
+    max_pqc_ttl: Duration = key(
+        dt.timedelta(hours=24),
+        doc="upper bound on PQC SVID lifetimes (they never outlive the classical SVID anyway).",
+    )
+    ledger_dsn: Dsn | None = key(
+        None,
+        shown="in memory",
+        doc="the issuance ledger's database: `sqlite:///ABSOLUTE/PATH/ledger.db` (one server; file "
+        "created 0600, WAL) or `postgresql://user@host:port/dbname[?sslmode=…]` (SPIRE HA: one database "
+        "shared by every server; a DSN holding a password is refused). The schema is created and "
+        "migrated on first use. In memory, the ledger's rules hold only until the plugin restarts (or "
+        "is reconfigured) and only on this server (a warning says so).",
+    )
+    ledger_password_file: AbsolutePath | None = key(
+        None, doc="file (mode 0600) holding the PostgreSQL ledger's password."
+    )
+    ledger_password_env: EnvName | None = key(
+        None,
+        doc="instead of `ledger_password_file`, the environment variable of spire-server holding the "
+        "password (set at most one of the two).",
+    )
+    ledger_prune_interval: Duration = key(
+        dt.timedelta(seconds=30),
+        doc="how often expired ledger entries are deleted (at most 50 batches of 1,000 rows per run; a run "
+        "that stops early is followed by the next after 1s).",
+    )
+    ledger_path: AbsolutePath | None = key(
+        None,
+        doc="the JSON-lines ledger of spire-pqc 0.1: with `ledger_dsn`, its unexpired entries are "
+        "imported at the first start, then the file is renamed `<file>.imported`. A torn last line (a "
+        "crash while appending) is skipped with a warning; any other bad line fails the configuration "
+        "naming the line, and nothing is imported. Without `ledger_dsn` it is refused, saying what to add.",
+    )
+    metrics_listen_address: LoopbackAddress | None = key(
+        None,
+        shown="disabled",
+        doc="loopback `host:port` serving Prometheus `/metrics` (at most 8 connections at once, 5s each).",
+    )
+    on_error: OnError = key(
+        "skip",
+        doc="when the intermediate key is unusable: `skip` signs without the binding (logged and "
+        "counted), `fail` fails SPIRE's signing with a precise message.",
+    )
 
+    @field_validator("pqc_bundle_path")
+    @classmethod
+    def _load_roots(cls, path: Path, info: ValidationInfo) -> Path:
+        _loaded(info).roots = _certificates(path)
+        return path
 
-class _Collector:
-    """Collects problems while reading typed values out of the HCL mapping."""
+    @field_validator("intermediate_cert_path")
+    @classmethod
+    def _load_chain(cls, path: Path, info: ValidationInfo) -> Path:
+        loaded = _loaded(info)
+        chain = loaded.chain = _certificates(path)
+        if loaded.roots:
+            try:
+                verify_pqc_chain([chain[0]], loaded.roots, at=dt.datetime.now(dt.UTC), spiffe_id=None)
+            except VerificationError as exc:
+                raise problem(f"does not chain to pqc_bundle_path: {exc}") from None
+        trust_domain = recall(info, "trust_domain")
+        uris = _san_uris(chain[0])
+        if trust_domain is not None and trust_domain.id_string() not in uris:
+            raise problem(
+                f"certificate is for {', '.join(uris) or 'no trust domain'}, not {trust_domain.id_string()}"
+            )
+        return path
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.problems: list[str] = []
+    @field_validator("intermediate_key_password_file")
+    @classmethod
+    def _read_key_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None:
+            _loaded(info).key_password = _secret(path).rstrip(b"\r\n")
+        return path
 
-    def string(self, key: str, *, required: bool = False) -> str | None:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                self.problems.append(f"{key}: required ({KEYS[key]})")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.problems.append(f"{key}: must be a non-empty string")
-            return None
-        return value
-
-    def strings(self, key: str) -> list[str]:
-        value = self.data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problems.append(f"{key}: must be a list of strings")
-            return []
-        return value
-
-    def duration(self, key: str, default: dt.timedelta) -> dt.timedelta:
-        text = self.string(key)
-        if text is None:
-            return default
+    @field_validator("intermediate_key_path")
+    @classmethod
+    def _load_key(cls, path: Path, info: ValidationInfo) -> Path:
+        loaded = _loaded(info)
+        if "intermediate_key_password_file" not in info.data:
+            return path  # its problem is reported; the key cannot be opened without it
         try:
-            value = parse_duration(text)
-        except ValueError as exc:
-            self.problems.append(f"{key}: {exc}")
-            return default
-        if value <= dt.timedelta(0):
-            self.problems.append(f"{key}: must be positive")
-        return value
+            signing_key = load_intermediate_key(path, loaded.key_password)
+        except SpirePqcError as exc:
+            raise problem(str(exc)) from None
+        if loaded.chain:
+            try:
+                loaded.intermediate = IntermediateCA(
+                    signing_key, loaded.chain[0], tuple(loaded.chain[1:]) or tuple(loaded.roots or ())
+                )
+            except SpirePqcError as exc:
+                raise problem(f"{exc} ({info.data.get('intermediate_cert_path')})") from None
+        return path
+
+    @field_validator("trusted_intermediates_path")
+    @classmethod
+    def _load_siblings(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        loaded = _loaded(info)
+        for index, cert in enumerate(_certificates(path)):
+            try:
+                loaded.trusted_keys.append(certs.mldsa_public_key(cert))
+            except SpirePqcError as exc:
+                raise problem(f"certificate {index}: {exc}") from None
+            loaded.siblings.append(cert)
+        return path
+
+    @field_validator("authorized_agents")
+    @classmethod
+    def _required_with_endpoint(cls, agents: list[AgentPattern] | None, info: ValidationInfo) -> Any:
+        if info.data.get("endpoint_listen_address") is not None and not agents:
+            raise problem("required when endpoint_listen_address is set (no default 'allow all')")
+        return agents
+
+    @field_validator("ledger_password_file")
+    @classmethod
+    def _read_ledger_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        _only_for_postgresql(info)
+        try:
+            _loaded(info).ledger_password = _secret(path).decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise problem(f"{path} is not UTF-8 text") from None
+        return path
+
+    @field_validator("ledger_password_env")
+    @classmethod
+    def _ledger_password_from_env(cls, env: str | None, info: ValidationInfo) -> str | None:
+        if env is None:
+            return None
+        if info.data.get("ledger_password_file") is not None:
+            raise problem("set at most one of ledger_password_file, ledger_password_env")
+        _only_for_postgresql(info)
+        password = _environ(info).get(env)
+        if not password:
+            raise problem(f"the environment variable {env} is not set or empty")
+        _loaded(info).ledger_password = password
+        return env
+
+    @field_validator("ledger_path")
+    @classmethod
+    def _importable(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """The 0.1 JSON-lines file must be importable, into a database that outlives the process."""
+        if path is None or "ledger_dsn" not in info.data:
+            return path
+        dsn: LedgerDsn | None = info.data["ledger_dsn"]
+        if dsn is None or dsn.in_memory:
+            raise problem(
+                f"the JSON-lines ledger is replaced by a database; set ledger_dsn (e.g. "
+                f'"sqlite://{path.parent / "ledger.db"}") and keep ledger_path: its entries are imported at '
+                "the first start, then the file is renamed *.imported"
+            )
+        if not path.exists():
+            return path  # imported before (or never written): nothing to import
+        try:
+            for _ in read_legacy(path, freshness=info.data.get("freshness_window", dt.timedelta(seconds=60))):
+                pass
+        except ParseError as exc:
+            raise problem(
+                f"{exc}; nothing was imported. Fix or delete that line (an entry only matters until its "
+                "classical SVID expires), then start again"
+            ) from None
+        except OSError as exc:
+            raise problem(f"{path}: cannot read ({exc.strerror})") from None
+        return path
+
+
+def _only_for_postgresql(info: ValidationInfo) -> None:
+    dsn: LedgerDsn | None = info.data.get("ledger_dsn")
+    if dsn is not None and dsn.kind != "postgresql":
+        raise problem("only a postgresql:// ledger has a password")
+
+
+def _secret(path: Path) -> bytes:
+    try:
+        return read_private(path)
+    except SpirePqcError as exc:
+        raise problem(str(exc)) from None
+
+
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    environ = recall(info, "environ")
+    return environ if isinstance(environ, Mapping) else os.environ
+
+
+def _san_uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+# --- the builder -----------------------------------------------------------------------------------
 
 
 def build_config(
@@ -180,232 +416,48 @@ def build_config(
 ) -> Config:
     """Parse and check everything; raise one ConfigError naming every problem with its key.
 
-    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up.
+    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up. Pure apart
+    from reading the configured files: safe to call at any time, from any thread, as often as SPIRE
+    calls Configure or Validate.
     """
-    source = "spire-pqc plugin_data"
-    data = _parse_hcl(hcl_text)
-    c = _Collector(data)
-    for key in sorted(set(data) - set(KEYS)):
-        c.problems.append(f"{key}: unknown key (known: {', '.join(sorted(KEYS))})")
+    data = parse_hcl(hcl_text, source=SOURCE)
+    problems = []
+    trust_domain = None
     try:
-        trust_domain: TrustDomain | None = TrustDomain.parse(core_trust_domain)
+        trust_domain = TrustDomain.parse(core_trust_domain)
     except SpiffeIdError as exc:
-        c.problems.append(f"trust_domain (core configuration): {exc}")
-        trust_domain = None
-
-    key_path = c.string("intermediate_key_path", required=True)
-    cert_path = c.string("intermediate_cert_path", required=True)
-    bundle_path = c.string("pqc_bundle_path", required=True)
-    password_file = c.string("intermediate_key_password_file")
-    trusted_path = c.string("trusted_intermediates_path")
-    listen = c.string("endpoint_listen_address")
-    ledger = c.string("ledger_path")
-    ledger_dsn, ledger_password = _ledger(c, os.environ if environ is None else environ)
-    prune_interval = c.duration("ledger_prune_interval", dt.timedelta(seconds=30))
-    metrics_address = _loopback_address(c, "metrics_listen_address")
-    on_error = c.string("on_error") or "skip"
-    if on_error not in ON_ERROR_VALUES:
-        c.problems.append(f"on_error: must be one of {', '.join(ON_ERROR_VALUES)}, got {on_error!r}")
-    freshness = c.duration("freshness_window", dt.timedelta(seconds=60))
-    max_ttl = c.duration("max_pqc_ttl", dt.timedelta(hours=24))
-    agents: list[AgentPattern] = []
-    for index, text in enumerate(c.strings("authorized_agents")):
-        try:
-            agents.append(AgentPattern.parse(text))
-        except SpiffeIdError as exc:
-            c.problems.append(f"authorized_agents[{index}]: {exc}")
-    if listen is not None:
-        if ":" not in listen:
-            c.problems.append(f"endpoint_listen_address: expected host:port, got {listen!r}")
-        if not c.strings("authorized_agents"):
-            c.problems.append(
-                "authorized_agents: required when endpoint_listen_address is set (no default 'allow all')"
-            )
-
-    password = None
-    if password_file:
-        try:
-            password = read_private(password_file).rstrip(b"\r\n")
-        except SpirePqcError as exc:
-            c.problems.append(f"intermediate_key_password_file: {exc}")
-    intermediate, roots, trusted, siblings = _load_pki(
-        c, key_path, cert_path, bundle_path, trusted_path, password, trust_domain
-    )
-    if ledger is not None:
-        _check_legacy_ledger(c, Path(ledger), ledger_dsn, freshness)
-    if c.problems:
-        raise ConfigError(c.problems, source=source)
-    assert trust_domain is not None and intermediate is not None and key_path is not None
+        problems.append(f"trust_domain (core configuration): {exc}")
+    loaded = _Loaded()
+    context = {"trust_domain": trust_domain, "loaded": loaded, "environ": environ}
+    try:
+        plugin_data = validate(PluginData, data, source=SOURCE, context=context)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems, source=SOURCE) from None
+    if problems:
+        raise ConfigError(problems, source=SOURCE)
+    assert trust_domain is not None and loaded.intermediate is not None and loaded.roots is not None
+    endpoint = plugin_data.endpoint_listen_address
     return Config(
         trust_domain=trust_domain,
-        intermediate=intermediate,
-        intermediate_key_path=Path(key_path),
-        intermediate_key_password=password,
-        pqc_roots=roots,
-        trusted_intermediates=trusted,
-        endpoint_listen_address=listen,
-        authorized_agents=tuple(agents),
-        freshness_window=freshness,
-        max_pqc_ttl=max_ttl,
-        ledger_path=Path(ledger) if ledger else None,
-        on_error=on_error,
-        ledger_dsn=ledger_dsn or LedgerDsn.parse(MEMORY),
-        ledger_password=ledger_password,
-        ledger_prune_interval=prune_interval,
-        metrics_listen_address=metrics_address,
-        sibling_intermediates=siblings,
+        intermediate=loaded.intermediate,
+        intermediate_key_path=plugin_data.intermediate_key_path,
+        intermediate_key_password=loaded.key_password,
+        pqc_roots=tuple(loaded.roots),
+        trusted_intermediates=tuple(loaded.trusted_keys),
+        endpoint_listen_address=format_address(endpoint) if endpoint is not None else None,
+        authorized_agents=tuple(plugin_data.authorized_agents or ()),
+        freshness_window=plugin_data.freshness_window,
+        max_pqc_ttl=plugin_data.max_pqc_ttl,
+        ledger_path=plugin_data.ledger_path,
+        on_error=plugin_data.on_error,
+        ledger_dsn=plugin_data.ledger_dsn or LedgerDsn.parse(MEMORY),
+        ledger_password=loaded.ledger_password,
+        ledger_prune_interval=plugin_data.ledger_prune_interval,
+        metrics_listen_address=plugin_data.metrics_listen_address,
+        sibling_intermediates=tuple(loaded.siblings),
     )
-
-
-def _ledger(c: _Collector, environ: Mapping[str, str]) -> tuple[LedgerDsn | None, str | None]:
-    dsn_text = c.string("ledger_dsn")
-    dsn = None
-    if dsn_text is not None:
-        try:
-            dsn = LedgerDsn.parse(dsn_text)
-        except ValueError as exc:
-            c.problems.append(f"ledger_dsn: {exc}")
-    password_file = c.string("ledger_password_file")
-    password_env = c.string("ledger_password_env")
-    if password_file and password_env:
-        c.problems.append("ledger_password_file, ledger_password_env: set at most one of them")
-        return dsn, None
-    if (password_file or password_env) and dsn is not None and dsn.kind != "postgresql":
-        c.problems.append(
-            "ledger_password_file/ledger_password_env: only a postgresql:// ledger has a password"
-        )
-    password = None
-    if password_file:
-        try:
-            password = read_private(password_file).decode("utf-8").rstrip("\r\n")
-        except SpirePqcError as exc:
-            c.problems.append(f"ledger_password_file: {exc}")
-        except UnicodeDecodeError:
-            c.problems.append(f"ledger_password_file: {password_file} is not UTF-8 text")
-    elif password_env:
-        password = environ.get(password_env)
-        if not password:
-            c.problems.append(
-                f"ledger_password_env: the environment variable {password_env} is not set or empty"
-            )
-    return dsn, password
-
-
-def _loopback_address(c: _Collector, key: str) -> tuple[str, int] | None:
-    text = c.string(key)
-    if text is None:
-        return None
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        c.problems.append(f"{key}: expected host:port, got {text!r}")
-        return None
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        # Metrics name the workloads' refusal reasons and the ledger's size: keep them on the node.
-        c.problems.append(f"{key}: {text!r} must be a loopback address (127.0.0.1, ::1 or localhost)")
-        return None
-    return host, int(port)
-
-
-def _check_legacy_ledger(c: _Collector, path: Path, dsn: LedgerDsn | None, freshness: dt.timedelta) -> None:
-    """The 0.1 JSON-lines file must be importable, into a database that outlives the process."""
-    if dsn is None or dsn.in_memory:
-        c.problems.append(
-            f"ledger_path: the JSON-lines ledger is replaced by a database; set ledger_dsn (e.g. "
-            f'"sqlite://{path.parent / "ledger.db"}") and keep ledger_path: its entries are imported at '
-            "the first start, then the file is renamed *.imported"
-        )
-    if not path.exists():
-        return  # imported before (or never written): nothing to import
-    try:
-        for _ in read_legacy(path, freshness=freshness):
-            pass
-    except ParseError as exc:
-        c.problems.append(
-            f"ledger_path: {exc}; nothing was imported. Fix or delete that line (an entry only matters "
-            "until its classical SVID expires), then start again"
-        )
-    except OSError as exc:
-        c.problems.append(f"ledger_path: {path}: cannot read ({exc.strerror})")
 
 
 def load_intermediate_key(path: str | Path, password: bytes | None) -> MLDSA65PrivateKey:
     """Read the intermediate key (refusing group/other-readable files); typed errors only."""
     return MLDSA65PrivateKey.from_pem(read_private(path), password=password)
-
-
-def _load_pki(
-    c: _Collector,
-    key_path: str | None,
-    cert_path: str | None,
-    bundle_path: str | None,
-    trusted_path: str | None,
-    password: bytes | None,
-    trust_domain: TrustDomain | None,
-) -> tuple[
-    IntermediateCA | None,
-    tuple[x509.Certificate, ...],
-    tuple[MLDSA65PublicKey, ...],
-    tuple[x509.Certificate, ...],
-]:
-    key = chain = roots = None
-    if key_path:
-        try:
-            key = load_intermediate_key(key_path, password)
-        except SpirePqcError as exc:
-            c.problems.append(f"intermediate_key_path: {exc}")
-    chain = _certs(c, "intermediate_cert_path", cert_path)
-    roots = _certs(c, "pqc_bundle_path", bundle_path)
-    trusted = _certs(c, "trusted_intermediates_path", trusted_path) or []
-    intermediate = None
-    if key is not None and chain:
-        try:
-            intermediate = IntermediateCA(key, chain[0], tuple(chain[1:]) or tuple(roots or ()))
-        except SpirePqcError as exc:
-            c.problems.append(f"intermediate_key_path: {exc} ({cert_path})")
-    if intermediate is not None and roots:
-        now = dt.datetime.now(dt.UTC)
-        try:
-            path = verify_pqc_chain([intermediate.certificate], roots, at=now, spiffe_id=None)
-        except VerificationError as exc:
-            c.problems.append(f"intermediate_cert_path: does not chain to pqc_bundle_path: {exc}")
-        else:
-            del path
-        _check_ca_identity(c, intermediate.certificate, trust_domain)
-    trusted_keys: list[MLDSA65PublicKey] = []
-    siblings: list[x509.Certificate] = []
-    for index, cert in enumerate(trusted):
-        try:
-            trusted_keys.append(certs.mldsa_public_key(cert))
-        except SpirePqcError as exc:
-            c.problems.append(f"trusted_intermediates_path: certificate {index}: {exc}")
-        else:
-            siblings.append(cert)
-    return intermediate, tuple(roots or ()), tuple(trusted_keys), tuple(siblings)
-
-
-def _check_ca_identity(c: _Collector, cert: x509.Certificate, trust_domain: TrustDomain | None) -> None:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    if trust_domain is not None and trust_domain.id_string() not in uris:
-        c.problems.append(
-            f"intermediate_cert_path: certificate is for {', '.join(uris) or 'no trust domain'}, "
-            f"not {trust_domain.id_string()}"
-        )
-
-
-def _certs(c: _Collector, key: str, path: str | None) -> list[x509.Certificate] | None:
-    if not path:
-        return None
-    try:
-        return load_pem_certificates(read_public(path), what=path)
-    except SpirePqcError as exc:
-        c.problems.append(f"{key}: {exc}")
-        return None

@@ -100,25 +100,34 @@ class PluginState:
     """The configured state shared by the servicers and the CA endpoint; swapped atomically."""
 
     def __init__(self, on_configured: Callable[[Config], None] | None = None) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _state: readers never wait for a configuration
+        self._configuring = threading.Lock()  # one configuration applied at a time
         self._state: _State | None = None
         self._on_configured = on_configured
         self.stats = ComposerStats()
 
     def configure(self, core_trust_domain: str, hcl: str) -> Config:
-        config = build_config(core_trust_domain, hcl)
-        state = _State(config, _KeyHolder(config))
-        with self._lock:
-            self._state = state
-        log.info(
-            "configured: trust domain %s, intermediate %s, endpoint %s, on_error=%s",
-            config.trust_domain,
-            config.intermediate.public_key.key_id().hex()[:16],
-            config.endpoint_listen_address or "disabled",
-            config.on_error,
-        )
-        if self._on_configured is not None:
-            self._on_configured(config)
+        """Build the new state completely, then swap it in (a refused configuration changes nothing).
+
+        Safe to call again at any time: SPIRE calls Configure again on SIGUSR1 when a
+        ``plugin_data_file`` changed. Concurrent calls are applied one after the other, so the state
+        the composer reads and what ``on_configured`` started (endpoint, metrics) always come from
+        the same configuration; composing goes on with the previous state meanwhile.
+        """
+        with self._configuring:
+            config = build_config(core_trust_domain, hcl)
+            state = _State(config, _KeyHolder(config))
+            with self._lock:
+                self._state = state
+            log.info(
+                "configured: trust domain %s, intermediate %s, endpoint %s, on_error=%s",
+                config.trust_domain,
+                config.intermediate.public_key.key_id().hex()[:16],
+                config.endpoint_listen_address or "disabled",
+                config.on_error,
+            )
+            if self._on_configured is not None:
+                self._on_configured(config)
         return config
 
     def current(self) -> _State | None:

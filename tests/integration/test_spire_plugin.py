@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,47 @@ def test_spire_server_run_reports_our_precise_error(pqc: PQC, workdir: Path) -> 
         srv.stop()
     assert srv.proc.returncode != 0
     assert "on_error: must be one of skip, fail, got 'sometimes'" in srv.log_text()
+
+
+def _metrics_answer(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return bool(response.status == 200 and b"spire_pqc_plugin_" in response.read())
+    except OSError:
+        return False
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigusr1_reconfigures_from_plugin_data_file(pqc: PQC, workdir: Path) -> None:
+    """SPIRE >= 1.10 re-reads plugin_data_file on SIGUSR1 and calls Configure again on a running plugin."""
+    srv = SpireServer(workdir, composer_data=pqc.plugin_data(), composer_data_file=True)
+    srv.start()
+    try:
+        port = free_port()
+        assert not _metrics_answer(port)
+        srv.write_plugin_data(pqc.plugin_data(metrics_listen_address=f"127.0.0.1:{port}"))
+        srv.reload()
+        assert _eventually(lambda: _metrics_answer(port)), srv.log_tail()
+        # A refused configuration keeps the running one: SPIRE logs our message, the plugin serves on.
+        srv.write_plugin_data(pqc.plugin_data(metrics_listen_address=f"127.0.0.1:{port}", on_error="maybe"))
+        srv.reload()
+        assert _eventually(lambda: "on_error: must be one of skip, fail, got 'maybe'" in srv.log_text()), (
+            srv.log_tail()
+        )
+        assert _metrics_answer(port)
+        chain, _ = mint(srv, f"spiffe://{TD}/after-reload", workdir / "m")
+        verify_svid_binding(chain[0], [pqc.intermediate_key().public_key()])
+        assert srv.proc is not None and srv.proc.poll() is None
+    finally:
+        srv.stop()
 
 
 def test_group_readable_key_file_is_refused(pqc: PQC, workdir: Path) -> None:

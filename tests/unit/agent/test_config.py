@@ -1,13 +1,21 @@
-"""Agent configuration: every problem reported at once, each naming its key; the example file loads."""
+"""Agent configuration: every problem reported at once, each naming its key; the example file loads;
+any document or text gives a configuration or one ConfigError, within a time bound."""
 
 from __future__ import annotations
 
-import datetime as dt
+import copy
+import re
+import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from spire_pqc.agent.config import DevSourceConfig, load, parse, parse_duration
+from spire_pqc.agent.config import AgentFile, DevSourceConfig, load, parse
+from spire_pqc.config.reference import keys
 from spire_pqc.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "agent" / "agent.toml"
@@ -42,10 +50,11 @@ def test_every_problem_is_reported_at_once() -> None:
             }
         )
     keys = [p.split(":")[0] for p in info.value.problems]
+    # Known keys in the order of the reference (docs/configuration.md), then a table's unknown keys.
     assert keys == [
-        "agent.colour",
         "agent.socket_path",
         "agent.socket_mode",
+        "agent.colour",
         "source.dev.trust_domain",
         "source.dev.svid_ttl",
         "source.dev.entries[0].spiffe_id",
@@ -85,14 +94,95 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load(tmp_path / "missing.toml")
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"), [(30, 30), (0.5, 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("0.25s", 0.25)]
+# --- property tests: whatever the file says, a configuration or one ConfigError, quickly ----------
+
+TIME_BOUND = 5.0  # seconds per document, generous for a loaded machine (a document takes milliseconds)
+EXAMPLE_DOC = tomllib.loads(EXAMPLE.read_text())
+KEY_PATHS = [row.path for row in keys(AgentFile)]
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(
+        ["*", "0", "30", "30s", "unix:/x", "127.0.0.1:0", "spiffe://example.org/a", "0660", "1MiB"]
+    ),
+    st.datetimes(),
 )
-def test_durations(text: object, seconds: float) -> None:
-    assert parse_duration(text) == dt.timedelta(seconds=seconds)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "0s", True, -1, "1d"])
-def test_bad_durations(text: object) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)
+def _set(doc: Any, path: list[str], value: object) -> None:
+    """Set (None: delete) ``path`` in ``doc``; ``name[]`` applies to every element of that array."""
+    head, rest = path[0], path[1:]
+    array = head.endswith("[]")
+    head = head.removesuffix("[]").split(".<")[0]
+    if not isinstance(doc, dict):
+        return
+    if not rest:
+        if value is None:
+            doc.pop(head, None)
+        else:
+            doc[head] = value
+        return
+    children = doc.setdefault(head, [] if array else {})
+    for child in children if array and isinstance(children, list) else [children]:
+        _set(child, rest, value)
+
+
+@st.composite
+def agent_documents(draw: st.DrawFn) -> dict[str, Any]:
+    doc = copy.deepcopy(EXAMPLE_DOC)
+    for path in draw(
+        st.lists(st.sampled_from([*KEY_PATHS, "colour", "tunnel.sideways", "agent.colour"]), max_size=6)
+    ):
+        _set(doc, path.replace("[].", "[]\x00").replace(".", "\x00").split("\x00"), draw(_VALUES))
+    return doc
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=agent_documents())
+def test_any_document_gives_a_configuration_or_a_config_error(doc: dict[str, Any]) -> None:
+    start = time.monotonic()
+    try:
+        config = parse(doc)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+    else:
+        assert config.socket_path.is_absolute()
+    assert time.monotonic() - start < TIME_BOUND
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: b.decode("latin-1"))))
+def test_any_text_gives_a_configuration_or_a_config_error(tmp_path_factory: Any, text: str) -> None:
+    path = tmp_path_factory.getbasetemp() / "any.toml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    start = time.monotonic()
+    with pytest.raises(ConfigError):  # no text this short is a whole agent configuration
+        load(path)
+    assert time.monotonic() - start < TIME_BOUND
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            "x = " + "1" * 5000,
+            "not valid TOML: Exceeds the limit (4300 digits)",
+        ),  # tomllib let a ValueError out
+        ("x = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("x = 1\n" * 200_000, "larger than 1048576 bytes"),
+    ],
+)
+def test_hostile_files_are_configuration_errors(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        load(path)

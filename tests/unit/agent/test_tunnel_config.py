@@ -62,26 +62,34 @@ def test_every_tunnel_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         parse(_config(tunnel))
     keys = [p.split(": ")[0] for p in info.value.problems]
+    # A rule between keys is reported at the key to change; every bad item of a list at its index.
     assert keys == [
-        "tunnel.sideways",
         "tunnel.outbound[0].mode",
-        "tunnel.outbound[0]",
+        "tunnel.outbound[0].allowed_uids",
         "tunnel.outbound[0].listen",
         "tunnel.outbound[0].remote",
         "tunnel.outbound[0].peer_ids",
+        "tunnel.outbound[1].name",
+        "tunnel.outbound[1].allowed_gids[0]",
+        "tunnel.outbound[1].allowed_gids[1]",
         "tunnel.outbound[1].allowed_uids",
         "tunnel.outbound[1].peer_ids[0]",
         "tunnel.inbound[0].spiffe_id",
-        "tunnel.inbound[0]",
+        "tunnel.inbound[0].allowed_trust_domain",
+        "tunnel.inbound[1].listen",
+        "tunnel.inbound[1].allowed_trust_domain",
         "tunnel.inbound[1].colour",
-        "tunnel.inbound[1]",
-        "tunnel",
-        "tunnel",
+        "tunnel.sideways",
     ]
     text = "\n".join(info.value.problems)
-    assert "name 'a' is used by more than one tunnel" in text
-    assert "127.0.0.1:2 is used by more than one tunnel" in text
+    assert "tunnel.outbound[1].name: name 'a' is used by more than one tunnel" in text
+    assert "tunnel.inbound[1].listen: listen address 127.0.0.1:2 is used by more than one tunnel" in text
     assert "not the SPIFFE ID of any [[source.dev.entries]]" in text
+    assert "tunnel.outbound[0].allowed_uids: give allowed_uids and/or allowed_gids" in text
+    assert (
+        "tunnel.inbound[1].allowed_trust_domain: give exactly one of allowed_ids, allowed_trust_domain"
+        in text
+    )
 
 
 def test_outbound_may_listen_beyond_loopback_when_allowed() -> None:
@@ -147,7 +155,7 @@ def test_spire_source_tunnels_need_selectors() -> None:
         parse(_config(tunnel, kind="spire"))
     assert [p.split(": ")[0] for p in info.value.problems] == [
         "tunnel.inbound[0].selectors",
-        "tunnel.inbound[1].selectors",
+        "tunnel.inbound[1].selectors[0]",
     ]
     ok = {"inbound": [{**base, "selectors": ["unix:uid:1000", "unix:gid:1000"]}]}
     (inb,) = parse(_config(ok, kind="spire")).tunnels
