@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds spire-server and spire-agent from SPIRE's Go module into a cache the tests reuse.
 # Idempotent: does nothing when the pinned version is already built there.
-# Facts: go.mod of spiffe/spire v1.15.3 needs Go >= 1.26.6; cgo is required for the sqlite datastore
-# (../shared/reference/spire-plugin-protocol.md §4).
+# Facts: go.mod of spiffe/spire v1.15.3 needs Go >= 1.26.6 (its .go-version); cgo is required for the
+# sqlite datastore (spiffe/spire:pkg/server/datastore/sqlstore/sqlite_no_cgo.go@v1.15.3).
 set -euo pipefail
 SPIRE_VERSION="${SPIRE_VERSION:-v1.15.3}"
 CACHE="${SPIRE_PQC_CACHE:-$HOME/.cache/spire-pqc}"

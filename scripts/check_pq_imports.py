@@ -1,7 +1,8 @@
 """Lint: only spire_pqc/crypto/_backend.py and _liboqs.py may import a post-quantum implementation.
 
 import-linter cannot forbid *subpackages* of external packages (cryptography's mldsa/mlkem), so
-this small AST check enforces that part of DESIGN.md §7. Exit 1 lists every offending import.
+this small AST check enforces that part of the layering (docs/architecture.md, "Code layout").
+Exit 1 lists every offending import.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # their signatures are checked by apt against the Debian archive keyring, and the .debs are unpacked with
 # `dpkg-deb -x` into $SPIRE_PQC_CACHE/openssl-trixie. The wrapper $SPIRE_PQC_CACHE/bin/openssl35 starts trixie's
 # openssl through trixie's own dynamic loader, so trixie's libc and libssl run beside the host's older ones
-# (technique: /work/shared/reference/workload-api-and-peers.md §0 item 2 and §5 item 2).
+# (`ld-linux-x86-64.so.2 --library-path <trixie libs> openssl`: the host's libc is never replaced).
 #
 # Idempotent: when the wrapper already works and reports OpenSSL >= 3.5 with ML-KEM-768, ML-DSA-65 and
 # X25519MLKEM768, it does nothing. Environment: SPIRE_PQC_CACHE (default ~/.cache/spire-pqc),

@@ -10,7 +10,7 @@ trust domain A is only ever checked against A's authorities, unlike py-spiffe, S
 lookup raises :class:`~spire_pqc.errors.BundleError` instead of returning ``None``. Anything with
 ``get_bundle_for_trust_domain`` is a :class:`BundleSource`: a bundle, a set, or a live source.
 
-Formats (reference/workload-api-and-peers.md §1):
+Formats (``spiffe/spiffe:standards/SPIFFE_Workload_API.md``, ``SPIFFE_Trust_Domain_and_Bundle.md``):
 
 * PEM (one or more ``CERTIFICATE`` blocks) and concatenated DER (the Workload API ``bundle`` and
   ``federated_bundles`` values): :meth:`X509Bundle.from_pem`, :meth:`X509Bundle.from_der`, and

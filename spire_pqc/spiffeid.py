@@ -1,8 +1,8 @@
 """SPIFFE IDs, trust domains and ID matchers.
 
 A :class:`SpiffeId` or :class:`TrustDomain` can only exist if it is valid: the constructors and
-``parse`` functions check the SPIFFE ID specification (``spiffe/spiffe:standards/SPIFFE-ID.md``,
-reference/workload-api-and-peers.md §1) and raise :class:`~spire_pqc.errors.SpiffeIdError` with
+``parse`` functions check the SPIFFE ID specification (``spiffe/spiffe:standards/SPIFFE-ID.md``)
+and raise :class:`~spire_pqc.errors.SpiffeIdError` with
 the reason otherwise. There is no normalisation: ``SPIFFE://Example.org`` is rejected, not
 lower-cased, because two spellings of one identity would make comparisons unsafe.
 

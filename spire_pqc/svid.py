@@ -1,4 +1,4 @@
-"""Hybrid SVIDs and their one verification function (DESIGN.md §3).
+"""Hybrid SVIDs and their one verification function (docs/formats.md, docs/trust-model.md).
 
 A hybrid SVID is a classical X509-SVID (issued by SPIRE), a PQC SVID (ML-DSA-65) and a KEM
 certificate (ML-KEM-768), all for one SPIFFE ID and bound together: the PQC certificates carry an

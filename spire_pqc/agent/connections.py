@@ -2,7 +2,7 @@
 
 The one module that knows how grpclib exposes connections and request bodies. Every local user can
 connect to the agent's socket (callers are told apart by SO_PEERCRED), so what one uid can make the
-agent hold is bounded here (DESIGN.md §4, "Limits"):
+agent hold is bounded here (docs/security.md):
 
 * **connections per uid** — the agent's own accept loop (:class:`_Listener`) reads SO_PEERCRED right
   after accept(2); beyond ``max_connections_per_uid`` the connection gets an HTTP/2 GOAWAY

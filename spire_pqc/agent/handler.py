@@ -2,7 +2,7 @@
 
 Adapter between the domain (identity sources, PQC provisioner) and the wire: the pure ``compose_*``
 functions build messages; the stream loops apply the Workload API rules
-(reference/workload-api-and-peers.md §1):
+(``spiffe/spiffe:standards/SPIFFE_Workload_API.md``; docs/workload-api.md):
 
 * every request must carry ``workload.spiffe.io: true`` — otherwise InvalidArgument;
 * the caller is checked (:mod:`spire_pqc.agent.peercred`) before any of the request body is read,

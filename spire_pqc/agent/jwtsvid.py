@@ -1,4 +1,4 @@
-"""JWT-SVIDs: dev signing, JWKS bundles and validation (reference/workload-api-and-peers.md §1, JWT-SVID profile).
+"""JWT-SVIDs: dev signing, JWKS bundles and validation (``spiffe/spiffe:standards/JWT-SVID.md``).
 
 A JWT-SVID is a JWS compact token whose ``sub`` is the SPIFFE ID, ``aud`` the audiences, with ``exp``
 and a header ``kid`` naming the key in the trust domain's JWT bundle (a JWK Set whose keys have

@@ -1,7 +1,7 @@
 """Who is calling: SO_PEERCRED at connect time, guarded against PID reuse until every answer.
 
-grpcio cannot see the peer of a Unix-socket connection (reference/workload-api-and-peers.md §0
-item 4), so the agent serves gRPC with grpclib and records the peer of each connection when it is
+grpcio cannot see the peer of a Unix-socket connection (``context.peer()`` is just ``'unix:'``,
+with no descriptor or PID), so the agent serves gRPC with grpclib and records the peer of each connection when it is
 accepted (:mod:`spire_pqc.agent.connections`); this module decides whether that peer may still be
 answered.
 

@@ -1,6 +1,6 @@
 """The node agent's state directory: each workload's PQC keys and certificates, kept across restarts.
 
-Why: the PQC CA certifies keys once per classical SVID serial (DESIGN.md §2), and SPIRE hands a
+Why: the PQC CA certifies keys once per classical SVID serial (docs/trust-model.md), and SPIRE hands a
 restarted node agent the very same classical SVIDs. An agent that forgot its PQC keys could neither
 serve its workloads nor get new credentials (the CA refuses a second key set as a duplicate) until
 every classical SVID rotated. So the agent keeps, per classical SVID, the PQC keys it generated and

@@ -1,4 +1,4 @@
-"""Tunnels: the post-quantum channel for processes that cannot change their code (DESIGN.md §4).
+"""Tunnels: the post-quantum channel for processes that cannot change their code (docs/architecture.md).
 
 An :class:`OutboundTunnel` listens for plaintext on loopback TCP or on a Unix socket and carries
 each connection over a hybrid (or ``spiffe`` / ``pq-tls``) channel to a remote agent whose SPIFFE ID

@@ -5,7 +5,7 @@ Each operation goes through the public key classes (``spire_pqc.crypto``), so th
 caller pays: the Python layer, the FIPS 203 encapsulation-key check, the hybrid framing. The classical rows
 (X25519, ECDSA-P256) go through pyca/cryptography and show the same Python-call overhead on algorithms
 whose C code is long optimised. The baseline is the OpenSSL >= 3.5 command line (``openssl35``, installed by
-``make openssl``) running ``openssl speed -mr`` on the same machine in the same run (DESIGN.md §6).
+``make openssl``) running ``openssl speed -mr`` on the same machine in the same run (README, "Benchmarks").
 
 The backend is chosen once per process, so each backend is measured by a worker process of its own
 (``python -m spire_pqc.bench.crypto --worker`` with ``SPIRE_PQC_BACKEND`` set; the liboqs worker finds

@@ -2,7 +2,8 @@
 
 The host is Debian 12 (OpenSSL 3.0, no ML-KEM/ML-DSA), so the interop tests and ``spire-pqc bench crypto``
 use Debian 13's OpenSSL through the wrapper ``$SPIRE_PQC_CACHE/bin/openssl35``, which starts trixie's
-``openssl`` through trixie's own dynamic loader (reference/workload-api-and-peers.md §0 item 2, §5 item 2).
+``openssl`` through trixie's own dynamic loader (``ld-linux-x86-64.so.2 --library-path …``), beside
+bookworm's libc.
 
 Reading the environment here is deliberate and limited to *finding a tool*: ``SPIRE_PQC_OPENSSL`` (a path,
 or a command name on ``PATH``) overrides the default location.

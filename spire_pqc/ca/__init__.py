@@ -1,1 +1,1 @@
-"""See DESIGN.md §7."""
+"""The PQC CA's issuance policy, pure: no gRPC, no SPIRE (docs/architecture.md, "Code layout")."""

@@ -3,7 +3,7 @@
 SPIRE calls the composer for every workload SVID it signs, including its CA health check
 (``spiffe://<td>/for/health/check/only``). The composer signs a binding of (SPIFFE ID, SPKI) with
 the intermediate PQC CA key and returns it as a non-critical extension; SPIRE copies it into the
-certificate verbatim (reference/spire-plugin-protocol.md §3, "CredentialComposer semantics").
+certificate verbatim (``spiffe/spire:pkg/server/plugin/credentialcomposer/v1.go@v1.15.3``).
 """
 
 from __future__ import annotations

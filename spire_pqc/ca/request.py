@@ -1,4 +1,4 @@
-"""The PQC issue request (DESIGN.md §4) and its two proofs of possession.
+"""The PQC issue request (docs/formats.md, "Issue request") and its two proofs of possession.
 
 Both proofs sign the same bytes::
 

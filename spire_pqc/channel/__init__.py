@@ -1,4 +1,4 @@
-"""Post-quantum channels between SPIFFE workloads (DESIGN.md §4 "Channel", §7).
+"""Post-quantum channels between SPIFFE workloads (docs/architecture.md, "Channel modes").
 
 TLS 1.3 with the X25519MLKEM768 key exchange only, on asyncio over pyOpenSSL, in three modes:
 ``hybrid`` (default: classical SVIDs in TLS plus a session-bound ML-DSA-65 proof), ``spiffe``

@@ -2,8 +2,9 @@
 
 Certificate *verification* is deliberately not OpenSSL's: the verify callback accepts every chain
 at the OpenSSL layer, and the channel verifies the peer right after the handshake against the
-bundle of the peer's own trust domain (never a store merged across trust domains, the flaw
-described in reference/workload-api-and-peers.md §0 item 6), then runs the authorizer. No
+bundle of the peer's own trust domain (never one store merging every trust domain's roots, as
+py-spiffe's spiffe-tls 0.4 ``create_ssl_context`` does, letting a federated CA vouch for another
+trust domain's IDs), then runs the authorizer. No
 application byte is delivered before that.
 """
 
@@ -24,8 +25,9 @@ _SSL_MODE_NO_AUTO_CHAIN = 0x00000008
 
 def restrict_groups(ctx: SSL.Context, groups: bytes = HYBRID_GROUP.encode()) -> None:
     """Offer/accept only ``groups``. pyOpenSSL 26.4 has no public group API (pyca/pyopenssl#1477),
-    so this is OpenSSL's ``SSL_CTX_set1_curves_list`` through the private binding
-    (reference/workload-api-and-peers.md §0 item 1, §5); hybrid groups exist only by name."""
+    so this is OpenSSL's ``SSL_CTX_set1_curves_list`` through the private binding (with it, a
+    PQ-only side and an X25519-only side fail with "no suitable key share"); hybrid groups exist
+    only by name."""
     lib = SSL._lib  # type: ignore[attr-defined]
     setter = getattr(lib, "SSL_CTX_set1_groups_list", None) or lib.SSL_CTX_set1_curves_list
     if setter(ctx._context, groups) != 1:

@@ -17,8 +17,8 @@ authenticated by the sender. A KEM-DEM construction:
   so only the named sender could have produced this envelope for this recipient.
 
 Why not HPKE: cryptography 50 has ``hpke.KEM.MLKEM768``, but it takes cryptography's own ML-KEM key
-objects, and only ``spire_pqc.crypto._backend`` may touch those (the backend-isolation rule of
-DESIGN.md §7). The construction above uses only our key classes plus standard HKDF and AES-GCM;
+objects, and only ``spire_pqc.crypto._backend`` may touch those (the backend-isolation rule, docs/architecture.md
+"Code layout"). The construction above uses only our key classes plus standard HKDF and AES-GCM;
 moving to HPKE (RFC 9180 base mode, KEM ML-KEM-768) means exposing it through the crypto backend.
 
 Envelope layout::

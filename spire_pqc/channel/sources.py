@@ -33,7 +33,7 @@ class StaticHybridSvidSource:
 
 
 class Mode(StrEnum):
-    """Channel modes (DESIGN.md §4 "Channel"); every mode requires the X25519MLKEM768 key exchange."""
+    """Channel modes (docs/architecture.md); every mode requires the X25519MLKEM768 key exchange."""
 
     HYBRID = "hybrid"  # classical SVIDs in TLS + PQ proof bound to the session (default)
     SPIFFE = "spiffe"  # standard SPIFFE mTLS (interoperates with go-spiffe, Envoy)

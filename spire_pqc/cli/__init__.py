@@ -1,1 +1,1 @@
-"""See DESIGN.md §7."""
+"""The ``spire-pqc`` and ``spire-pqc-composer`` entry points: they own argv, logging, signals and asyncio.run."""

@@ -87,7 +87,7 @@ class _OpenSSLBackend:
         self._mldsa = mldsa
         self._mlkem = mlkem
         # OpenSSL keeps the expanded matrix in a public-key object, so encapsulating to a peer we
-        # talk to repeatedly is ~2x faster with the parsed object reused (reference/pqc-standards §3).
+        # talk to repeatedly is about 2x faster with the parsed object reused (`spire-pqc bench crypto`).
         self._ek_cache: Callable[[bytes], Any] = functools.lru_cache(maxsize=256)(self._load_ek)
         self._pk_cache: Callable[[bytes], Any] = functools.lru_cache(maxsize=256)(self._load_pk)
 

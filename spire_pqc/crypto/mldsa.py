@@ -1,7 +1,7 @@
 """ML-DSA-65 (FIPS 204) keys: generation, seed form, SPKI/PKCS#8 (RFC 9881), sign and verify.
 
 Every signature is made and checked with an explicit FIPS 204 context string; X.509 uses the empty
-context, each spire-pqc protocol message its own constant (DESIGN.md §3).
+context, each spire-pqc protocol message its own constant (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class MLDSA65PublicKey:
         return pem_encode("PUBLIC KEY", self.spki())
 
     def key_id(self) -> bytes:
-        """SHA-256 of the SubjectPublicKeyInfo DER (the issuerKeyId of DESIGN.md §3)."""
+        """SHA-256 of the SubjectPublicKeyInfo DER (the SvidBinding's issuerKeyId, docs/formats.md)."""
         return hashlib.sha256(self.spki()).digest()
 
     def verify(self, signature: bytes, message: bytes, *, context: bytes) -> None:

@@ -1,1 +1,1 @@
-"""See DESIGN.md §7."""
+"""The SPIRE server plugin: go-plugin host, CredentialComposer, PQC CA endpoint (docs/architecture.md)."""

@@ -30,7 +30,7 @@ class EndpointSupervisor:
     """Starts the PQC CA endpoint once SPIRE can tell the server's identity; restarts it on reconfigure.
 
     SPIRE loads plugins before its CA is ready, so the first identity fetch may fail: retry in the
-    background instead of failing Configure (issuance is "fail soft", DESIGN.md §2). The starting
+    background instead of failing Configure (issuance is "fail soft", docs/trust-model.md). The starting
     thread never ends silently: every failure is logged (the expected wait for SPIRE at INFO, anything
     else at ERROR with its traceback) and retried with backoff until it starts or is superseded.
     Also owns the metrics listener (``metrics_listen_address``).

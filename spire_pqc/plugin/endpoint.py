@@ -1,4 +1,4 @@
-"""The PQC CA endpoint, served by the plugin process (DESIGN.md §4).
+"""The PQC CA endpoint, served by the plugin process (docs/architecture.md; wire format: docs/formats.md).
 
 gRPC over TLS 1.3 with mutual authentication by X509-SVIDs. The server's certificate and the trust
 bundle come from SPIRE's IdentityProvider host service and are refreshed periodically, so SPIRE's

@@ -3,7 +3,7 @@
 A plugin's stderr becomes SPIRE's log output, one line at a time. go-plugin parses a line that is a JSON
 object with ``@level``, ``@message`` and ``@timestamp`` and logs it at that level; every other key becomes a
 key/value pair of the entry (``hashicorp/go-plugin:log_entry.go@v1.8.0``, ``client.go`` logStderr).
-Two hazards shape this module (reference/spire-plugin-protocol.md §1.1):
+Two hazards shape this module (``hashicorp/go-plugin:client.go@v1.8.0`` logStderr):
 
 - the host converts those three values with unchecked type assertions, so a non-string value panics a
   goroutine inside spire-server: they are always written as JSON strings;

@@ -1,7 +1,8 @@
 """The go-plugin side of a SPIRE external plugin: serve the plugin's gRPC services the way SPIRE expects.
 
 SPIRE starts an external plugin as a child process and talks hashicorp/go-plugin to it
-(reference/spire-plugin-protocol.md §1). This module implements the plugin end of that protocol, in order:
+(``spiffe/spire:pkg/common/catalog/external.go@v1.15.3``, ``hashicorp/go-plugin:docs/guide-plugin-write-non-go.md``).
+This module implements the plugin end of that protocol, in order:
 
 1. the magic cookie ``<type>=<type>`` must be in the environment, or the process refuses to run;
 2. a plaintext gRPC server on a Unix socket in a fresh private directory serves, next to the plugin's own

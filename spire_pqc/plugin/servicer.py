@@ -191,7 +191,7 @@ class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
             extension = binding_extension(state.key.get(), request.spiffe_id, bytes(request.public_key))
         except SpirePqcError as exc:
             return self._on_error(state.config, request, attributes, exc, context)
-        except Exception as exc:  # a bug here must not stop SPIRE signing either (DESIGN.md §2)
+        except Exception as exc:  # a bug here must not stop SPIRE signing either (docs/trust-model.md)
             log.exception("unexpected error while composing the SvidBinding for %s", request.spiffe_id)
             return self._on_error(state.config, request, attributes, exc, context)
         out = cc_pb2.ComposeWorkloadX509SVIDResponse()

@@ -1,1 +1,1 @@
-"""See DESIGN.md §7."""
+"""The workload SDK: Workload API client and live hybrid sources (docs/workload-api.md)."""

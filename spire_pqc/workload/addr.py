@@ -1,6 +1,6 @@
 """The Workload API endpoint address: ``SPIFFE_ENDPOINT_SOCKET`` or an explicit value.
 
-SPIFFE Workload Endpoint (reference/workload-api-and-peers.md §1): an RFC 3986 URI, either
+SPIFFE Workload Endpoint (``spiffe/spiffe:standards/SPIFFE_Workload_Endpoint.md``): an RFC 3986 URI, either
 ``unix:///absolute/path`` (``unix:/absolute/path`` is the same URI without the empty authority) or
 ``tcp://<IP literal>:<port>``. Explicit configuration wins; the environment variable is the fallback.
 A ``unix://`` URI with an authority (``unix://run/agent.sock``: the host would be ``run``) is refused

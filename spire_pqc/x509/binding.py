@@ -1,4 +1,4 @@
-"""The SvidBinding extension (``id-spire-pqc-svid-binding``), DESIGN.md §3::
+"""The SvidBinding extension (``id-spire-pqc-svid-binding``, docs/formats.md)::
 
     SvidBinding ::= SEQUENCE {
       version            INTEGER (1),

@@ -1,4 +1,4 @@
-"""Building and checking the PQC certificates of DESIGN.md §3.
+"""Building and checking the PQC certificates (docs/formats.md).
 
 * PQC root: ML-DSA-65, self-signed, cA, keyCertSign, URI SAN ``spiffe://<td>``.
 * Intermediate PQC CA: ML-DSA-65 under the root (pathLen 0), optionally cross-certified by a
@@ -176,7 +176,7 @@ def cross_certify_intermediate(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    """The same intermediate public key certified by a classical (ECDSA) root (DESIGN.md §3)."""
+    """The same intermediate public key certified by a classical (ECDSA) root (docs/formats.md)."""
     subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
     builder = _issued_builder(
         classical_root,

@@ -1,15 +1,15 @@
-"""Object identifiers used by spire-pqc (DESIGN.md §3, RFC 9881, RFC 9935, RFC 9763)."""
+"""Object identifiers used by spire-pqc (docs/formats.md; RFC 9881, RFC 9935, RFC 9763)."""
 
 from __future__ import annotations
 
 from cryptography.x509 import ObjectIdentifier
 
-#: ITU-T X.667 UUID arc of this project (DESIGN.md §3): UUID cc4edca0-a4ff-4f7e-90ae-11271dc415e6.
+#: ITU-T X.667 UUID arc of this project: UUID cc4edca0-a4ff-4f7e-90ae-11271dc415e6.
 ID_SPIRE_PQC = "2.25.271571985152771553373558813120084055526"
 
 #: The OID the SvidBinding extension is actually carried under.
 #:
-#: DESIGN.md names ``id-spire-pqc.1`` (arc 2.25.<128-bit integer>.1), but that OID cannot travel on
+#: The design named ``id-spire-pqc.1`` (arc 2.25.<128-bit integer>.1), but that OID cannot travel on
 #: an X509-SVID (verified against SPIRE v1.15.3 and Go 1.26):
 #:   * SPIRE's composer facade parses extension OIDs with strconv.Atoi into asn1.ObjectIdentifier
 #:     (spiffe/spire:pkg/server/plugin/credentialcomposer/v1.go@v1.15.3, parseOID) and fails the

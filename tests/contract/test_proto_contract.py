@@ -3,7 +3,7 @@
 Upstream files are never committed (they are not ours to copy). At test time ``go mod download`` fetches the
 pinned modules through the Go module proxy; grpcio-tools compiles them and our ``proto/`` to descriptor
 sets, and every service, method, message, field and enum value we define is compared with upstream's
-(reference/spire-plugin-protocol.md §4, "Project approach"; proto/UPSTREAM.md).
+(the pinned versions and why: proto/UPSTREAM.md).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_openssl_default_ml_dsa_key_is_refused_seed_only_key_loads(
     openssl: OpenSSLCli, tmp_path: Path
 ) -> None:
     # OpenSSL 3.5 writes the "both" form (seed + expanded key) by default; we accept only seed form
-    # (DESIGN.md §3), which OpenSSL writes when asked with ml-dsa.output_formats=seed-only.
+    # (docs/formats.md, "Private keys"), which OpenSSL writes when asked with ml-dsa.output_formats=seed-only.
     default_pem = openssl.run(["genpkey", "-algorithm", "ML-DSA-65"]).stdout
     with pytest.raises(InvalidKeyError, match="seed"):
         MLDSA65PrivateKey.from_pem(default_pem)

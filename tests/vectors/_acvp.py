@@ -2,8 +2,8 @@
 
 Every ACVP test case is planned here as one or more *checks*. A check either runs (our API can
 express it) or is listed with the reason it cannot run, so no case is dropped silently.
-``test_acvp_coverage.py`` compares the plan with the README of the vector files and with the
-counts documented in ``reference/pqc-standards.md`` §2 ("NIST ACVP results").
+``test_acvp_coverage.py`` compares the plan with the counts in the README of the vector files
+(``acvp/README.md``, "Known results").
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Accounting for the ACVP vectors: every case is either run or listed with the reason it cannot be.
 
-The expected numbers are the ones documented in ``reference/pqc-standards.md`` §2 ("NIST ACVP
-results") and in the "Known results" of ``acvp/README.md``; if a vector file or our plan changes,
-this test says which count moved.
+The expected numbers are the ones documented in the "Known results" of ``acvp/README.md``; if a
+vector file or our plan changes, this test says which count moved.
 """
 
 from __future__ import annotations

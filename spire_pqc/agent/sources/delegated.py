@@ -2,8 +2,9 @@
 
 The SPIRE agent attests the caller itself: for each open Workload API stream this source subscribes
 with ``SubscribeToX509SVIDs{pid}`` on the SPIRE agent's admin socket
-(``spire.api.agent.delegatedidentity.v1.DelegatedIdentity``, reference/workload-api-and-peers.md §1,
-"Per-workload SVIDs for a relay or broker"). SPIRE requires this agent's own SPIFFE ID to be listed
+(``spire.api.agent.delegatedidentity.v1.DelegatedIdentity``, ``spiffe/spire:doc/spire_agent.md``,
+"Delegated Identity API"): SPIRE attests the *caller* of its Workload API, so a relay could only get
+its own SVIDs there. SPIRE requires this agent's own SPIFFE ID to be listed
 in ``authorized_delegates``. Bundles come from one shared ``SubscribeToX509Bundles`` stream.
 
 JWT profile: ``FetchJWTSVIDs{audience, pid}`` per request (SPIRE attests the PID and signs), and one

@@ -1,4 +1,4 @@
-"""The embedded development identity source (DESIGN.md §4, "Embedded default (dev mode)").
+"""The embedded development identity source (docs/architecture.md, "Identity sources").
 
 A dev classical CA (ECDSA P-256) stands in for SPIRE and issues X509-SVIDs that carry the
 SvidBinding, signed by the dev PQC hierarchy's intermediate — the same composer code path SPIRE

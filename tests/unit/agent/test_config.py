@@ -4,6 +4,7 @@ any document or text gives a configuration or one ConfigError, within a time bou
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import re
 import time
 import tomllib
@@ -92,6 +93,45 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.toml")
+
+
+def test_limits_are_configured_and_bounded() -> None:
+    base = {
+        "agent": {"socket_path": "/run/a.sock"},
+        "source": {"kind": "dev", "dev": {"trust_domain": "example.org"}},
+    }
+    limits = {"max_connections_per_uid": 8, "max_streams_per_uid": 9, "idle_timeout": "1m30s",
+              "max_request_bytes_per_uid": "8MiB"}  # fmt: skip
+    configured = parse({**base, "limits": limits}).limits
+    assert (configured.max_connections_per_uid, configured.max_streams_per_uid) == (8, 9)
+    assert configured.idle_timeout == dt.timedelta(seconds=90)
+    assert configured.max_request_bytes_per_uid == 8 * 2**20
+    assert configured.max_message_size == 4 * 2**20  # not configurable
+    with pytest.raises(ConfigError) as info:
+        parse({**base, "limits": {"max_request_bytes_per_uid": "1MiB", "max_message_size": 1}})
+    assert info.value.problems == [
+        "limits.max_request_bytes_per_uid: must be at least 4MiB: one request of the largest size must fit",
+        "limits.max_message_size: unknown key (known: idle_timeout, max_connections_per_uid, "
+        "max_request_bytes_per_uid, max_streams_per_uid)",
+    ]
+
+
+def test_one_duration_syntax_in_both_files() -> None:
+    """The agent accepted 30 and 0.5 (seconds) while the plugin refused them: now both refuse, the same way."""
+    from spire_pqc.plugin.config import build_config
+
+    with pytest.raises(ConfigError) as agent:
+        parse({"agent": {"socket_path": "/run/a.sock", "shutdown_grace": 30},
+               "source": {"kind": "dev", "dev": {"trust_domain": "example.org", "svid_ttl": "0.5"}}})  # fmt: skip
+    with pytest.raises(ConfigError) as plugin:
+        build_config("example.org", 'freshness_window = 30\nmax_pqc_ttl = "0.5"')
+    assert [p.split(": ", 1)[1] for p in agent.value.problems] == [
+        "30 has no unit: write a duration with units like '30s', '5m', '1h30m' or '500ms' (a bare number is not a "
+        "duration)",
+        "'0.5' has no unit: write a duration with units like '30s', '5m', '1h30m' or '500ms'",
+    ]
+    durations = [p for p in plugin.value.problems if p.startswith(("freshness_window", "max_pqc_ttl"))]
+    assert [p.split(": ", 1)[1] for p in durations] == [p.split(": ", 1)[1] for p in agent.value.problems]
 
 
 # --- property tests: whatever the file says, a configuration or one ConfigError, quickly ----------

@@ -1,7 +1,8 @@
 """Hand-built reference hybrids from independent parts, for cross-checking spire_pqc.crypto.hybrid.
 
 ML-KEM-768 comes from kyber-py 1.2.0 (pure-Python FIPS 203), X25519 from cryptography, hashing
-from hashlib. Layouts follow reference/pqc-standards.md §1e:
+from hashlib. Layouts follow draft-ietf-tls-ecdhe-mlkem (X25519MLKEM768) and
+draft-connolly-cfrg-xwing-kem (X-Wing):
 
 * X25519MLKEM768: client share = ek (1184) || X25519 pk (32); server share = ct (1088) || X25519 pk
   (32); shared secret = ss_ML-KEM || ss_X25519.

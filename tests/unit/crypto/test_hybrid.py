@@ -115,7 +115,7 @@ def test_xwing_draft_vectors(index: int) -> None:
     assert reference.public_bytes() == pk
     assert ref.reference_xwing_encapsulate(pk, bytes.fromhex(vector["eseed"])) == (ss, ct)
     # ... and so does ours, for key generation and decapsulation (encapsulation randomness
-    # cannot be injected into cryptography, reference/pqc-standards.md §1e).
+    # cannot be injected into cryptography's ML-KEM).
     ours = XWingPrivateKey(seed)
     assert ours.public_bytes() == pk
     assert ours.decapsulate(ct) == ss

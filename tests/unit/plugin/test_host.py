@@ -2,7 +2,8 @@
 
 The plugin (plugin_under_test.py) runs as a child process with the environment SPIRE gives it; the test
 reads the handshake line, dials the socket and makes the calls SPIRE makes, in SPIRE's order
-(reference/spire-plugin-protocol.md §1.2), including serving host services behind the broker.
+(``spiffe/spire:pkg/common/catalog/external.go@v1.15.3``, ``hashicorp/go-plugin:grpc_broker.go@v1.8.0``),
+including serving host services behind the broker.
 """
 
 from __future__ import annotations
