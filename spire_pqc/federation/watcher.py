@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from spire_pqc._internal.backoff import backoff_delays
+from spire_pqc._internal.backoff import Backoff
 from spire_pqc._internal.files import atomic_write, private_directory, read_private
 from spire_pqc.bundle import BundleSet, BundleSource, SpiffeBundle, X509Bundle
 from spire_pqc.errors import SpirePqcError
@@ -184,19 +184,19 @@ class FederatedBundleWatcher:
         return max(self._min_refresh, float(hint))
 
     async def _follow(self, trust_domain: TrustDomain) -> None:
-        delays = backoff_delays(self._min_refresh, self._max_backoff, self._rng)
+        backoff = Backoff(self._min_refresh, self._max_backoff, rng=self._rng)
         while True:
             try:
                 await self.refresh(trust_domain)
             except SpirePqcError as exc:
                 self.failures[trust_domain] += 1
                 self.last_error[trust_domain] = getattr(exc, "check", type(exc).__name__)
-                wait = min(delays(), self._next_refresh(trust_domain))
+                wait = min(backoff.next(), self._next_refresh(trust_domain))
                 log.warning("federation: PQC bundle of %s not updated, keeping the last good one (%s); retry in %.0f s",
                             trust_domain, exc, wait)  # fmt: skip
             else:
                 self.failures[trust_domain] = 0
-                delays = backoff_delays(self._min_refresh, self._max_backoff, self._rng)
+                backoff.reset()
                 wait = self._next_refresh(trust_domain)
             await asyncio.sleep(wait)
 

@@ -1,7 +1,7 @@
 """The trust-domain signer: an ML-DSA-65 key certified by an intermediate PQC CA to sign JOSE objects.
 
 The intermediate's own key cannot sign JWTs or documents: its certificate allows keyCertSign only
-(DESIGN.md §3), and a CA key that signs data in other formats invites cross-protocol confusion. So
+(docs/formats.md), and a CA key that signs data in other formats invites cross-protocol confusion. So
 each intermediate certifies a *signer*:
 
 * ML-DSA-65 leaf under the intermediate, cA=false, keyUsage digitalSignature (critical);
