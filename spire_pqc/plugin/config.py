@@ -367,9 +367,9 @@ class PluginData(Table):
                 f'"sqlite://{path.parent / "ledger.db"}") and keep ledger_path: its entries are imported at '
                 "the first start, then the file is renamed *.imported"
             )
-        if not path.exists():
-            return path  # imported before (or never written): nothing to import
         try:
+            if not path.exists():
+                return path  # imported before (or never written): nothing to import
             for _ in read_legacy(path, freshness=info.data.get("freshness_window", dt.timedelta(seconds=60))):
                 pass
         except ParseError as exc:

@@ -156,7 +156,9 @@ def test_an_outbound_tunnel_without_allowed_users_is_refused_and_star_is_warned_
     with public_dir() as directory, echo_server() as (target, _):
         result = _validate(directory, _config(directory, target, [{"name": "open", "listen": "127.0.0.1:0"}]))
         assert result.returncode != 0
-        assert "tunnel.outbound[0].allowed_uids: give allowed_uids and/or allowed_gids" in result.stderr, result.stderr
+        assert "tunnel.outbound[0].allowed_uids: give allowed_uids and/or allowed_gids" in result.stderr, (
+            result.stderr
+        )
         port = free_port()
         config = _config(
             directory, target, [{"name": "open", "listen": f"127.0.0.1:{port}", "allowed_uids": "*"}]
