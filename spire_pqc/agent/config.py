@@ -11,6 +11,7 @@ of every key is docs/configuration.md, generated from these models.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import grp
 import pwd
 from collections.abc import Mapping
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ValidationError, ValidationInfo, field_validator
-from pydantic_core import InitErrorDetails
+from pydantic import PlainValidator, ValidationInfo, field_validator
 
 from spire_pqc.config import (
     ADDRESS,
@@ -41,6 +41,7 @@ from spire_pqc.config import (
     WorkloadId,
     WorkloadIds,
     absolute_path,
+    array,
     checked,
     choice,
     first_use,
@@ -227,36 +228,30 @@ class LocalIds:
     anyone: bool
 
 
-def _local_ids(*, groups: bool) -> Any:
-    what = "gid" if groups else "uid"
+def _local_ids(*, groups: bool) -> PlainValidator:
+    """``allowed_uids`` / ``allowed_gids``: ids or names (resolved now), one alone or an array, or ``"*"``."""
+    listed = array(functools.partial(_local_id, groups=groups), of="numeric ids or names")
 
     def parse(value: object) -> LocalIds:
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in items):
-            raise ValueError('must be a list of numeric ids or names, or "*" (every local user)')
-        if "*" in items:
-            if len(items) > 1:
-                raise ValueError('"*" (every local user) stands alone')
+        if value in ("*", ["*"]):
             return LocalIds(frozenset(), anyone=True)
-        ids: set[int] = set()
-        errors: list[InitErrorDetails] = []
-        for index, item in enumerate(items):
-            try:
-                ids.add(_local_id(item, groups=groups))
-            except ValueError as exc:
-                loc = (index,) if isinstance(value, list) else ()
-                errors.append(InitErrorDetails(type=problem(str(exc)), loc=loc, input=item))
-        if errors:
-            raise ValidationError.from_exception_data(what, errors)
+        if isinstance(value, list) and "*" in value:
+            raise ValueError('"*" (every local user) stands alone')
+        ids = listed(value) if isinstance(value, list) else [_local_id(value, groups=groups)]
         return LocalIds(frozenset(ids), anyone=False)
 
     return checked(parse)
 
 
-def _local_id(item: int | str, *, groups: bool) -> int:
+def _local_id(item: object, *, groups: bool) -> int:
+    what = "gid" if groups else "uid"
+    if isinstance(item, bool) or not isinstance(item, int | str):
+        raise ValueError(
+            f'must be a {what}, a {"group" if groups else "user"} name, or "*" (every local user)'
+        )
     if isinstance(item, int):
         if not 0 <= item <= MAX_ID:
-            raise ValueError(f"{item} is not a valid {'gid' if groups else 'uid'}")
+            raise ValueError(f"{item} is not a valid {what}")
         return item
     try:  # names are resolved now: a name that does not exist is a typo, found at validation
         return grp.getgrnam(item).gr_gid if groups else pwd.getpwnam(item).pw_uid
