@@ -151,6 +151,8 @@ class SqlLedger(IssuanceLedger):
         self._availability = _Availability(database, retry_initial, retry_max)
         self._local = threading.local()
         self._connections: list[Any] = []
+        # Connections in use by an operation right now, by id: close() leaves those to their thread.
+        self._busy: dict[int, int] = {}
         self._registry_lock = threading.Lock()
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -222,17 +224,47 @@ class SqlLedger(IssuanceLedger):
         with self._serialised():
             try:
                 connection = self._thread_connection()
-                if not self._ready:
-                    self._setup(connection)
-                cursor = connection.cursor()
-                try:
-                    yield cursor
-                finally:
-                    cursor.close()
+                with self._in_use(connection):
+                    if not self._ready:
+                        self._setup(connection)
+                    cursor = connection.cursor()
+                    try:
+                        yield cursor
+                    finally:
+                        cursor.close()
             except self._driver_errors() as exc:
                 self._drop_thread_connection()
                 raise self._availability.failed(self._describe(exc)) from None
         self._availability.succeeded()
+
+    @contextlib.contextmanager
+    def _in_use(self, connection: Any) -> Iterator[None]:
+        """Mark ``connection`` busy; if the ledger was closed meanwhile, close it when the operation ends.
+
+        A DB-API connection must not be closed by another thread while it runs a statement (SQLite
+        crashes the process), so :meth:`close` only closes idle connections and leaves busy ones here.
+        """
+        key = id(connection)
+        with self._registry_lock:
+            closed_meanwhile = self._closed  # then close() may be closing this connection right now
+            if not closed_meanwhile:
+                self._busy[key] = self._busy.get(key, 0) + 1
+        if closed_meanwhile:
+            raise LedgerError("closed", database=self.database)
+        try:
+            yield
+        finally:
+            with self._registry_lock:
+                self._busy[key] -= 1
+                last = self._busy[key] == 0
+                if last:
+                    del self._busy[key]
+                close_now = last and self._closed and connection in self._connections
+                if close_now:
+                    self._connections = [c for c in self._connections if c is not connection]
+            if close_now:
+                with contextlib.suppress(Exception):
+                    connection.close()
 
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -430,9 +462,11 @@ class SqlLedger(IssuanceLedger):
             return LedgerSize(issuances, int(cursor.fetchone()[0]))
 
     def close(self) -> None:
+        """Close every idle connection now; one in use closes when its operation ends (idempotent)."""
         with self._registry_lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for connection in connections:
+            idle = [c for c in self._connections if id(c) not in self._busy]
+            self._connections = [c for c in self._connections if id(c) in self._busy]
+        for connection in {id(c): c for c in idle}.values():  # the shared in-memory one is listed per thread
             with contextlib.suppress(Exception):
                 connection.close()

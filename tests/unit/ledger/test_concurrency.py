@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -187,3 +189,51 @@ def test_a_sibling_binding_travels_with_the_pqc_chain_and_verifies() -> None:
             [leaf], [*pqc[:2], other.intermediate.certificate], kem[:2],
             classical_bundles=domain.classical_bundles, pqc_bundles=domain.pqc_bundles,
         )  # fmt: skip
+
+
+_CLOSE_RACE = """
+import datetime as dt, os, random, sys, threading
+from spire_pqc.ca.ledger import open_ledger
+from spire_pqc.errors import LedgerError
+dsn, password, rounds = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+for round in range(rounds):
+    ledger = open_ledger(dsn.replace("ROUND", str(round)), password=password)
+    def work():
+        while True:
+            try:
+                ledger.use_nonce(os.urandom(16), expires=expires)
+                ledger.size()
+            except LedgerError:
+                return  # "closed": the only way this loop may end
+    worker = threading.Thread(target=work)
+    worker.start()
+    threading.Event().wait(random.random() / 100)
+    ledger.close()
+    worker.join(30)
+    assert not worker.is_alive()
+print("survived", rounds)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "postgresql"])
+def test_close_while_another_thread_uses_the_ledger(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Closing (a plugin reconfiguration, an agent shutdown) while an issuance is in flight on another
+    thread used to close that thread's connection under it: SQLite crashed the process (SIGSEGV)."""
+    password = ""
+    if kind == "sqlite":
+        dsn = f"sqlite://{tmp_path}/ledger-ROUND.db"
+    elif kind == "memory":
+        dsn = "sqlite://:memory:"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        dsn, password = request.getfixturevalue("pg_dsn"), cluster.password or ""
+    rounds = "40" if kind == "postgresql" else "150"
+    result = subprocess.run(
+        [sys.executable, "-c", _CLOSE_RACE, dsn, password, rounds], capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert f"survived {rounds}" in result.stdout
