@@ -46,7 +46,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from spire_pqc.errors import BundleError, ParseError, SpiffeIdError
+from spire_pqc.errors import BundleError, ParseError, SpiffeIdError, UnknownTrustDomainError
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.x509.load import (
     CRYPTOGRAPHY_PARSE_ERRORS,
@@ -181,7 +181,7 @@ class X509Bundle:
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
         """A single bundle is a :class:`BundleSource` for its own trust domain only."""
         if trust_domain != self.trust_domain:
-            raise BundleError(
+            raise UnknownTrustDomainError(
                 f"no bundle for trust domain {trust_domain} (this bundle is for {self.trust_domain})"
             )
         return self
@@ -298,7 +298,9 @@ class BundleSet:
             return self._bundles[trust_domain]
         except KeyError:
             known = ", ".join(td.name for td in self._bundles) or "none"
-            raise BundleError(f"no bundle for trust domain {trust_domain} (known: {known})") from None
+            raise UnknownTrustDomainError(
+                f"no bundle for trust domain {trust_domain} (known: {known})"
+            ) from None
 
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
         return self.get(trust_domain)

@@ -84,6 +84,10 @@ class BundleError(SpirePqcError):
     """A trust bundle is malformed, or no bundle exists for a trust domain."""
 
 
+class UnknownTrustDomainError(BundleError):
+    """No bundle is known for a trust domain: nothing of it is trusted (never "trust anything")."""
+
+
 class ParseError(SpirePqcError):
     """Bytes from outside (DER, PEM, protobuf) do not parse as the expected structure."""
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
-from spire_pqc.channel.authorize import authorize_member_of
-from spire_pqc.spiffeid import TrustDomain
-from spire_pqc.workload.source import HybridX509Source
+from spire_pqc.workload import (
+    HybridX509Source,
+    SecureStreamWriter,
+    TrustDomain,
+    authorize_member_of,
+    open_connection,
+    start_server,
+)
 
 PEERS = authorize_member_of(TrustDomain.parse("example.org"))
 
@@ -33,10 +37,7 @@ async def serve(host: str, port: int) -> None:
             await writer.drain()
             writer.close()
 
-        server = await start_server(
-            echo, host, port, source=source, classical_bundles=source.classical_bundles,
-            pqc_bundles=source.pqc_bundles, authorizer=PEERS,
-        )  # fmt: skip
+        server = await start_server(echo, host, port, source=source, authorizer=PEERS)
         print(f"listening on {host}:{server.port} as {source.svid.spiffe_id}", flush=True)
         async with server:
             await asyncio.Event().wait()  # serve until the process is stopped
@@ -44,10 +45,7 @@ async def serve(host: str, port: int) -> None:
 
 async def call(host: str, port: int, message: str) -> None:
     async with HybridX509Source() as source:
-        reader, writer = await open_connection(
-            host, port, source=source, classical_bundles=source.classical_bundles,
-            pqc_bundles=source.pqc_bundles, authorizer=PEERS,
-        )  # fmt: skip
+        reader, writer = await open_connection(host, port, source=source, authorizer=PEERS)
         writer.write(message.encode())
         await writer.drain()
         print(

@@ -236,14 +236,14 @@ class Agent:
                 assert tc.remote is not None
                 tunnel = OutboundTunnel(
                     tc.name, listen=tc.listen, remote=tc.remote, peer_ids=tc.peer_ids, source=identity,
-                    classical_bundles=identity, pqc_bundles=identity.pqc_bundles, mode=tc.mode,
+                    mode=tc.mode,
                     allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users,
                 )  # fmt: skip
             else:
                 assert tc.target is not None and isinstance(tc.listen, tuple)  # config: inbound is TCP
                 tunnel = InboundTunnel(
-                    tc.name, listen=tc.listen, target=tc.target, source=identity, classical_bundles=identity,
-                    pqc_bundles=identity.pqc_bundles, allowed_ids=tc.allowed_ids,
+                    tc.name, listen=tc.listen, target=tc.target, source=identity,
+                    allowed_ids=tc.allowed_ids,
                     allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode,
                 )  # fmt: skip
             await tunnel.start()

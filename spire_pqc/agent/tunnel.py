@@ -7,7 +7,7 @@ admits only the local users it names (:class:`~spire_pqc.agent.config.LocalUsers
 reports them (:mod:`spire_pqc.agent.localpeer`); everyone else is closed before anything is sent.
 An :class:`InboundTunnel` listens for channel connections, admits the allowed peers only, and
 forwards each to a local plaintext address. Both present the hybrid SVID of a local
-service (an :class:`~spire_pqc.channel.HybridSvidSource`, asked again for every new connection, so a
+service (an :class:`~spire_pqc.source.HybridSource`, asked again for every new connection, so a
 rotation takes effect on new connections while open ones keep running).
 
 Bytes are pumped both ways with back-pressure (``drain()`` after each chunk), half-close is passed on
@@ -44,10 +44,8 @@ from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.localpeer import local_peer
 from spire_pqc.agent.outage import Outage
 from spire_pqc.agent.sockets import bind_unix_socket
-from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (
     Authorizer,
-    HybridSvidSource,
     Mode,
     SecureServer,
     authorize_member_of,
@@ -56,6 +54,7 @@ from spire_pqc.channel import (
     start_server,
 )
 from spire_pqc.errors import ConfigError, SpirePqcError, UnavailableError
+from spire_pqc.source import HybridSource
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ async def splice(
 class _Tunnel:
     """Shared lifecycle: connection tasks are tracked so ``drain()`` and ``close()`` can end them."""
 
-    def __init__(self, name: str, source: HybridSvidSource) -> None:
+    def __init__(self, name: str, source: HybridSource) -> None:
         self.name = name
         self.stats = TunnelStats()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,9 +199,7 @@ class OutboundTunnel(_Tunnel):
         listen: tuple[str, int] | Path,
         remote: tuple[str, int],
         peer_ids: Sequence[SpiffeId | str],
-        source: HybridSvidSource,
-        classical_bundles: BundleSource | None,
-        pqc_bundles: BundleSource | None,
+        source: HybridSource,
         local_users: LocalUsers | None,
         mode: Mode | str = Mode.HYBRID,
         allow_non_loopback: bool = False,
@@ -225,8 +222,6 @@ class OutboundTunnel(_Tunnel):
         self.remote = remote
         self.mode = Mode.parse(mode)
         self._authorizer: Authorizer = authorize_one_of(*peer_ids)
-        self._classical = classical_bundles
-        self._pqc = pqc_bundles
         self._server: asyncio.Server | None = None
         self._port: int | None = None
 
@@ -294,8 +289,7 @@ class OutboundTunnel(_Tunnel):
         try:
             remote = await asyncio.wait_for(
                 open_connection(
-                    host, port, source=self._source, authorizer=self._authorizer,
-                    classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
+                    host, port, source=self._source, authorizer=self._authorizer, mode=self.mode,
                 ),
                 _CONNECT_TIMEOUT,
             )  # fmt: skip
@@ -365,9 +359,7 @@ class InboundTunnel(_Tunnel):
         *,
         listen: tuple[str, int],
         target: tuple[str, int],
-        source: HybridSvidSource,
-        classical_bundles: BundleSource | None,
-        pqc_bundles: BundleSource | None,
+        source: HybridSource,
         allowed_ids: Sequence[SpiffeId | str] = (),
         allowed_trust_domain: TrustDomain | str | None = None,
         mode: Mode | str = Mode.HYBRID,
@@ -384,8 +376,6 @@ class InboundTunnel(_Tunnel):
         self.target = target
         self.mode = Mode.parse(mode)
         self._authorizer = authorizer
-        self._classical = classical_bundles
-        self._pqc = pqc_bundles
         self._server: SecureServer | None = None
 
     @property
@@ -397,7 +387,7 @@ class InboundTunnel(_Tunnel):
     async def start(self) -> None:
         self._server = await start_server(
             self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
-            classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
+            mode=self.mode,
         )  # fmt: skip
         # The channel server logs each refusal with the peer address and reason; we count them.
         self._server.failures = _RefusalLog(self)

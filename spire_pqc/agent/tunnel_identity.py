@@ -2,8 +2,8 @@
 
 :class:`AgentSvidSource` follows one SPIFFE ID's classical SVID as the source rotates it, asks the
 provisioner for its PQC credentials (the same slots the Workload API uses, so a tunnel and a local
-workload of the same ID share one issuance) and answers the channel's three questions: the current
-hybrid SVID (``HybridSvidSource``), the classical bundles and the PQC bundles (``BundleSource``).
+workload of the same ID share one issuance) and is a :class:`~spire_pqc.source.HybridSource`: the
+current hybrid SVID, the classical bundles and the PQC bundles, each read when a channel asks.
 Each new tunnel connection asks again, so it uses the credentials current at that moment; open
 connections keep the ones they were set up with. Until credentials exist (the SPIRE agent or the PQC
 CA unreachable, a refusal), :meth:`AgentSvidSource.get_hybrid_svid` raises UnavailableError and the
@@ -44,15 +44,13 @@ class _PqcBundles:
 
     def __init__(self, provisioner: PqcProvisioner) -> None:
         self._provisioner = provisioner
-        self._version = -1
-        self._set = BundleSet()
+        self._current: tuple[int, BundleSet] = (-1, BundleSet())  # (version, set): swapped at once
 
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
         version = self._provisioner.changes.version
-        if version != self._version:
-            self._set = _bundle_set(self._provisioner.pqc_bundles())
-            self._version = version
-        return self._set.get_bundle_for_trust_domain(trust_domain)
+        if version != self._current[0]:
+            self._current = (version, _bundle_set(self._provisioner.pqc_bundles()))
+        return self._current[1].get_bundle_for_trust_domain(trust_domain)
 
 
 class AgentSvidSource:
@@ -68,10 +66,6 @@ class AgentSvidSource:
         self._cached: tuple[PqcCredentials, HybridSvid] | None = None
         self._task: asyncio.Task[None] | None = None
         self._outage = Outage(log, f"tunnel identity {spiffe_id} unavailable (retrying with backoff)")
-
-    @property
-    def pqc_bundles(self) -> _PqcBundles:
-        return self._pqc
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name=f"spire-pqc-tunnel-identity {self.spiffe_id}")
@@ -107,9 +101,11 @@ class AgentSvidSource:
             self._cached = (credentials, credentials.hybrid_svid())
         return self._cached[1]
 
-    def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
-        """Classical bundles (the channel's ``classical_bundles``)."""
-        return self._classical.get_bundle_for_trust_domain(trust_domain)
+    def get_classical_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        return self._classical.get(trust_domain)
+
+    def get_pqc_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        return self._pqc.get_bundle_for_trust_domain(trust_domain)
 
     async def close(self) -> None:
         if self._task is not None:

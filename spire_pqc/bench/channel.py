@@ -36,10 +36,11 @@ from spire_pqc.channel.api import SecureServer, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.context import context_for, restrict_groups
 from spire_pqc.channel.session import peer_chain
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.channel.tlsproto import TlsAppTransport, TlsProtocol
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.source import StaticHybridSource
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid, der, verify_classical_svid
 
@@ -187,8 +188,7 @@ async def _classical_baseline(world: _World) -> tuple[asyncio.Server, Connector]
 def _connector(world: _World, mode: Mode, port: int) -> Connector:
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await open_connection(
-            "127.0.0.1", port, source=StaticHybridSvidSource(world.client),
-            classical_bundles=world.classical, pqc_bundles=world.pqc,
+            "127.0.0.1", port, source=StaticHybridSource(world.client, world.classical, world.pqc),
             authorizer=authorize_id(world.server.spiffe_id), mode=mode,
         )  # fmt: skip
 
@@ -202,8 +202,7 @@ async def _run(handshakes: int) -> ChannelReport:
     servers: list[asyncio.Server | SecureServer] = [baseline_server]
     for mode in Mode:
         secure = await start_server(
-            _echo, "127.0.0.1", 0, source=StaticHybridSvidSource(world.server),
-            classical_bundles=world.classical, pqc_bundles=world.pqc,
+            _echo, "127.0.0.1", 0, source=StaticHybridSource(world.server, world.classical, world.pqc),
             authorizer=authorize_id(world.client.spiffe_id), mode=mode,
         )  # fmt: skip
         servers.append(secure)
@@ -340,8 +339,7 @@ async def _s_time_run(seconds: int) -> STimeReport:
             await server.wait()
         # 2. The same OpenSSL client against our pq-tls server (verification, authorizer and all).
         ours = await start_server(
-            _close, "127.0.0.1", 0, source=StaticHybridSvidSource(world.server),
-            classical_bundles=world.classical, pqc_bundles=world.pqc,
+            _close, "127.0.0.1", 0, source=StaticHybridSource(world.server, world.classical, world.pqc),
             authorizer=authorize_id(world.client.spiffe_id), mode=Mode.PQ_TLS,
         )  # fmt: skip
         try:

@@ -104,6 +104,8 @@ class SpireServer:
     # string; two servers given the same PostgreSQL database form a SPIRE HA pair.
     datastore_type: str = "sqlite3"
     datastore_connection: str = ""
+    # SPIRE's ca_ttl ("" keeps SPIRE's default of 24h); a short one makes SPIRE rotate its CA.
+    ca_ttl: str = ""
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -152,6 +154,7 @@ class SpireServer:
         plugin_cmd = "{self.plugin_cmd}"{checksum}
         {data}
     }}"""
+        ca_ttl = f'\n    ca_ttl = "{self.ca_ttl}"' if self.ca_ttl else ""
         (self.workdir / "server").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             f"""server {{
@@ -161,7 +164,7 @@ class SpireServer:
     trust_domain = "{self.trust_domain}"
     data_dir = "{self.workdir}/server"
     log_level = "DEBUG"
-    default_x509_svid_ttl = "1h"
+    default_x509_svid_ttl = "1h"{ca_ttl}
 }}
 
 plugins {{

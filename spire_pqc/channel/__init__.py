@@ -17,16 +17,14 @@ from spire_pqc.channel.authorize import (
 )
 from spire_pqc.channel.messages import open_sealed, seal, sign_message, verify_message
 from spire_pqc.channel.session import ConnectionInfo
-from spire_pqc.channel.sources import HybridSvidSource, Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 
 __all__ = [
     "Authorizer",
     "ConnectionInfo",
-    "HybridSvidSource",
     "Mode",
     "SecureServer",
     "SecureStreamWriter",
-    "StaticHybridSvidSource",
     "authorize_id",
     "authorize_matcher",
     "authorize_member_of",

@@ -1,15 +1,15 @@
 """asyncio streams over verified post-quantum channels: ``open_connection`` and ``start_server``.
 
 They mirror :func:`asyncio.open_connection` / :func:`asyncio.start_server`, plus what SPIFFE needs:
-a source of the local hybrid SVID, the bundles that verify peers (per trust domain) and a required
-authorizer. The returned :class:`SecureStreamWriter` tells who the peer is (``peer_id()``), which
+a :class:`~spire_pqc.source.HybridSource` (the local hybrid SVID and, read at every handshake, the
+bundles that verify peers per trust domain) and a required authorizer. The returned
+:class:`SecureStreamWriter` tells who the peer is (``peer_id()``), which
 key exchange was negotiated (``group``, always X25519MLKEM768) and the ``mode``.
 
 Example::
 
     reader, writer = await open_connection(
-        "127.0.0.1", 8443, source=source, classical_bundles=bundles, pqc_bundles=pqc_bundles,
-        authorizer=authorize_id("spiffe://example.org/api"),
+        "127.0.0.1", 8443, source=source, authorizer=authorize_id("spiffe://example.org/api")
     )
     writer.write(b"ping")
     await writer.drain()
@@ -27,7 +27,6 @@ from typing import Any
 from OpenSSL import SSL
 
 from spire_pqc._internal.ratelimit import LogLimiter
-from spire_pqc.bundle import BundleSource
 from spire_pqc.channel.authorize import Authorizer, check_authorizer
 from spire_pqc.channel.context import context_for
 from spire_pqc.channel.session import (
@@ -36,9 +35,10 @@ from spire_pqc.channel.session import (
     ConnectionInfo,
     establish,
 )
-from spire_pqc.channel.sources import ChannelConfig, HybridSvidSource, Mode
+from spire_pqc.channel.sources import ChannelConfig, Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.errors import SpirePqcError, UnavailableError
+from spire_pqc.source import HybridSource
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.svid import HybridSvid
 
@@ -93,15 +93,6 @@ class _ContextCache:
         return self._context
 
 
-def _config(
-    mode: Mode | str,
-    source: HybridSvidSource,
-    classical_bundles: BundleSource | None,
-    pqc_bundles: BundleSource | None,
-) -> ChannelConfig:
-    return ChannelConfig(Mode.parse(mode), source, classical_bundles, pqc_bundles)
-
-
 def _streams(
     proto: TlsProtocol, info: ConnectionInfo, limit: int
 ) -> tuple[asyncio.StreamReader, SecureStreamWriter]:
@@ -115,10 +106,8 @@ async def open_connection(
     host: str,
     port: int,
     *,
-    source: HybridSvidSource,
+    source: HybridSource,
     authorizer: Authorizer,
-    classical_bundles: BundleSource | None = None,
-    pqc_bundles: BundleSource | None = None,
     mode: Mode | str = Mode.HYBRID,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     proof_timeout: float = DEFAULT_PROOF_TIMEOUT,
@@ -126,7 +115,7 @@ async def open_connection(
 ) -> tuple[asyncio.StreamReader, SecureStreamWriter]:
     """Connect, verify the server for ``mode`` and return streams; raise a typed error otherwise."""
     authorizer = check_authorizer(authorizer)
-    config = _config(mode, source, classical_bundles, pqc_bundles)
+    config = ChannelConfig(Mode.parse(mode), source)
     svid = source.get_hybrid_svid()
     context = context_for(config.mode, svid)
     loop = asyncio.get_running_loop()
@@ -303,10 +292,8 @@ async def start_server(
     host: str | None,
     port: int,
     *,
-    source: HybridSvidSource,
+    source: HybridSource,
     authorizer: Authorizer,
-    classical_bundles: BundleSource | None = None,
-    pqc_bundles: BundleSource | None = None,
     mode: Mode | str = Mode.HYBRID,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     proof_timeout: float = DEFAULT_PROOF_TIMEOUT,
@@ -316,7 +303,7 @@ async def start_server(
     """Listen; ``client_connected_cb(reader, writer)`` runs only for verified, authorized peers."""
     server = SecureServer(
         client_connected_cb,
-        _config(mode, source, classical_bundles, pqc_bundles),
+        ChannelConfig(Mode.parse(mode), source),
         check_authorizer(authorizer),
         handshake_timeout=handshake_timeout,
         proof_timeout=proof_timeout,

@@ -125,11 +125,9 @@ async def _verify_tls_identity(
     config: ChannelConfig, chain: Sequence[x509.Certificate], now: dt.datetime
 ) -> SpiffeId:
     if config.mode is Mode.PQ_TLS:
-        assert config.pqc_bundles is not None
         # ML-DSA-65 chain verification is CPU-bound: off the event loop.
         spiffe_id, _ = await run_crypto(functools.partial(verify_pqc_svid, chain, config.pqc_bundles, at=now))
         return spiffe_id
-    assert config.classical_bundles is not None
     return verify_classical_svid(chain, config.classical_bundles, at=now)
 
 
@@ -152,7 +150,6 @@ async def _receive_proof(
     timeout: float,
     now: dt.datetime,
 ) -> tuple[x509.Certificate, ...]:
-    assert config.pqc_bundles is not None
     sid = str(peer_id)
     try:
         async with asyncio.timeout(timeout):

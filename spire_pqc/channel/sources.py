@@ -1,35 +1,19 @@
-"""What a channel needs from the outside: the local hybrid SVID and the peers' trust bundles.
+"""What a channel needs from the outside: a :class:`~spire_pqc.source.HybridSource` and a mode.
 
-The channel depends on these small Protocols, never on :mod:`spire_pqc.workload`, so a static value
+The channel depends on that small Protocol, never on :mod:`spire_pqc.workload`, so a static value
 and a live, rotating source are interchangeable (as in go-spiffe's ``tlsconfig``). Each new
-connection asks the source again, so it uses the credentials current at that moment.
+connection asks the source again, for the SVID it presents and for the bundles that verify the
+peer, so it uses the credentials and the trust current at that moment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 from spire_pqc.bundle import BundleSource
 from spire_pqc.errors import ConfigError
-from spire_pqc.svid import HybridSvid
-
-
-class HybridSvidSource(Protocol):
-    """Returns the hybrid SVID the local side presents (the current one, for a rotating source)."""
-
-    def get_hybrid_svid(self) -> HybridSvid: ...
-
-
-@dataclass(frozen=True, slots=True)
-class StaticHybridSvidSource:
-    """A fixed hybrid SVID (tests, one-shot tools)."""
-
-    svid: HybridSvid
-
-    def get_hybrid_svid(self) -> HybridSvid:
-        return self.svid
+from spire_pqc.source import HybridSource, classical_bundles_of, pqc_bundles_of
 
 
 class Mode(StrEnum):
@@ -50,18 +34,17 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    """Everything one side of a channel needs; checked for the chosen mode when built."""
+    """Everything one side of a channel needs: the mode and the source of SVIDs and bundles."""
 
     mode: Mode
-    source: HybridSvidSource
-    classical_bundles: BundleSource | None
-    pqc_bundles: BundleSource | None
+    source: HybridSource
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.mode in (Mode.HYBRID, Mode.SPIFFE) and self.classical_bundles is None:
-            problems.append(f"classical_bundles: required in {self.mode.value} mode")
-        if self.mode in (Mode.HYBRID, Mode.PQ_TLS) and self.pqc_bundles is None:
-            problems.append(f"pqc_bundles: required in {self.mode.value} mode")
-        if problems:
-            raise ConfigError(problems, source="channel")
+    @property
+    def classical_bundles(self) -> BundleSource:
+        """The source's classical bundles, read at each lookup (never a snapshot)."""
+        return classical_bundles_of(self.source)
+
+    @property
+    def pqc_bundles(self) -> BundleSource:
+        """The source's PQC bundles, read at each lookup (never a snapshot)."""
+        return pqc_bundles_of(self.source)

@@ -31,13 +31,13 @@ from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import IssueResponse, build_request
 from spire_pqc.channel.api import open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import StaticHybridSvidSource
 from spire_pqc.cli.svid import LAYOUT, cmd_inspect
 from spire_pqc.crypto import backend_name
 from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import IssuanceError
+from spire_pqc.source import StaticHybridSource
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid
 
@@ -158,14 +158,14 @@ async def _channel(client: HybridSvid, server: HybridSvid, classical: BundleSet,
         writer.close()
 
     listener = await start_server(
-        echo, "127.0.0.1", 0, source=StaticHybridSvidSource(server), classical_bundles=classical,
-        pqc_bundles=pqc, authorizer=authorize_id(client.spiffe_id),
+        echo, "127.0.0.1", 0, source=StaticHybridSource(server, classical, pqc),
+        authorizer=authorize_id(client.spiffe_id),
     )  # fmt: skip
     try:
         started = time.perf_counter()
         reader, writer = await open_connection(
-            "127.0.0.1", listener.port, source=StaticHybridSvidSource(client), classical_bundles=classical,
-            pqc_bundles=pqc, authorizer=authorize_id(server.spiffe_id),
+            "127.0.0.1", listener.port, source=StaticHybridSource(client, classical, pqc),
+            authorizer=authorize_id(server.spiffe_id),
         )  # fmt: skip
         writer.write(b"hello, post-quantum world")
         await writer.drain()

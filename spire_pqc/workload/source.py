@@ -11,6 +11,7 @@ Example::
 
     async with HybridX509Source() as source:         # SPIFFE_ENDPOINT_SOCKET, waits for the first SVID
         svid = source.svid                            # spire_pqc.svid.HybridSvid
+        source.get_pqc_bundle(svid.spiffe_id.trust_domain)  # live: always the latest bundle
         await source.wait_until_updated()             # next rotation
 """
 
@@ -24,9 +25,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from spire_pqc._internal.backoff import Backoff
-from spire_pqc.bundle import BundleSet
+from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, SpirePqcError, UnavailableError, VerificationError
+from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.client import HybridUpdate, WorkloadClient
 
@@ -117,16 +119,28 @@ class HybridX509Source:
         svids = self.svids
         return self._picker(svids) if self._picker is not None else svids[0]
 
+    # --- the HybridSource protocol (spire_pqc.source): channels ask at every handshake -------------
+
     def get_hybrid_svid(self) -> HybridSvid:
-        """The channel layer's HybridSvidSource protocol: new connections use the current SVID."""
+        """The SVID new connections present: the current default SVID."""
         return self.svid
+
+    def get_classical_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        """The current classical bundle of ``trust_domain`` (UnknownTrustDomainError if none)."""
+        return self._current().classical_bundles.get(trust_domain)
+
+    def get_pqc_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        """The current PQC bundle of ``trust_domain`` (UnknownTrustDomainError if none)."""
+        return self._current().pqc_bundles.get(trust_domain)
 
     @property
     def classical_bundles(self) -> BundleSet:
+        """A snapshot of the current classical bundles (channels read them live, per handshake)."""
         return self._current().classical_bundles
 
     @property
     def pqc_bundles(self) -> BundleSet:
+        """A snapshot of the current PQC bundles (channels read them live, per handshake)."""
         return self._current().pqc_bundles
 
     @property

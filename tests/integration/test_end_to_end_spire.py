@@ -84,7 +84,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def spire_stack(ttl_seconds: int = 30) -> AsyncIterator[Stack]:
+async def spire_stack(ttl_seconds: int = 30, *, ca_ttl: str = "") -> AsyncIterator[Stack]:
     workdir = short_tempdir()
     pqc_dir = workdir / "pqc"
     _pqc_ca(pqc_dir)
@@ -99,6 +99,7 @@ async def spire_stack(ttl_seconds: int = 30) -> AsyncIterator[Stack]:
             "authorized_agents": [DELEGATE],
             "ledger_dsn": f"sqlite://{workdir / 'ledger.db'}",
         },
+        ca_ttl=ca_ttl,
     )
     spire_agent = SpireAgent(workdir / "a", server, authorized_delegates=[DELEGATE])
     try:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.errors import NoHybridGroupError
 from spire_pqc.svid import HybridSvid
 from tests.unit.channel._creds import World, make_world
@@ -119,8 +119,8 @@ async def test_go_client_against_our_spiffe_server(
 
     creds = _go_args(tmp_path / "go", theirs, world, ours)
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(ours),
-        classical_bundles=world.classical_bundles, authorizer=authorize_id(theirs.spiffe_id), mode=Mode.SPIFFE,
+        handler, "127.0.0.1", 0, source=world.source(ours),
+        authorizer=authorize_id(theirs.spiffe_id), mode=Mode.SPIFFE,
     ) as server:  # fmt: skip
         code, out, err = await _run(
             gotls, "client", "-addr", f"127.0.0.1:{server.port}", *creds, "-line", "hello from go"
@@ -146,8 +146,8 @@ async def test_our_spiffe_client_against_go_server(
         match = re.fullmatch(r"listening (\d+)\n", first)
         assert match, first + (await process.stderr.read()).decode()
         reader, writer = await open_connection(
-            "127.0.0.1", int(match.group(1)), source=StaticHybridSvidSource(ours),
-            classical_bundles=world.classical_bundles, authorizer=authorize_id(theirs.spiffe_id),
+            "127.0.0.1", int(match.group(1)), source=world.source(ours),
+            authorizer=authorize_id(theirs.spiffe_id),
             mode="spiffe",
         )  # fmt: skip
         assert writer.group == "X25519MLKEM768"
@@ -177,8 +177,8 @@ async def test_x25519_only_go_client_is_refused(
 
     creds = _go_args(tmp_path / "go", theirs, world, ours)
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(ours),
-        classical_bundles=world.classical_bundles, authorizer=authorize_id(theirs.spiffe_id), mode=Mode.SPIFFE,
+        handler, "127.0.0.1", 0, source=world.source(ours),
+        authorizer=authorize_id(theirs.spiffe_id), mode=Mode.SPIFFE,
     ) as server:  # fmt: skip
         code, out, err = await _run(
             gotls, "client", "-addr", f"127.0.0.1:{server.port}", *creds, "-curve", "x25519"
@@ -209,8 +209,8 @@ async def test_our_spiffe_client_refuses_x25519_only_go_server(
         assert match, first
         with pytest.raises(NoHybridGroupError):
             await open_connection(
-                "127.0.0.1", int(match.group(1)), source=StaticHybridSvidSource(ours),
-                classical_bundles=world.classical_bundles, authorizer=authorize_id(theirs.spiffe_id),
+                "127.0.0.1", int(match.group(1)), source=world.source(ours),
+                authorizer=authorize_id(theirs.spiffe_id),
                 mode=Mode.SPIFFE,
             )  # fmt: skip
         _, err = await asyncio.wait_for(process.communicate(), 30)

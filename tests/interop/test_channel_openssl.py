@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.crypto.keys import NoEncryption
 from spire_pqc.errors import NoHybridGroupError
 from spire_pqc.svid import HybridSvid
@@ -97,8 +97,8 @@ async def test_openssl_s_client_against_our_pq_tls_server(
 
     files = _files(tmp_path / "client", client_svid, world)
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        pqc_bundles=world.pqc_bundles, authorizer=authorize_id(client_svid.spiffe_id), mode=Mode.PQ_TLS,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
+        authorizer=authorize_id(client_svid.spiffe_id), mode=Mode.PQ_TLS,
     ) as server:  # fmt: skip
         code, out = await _run(openssl, _s_client(server.port, files, "X25519MLKEM768"), b"ping\n")
     assert code == 0, out
@@ -132,8 +132,8 @@ async def test_our_pq_tls_client_against_openssl_s_server(
             if match := re.match(r"ACCEPT 127\.0\.0\.1:(\d+)", line):
                 port = int(match.group(1))
         reader, writer = await open_connection(
-            "127.0.0.1", port, source=StaticHybridSvidSource(client_svid),
-            pqc_bundles=world.pqc_bundles, authorizer=authorize_id(server_svid.spiffe_id), mode="pq-tls",
+            "127.0.0.1", port, source=world.source(client_svid),
+            authorizer=authorize_id(server_svid.spiffe_id), mode="pq-tls",
         )  # fmt: skip
         assert writer.group == "X25519MLKEM768"
         assert writer.peer_id() == server_svid.spiffe_id
@@ -166,8 +166,8 @@ async def test_classical_only_openssl_client_is_refused(
         raise AssertionError("a classical-only client must never reach the application")
 
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        pqc_bundles=world.pqc_bundles, authorizer=authorize_id(client_svid.spiffe_id), mode=Mode.PQ_TLS,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
+        authorizer=authorize_id(client_svid.spiffe_id), mode=Mode.PQ_TLS,
     ) as server:  # fmt: skip
         code, out = await _run(openssl, _s_client(server.port, files, "X25519"), b"")
         for _ in range(100):

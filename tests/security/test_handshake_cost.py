@@ -23,7 +23,6 @@ from spire_pqc.ca.devca import DevClassicalCA
 from spire_pqc.channel import proof
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import StaticHybridSvidSource
 from spire_pqc.svid import HybridSvid
 from tests.unit.channel._creds import World, make_world
 
@@ -84,9 +83,8 @@ async def test_no_ml_dsa_signature_for_an_unauthenticated_or_unauthorized_peer(
         writer.close()
 
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        authorizer=authorize_id(client_svid.spiffe_id), classical_bundles=world.classical_bundles,
-        pqc_bundles=world.pqc_bundles,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
+        authorizer=authorize_id(client_svid.spiffe_id),
     ) as server:  # fmt: skip
         for name, chain, key in (
             ("rogue-ca", (rogue_leaf,), rogue_key),
@@ -102,9 +100,8 @@ async def test_no_ml_dsa_signature_for_an_unauthenticated_or_unauthorized_peer(
         assert checks == ["AuthorizationError", "ChainError"], checks
         # The spy sees real signing: an authorized client gets a hybrid channel, one proof per side.
         _, writer = await open_connection(
-            "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
-            authorizer=authorize_id(server_svid.spiffe_id), classical_bundles=world.classical_bundles,
-            pqc_bundles=world.pqc_bundles,
+            "127.0.0.1", server.port, source=world.source(client_svid),
+            authorizer=authorize_id(server_svid.spiffe_id),
         )  # fmt: skip
         writer.close()
         async with asyncio.timeout(30):

@@ -18,7 +18,6 @@ from spire_pqc.bench.hostile import result_of, spawn
 from spire_pqc.bench.spirelab import free_port
 from spire_pqc.channel.api import MAX_SETUP_PER_PEER, SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import StaticHybridSvidSource
 from tests.security._support import (
     ATTACKER,
     TRUST_DOMAIN,
@@ -89,9 +88,8 @@ async def test_handshakes_left_open_are_capped_per_peer_and_others_still_connect
         writer.close()
 
     async with await start_server(
-        echo, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        authorizer=authorize_id(client_svid.spiffe_id), classical_bundles=world.classical_bundles,
-        pqc_bundles=world.pqc_bundles, handshake_timeout=60,
+        echo, "127.0.0.1", 0, source=world.source(server_svid),
+        authorizer=authorize_id(client_svid.spiffe_id), handshake_timeout=60,
     ) as server:  # fmt: skip
         held = [
             await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
@@ -105,9 +103,8 @@ async def test_handshakes_left_open_are_capped_per_peer_and_others_still_connect
         assert sum("too many connections in setup" in str(f) for f in server.failures) == 8
         # A client from another address (the attacker used 127.0.0.2) is not affected.
         reader, writer = await open_connection(
-            "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
-            authorizer=authorize_id(server_svid.spiffe_id), classical_bundles=world.classical_bundles,
-            pqc_bundles=world.pqc_bundles,
+            "127.0.0.1", server.port, source=world.source(client_svid),
+            authorizer=authorize_id(server_svid.spiffe_id),
         )  # fmt: skip
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.read(4), 30) == b"ping"

@@ -12,10 +12,11 @@ from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.server import Agent
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.tunnel import OutboundTunnel
+from spire_pqc.bundle import X509Bundle
 from spire_pqc.channel import authorize_id, open_connection
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.errors import ConfigError, NoHybridGroupError
-from spire_pqc.spiffeid import SpiffeId
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid, der
 from tests.unit.agent._tunnels import (
     CLIENT_ID,
@@ -113,8 +114,7 @@ async def test_rotation_during_a_long_transfer() -> None:
         # A new connection after the first SVID expired: the inbound side presents the new credentials.
         client = agent.tunnel_identity(SpiffeId.parse(CLIENT_ID))
         _, writer = await open_connection(
-            "127.0.0.1", agent.tunnels[1].port, source=client, classical_bundles=client,
-            pqc_bundles=client.pqc_bundles, authorizer=authorize_id(SERVER_ID),
+            "127.0.0.1", agent.tunnels[1].port, source=client, authorizer=authorize_id(SERVER_ID),
         )  # fmt: skip
         presented = writer.info.peer_chain[0]
         writer.close()
@@ -180,13 +180,18 @@ class _NoSvid:
     def get_hybrid_svid(self) -> HybridSvid:
         raise AssertionError("not needed to validate the listen address")
 
+    def get_classical_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        raise AssertionError("not needed to validate the listen address")
+
+    get_pqc_bundle = get_classical_bundle
+
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_outbound_listen_must_be_loopback_unless_allowed(allow: bool) -> None:
     def build() -> OutboundTunnel:
         return OutboundTunnel(
             "x", listen=("192.0.2.1", 1), remote=("127.0.0.1", 2), peer_ids=[SERVER_ID], source=_NoSvid(),
-            classical_bundles=None, pqc_bundles=None, allow_non_loopback=allow,
+            allow_non_loopback=allow,
             local_users=LocalUsers(anyone=True),
         )  # fmt: skip
 

@@ -14,6 +14,7 @@ from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import build_request
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
+from spire_pqc.source import StaticHybridSource
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import HybridSvid, der
 
@@ -78,6 +79,10 @@ class World:
     @property
     def pqc_bundles(self) -> BundleSet:
         return BundleSet([self.main.pqc_bundle, self.other.pqc_bundle])
+
+    def source(self, svid: HybridSvid) -> StaticHybridSource:
+        """``svid`` with both trust domains' bundles: what a channel end is given."""
+        return StaticHybridSource(svid, self.classical_bundles, self.pqc_bundles)
 
 
 def make_world() -> World:

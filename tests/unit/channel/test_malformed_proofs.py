@@ -21,7 +21,7 @@ from spire_pqc.channel import proof as pq
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.context import context_for
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.errors import MalformedCredentialError
 from spire_pqc.svid import HybridSvid, der
@@ -105,8 +105,7 @@ async def test_client_refuses_a_server_proof_with_a_malformed_certificate(
     async with RawServer(context_for(Mode.HYBRID, server_svid), behave) as rogue:
         with pytest.raises(MalformedCredentialError, match="certificate 0") as refused:
             await open_connection(
-                "127.0.0.1", rogue.port, source=StaticHybridSvidSource(client_svid),
-                classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+                "127.0.0.1", rogue.port, source=world.source(client_svid),
                 authorizer=authorize_id(server_svid.spiffe_id), mode=Mode.HYBRID, proof_timeout=PROOF_TIMEOUT,
             )  # fmt: skip
     assert refused.value.check == "pq-proof-format"
@@ -124,8 +123,7 @@ async def test_server_refuses_a_client_proof_with_a_malformed_certificate(
         writer.close()
 
     server = await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
         authorizer=authorize_id(client_svid.spiffe_id), mode=Mode.HYBRID, proof_timeout=PROOF_TIMEOUT,
     )  # fmt: skip
     async with server:

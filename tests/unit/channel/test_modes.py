@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 
 import pytest
 
+from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.channel.tlsproto import TlsAppTransport
-from spire_pqc.errors import ConfigError
+from spire_pqc.errors import ChainError, ConfigError, SpirePqcError, UnknownTrustDomainError
+from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import HybridSvid, der
 from tests.unit.channel._creds import World
 
@@ -20,13 +23,19 @@ MODES = [Mode.HYBRID, Mode.SPIFFE, Mode.PQ_TLS]
 
 
 class RotatingSource:
-    """A source whose SVID changes between connections (what a live Workload API source does)."""
+    """A source whose SVID and bundles change between connections (what a live Workload API source does)."""
 
-    def __init__(self, svid: HybridSvid) -> None:
-        self.svid = svid
+    def __init__(self, svid: HybridSvid, classical: BundleSet, pqc: BundleSet) -> None:
+        self.svid, self.classical, self.pqc = svid, classical, pqc
 
     def get_hybrid_svid(self) -> HybridSvid:
         return self.svid
+
+    def get_classical_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        return self.classical.get(trust_domain)
+
+    def get_pqc_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        return self.pqc.get(trust_domain)
 
 
 async def _echo_upper(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
@@ -50,14 +59,12 @@ async def test_mode_end_to_end(
 
     async with await start_server(
         handler, "127.0.0.1", 0,
-        source=StaticHybridSvidSource(server_svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        source=world.source(server_svid),
         authorizer=authorize_id(client_svid.spiffe_id), mode=mode,
     ) as server:  # fmt: skip
         reader, writer = await open_connection(
             "127.0.0.1", server.port,
-            source=StaticHybridSvidSource(client_svid),
-            classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+            source=world.source(client_svid),
             authorizer=authorize_id(server_svid.spiffe_id), mode=mode.value,
         )  # fmt: skip
         assert writer.group == "X25519MLKEM768"
@@ -109,13 +116,11 @@ async def test_large_transfer_is_back_pressured(
         writer.close()
 
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
         authorizer=authorize_id(client_svid.spiffe_id), mode=mode,
     ) as server:  # fmt: skip
         _, writer = await open_connection(
-            "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
-            classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+            "127.0.0.1", server.port, source=world.source(client_svid),
             authorizer=authorize_id(server_svid.spiffe_id), mode=mode,
         )  # fmt: skip
         writer.write(payload)
@@ -135,22 +140,19 @@ async def test_large_transfer_is_back_pressured(
 @pytest.mark.asyncio
 async def test_new_connections_use_current_credentials(world: World, client_svid: HybridSvid) -> None:
     first, second = world.main.mint("/rotating"), world.main.mint("/rotating")
-    source = RotatingSource(first)
+    source = RotatingSource(first, world.classical_bundles, world.pqc_bundles)
 
     async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
         writer.close()
 
     async with await start_server(
-        handler, "127.0.0.1", 0, source=source,
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
-        authorizer=authorize_id(client_svid.spiffe_id),
+        handler, "127.0.0.1", 0, source=source, authorizer=authorize_id(client_svid.spiffe_id),
     ) as server:  # fmt: skip
         leaves = []
         for svid in (first, second):
             source.svid = svid
             _, writer = await open_connection(
-                "127.0.0.1", server.port, source=StaticHybridSvidSource(client_svid),
-                classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+                "127.0.0.1", server.port, source=world.source(client_svid),
                 authorizer=authorize_id(first.spiffe_id),
             )  # fmt: skip
             leaves.append((der(writer.info.peer_chain[0]), der(writer.info.peer_pqc_chain[0])))
@@ -160,15 +162,66 @@ async def test_new_connections_use_current_credentials(world: World, client_svid
     assert leaves[1] == (der(second.classical_chain[0]), der(second.pqc_chain[0]))
 
 
+def _assert_unknown_trust_domain(refusal: SpirePqcError) -> None:
+    assert isinstance(refusal, ChainError), repr(refusal)
+    assert re.search(r"no (classical|PQC) bundle for trust domain other\.org", str(refusal)), refusal
+    assert isinstance(refusal.__cause__, UnknownTrustDomainError), repr(refusal.__cause__)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.asyncio
-async def test_mode_needs_its_bundles(client_svid: HybridSvid) -> None:
-    with pytest.raises(ConfigError, match="pqc_bundles: required in hybrid mode"):
-        await open_connection(
-            "127.0.0.1", 1, source=StaticHybridSvidSource(client_svid),
-            authorizer=authorize_id(client_svid.spiffe_id), classical_bundles=None,
+async def test_bundles_are_read_from_the_source_at_every_handshake(world: World, mode: Mode) -> None:
+    """A long-running server follows its source's bundles: a trust domain it did not know when it
+    started (a new SPIRE CA, a new PQC root, a new federation) is trusted from the next handshake on,
+    and one removed from the source is refused from the next handshake on, with a typed error."""
+    server_svid, peer = world.main.mint("/server"), world.other.mint("/peer")
+    main_only = RotatingSource(
+        server_svid, BundleSet([world.main.classical_bundle]), BundleSet([world.main.pqc_bundle])
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+        writer.write(await reader.readexactly(2))
+        await writer.drain()
+        writer.close()
+
+    async def call() -> bytes:
+        reader, writer = await open_connection(
+            "127.0.0.1", server.port, source=world.source(peer),
+            authorizer=authorize_id(server_svid.spiffe_id),
+            mode=mode,
         )  # fmt: skip
+        writer.write(b"ok")
+        try:
+            return await reader.readexactly(2)
+        finally:
+            writer.close()
+
+    async with await start_server(
+        handler, "127.0.0.1", 0, source=main_only, authorizer=authorize_id(peer.spiffe_id), mode=mode
+    ) as server:
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError, SpirePqcError)):
+            await call()
+        async with asyncio.timeout(30):
+            while not server.failures:
+                await asyncio.sleep(0.01)
+        _assert_unknown_trust_domain(server.failures[-1])
+        main_only.classical, main_only.pqc = world.classical_bundles, world.pqc_bundles  # no restart
+        assert await call() == b"ok"
+        main_only.classical = BundleSet([world.main.classical_bundle])
+        main_only.pqc = BundleSet([world.main.pqc_bundle])
+        refused = len(server.failures)
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError, SpirePqcError)):
+            await call()
+        async with asyncio.timeout(30):
+            while len(server.failures) == refused:
+                await asyncio.sleep(0.01)
+        _assert_unknown_trust_domain(server.failures[-1])
+
+
+@pytest.mark.asyncio
+async def test_unknown_mode_is_refused(world: World, client_svid: HybridSvid) -> None:
     with pytest.raises(ConfigError, match="not one of hybrid, spiffe, pq-tls"):
         await open_connection(
-            "127.0.0.1", 1, source=StaticHybridSvidSource(client_svid),
+            "127.0.0.1", 1, source=world.source(client_svid),
             authorizer=authorize_id(client_svid.spiffe_id), mode="tls12",
         )  # fmt: skip

@@ -14,7 +14,7 @@ from spire_pqc.channel import proof as pq
 from spire_pqc.channel.api import SecureServer, SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id, authorize_member_of
 from spire_pqc.channel.context import context_for
-from spire_pqc.channel.sources import Mode, StaticHybridSvidSource
+from spire_pqc.channel.sources import Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import (
@@ -39,8 +39,7 @@ async def _connect(
     world: World, svid: HybridSvid, port: int, expect: HybridSvid, mode: Mode = Mode.HYBRID
 ) -> SecureStreamWriter:
     _, writer = await open_connection(
-        "127.0.0.1", port, source=StaticHybridSvidSource(svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        "127.0.0.1", port, source=world.source(svid),
         authorizer=authorize_id(expect.spiffe_id), mode=mode, proof_timeout=PROOF_TIMEOUT,
     )  # fmt: skip
     return writer
@@ -61,8 +60,7 @@ async def _server(
     world: World, svid: HybridSvid, peer: HybridSvid, handler: Handler, mode: Mode = Mode.HYBRID
 ) -> SecureServer:
     return await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        handler, "127.0.0.1", 0, source=world.source(svid),
         authorizer=authorize_id(peer.spiffe_id), mode=mode, proof_timeout=PROOF_TIMEOUT,
     )  # fmt: skip
 
@@ -133,8 +131,7 @@ async def test_server_authorizer_refuses_client(
     handler = Handler()
     foreign = world.other.mint("/client")
     async with await start_server(
-        handler, "127.0.0.1", 0, source=StaticHybridSvidSource(server_svid),
-        classical_bundles=world.classical_bundles, pqc_bundles=world.pqc_bundles,
+        handler, "127.0.0.1", 0, source=world.source(server_svid),
         authorizer=authorize_member_of("example.org"),
     ) as server:  # fmt: skip
         # Hybrid mode: the server authorizes the client before sending its own proof, so the
