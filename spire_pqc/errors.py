@@ -244,6 +244,11 @@ class NoHybridGroupError(HandshakeError):
     """The peer offered no X25519MLKEM768 key exchange; a classical-only key exchange is refused."""
 
 
+class ModeMismatchError(HandshakeError):
+    """The peer runs another channel mode (ALPN, docs/architecture.md "Channel modes"); refused
+    before any application byte is exchanged."""
+
+
 class ProofMissingError(VerificationError):
     """The peer sent no hybrid-mode PQ proof within the timeout, or closed the channel first."""
 

@@ -33,13 +33,19 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
 from spire_pqc.bundle import BundleSource
-from spire_pqc.errors import AuthorizationError, SpirePqcError, VerificationError
+from spire_pqc.channel.context import HYBRID_GROUP, classical_context, classify_handshake_error
+from spire_pqc.errors import (
+    AuthorizationError,
+    HandshakeError,
+    NoHybridGroupError,
+    SpirePqcError,
+    VerificationError,
+)
 from spire_pqc.spiffeid import Matcher, SpiffeId
 from spire_pqc.svid import verify_classical_svid
 
 log = logging.getLogger(__name__)
 
-HYBRID_GROUP = b"X25519MLKEM768"
 _CHUNK = 64 * 1024
 _BUFFER_LIMIT = 1 << 20
 
@@ -62,18 +68,10 @@ class VerifiedConnection:
 
 
 def hybrid_client_context(identity: ClientIdentity, *, alpn: tuple[bytes, ...] = (b"h2",)) -> SSL.Context:
-    """TLS 1.3, X25519MLKEM768 only, client certificate; peer checked by the caller after the handshake."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    # pyOpenSSL 26 has no public group API; this is the OpenSSL call (reference §0 item 1).
-    if SSL._lib.SSL_CTX_set1_curves_list(ctx._context, HYBRID_GROUP) != 1:  # type: ignore[attr-defined]
-        raise SpirePqcError("this OpenSSL cannot restrict TLS to X25519MLKEM768")
-    ctx.use_certificate(identity.chain[0])
-    for cert in identity.chain[1:]:
-        ctx.add_extra_chain_cert(cert)
-    ctx.use_privatekey(identity.key)  # type: ignore[arg-type]
-    # Accept at the OpenSSL layer; the SPIFFE verification (own trust domain only) follows the handshake.
-    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+    """The channel's own context (:func:`~spire_pqc.channel.context.classical_context`: TLS 1.3,
+    X25519MLKEM768 only, no tickets, exactly the SVID chain) offering ``alpn`` (gRPC's ``h2``); the
+    server is verified by the caller after the handshake."""
+    ctx = classical_context(identity.chain, identity.key)
     if alpn:
         ctx.set_alpn_protos(list(alpn))
     return ctx
@@ -92,17 +90,20 @@ def connect_verified(
     raw = socket.create_connection(address, timeout=timeout)
     conn = SSL.Connection(context, raw)
     conn.set_connect_state()
+    where = f"{address[0]}:{address[1]}"
     try:
         _handshake(conn, raw, timeout)
-    except (SSL.Error, OSError) as exc:
+    except SSL.Error as exc:
         raw.close()
-        raise SpirePqcError(
-            f"TLS handshake with {address[0]}:{address[1]} failed (hybrid group required): {exc}"
-        ) from exc
+        error = classify_handshake_error(exc, server_side=False)
+        raise type(error)(f"{where}: {error}") from exc
+    except OSError as exc:
+        raw.close()
+        raise HandshakeError(f"{where}: TLS handshake failed: {exc}") from exc
     group = conn.get_group_name()
-    if group != HYBRID_GROUP.decode():
+    if group != HYBRID_GROUP:
         raw.close()
-        raise SpirePqcError(f"negotiated key exchange {group}, not {HYBRID_GROUP.decode()}")
+        raise NoHybridGroupError(f"{where}: negotiated key exchange {group}, not {HYBRID_GROUP}")
     chain = conn.get_peer_cert_chain(as_cryptography=True) or []
     try:
         peer = verify_classical_svid(chain, bundles)

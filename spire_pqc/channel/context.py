@@ -6,16 +6,26 @@ bundle of the peer's own trust domain (never one store merging every trust domai
 py-spiffe's spiffe-tls 0.4 ``create_ssl_context`` does, letting a federated CA vouch for another
 trust domain's IDs), then runs the authorizer. No
 application byte is delivered before that.
+
+Modes are negotiated with ALPN (:attr:`Mode.alpn`): a ``hybrid`` or ``pq-tls`` client offers its mode's
+protocol ID and a server of that mode selects it; a server refuses a client asking for another of our
+modes (or, in ``hybrid`` / ``pq-tls``, for anything else) with a ``no_application_protocol`` alert during
+the handshake. ``spiffe`` offers no ALPN and ignores foreign protocol IDs, like any standard SPIFFE peer.
+A peer that sends or selects no ALPN where our mode needs one (a standard SPIFFE peer facing ``hybrid``)
+is refused by :func:`check_negotiated_mode` right after the handshake, before any byte is written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 
-from spire_pqc.channel.sources import Mode
+from spire_pqc.channel.sources import MODE_OF_ALPN, Mode
 from spire_pqc.crypto.keys import NoEncryption
-from spire_pqc.errors import ChannelError, HandshakeError, NoHybridGroupError
+from spire_pqc.errors import ChannelError, HandshakeError, ModeMismatchError, NoHybridGroupError
 from spire_pqc.svid import HybridSvid
 
 HYBRID_GROUP = "X25519MLKEM768"
@@ -72,17 +82,72 @@ def _use_chain(ctx: SSL.Context, chain: tuple[x509.Certificate, ...]) -> None:
     ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
 
 
-def context_for(mode: Mode, svid: HybridSvid) -> SSL.Context:
-    """A context presenting ``svid``'s classical chain (hybrid, spiffe) or PQC chain (pq-tls)."""
+def _describe(offered: list[bytes]) -> str:
+    modes = sorted({MODE_OF_ALPN[p].value for p in offered if p in MODE_OF_ALPN})
+    ids = ", ".join(repr(p.decode("ascii", "replace")[:40]) for p in offered[:8])
+    return f"channel mode {' / '.join(modes)} (ALPN {ids})" if modes else f"ALPN {ids}"
+
+
+_AlpnSelector = Callable[[SSL.Connection, list[bytes]], "bytes | SSL._NoOverlappingProtocols"]
+
+
+def _alpn_selector(mode: Mode) -> _AlpnSelector:
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
+        ours = mode.alpn
+        if ours is not None and ours in offered:
+            return ours
+        if ours is None and not any(p in MODE_OF_ALPN for p in offered):
+            return SSL.NO_OVERLAPPING_PROTOCOLS  # a standard client's own protocols: continue without ALPN
+        # Raised inside OpenSSL's callback: OpenSSL sends no_application_protocol, pyOpenSSL re-raises it.
+        raise ModeMismatchError(
+            f"the client asks for {_describe(offered)}; this server runs {mode.value} mode"
+        )
+
+    return select
+
+
+def classical_context(chain: tuple[x509.Certificate, ...], key: PrivateKeyTypes) -> SSL.Context:
+    """:func:`base_context` presenting a classical X509-SVID (leaf first) and its key."""
     ctx = base_context()
-    if mode is Mode.PQ_TLS:
-        _use_chain(ctx, svid.pqc_chain)
-        _use_pqc_key(ctx, svid)
-    else:
-        _use_chain(ctx, svid.classical_chain)
-        ctx.use_privatekey(svid.classical_key)  # type: ignore[arg-type]  # EC/RSA/Ed25519 SVID keys
+    _use_chain(ctx, chain)
+    ctx.use_privatekey(key)  # type: ignore[arg-type]  # EC/RSA/Ed25519 SVID keys
     ctx.check_privatekey()
     return ctx
+
+
+def context_for(mode: Mode, svid: HybridSvid) -> SSL.Context:
+    """A context presenting ``svid``'s classical chain (hybrid, spiffe) or PQC chain (pq-tls), with
+    the mode's ALPN offered (as a client) and enforced (as a server)."""
+    if mode is Mode.PQ_TLS:
+        ctx = base_context()
+        _use_chain(ctx, svid.pqc_chain)
+        _use_pqc_key(ctx, svid)
+        ctx.check_privatekey()
+    else:
+        ctx = classical_context(svid.classical_chain, svid.classical_key)
+    if mode.alpn is not None:
+        ctx.set_alpn_protos([mode.alpn])
+    ctx.set_alpn_select_callback(_alpn_selector(mode))
+    return ctx
+
+
+def check_negotiated_mode(mode: Mode, conn: SSL.Connection, *, server_side: bool) -> None:
+    """After the handshake, before any byte: the peer negotiated ``mode`` (see the module docstring)."""
+    selected = conn.get_alpn_proto_negotiated() or None
+    if selected == mode.alpn:
+        return
+    if selected is not None:
+        raise ModeMismatchError(
+            f"the peer negotiated {_describe([selected])}; this side runs {mode.value} mode"
+        )
+    if server_side:
+        raise ModeMismatchError(
+            f"the client offered no ALPN: it speaks standard SPIFFE TLS (spiffe mode), not {mode.value} mode"
+        )
+    raise ModeMismatchError(
+        f"the server did not select ALPN {mode.alpn!r}: it speaks standard SPIFFE TLS (spiffe mode) or an "
+        f"older spire-pqc, not {mode.value} mode"
+    )
 
 
 def _reasons(exc: SSL.Error) -> str:
@@ -117,5 +182,10 @@ def classify_handshake_error(exc: SSL.Error, *, server_side: bool) -> HandshakeE
         return NoHybridGroupError(
             f"the server refused our ClientHello, which offers only {HYBRID_GROUP}; it most likely "
             f"supports no hybrid key exchange ({reasons})"
+        )
+    if "no application protocol" in reasons:
+        return ModeMismatchError(
+            f"the peer refused this side's channel mode in the handshake ({reasons}): the two ends run "
+            "different modes (hybrid / spiffe / pq-tls)"
         )
     return HandshakeError(f"TLS handshake failed: {reasons}")

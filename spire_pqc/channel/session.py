@@ -18,7 +18,7 @@ from cryptography import x509
 
 from spire_pqc.channel import proof as pq
 from spire_pqc.channel.authorize import Authorizer
-from spire_pqc.channel.context import HYBRID_GROUP
+from spire_pqc.channel.context import HYBRID_GROUP, check_negotiated_mode
 from spire_pqc.channel.sources import ChannelConfig, Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.crypto.aio import run_crypto
@@ -95,6 +95,8 @@ async def _establish(
     group = proto.tls.get_group_name()
     if group != HYBRID_GROUP:  # defence in depth: the context offers nothing else
         raise NoHybridGroupError(f"negotiated key exchange {group}, not {HYBRID_GROUP}")
+    # Before anything is written: a standard SPIFFE peer must never receive our PQ proof as data.
+    check_negotiated_mode(config.mode, proto.tls, server_side=proto.server_side)
     chain = peer_chain(proto)
     now = dt.datetime.now(dt.UTC)
     exporter_value = pq.exporter(proto.tls)

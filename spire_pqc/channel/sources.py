@@ -23,6 +23,11 @@ class Mode(StrEnum):
     SPIFFE = "spiffe"  # standard SPIFFE mTLS (interoperates with go-spiffe, Envoy)
     PQ_TLS = "pq-tls"  # ML-DSA-65 PQC SVIDs are the TLS certificates (interoperates with OpenSSL >= 3.5)
 
+    @property
+    def alpn(self) -> bytes | None:
+        """The ALPN protocol ID this mode negotiates; ``spiffe`` has none, as standard SPIFFE peers."""
+        return _ALPN.get(self)
+
     @classmethod
     def parse(cls, value: Mode | str) -> Mode:
         try:
@@ -30,6 +35,12 @@ class Mode(StrEnum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise ConfigError(f"mode: {value!r} is not one of {names}", source="channel") from None
+
+
+# ALPN protocol IDs (RFC 7301) of the modes that standard SPIFFE peers do not speak: a mismatch fails in
+# the handshake instead of handing the peer's application our PQ proof as data.
+_ALPN = {Mode.HYBRID: b"spire-pqc-hybrid/1", Mode.PQ_TLS: b"spire-pqc-pq-tls/1"}
+MODE_OF_ALPN = {alpn: mode for mode, alpn in _ALPN.items()}
 
 
 @dataclass(frozen=True, slots=True)

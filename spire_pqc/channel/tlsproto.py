@@ -159,9 +159,13 @@ class TlsProtocol(asyncio.Protocol):
             except SSL.WantReadError:
                 self._flush()
                 return
-            except SSL.Error as exc:
+            except (SSL.Error, HandshakeError) as exc:
                 self._flush()  # deliver our alert to the peer
-                error = classify_handshake_error(exc, server_side=self.server_side)
+                error = (
+                    exc
+                    if isinstance(exc, HandshakeError)  # raised by our own ALPN callback (mode mismatch)
+                    else classify_handshake_error(exc, server_side=self.server_side)
+                )
                 self._handshake.set_exception(error)
                 self._fail(error)
                 return

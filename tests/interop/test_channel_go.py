@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from spire_pqc.channel.api import SecureStreamWriter, open_connection, start_server
 from spire_pqc.channel.authorize import authorize_id
 from spire_pqc.channel.sources import Mode
-from spire_pqc.errors import NoHybridGroupError
+from spire_pqc.errors import ModeMismatchError, NoHybridGroupError
 from spire_pqc.svid import HybridSvid
 from tests.unit.channel._creds import World, make_world
 
@@ -220,3 +220,67 @@ async def test_our_spiffe_client_refuses_x25519_only_go_server(
         await process.wait()
     assert process.returncode != 0
     assert "handshake" in err.decode(), err
+
+
+# --- mode mismatch: our hybrid end facing a standard SPIFFE peer (Go crypto/tls + go-spiffe) --------
+
+
+@pytest.mark.asyncio
+async def test_go_spiffe_client_against_our_hybrid_server_gets_nothing(
+    gotls: Path, world: World, ours: HybridSvid, theirs: HybridSvid, tmp_path: Path
+) -> None:
+    """The Go client sends no ALPN: our hybrid server refuses it before writing anything, so the Go
+    application reads no PQ proof and ours is never called."""
+    calls: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: SecureStreamWriter) -> None:
+        calls.append(await reader.read())
+
+    creds = _go_args(tmp_path / "go", theirs, world, ours)
+    async with await start_server(
+        handler, "127.0.0.1", 0, source=world.source(ours), authorizer=authorize_id(theirs.spiffe_id),
+        mode=Mode.HYBRID,
+    ) as server:  # fmt: skip
+        code, out, err = await _run(
+            gotls, "client", "-addr", f"127.0.0.1:{server.port}", *creds, "-line", "hello from go"
+        )
+        async with asyncio.timeout(30):
+            while not server.failures:
+                await asyncio.sleep(0.01)
+    assert code != 0, out
+    assert "echo" not in out, out  # the Go application received no line (no proof bytes either)
+    assert "client: read:" in err, err
+    assert calls == []
+    refusal = server.failures[0]
+    assert isinstance(refusal, ModeMismatchError), repr(refusal)
+    assert "no ALPN" in str(refusal) and "hybrid" in str(refusal)
+
+
+@pytest.mark.asyncio
+async def test_our_hybrid_client_against_go_spiffe_server_sends_nothing(
+    gotls: Path, world: World, ours: HybridSvid, theirs: HybridSvid, tmp_path: Path
+) -> None:
+    """The Go server selects no ALPN: our hybrid client refuses before its PQ proof, so the Go
+    application reads nothing (before ALPN it read ~14 KiB of proof as a request)."""
+    creds = _go_args(tmp_path / "go", theirs, world, ours)
+    process = await asyncio.create_subprocess_exec(
+        str(gotls), "server", *creds, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        first = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        match = re.fullmatch(r"listening (\d+)\n", first)
+        assert match, first + (await process.stderr.read()).decode()
+        with pytest.raises(ModeMismatchError, match="did not select ALPN"):
+            await open_connection(
+                "127.0.0.1", int(match.group(1)), source=world.source(ours),
+                authorizer=authorize_id(theirs.spiffe_id), mode=Mode.HYBRID,
+            )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    assert process.returncode != 0, out.decode()
+    assert "server: read:" in err.decode(), err.decode()  # no line ever reached the Go application
+    assert "peer" not in out.decode(), out.decode()

@@ -16,9 +16,9 @@ from spire_pqc.svid import HybridSvid
 Behaviour = Callable[[TlsProtocol], Awaitable[None]]
 
 
-def classical_only_context(svid: HybridSvid) -> SSL.Context:
-    """A TLS 1.3 context that offers/accepts X25519 only (a peer without post-quantum key exchange)."""
-    ctx = context_for(Mode.SPIFFE, svid)
+def classical_only_context(svid: HybridSvid, mode: Mode = Mode.SPIFFE) -> SSL.Context:
+    """A TLS 1.3 context of ``mode`` that offers/accepts X25519 only (no post-quantum key exchange)."""
+    ctx = context_for(mode, svid)
     restrict_groups(ctx, b"X25519")
     return ctx
 

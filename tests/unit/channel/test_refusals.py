@@ -83,7 +83,7 @@ async def test_classical_only_server_is_refused(
     async def handshake(proto: TlsProtocol) -> None:
         await proto.handshake()
 
-    async with RawServer(classical_only_context(server_svid), handshake) as rogue:
+    async with RawServer(classical_only_context(server_svid, Mode.HYBRID), handshake) as rogue:
         with pytest.raises(NoHybridGroupError, match=re.escape("offers only X25519MLKEM768")):
             await _connect(world, client_svid, rogue.port, server_svid)
 
