@@ -21,6 +21,7 @@ is down) is an :class:`UnavailableError` like a transport failure: retried, neve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -152,6 +153,7 @@ class GrpcCAClient:
         self._tls: TLSIdentity | None = None
         self._client: ClientIdentity | None = None
         self._bundles: BundleSet | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _load(self, identity: TLSIdentity) -> None:
         chain = tuple(x509.load_pem_x509_certificates(identity.chain_pem))
@@ -181,6 +183,9 @@ class GrpcCAClient:
                 self._load(identity)
             except (ValueError, SpirePqcError) as exc:
                 raise UnavailableError(f"the agent's own X509-SVID is unusable for mTLS: {exc}") from exc
+            # The open connection presents the SVID it was made with, and the CA checks it per call:
+            # new calls go over a new connection; calls already under way finish on the old one.
+            self._retire_connection()
         if self._bridge is None:
             assert self._server_id is not None
             self._bridge = TLSBridge(
@@ -214,6 +219,22 @@ class GrpcCAClient:
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
         )
 
+    def _retire_connection(self) -> None:
+        channel, bridge = self._channel, self._bridge
+        self._channel = self._bridge = None
+        if channel is None or bridge is None:
+            return
+
+        async def retire() -> None:
+            try:
+                await channel.close(self._timeout)  # grace: the calls under way may finish
+            finally:
+                bridge.close()
+
+        task = asyncio.get_running_loop().create_task(retire(), name="spire-pqc-ca-connection-retire")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close(None)
@@ -221,6 +242,9 @@ class GrpcCAClient:
         if self._bridge is not None:
             self._bridge.close()
             self._bridge = None
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
 @dataclass

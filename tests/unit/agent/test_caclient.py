@@ -117,3 +117,51 @@ async def test_issue_over_mtls_and_error_mapping() -> None:
             await client.issue(request)
     finally:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_rotated_agent_svid_is_presented_on_the_next_issue() -> None:
+    """The agent's own SVID rotates (SPIRE renews it at half its lifetime): the next request must go
+    over a connection that presents the new one, or the CA refuses the expired one once it lapses."""
+    hierarchy = PQCHierarchy.generate(TD)
+    ca = DevClassicalCA(TD, hierarchy.intermediate.key)
+    issuer = PQCIssuer(hierarchy.intermediate, TD, BundleSet([X509Bundle(TD, [ca.certificate])]))
+    endpoint = Endpoint(issuer)
+    server = grpc.aio.server()
+    ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(endpoint, server)
+    cert_pem, key_pem = _server_cert(ca)
+    bundle_pem = ca.certificate.public_bytes(PEM)
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=bundle_pem, require_client_auth=True
+        ),
+    )
+    await server.start()
+    identities = []
+    for _ in range(2):
+        cert, key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/spire-pqc/agent"))
+        identities.append(TLSIdentity(cert.public_bytes(PEM), _pem_key(key), bundle_pem))
+    current = [identities[0]]
+
+    async def identity() -> TLSIdentity:
+        return current[0]
+
+    def request() -> IssueRequest:
+        cert, key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/web"))
+        return build_request(
+            (cert.public_bytes(DER),), key, MLDSA65PrivateKey.generate(),
+            MLKEM768PrivateKey.generate().public_key().spki(),
+            timestamp_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        )  # fmt: skip
+
+    client = GrpcCAClient(f"127.0.0.1:{port}", identity, timeout=10)
+    try:
+        await client.issue(request())
+        assert endpoint.client_certs[-1] == identities[0].chain_pem
+        current[0] = identities[1]
+        await client.issue(request())
+        assert endpoint.client_certs[-1] == identities[1].chain_pem
+    finally:
+        await client.close()
+        await server.stop(None)
