@@ -326,28 +326,53 @@ def verify_hybrid_svid(
 ) -> VerifiedHybridSvid:
     """Verify a hybrid SVID completely; raise the VerificationError of the first failed check.
 
-    Order: classical chain (own trust domain's classical bundle) → PQC SVID chain and KEM certificate
-    chain (own trust domain's PQC bundle) → same SPIFFE ID everywhere → RelatedCertificate matches
-    the classical leaf → SvidBinding verifies under an intermediate of the verified PQC path →
-    the PQC credentials do not outlive the classical SVID.
+    The classical chain against its own trust domain's classical bundle, then
+    :func:`verify_pqc_credentials` for the PQC SVID and the KEM certificate.
     """
     when = at or _now()
     spiffe_id = verify_classical_svid(classical_chain, classical_bundles, at=when)
+    signer = verify_pqc_credentials(
+        classical_chain[0], spiffe_id, pqc_chain, kem_chain, pqc_bundles=pqc_bundles, at=when
+    )
+    return VerifiedHybridSvid(spiffe_id, classical_chain[0], pqc_chain[0], kem_chain[0], signer)
+
+
+def verify_pqc_credentials(
+    classical_leaf: x509.Certificate,
+    spiffe_id: SpiffeId,
+    pqc_chain: Sequence[x509.Certificate],
+    kem_chain: Sequence[x509.Certificate] | None,
+    *,
+    pqc_bundles: BundleSource,
+    at: dt.datetime,
+) -> MLDSA65PublicKey:
+    """The hybrid checks, the one place they are written: PQC credentials against the classical leaf
+    (``spiffe_id``) already verified against its classical bundle — by :func:`verify_hybrid_svid`, or
+    by a channel's TLS handshake for the hybrid-mode PQ proof (``kem_chain`` None: a proof carries no
+    KEM certificate).
+
+    Order: PQC SVID chain and KEM certificate chain (own trust domain's PQC bundle) → same SPIFFE ID
+    everywhere → RelatedCertificate matches the classical leaf → SvidBinding verifies under an
+    intermediate of the verified PQC path → the PQC credentials do not outlive the classical SVID.
+    Returns the intermediate's key that made the binding.
+    """
     sid = str(spiffe_id)
-    classical_leaf = classical_chain[0]
-    pqc_id, pqc_path = verify_pqc_svid(pqc_chain, pqc_bundles, at=when)
+    pqc_id, pqc_path = verify_pqc_svid(pqc_chain, pqc_bundles, at=at)
     if pqc_id != spiffe_id:
         raise IdentityMismatchError(
             f"PQC SVID names {pqc_id}, classical SVID names {spiffe_id}", spiffe_id=sid
         )
-    kem_id = verify_kem_certificate(kem_chain, pqc_bundles, at=when)
-    if kem_id != spiffe_id:
-        raise IdentityMismatchError(
-            f"KEM certificate names {kem_id}, classical SVID names {spiffe_id}", spiffe_id=sid
-        )
+    leaves = [(pqc_chain[0], "PQC SVID")]
+    if kem_chain is not None:
+        kem_id = verify_kem_certificate(kem_chain, pqc_bundles, at=at)
+        if kem_id != spiffe_id:
+            raise IdentityMismatchError(
+                f"KEM certificate names {kem_id}, classical SVID names {spiffe_id}", spiffe_id=sid
+            )
+        leaves.append((kem_chain[0], "KEM certificate"))
     classical_der = der(classical_leaf)
-    _related(pqc_chain[0], classical_der, "PQC SVID", sid)
-    _related(kem_chain[0], classical_der, "KEM certificate", sid)
+    for cert, role in leaves:
+        _related(cert, classical_der, role, sid)
     # Only intermediate PQC CAs are trusted binding signers (roots sign nothing else): the one of the
     # verified PQC path, and (SPIRE HA) a sibling intermediate the chain carries when another
     # server's intermediate made the binding, accepted if the trust domain's PQC root certified it.
@@ -355,18 +380,18 @@ def verify_hybrid_svid(
     if not path_intermediates:
         raise BindingError("PQC SVID was not issued by an intermediate PQC CA", spiffe_id=sid)
     roots = list(pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain).authorities)
-    siblings = [c for c in pqc_chain[1:] if c not in path_intermediates and _is_intermediate(c, roots, when)]
+    siblings = [c for c in pqc_chain[1:] if c not in path_intermediates and _is_intermediate(c, roots, at)]
     intermediates = [certs.mldsa_public_key(c) for c in (*path_intermediates, *siblings)]
     signer = verify_svid_binding(classical_leaf, intermediates)
     classical_end = classical_leaf.not_valid_after_utc
-    for cert, role in ((pqc_chain[0], "PQC SVID"), (kem_chain[0], "KEM certificate")):
+    for cert, role in leaves:
         if cert.not_valid_after_utc > classical_end:
             raise LifetimeError(
                 f"{role} notAfter {cert.not_valid_after_utc.isoformat()} is after the classical SVID's "
                 f"{classical_end.isoformat()}",
                 spiffe_id=sid,
             )
-    return VerifiedHybridSvid(spiffe_id, classical_leaf, pqc_chain[0], kem_chain[0], signer)
+    return signer
 
 
 def _is_intermediate(cert: x509.Certificate, roots: Sequence[x509.Certificate], when: dt.datetime) -> bool:

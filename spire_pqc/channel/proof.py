@@ -34,18 +34,14 @@ from OpenSSL import SSL
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel._framing import decode_chain_and_signature, encode_chain_and_signature
 from spire_pqc.errors import (
-    IdentityMismatchError,
     InvalidSignatureError,
     MalformedCredentialError,
-    ParseError,
     ProofSignatureError,
     RelatedCertificateError,
 )
 from spire_pqc.spiffeid import SpiffeId
-from spire_pqc.svid import HybridSvid, der, verify_pqc_svid, verify_svid_binding
+from spire_pqc.svid import HybridSvid, verify_pqc_credentials
 from spire_pqc.x509 import certs
-from spire_pqc.x509.oids import RELATED_CERT
-from spire_pqc.x509.related import parse_related_certificate, related_hash
 
 CONTEXT = b"spire-pqc/channel-binding/v1"
 EXPORTER_LABEL = b"EXPORTER-spire-pqc-hybrid"
@@ -115,6 +111,10 @@ def parse_body(body: bytes) -> Proof:
     return Proof(chain, signature)
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def verify_proof(
     proof: Proof,
     *,
@@ -125,28 +125,19 @@ def verify_proof(
     pqc_bundles: BundleSource,
     at: dt.datetime | None = None,
 ) -> SpiffeId:
-    """Verify a peer's proof for this session (CPU-bound: call through crypto.aio)."""
-    pqc_id, path = verify_pqc_svid(proof.chain, pqc_bundles, at=at)
+    """Verify a peer's proof for this session (CPU-bound: call through crypto.aio).
+
+    ``tls_leaf`` (naming ``tls_id``) was verified by the handshake; the PQC SVID is checked against it
+    by :func:`spire_pqc.svid.verify_pqc_credentials`, the hybrid checks of every hybrid SVID.
+    """
     sid = str(tls_id)
-    if pqc_id != tls_id:
-        raise IdentityMismatchError(
-            f"PQ proof names {pqc_id}, the TLS certificate names {tls_id}", spiffe_id=sid
-        )
-    leaf = proof.chain[0]
     try:
-        value = leaf.extensions.get_extension_for_oid(RELATED_CERT).value
-        digest = parse_related_certificate(
-            value.value if isinstance(value, x509.UnrecognizedExtension) else b""
-        )
-    except (x509.ExtensionNotFound, ParseError) as exc:
-        raise RelatedCertificateError(f"PQC SVID RelatedCertificate unusable: {exc}", spiffe_id=sid) from exc
-    if digest != related_hash(der(tls_leaf)):
+        verify_pqc_credentials(tls_leaf, tls_id, proof.chain, None, pqc_bundles=pqc_bundles, at=at or _now())
+    except RelatedCertificateError as exc:
         raise RelatedCertificateError(
             "PQC SVID is bound to another classical SVID than the one in this TLS session", spiffe_id=sid
-        )
-    # The classical leaf's SvidBinding must verify under an intermediate of the verified PQC path.
-    intermediates = [certs.mldsa_public_key(c) for c in path[:-1]]
-    verify_svid_binding(tls_leaf, intermediates)
+        ) from exc
+    leaf = proof.chain[0]
     try:
         certs.mldsa_public_key(leaf, spiffe_id=sid).verify(
             proof.signature, signed_message(exporter_value, signer_role=signer_role), context=CONTEXT
@@ -157,4 +148,4 @@ def verify_proof(
             "another session, or signed by a key other than the PQC SVID's)",
             spiffe_id=sid,
         ) from exc
-    return pqc_id
+    return tls_id
