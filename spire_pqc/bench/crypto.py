@@ -39,9 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
-    XWingPrivateKey,
     x25519mlkem768_encapsulate,
-    xwing_encapsulate,
 )
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
@@ -183,9 +181,6 @@ CASES: tuple[tuple[str, str, bool], ...] = (
     ("X25519MLKEM768", "encaps", True),
     ("X25519MLKEM768", "decaps", True),
     ("X25519MLKEM768", EXCHANGE, True),
-    ("X-Wing", "keygen", False),
-    ("X-Wing", "encaps", False),
-    ("X-Wing", "decaps", False),
     ("X25519", "derive", True),
     ("ECDSA-P256", "sign", True),
     ("ECDSA-P256", "verify", True),
@@ -213,10 +208,6 @@ def _operations() -> dict[Key, Callable[[], object]]:
     client_share = client.client_share()
     _, server_share = x25519mlkem768_encapsulate(client_share)
 
-    xwing = XWingPrivateKey.generate()
-    xwing_public = xwing.public_bytes()
-    _, xwing_ct = xwing_encapsulate(xwing_public)
-
     x25519 = X25519PrivateKey.generate()
     x25519_peer = X25519PrivateKey.generate().public_key()
 
@@ -243,9 +234,6 @@ def _operations() -> dict[Key, Callable[[], object]]:
         ("X25519MLKEM768", "encaps"): lambda: x25519mlkem768_encapsulate(client_share),
         ("X25519MLKEM768", "decaps"): lambda: client.decapsulate(server_share),
         ("X25519MLKEM768", EXCHANGE): hybrid_exchange,
-        ("X-Wing", "keygen"): lambda: XWingPrivateKey.generate().public_bytes(),
-        ("X-Wing", "encaps"): lambda: xwing_encapsulate(xwing_public),
-        ("X-Wing", "decaps"): lambda: xwing.decapsulate(xwing_ct),
         ("X25519", "derive"): lambda: x25519.exchange(x25519_peer),
         ("ECDSA-P256", "sign"): lambda: ecdsa.sign(digest, prehashed),
         ("ECDSA-P256", "verify"): lambda: ecdsa_public.verify(ecdsa_sig, digest, prehashed),
@@ -495,7 +483,7 @@ def format_table(rows: Sequence[Row], info: BenchInfo, *, rounds: int, seconds_p
         "openssl / liboqs = spire-pqc on that backend (SPIRE_PQC_BACKEND); speed = `openssl speed` (same run).",
         "X25519 and ECDSA-P256 run the same code on both backends: their liboqs/openssl ratio is the bias.",
         "exchange = client keygen + server encaps + client decaps with fresh keys; its speed figure is",
-        "derived from openssl's three X25519MLKEM768 rates. X-Wing has no openssl counterpart.",
+        "derived from openssl's three X25519MLKEM768 rates.",
     ]
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 * :mod:`.mldsa` - ML-DSA-65 keys, sign/verify with FIPS 204 context strings.
 * :mod:`.mlkem` - ML-KEM-768 keys, encapsulate/decapsulate.
-* :mod:`.hybrid` - X25519MLKEM768 (TLS layout) and X-Wing.
+* :mod:`.hybrid` - X25519MLKEM768 (TLS layout).
 * :mod:`.keys` - SPKI / seed-form PKCS#8 / PEM and the explicit :class:`NoEncryption` /
   :class:`PasswordEncryption` choice.
 * :mod:`.aio` - the same operations off the event loop.

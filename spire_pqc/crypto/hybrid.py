@@ -1,4 +1,4 @@
-"""Hybrid key exchange: X25519MLKEM768 exactly as TLS defines it, and X-Wing.
+"""Hybrid key exchange: X25519MLKEM768 exactly as TLS defines it.
 
 X25519MLKEM768 (draft-ietf-tls-ecdhe-mlkem, NamedGroup 0x11EC):
   client share  = ML-KEM-768 encapsulation key (1184) || X25519 public key (32)   = 1216 bytes
@@ -6,15 +6,9 @@ X25519MLKEM768 (draft-ietf-tls-ecdhe-mlkem, NamedGroup 0x11EC):
   shared secret = ss_ML-KEM (32) || ss_X25519 (32)                                 = 64 bytes
 ML-KEM comes first in this group only. The X25519 checks of RFC 8446 apply (an all-zero result is
 rejected), and the encapsulation key passes the FIPS 203 §7.2 check.
-
-X-Wing (draft-connolly-cfrg-xwing-kem): a 32-byte seed expands with SHAKE-256 into the ML-KEM seed
-and the X25519 key; the secret is SHA3-256(ss_M || ss_X || ct_X || pk_X || label).
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -88,62 +82,3 @@ def x25519mlkem768_encapsulate(client_share: bytes) -> tuple[bytes, bytes]:
     ephemeral = X25519PrivateKey.generate()
     ss_x25519 = _x25519(ephemeral, client_share[PUBLIC_KEY_LEN:])
     return ss_mlkem + ss_x25519, ciphertext + _x25519_raw(ephemeral)
-
-
-# --- X-Wing ------------------------------------------------------------------------------------
-
-XWING_LABEL = bytes.fromhex("5c2e2f2f5e5c")  # ASCII \./ /^\
-XWING_SEED_LEN = 32
-XWING_PUBLIC_LEN = PUBLIC_KEY_LEN + X25519_LEN
-XWING_CIPHERTEXT_LEN = CIPHERTEXT_LEN + X25519_LEN
-
-
-def _xwing_combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
-    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + XWING_LABEL).digest()
-
-
-class XWingPrivateKey:
-    """An X-Wing decapsulation key, held as its 32-byte seed."""
-
-    __slots__ = ("_mlkem", "_pk_x", "_seed", "_x25519")
-
-    def __init__(self, seed: bytes) -> None:
-        if len(seed) != XWING_SEED_LEN:
-            raise InvalidKeyError(f"X-Wing seed must be {XWING_SEED_LEN} bytes, got {len(seed)}")
-        self._seed = bytes(seed)
-        expanded = hashlib.shake_256(self._seed).digest(96)
-        self._mlkem = MLKEM768PrivateKey.from_seed(expanded[:64])
-        self._x25519 = X25519PrivateKey.from_private_bytes(expanded[64:96])
-        self._pk_x = _x25519_raw(self._x25519)
-
-    @classmethod
-    def generate(cls) -> XWingPrivateKey:
-        return cls(os.urandom(XWING_SEED_LEN))
-
-    def seed(self) -> bytes:
-        return self._seed
-
-    def public_bytes(self) -> bytes:
-        return self._mlkem.public_key().raw() + self._pk_x
-
-    def decapsulate(self, ciphertext: bytes) -> bytes:
-        if len(ciphertext) != XWING_CIPHERTEXT_LEN:
-            raise InvalidKeyError(
-                f"X-Wing ciphertext must be {XWING_CIPHERTEXT_LEN} bytes, got {len(ciphertext)}"
-            )
-        ct_m, ct_x = ciphertext[:CIPHERTEXT_LEN], ciphertext[CIPHERTEXT_LEN:]
-        ss_m = self._mlkem.decapsulate(ct_m)
-        ss_x = _x25519(self._x25519, ct_x)
-        return _xwing_combine(ss_m, ss_x, ct_x, self._pk_x)
-
-
-def xwing_encapsulate(public: bytes) -> tuple[bytes, bytes]:
-    """Return ``(shared_secret (32 B), ciphertext (1120 B))`` for an X-Wing public key."""
-    if len(public) != XWING_PUBLIC_LEN:
-        raise InvalidKeyError(f"X-Wing public key must be {XWING_PUBLIC_LEN} bytes, got {len(public)}")
-    pk_m, pk_x = public[:PUBLIC_KEY_LEN], public[PUBLIC_KEY_LEN:]
-    ss_m, ct_m = MLKEM768PublicKey(pk_m).encapsulate()
-    ephemeral = X25519PrivateKey.generate()
-    ct_x = _x25519_raw(ephemeral)
-    ss_x = _x25519(ephemeral, pk_x)
-    return _xwing_combine(ss_m, ss_x, ct_x, pk_x), ct_m + ct_x

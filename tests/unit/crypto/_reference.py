@@ -1,26 +1,20 @@
 """Hand-built reference hybrids from independent parts, for cross-checking spire_pqc.crypto.hybrid.
 
 ML-KEM-768 comes from kyber-py 1.2.0 (pure-Python FIPS 203), X25519 from cryptography, hashing
-from hashlib. Layouts follow draft-ietf-tls-ecdhe-mlkem (X25519MLKEM768) and
-draft-connolly-cfrg-xwing-kem (X-Wing):
+from hashlib. Layouts follow draft-ietf-tls-ecdhe-mlkem (X25519MLKEM768) (X25519MLKEM768):
 
 * X25519MLKEM768: client share = ek (1184) || X25519 pk (32); server share = ct (1088) || X25519 pk
   (32); shared secret = ss_ML-KEM || ss_X25519.
-* X-Wing: SHAKE256(seed, 96) = d || z || sk_X; pk = pk_M || pk_X; ct = ct_M || ct_X;
-  ss = SHA3-256(ss_M || ss_X || ct_X || pk_X || "\\./" "/^\\").
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kyber_py.ml_kem import ML_KEM_768
-
-XWING_LABEL = b"\\./" + b"/^\\"
 
 
 def x25519_public(key: X25519PrivateKey) -> bytes:
@@ -78,42 +72,3 @@ def reference_hybrid_server(client_share: bytes) -> tuple[bytes, bytes]:
     ss_m, ct = mlkem_encaps(ek)
     ephemeral = X25519PrivateKey.generate()
     return ss_m + x25519(ephemeral, peer), ct + x25519_public(ephemeral)
-
-
-# --- X-Wing --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ReferenceXWing:
-    dk_m: bytes
-    pk_m: bytes
-    sk_x: X25519PrivateKey
-
-    @classmethod
-    def from_seed(cls, seed: bytes) -> ReferenceXWing:
-        expanded = hashlib.shake_256(seed).digest(96)
-        pk_m, dk_m = mlkem_keygen(expanded[:64])
-        return cls(dk_m, pk_m, X25519PrivateKey.from_private_bytes(expanded[64:96]))
-
-    def public_bytes(self) -> bytes:
-        return self.pk_m + x25519_public(self.sk_x)
-
-    def decapsulate(self, ct: bytes) -> bytes:
-        ct_m, ct_x = ct[:1088], ct[1088:]
-        return xwing_combine(
-            mlkem_decaps(self.dk_m, ct_m), x25519(self.sk_x, ct_x), ct_x, x25519_public(self.sk_x)
-        )
-
-
-def xwing_combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
-    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + XWING_LABEL).digest()
-
-
-def reference_xwing_encapsulate(pk: bytes, eseed: bytes | None = None) -> tuple[bytes, bytes]:
-    """Return ``(ss, ct)``; ``eseed`` (64 B) = m || ek_X makes it deterministic, as in the draft."""
-    eseed = os.urandom(64) if eseed is None else eseed
-    pk_m, pk_x = pk[:1184], pk[1184:]
-    ek_x = X25519PrivateKey.from_private_bytes(eseed[32:64])
-    ct_x = x25519_public(ek_x)
-    ss_m, ct_m = mlkem_encaps(pk_m, eseed[:32])
-    return xwing_combine(ss_m, x25519(ek_x, pk_x), ct_x, pk_x), ct_m + ct_x

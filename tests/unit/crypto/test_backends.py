@@ -38,7 +38,7 @@ if {poison}:
     sys.modules["cryptography.hazmat.primitives.asymmetric.mldsa"] = None
 from spire_pqc.errors import BackendUnavailableError
 from spire_pqc.crypto import backend_name
-from spire_pqc.crypto.hybrid import X25519MLKEM768PrivateKey, XWingPrivateKey
+from spire_pqc.crypto.hybrid import X25519MLKEM768PrivateKey
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 
@@ -49,7 +49,6 @@ operations = {{
     "mldsa_verify": lambda: MLDSA65PublicKey(public).verify(bytes(3309), b"m", context=b""),
     "mlkem_generate": MLKEM768PrivateKey.generate,
     "x25519mlkem768_generate": X25519MLKEM768PrivateKey.generate,
-    "xwing_generate": XWingPrivateKey.generate,
 }}
 results = {{}}
 for name, operation in operations.items():
@@ -70,7 +69,6 @@ PQ_OPERATIONS = {
     "mldsa_verify",
     "mlkem_generate",
     "x25519mlkem768_generate",
-    "xwing_generate",
 }
 
 

@@ -30,9 +30,7 @@ from spire_pqc._internal.der import (
 from spire_pqc._internal.files import atomic_write
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
-    XWingPrivateKey,
     x25519mlkem768_encapsulate,
-    xwing_encapsulate,
 )
 from spire_pqc.crypto.keys import NoEncryption, pem_encode
 from spire_pqc.crypto.keystore import METADATA_FILE, MLDSA65, KeyStore
@@ -235,10 +233,6 @@ def test_hybrid_key_exchange_inputs(mlkem_seed: bytes, x25519: bytes, share: byt
         x25519mlkem768_encapsulate(share)
     with contextlib.suppress(InvalidKeyError):
         _HYBRID.decapsulate(share)
-    with contextlib.suppress(InvalidKeyError):
-        xwing_encapsulate(share)
-    with contextlib.suppress(InvalidKeyError):
-        XWingPrivateKey(mlkem_seed)
 
 
 # --- the key store's metadata file --------------------------------------------------------------
