@@ -15,8 +15,8 @@ Formats (``spiffe/spiffe:standards/SPIFFE_Workload_API.md``, ``SPIFFE_Trust_Doma
 * PEM (one or more ``CERTIFICATE`` blocks) and concatenated DER (the Workload API ``bundle`` and
   ``federated_bundles`` values): :meth:`X509Bundle.from_pem`, :meth:`X509Bundle.from_der`, and
   back with :meth:`X509Bundle.to_pem` / :meth:`X509Bundle.to_der`.
-* The SPIFFE bundle JSON (a JWK Set, SPIFFE Trust Domain and Bundle §4): :class:`SpiffeBundle`,
-  and the bundle map ``{"trust_domains": {...}}`` with :func:`parse_bundle_map`.
+* The SPIFFE bundle JSON (a JWK Set, SPIFFE Trust Domain and Bundle §4): :class:`SpiffeBundle`
+  (federation's signed PQC bundle documents).
 
 Every parse failure raises :class:`~spire_pqc.errors.BundleError` with a message that names the
 input and, for JSON, the index of the offending ``keys`` entry. Inputs are bounded by
@@ -62,7 +62,6 @@ __all__ = [
     "BundleSource",
     "SpiffeBundle",
     "X509Bundle",
-    "parse_bundle_map",
 ]
 
 #: Upper bound on any serialized bundle or bundle map accepted here. An ML-DSA-65 CA certificate
@@ -560,23 +559,3 @@ class SpiffeBundle:
     def x509_bundle(self) -> X509Bundle:
         """The X.509 authorities as an :class:`X509Bundle`."""
         return X509Bundle(self.trust_domain, self.x509_authorities)
-
-
-def parse_bundle_map(data: bytes | str) -> dict[TrustDomain, SpiffeBundle]:
-    """Parse a SPIFFE bundle map ``{"trust_domains": {"<name>": <bundle>, ...}}``.
-
-    Keys must be plain trust domain names; duplicate keys are refused (a second entry for the same
-    trust domain would silently replace or merge trust).
-    """
-    what = "SPIFFE bundle map"
-    doc = _strict_json(data, what)
-    if not isinstance(doc, dict) or not isinstance(doc.get("trust_domains"), dict):
-        raise BundleError(f"{what}: expected an object with a 'trust_domains' object")
-    result: dict[TrustDomain, SpiffeBundle] = {}
-    for name, bundle_doc in doc["trust_domains"].items():
-        try:
-            td = TrustDomain(name)
-        except SpiffeIdError as exc:
-            raise BundleError(f"{what}: key {name[:80]!r}: {exc}") from exc
-        result[td] = SpiffeBundle._from_object(td, bundle_doc, f"{what}: {td}")
-    return result

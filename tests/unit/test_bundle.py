@@ -25,7 +25,6 @@ from spire_pqc.bundle import (
     BundleSource,
     SpiffeBundle,
     X509Bundle,
-    parse_bundle_map,
 )
 from spire_pqc.crypto._backend import openssl_helpers
 from spire_pqc.errors import BundleError, SpirePqcError
@@ -266,8 +265,6 @@ def test_size_is_bounded() -> None:
     for parse in (X509Bundle.from_der, X509Bundle.from_pem, SpiffeBundle.parse):
         with pytest.raises(BundleError, match="exceeds the limit"):
             parse(TD, big)
-    with pytest.raises(BundleError, match="exceeds the limit"):
-        parse_bundle_map(big)
 
 
 # --- BundleSet ---------------------------------------------------------------------------------
@@ -519,40 +516,6 @@ def test_dataclass_validates_its_fields() -> None:
         SpiffeBundle("example.org")  # type: ignore[arg-type]
 
 
-def test_bundle_map() -> None:
-    text = json.dumps(
-        {
-            "trust_domains": {
-                "example.org": json.loads(full_bundle().to_json()),
-                "other.org": {"keys": [x509_entry(ec_root("other.org"))], "spiffe_sequence": 3},
-            }
-        }
-    )
-    bundles = parse_bundle_map(text)
-    assert bundles[TD] == full_bundle()
-    assert bundles[OTHER].x509_authorities == (ec_root("other.org"),)
-    assert bundles[OTHER].sequence == 3
-
-
-@pytest.mark.parametrize(
-    ("doc", "reason"),
-    [
-        (
-            b'{"trust_domains": {"a.org": {"keys": []}, "a.org": {"keys": []}}}',
-            "duplicate JSON member 'a.org'",
-        ),
-        (b'{"trust_domains": {"spiffe://a.org": {"keys": []}}}', "key 'spiffe://a.org'"),
-        (b'{"trust_domains": {"A.org": {"keys": []}}}', "lower case"),
-        (b'{"trust_domains": []}', "'trust_domains' object"),
-        (b'{"trust_domains": {"a.org": {"keys": [7]}}}', r"SPIFFE bundle map: a.org: keys\[0\]"),
-        (b"{}", "'trust_domains' object"),
-    ],
-)
-def test_bad_bundle_maps_are_refused(doc: bytes, reason: str) -> None:
-    with pytest.raises(BundleError, match=reason):
-        parse_bundle_map(doc)
-
-
 # --- properties --------------------------------------------------------------------------------
 
 
@@ -572,7 +535,6 @@ def test_arbitrary_bytes_raise_only_project_errors(data: bytes) -> None:
     only_project_errors(X509Bundle.from_pem, TD, data)
     only_project_errors(X509Bundle.from_der, TD, data)
     only_project_errors(SpiffeBundle.parse, TD, data)
-    only_project_errors(parse_bundle_map, data)
     only_project_errors(X509Bundle.from_der, TD, b"\x30\x82" + len(data).to_bytes(2, "big") + data)
     only_project_errors(BundleSet.from_workload_api, {"spiffe://example.org": data})
 
@@ -625,7 +587,6 @@ entry_members = st.fixed_dictionaries(
 def test_structured_json_raises_only_project_errors(keys: list[Any], top: dict[str, Any]) -> None:
     text = json.dumps({"keys": keys, **top}).encode()
     only_project_errors(SpiffeBundle.parse, TD, text)
-    only_project_errors(parse_bundle_map, json.dumps({"trust_domains": {"a.org": {"keys": keys, **top}}}))
 
 
 @settings(max_examples=50, deadline=None)
