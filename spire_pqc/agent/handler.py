@@ -43,6 +43,7 @@ from grpclib.server import Stream
 from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._internal.ratelimit import LogLimiter
+from spire_pqc._internal.wire import SECURITY_HEADER, hybrid_method, workload_method
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.connections import ConnectionRegistry
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
@@ -62,9 +63,6 @@ from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-SECURITY_HEADER = "workload.spiffe.io"
-WORKLOAD_SERVICE = "SpiffeWorkloadAPI"
-HYBRID_SERVICE = "spire_pqc.workload.v1.HybridWorkload"
 NO_JWT = "JWT-SVIDs are not served by this identity source"
 
 M = TypeVar("M", bound=Message)
@@ -425,7 +423,7 @@ class WorkloadAPIService:
         await stream.send_message(wl.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id), claims=struct))
 
     def __mapping__(self) -> dict[str, Handler]:
-        base = f"/{WORKLOAD_SERVICE}/"
+        base = workload_method("")
         return {
             base + "FetchX509SVID": Handler(
                 self._s.guard(self.fetch_x509_svid),
@@ -507,7 +505,7 @@ class HybridWorkloadService:
         )
 
     def __mapping__(self) -> dict[str, Handler]:
-        base = f"/{HYBRID_SERVICE}/"
+        base = hybrid_method("")
         return {
             base + "FetchHybridSVIDs": Handler(
                 self._s.guard(self.fetch_hybrid_svids),

@@ -30,6 +30,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal.wire import FETCH_HYBRID_SVIDS, FETCH_X509_SVID, SECURITY_METADATA
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import AgentConfig, parse
@@ -43,7 +44,7 @@ from spire_pqc.ca.devca import DevAuthority
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
-HEADER = {"workload.spiffe.io": "true"}
+HEADER = dict(SECURITY_METADATA)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ async def rotation_fanout(streams: int) -> FanoutResult:
 
             async def watch(index: int) -> None:
                 async with channels[index].request(
-                    "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM,
+                    FETCH_X509_SVID, Cardinality.UNARY_STREAM,
                     wl.X509SVIDRequest, wl.X509SVIDResponse, metadata=HEADER,
                 ) as stream:  # fmt: skip
                     await stream.send_message(wl.X509SVIDRequest(), end=True)
@@ -139,7 +140,7 @@ async def rss_with_identities(identities: int) -> RssResult:
             channel = Channel(path=str(agent.socket_path))
             try:
                 async with channel.request(
-                    "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs", Cardinality.UNARY_STREAM,
+                    FETCH_HYBRID_SVIDS, Cardinality.UNARY_STREAM,
                     hy.HybridSVIDRequest, hy.HybridSVIDResponse, metadata=HEADER,
                 ) as stream:  # fmt: skip
                     await stream.send_message(hy.HybridSVIDRequest(), end=True)
@@ -219,7 +220,7 @@ async def restart(identities: int) -> RestartResult:
                 channel = Channel(path=str(agent.socket_path))
                 try:
                     async with channel.request(
-                        "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs", Cardinality.UNARY_STREAM,
+                        FETCH_HYBRID_SVIDS, Cardinality.UNARY_STREAM,
                         hy.HybridSVIDRequest, hy.HybridSVIDResponse, metadata=HEADER,
                     ) as stream:  # fmt: skip
                         await stream.send_message(hy.HybridSVIDRequest(), end=True)

@@ -50,8 +50,10 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from spiffe._proto import workload_pb2 as wl
 
-HEADER = {"workload.spiffe.io": "true"}
-FETCH_X509 = "/SpiffeWorkloadAPI/FetchX509SVID"
+from spire_pqc._internal.wire import FETCH_X509_SVID, SECURITY_METADATA
+
+HEADER = dict(SECURITY_METADATA)
+FETCH_X509 = FETCH_X509_SVID
 
 
 _PR_SET_DUMPABLE = 4

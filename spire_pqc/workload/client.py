@@ -38,6 +38,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal.wire import FETCH_HYBRID_SVIDS, FETCH_PQC_BUNDLES, FETCH_X509_SVID, SECURITY_METADATA
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
@@ -54,9 +55,6 @@ from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.addr import Endpoint, resolve_endpoint
 from spire_pqc.x509.load import load_der_certificates
 
-SECURITY_METADATA = {"workload.spiffe.io": "true"}
-_WORKLOAD = "/SpiffeWorkloadAPI/"
-_HYBRID = "/spire_pqc.workload.v1.HybridWorkload/"
 MAX_CHAIN = 16
 
 T = TypeVar("T")
@@ -207,7 +205,7 @@ class WorkloadClient:
         channel = self._get_channel()
         with _errors(self.endpoint):
             async with channel.request(
-                method, Cardinality.UNARY_STREAM, type(request), reply_type, metadata=SECURITY_METADATA
+                method, Cardinality.UNARY_STREAM, type(request), reply_type, metadata=dict(SECURITY_METADATA)
             ) as stream:
                 await stream.send_message(request, end=True)
                 async for reply in stream:
@@ -215,16 +213,14 @@ class WorkloadClient:
         raise UnavailableError(f"Workload API at {self.endpoint}: the server ended the stream")
 
     async def watch_x509_context(self) -> AsyncGenerator[X509Context, None]:
-        async for reply in self._watch(
-            _WORKLOAD + "FetchX509SVID", wl.X509SVIDRequest(), wl.X509SVIDResponse
-        ):
+        async for reply in self._watch(FETCH_X509_SVID, wl.X509SVIDRequest(), wl.X509SVIDResponse):
             yield parse_x509_response(reply)
 
     async def fetch_x509_context(self) -> X509Context:
         return await _first(self.watch_x509_context())
 
     async def watch_hybrid_svids(self) -> AsyncGenerator[HybridUpdate, None]:
-        method = _HYBRID + "FetchHybridSVIDs"
+        method = FETCH_HYBRID_SVIDS
         async for reply in self._watch(method, hy.HybridSVIDRequest(), hy.HybridSVIDResponse):
             yield parse_hybrid_response(reply)
 
@@ -232,7 +228,7 @@ class WorkloadClient:
         return await _first(self.watch_hybrid_svids())
 
     async def watch_pqc_bundles(self) -> AsyncGenerator[BundleSet, None]:
-        method = _HYBRID + "FetchPQCBundles"
+        method = FETCH_PQC_BUNDLES
         async for reply in self._watch(method, hy.PQCBundlesRequest(), hy.PQCBundlesResponse):
             yield parse_pqc_bundles(reply)
 

@@ -20,13 +20,14 @@ from grpclib.exceptions import GRPCError
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.spiffeid import SpiffeId
 from tests.unit.agent._support import HEADER, ME, TRUST_DOMAIN, dev_config, running_agent, short_dir
 
-FETCH = "/SpiffeWorkloadAPI/FetchJWTSVID"
-VALIDATE = "/SpiffeWorkloadAPI/ValidateJWTSVID"
+FETCH = wire.FETCH_JWT_SVID
+VALIDATE = wire.VALIDATE_JWT_SVID
 OTHER = f"spiffe://{TRUST_DOMAIN}/workload/other"
 
 

@@ -22,6 +22,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from tests.unit.agent._support import HEADER, running_agent
 
 CHILD = textwrap.dedent(
@@ -66,7 +67,7 @@ async def test_connection_of_an_exited_process_is_refused() -> None:
         channel = _SocketChannel(inherited)
         try:
             async with channel.request(
-                "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
+                wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
                 wl.X509SVIDResponse, metadata=HEADER, timeout=10,
             ) as stream:  # fmt: skip
                 await stream.send_message(wl.X509SVIDRequest(), end=True)

@@ -19,6 +19,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from spiffe import JwtSvid, SpiffeId, WorkloadApiClient
 
+from spire_pqc._internal import wire
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.server import Agent
@@ -114,7 +115,7 @@ async def test_relays_spire_svids_through_delegated_identity() -> None:
                 assert x509.load_pem_x509_certificates(bundle_pem) == spire_bundle
                 with pytest.raises(GRPCError) as info:
                     await first_reply(
-                        config.socket_path, "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs",
+                        config.socket_path, wire.FETCH_HYBRID_SVIDS,
                         hy.HybridSVIDRequest(), hy.HybridSVIDResponse, metadata=HEADER,
                     )  # fmt: skip
                 assert info.value.status is Status.UNAVAILABLE

@@ -11,6 +11,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from tests.conftest import Summary
 from tests.unit.agent._support import HEADER, ME, running_agent
 
@@ -26,7 +27,7 @@ async def test_200_watchers_all_receive_a_rotation(summary: Summary) -> None:
 
         async def watch(index: int) -> bytes:
             async with channels[index].request(
-                "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM,
+                wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM,
                 wl.X509SVIDRequest, wl.X509SVIDResponse, metadata=HEADER,
             ) as stream:  # fmt: skip
                 await stream.send_message(wl.X509SVIDRequest(), end=True)

@@ -25,6 +25,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc.bench.agentproc import AgentProcess
 from spire_pqc.bench.hostile import spawn
 
@@ -33,7 +34,7 @@ ATTACKER = 40001
 ATTACKER2 = 40002
 TRUST_DOMAIN = "example.org"
 ROOT_ID = f"spiffe://{TRUST_DOMAIN}/root-only"
-HEADER = {"workload.spiffe.io": "true"}
+HEADER = dict(wire.SECURITY_METADATA)
 
 
 def require_root() -> None:
@@ -161,7 +162,7 @@ async def fetch_on(sock: socket.socket, timeout: float = 30.0) -> tuple[str, lis
     channel = SocketChannel(sock)
     try:
         async with channel.request(
-            "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
+            wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
             wl.X509SVIDResponse, metadata=HEADER, timeout=timeout,
         ) as stream:  # fmt: skip
             await stream.send_message(wl.X509SVIDRequest(), end=True)

@@ -20,6 +20,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc.bench.agentproc import AgentProcess
 from spire_pqc.bench.hostile import fetch, result_of, spawn
 from tests.security._support import (
@@ -112,7 +113,7 @@ async def _watch_one(path: str, seconds: float) -> int:
     channel = Channel(path=path)
     try:
         async with channel.request(
-            "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
+            wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
             wl.X509SVIDResponse, metadata=HEADER, timeout=seconds + 30,
         ) as stream:  # fmt: skip
             await stream.send_message(wl.X509SVIDRequest(), end=True)

@@ -13,12 +13,13 @@ from typing import Any
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
+from spire_pqc._internal import wire
 from spire_pqc.agent.config import AgentConfig, parse
 from spire_pqc.agent.server import Agent
 
 TRUST_DOMAIN = "example.org"
 ME = f"spiffe://{TRUST_DOMAIN}/workload/me"
-HEADER = {"workload.spiffe.io": "true"}
+HEADER = dict(wire.SECURITY_METADATA)
 
 
 def short_dir() -> Path:

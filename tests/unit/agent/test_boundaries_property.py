@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.peercred import LinuxProcReader
 from spire_pqc.agent.server import Agent
@@ -53,7 +54,7 @@ async def _send_raw(path: Path, body: bytes) -> str:
     channel = Channel(path=str(path))
     try:
         async with channel.request(
-            "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
+            wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
             wl.X509SVIDResponse, metadata=HEADER, timeout=10,
         ) as stream:  # fmt: skip
             await stream.send_request()

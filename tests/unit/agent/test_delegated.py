@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2 as di
 from spire_pqc._proto.spire.api.agent.delegatedidentity.v1 import delegatedidentity_pb2_grpc as di_grpc
 from spire_pqc._proto.spire.api.types import types_pb2
@@ -125,7 +126,7 @@ async def test_relays_spire_svids_by_caller_pid_and_adds_pqc() -> None:
         assert "spire-pqc-dev" in issuer
         assert fake.requests and set(fake.requests) == {os.getpid()}  # subscribed by the caller's PID
         reply = await first_reply(
-            agent.socket_path, "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs",
+            agent.socket_path, wire.FETCH_HYBRID_SVIDS,
             hy.HybridSVIDRequest(), hy.HybridSVIDResponse,
             metadata=HEADER,
         )  # fmt: skip
@@ -148,14 +149,14 @@ async def test_spire_refusal_is_permission_denied_and_rotation_is_pushed() -> No
     server, fake, agent = await _setup(directory, os.getpid() + 100000)
     try:
         with pytest.raises(GRPCError) as info:
-            await first_reply(agent.socket_path, "/SpiffeWorkloadAPI/FetchX509SVID", wl.X509SVIDRequest(),
+            await first_reply(agent.socket_path, wire.FETCH_X509_SVID, wl.X509SVIDRequest(),
                               wl.X509SVIDResponse, metadata=HEADER)  # fmt: skip
         assert info.value.status is Status.PERMISSION_DENIED
         fake.allowed_pid = os.getpid()
         channel = Channel(path=str(agent.socket_path))
         try:
             async with channel.request(
-                "/SpiffeWorkloadAPI/FetchX509SVID", Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
+                wire.FETCH_X509_SVID, Cardinality.UNARY_STREAM, wl.X509SVIDRequest,
                 wl.X509SVIDResponse, metadata=HEADER,
             ) as stream:  # fmt: skip
                 await stream.send_message(wl.X509SVIDRequest(), end=True)

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from tests.unit.agent._support import HEADER, dev_config, first_reply, running_agent, short_dir
 
 
@@ -30,7 +31,7 @@ async def test_probes_and_metrics() -> None:
         port = agent.health.port
         assert await _get(port, "/live") == (200, "live\n")
         assert await _get(port, "/ready") == (200, "ready\n")
-        await first_reply(agent.socket_path, "/SpiffeWorkloadAPI/FetchX509SVID", wl.X509SVIDRequest(),
+        await first_reply(agent.socket_path, wire.FETCH_X509_SVID, wl.X509SVIDRequest(),
                           wl.X509SVIDResponse, metadata=HEADER)  # fmt: skip
         status, body = await _get(port, "/metrics")
         assert status == 200

@@ -17,6 +17,7 @@ from cryptography import x509
 from grpclib.exceptions import GRPCError
 
 from spire_pqc._internal import der as asn1
+from spire_pqc._internal import wire
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.config import DevSourceConfig
 from spire_pqc.agent.server import Agent
@@ -25,7 +26,7 @@ from spire_pqc.ca.request import IssueRequest, IssueResponse
 from tests.unit.agent._support import HEADER, dev_config, first_reply, short_dir
 from tests.unit.credentials.certedit import SERIAL, VERSION, Parts
 
-HYBRID = "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs"
+HYBRID = wire.FETCH_HYBRID_SVIDS
 BAD_FIELDS = {
     "version-4": (VERSION, asn1.tlv(0xA0, asn1.integer(3))),
     "serial-negative": (SERIAL, asn1.tlv(asn1.INTEGER, b"\xfe")),

@@ -11,6 +11,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from spire_pqc._internal import wire
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.config import DevSourceConfig
 from spire_pqc.agent.server import Agent
@@ -21,8 +22,8 @@ from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.client import parse_hybrid_response
 from tests.unit.agent._support import HEADER, ME, dev_config, first_reply, running_agent, short_dir
 
-HYBRID = "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs"
-PQC_BUNDLES = "/spire_pqc.workload.v1.HybridWorkload/FetchPQCBundles"
+HYBRID = wire.FETCH_HYBRID_SVIDS
+PQC_BUNDLES = wire.FETCH_PQC_BUNDLES
 
 
 @pytest.mark.asyncio
@@ -116,7 +117,7 @@ async def test_unreachable_ca_gives_unavailable_then_recovers() -> None:
         # The standard Workload API keeps working meanwhile.
         from spiffe._proto import workload_pb2 as wl
 
-        classical = await first_reply(agent.socket_path, "/SpiffeWorkloadAPI/FetchX509SVID", wl.X509SVIDRequest(),
+        classical = await first_reply(agent.socket_path, wire.FETCH_X509_SVID, wl.X509SVIDRequest(),
                                       wl.X509SVIDResponse, metadata=HEADER)  # fmt: skip
         assert classical.svids[0].spiffe_id == ME
         await asyncio.sleep(0.5)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from spire_pqc._internal import wire
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import AgentConfig
@@ -46,7 +47,7 @@ from spire_pqc.x509 import certs
 from tests.unit.agent._support import HEADER, ME, dev_config, first_reply, short_dir
 
 TD = TrustDomain("example.org")
-HYBRID = "/spire_pqc.workload.v1.HybridWorkload/FetchHybridSVIDs"
+HYBRID = wire.FETCH_HYBRID_SVIDS
 DER = serialization.Encoding.DER
 
 

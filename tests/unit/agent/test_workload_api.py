@@ -12,11 +12,12 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import wire
 from spire_pqc.agent.peercred import LinuxProcReader, ProcessStamp
 from tests.unit.agent._support import HEADER, ME, dev_config, first_reply, running_agent, short_dir
 
-SVID = "/SpiffeWorkloadAPI/FetchX509SVID"
-BUNDLES = "/SpiffeWorkloadAPI/FetchX509Bundles"
+SVID = wire.FETCH_X509_SVID
+BUNDLES = wire.FETCH_X509_BUNDLES
 
 
 @pytest.mark.asyncio
@@ -39,7 +40,7 @@ async def test_svid_and_bundle_for_the_attested_caller() -> None:
 @pytest.mark.asyncio
 async def test_missing_security_header_is_invalid_argument() -> None:
     async with running_agent() as agent:
-        for metadata in (None, {"workload.spiffe.io": "false"}):
+        for metadata in (None, {wire.SECURITY_HEADER: "false"}):
             with pytest.raises(GRPCError) as info:
                 await first_reply(
                     agent.socket_path, SVID, wl.X509SVIDRequest(), wl.X509SVIDResponse, metadata=metadata
@@ -93,7 +94,7 @@ async def test_reused_pid_is_permission_denied() -> None:
 async def test_jwt_bundles_stream_sends_the_jwks_and_checks_the_header() -> None:
     async with running_agent() as agent:
         reply = await first_reply(
-            agent.socket_path, "/SpiffeWorkloadAPI/FetchJWTBundles", wl.JWTBundlesRequest(),
+            agent.socket_path, wire.FETCH_JWT_BUNDLES, wl.JWTBundlesRequest(),
             wl.JWTBundlesResponse, metadata=HEADER,
         )  # fmt: skip
         keys = json.loads(reply.bundles["spiffe://example.org"])["keys"]
@@ -102,7 +103,7 @@ async def test_jwt_bundles_stream_sends_the_jwks_and_checks_the_header() -> None
         with pytest.raises(GRPCError) as info:
             await first_reply(
                 agent.socket_path,
-                "/SpiffeWorkloadAPI/FetchJWTBundles",
+                wire.FETCH_JWT_BUNDLES,
                 wl.JWTBundlesRequest(),
                 wl.JWTBundlesResponse,
             )
@@ -117,7 +118,7 @@ def _grpcio_status(path: object, method: str) -> grpc.StatusCode:
             response_deserializer=wl.X509SVIDResponse.FromString,
         )
         try:
-            list(call(wl.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),), timeout=10))
+            list(call(wl.X509SVIDRequest(), metadata=tuple(wire.SECURITY_METADATA.items()), timeout=10))
         except grpc.RpcError as exc:
             return exc.code()
     raise AssertionError("the call succeeded")
@@ -136,7 +137,7 @@ async def test_malformed_requests_do_not_crash_the_agent() -> None:
         # An RPC the agent does not serve (the WIT profile): grpcio clients see UNIMPLEMENTED, as the
         # specification requires of servers without that profile.
         assert await asyncio.to_thread(
-            _grpcio_status, agent.socket_path, "/SpiffeWorkloadAPI/FetchWITSVID"
+            _grpcio_status, agent.socket_path, wire.workload_method("FetchWITSVID")
         ) == (grpc.StatusCode.UNIMPLEMENTED)
         # Plain garbage on the socket.
         reader, writer = await asyncio.open_unix_connection(str(agent.socket_path))
