@@ -21,10 +21,12 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import verification
@@ -51,7 +53,7 @@ from spire_pqc.errors import (
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.x509 import certs
 from spire_pqc.x509.binding import parse_binding, verify_binding
-from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS, check_parsed
+from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS, check_parsed, load_der_certificate
 from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT, SVID_BINDING
 from spire_pqc.x509.path import verify_pqc_chain
 from spire_pqc.x509.related import parse_related_certificate, related_hash
@@ -407,6 +409,69 @@ def _is_intermediate(cert: x509.Certificate, roots: Sequence[x509.Certificate], 
 
 
 # --- the model a workload holds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class X509Svid:
+    """A classical X509-SVID (as SPIRE or the dev CA issued it): parsed chain (leaf first) and key.
+
+    The one classical SVID type: the agent's sources, the Workload API client and the CA client's
+    mutual TLS all hold this (it is not verified by construction; :func:`verify_classical_svid` is).
+    """
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes = field(repr=False)
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.chain:
+            raise MalformedCredentialError("empty X509-SVID chain", spiffe_id=str(self.spiffe_id))
+
+    @classmethod
+    def from_der(cls, spiffe_id: SpiffeId, chain: list[bytes], key_pkcs8: bytes, hint: str = "") -> X509Svid:
+        sid = str(spiffe_id)
+        try:
+            parsed = tuple(load_der_certificate(c, what=f"certificate {i}") for i, c in enumerate(chain))
+            key = serialization.load_der_private_key(key_pkcs8, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm, ParseError) as exc:
+            raise MalformedCredentialError(f"X509-SVID does not parse: {exc}", spiffe_id=sid) from exc
+        return cls(spiffe_id, parsed, key, hint)
+
+    @classmethod
+    def of(cls, chain: Sequence[x509.Certificate], key: PrivateKeyTypes, hint: str = "") -> X509Svid:
+        """An SVID whose SPIFFE ID is read from its leaf."""
+        if not chain:
+            raise MalformedCredentialError("empty X509-SVID chain")
+        return cls(spiffe_id_of(chain[0]), tuple(chain), key, hint)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def chain_der(self) -> bytes:
+        """Leaf first, concatenated DER: the Workload API ``x509_svid`` form."""
+        return b"".join(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+
+    @property
+    def chain_der_list(self) -> tuple[bytes, ...]:
+        return tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+
+    @property
+    def key_der(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def leaf_hash(self) -> bytes:
+        """Identifies this SVID (and so one PQC issuance) across callers and streams."""
+        return hashlib.sha256(self.leaf.public_bytes(serialization.Encoding.DER)).digest()
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.leaf.not_valid_after_utc
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,11 @@ from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import IssueRequest, IssueResponse
-from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
+from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, match_id
-from spire_pqc.svid import spiffe_id_of
+from spire_pqc.svid import X509Svid, spiffe_id_of
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class GrpcCAClient:
         self._channel: grpc.aio.Channel | None = None
         self._bridge: TLSBridge | None = None
         self._tls: TLSIdentity | None = None
-        self._client: ClientIdentity | None = None
+        self._client: X509Svid | None = None
         self._bundles: BundleSet | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -159,7 +159,7 @@ class GrpcCAClient:
         chain = tuple(x509.load_pem_x509_certificates(identity.chain_pem))
         key = serialization.load_pem_private_key(identity.key_pem, password=None)
         own = spiffe_id_of(chain[0])
-        self._client = ClientIdentity(chain, key)
+        self._client = X509Svid(own, chain, key)
         self._bundles = BundleSet.from_certificates(
             x509.load_pem_x509_certificates(identity.bundle_pem), trust_domain=own.trust_domain
         )
@@ -168,7 +168,7 @@ class GrpcCAClient:
             self._server_id = SpiffeId.from_parts(own.trust_domain, "/spire/server")
         self._tls = identity
 
-    def _current_client(self) -> ClientIdentity:
+    def _current_client(self) -> X509Svid:
         assert self._client is not None
         return self._client
 

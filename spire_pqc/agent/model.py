@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import MalformedCredentialError, ParseError
-from spire_pqc.spiffeid import SpiffeId, TrustDomain
-from spire_pqc.svid import HybridSvid
+from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.svid import HybridSvid, X509Svid
 from spire_pqc.x509.load import load_der_certificate
 
 _DER = serialization.Encoding.DER
@@ -34,58 +31,6 @@ class Caller:
 
 
 @dataclass(frozen=True)
-class ClassicalSvid:
-    """A workload's classical X509-SVID (as SPIRE or the dev CA issued it) with its private key."""
-
-    spiffe_id: SpiffeId
-    chain: tuple[x509.Certificate, ...]
-    key: PrivateKeyTypes = field(repr=False)
-    hint: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.chain:
-            raise MalformedCredentialError("empty X509-SVID chain", spiffe_id=str(self.spiffe_id))
-
-    @classmethod
-    def from_der(
-        cls, spiffe_id: SpiffeId, chain: list[bytes], key_pkcs8: bytes, hint: str = ""
-    ) -> ClassicalSvid:
-        sid = str(spiffe_id)
-        try:
-            certs = tuple(load_der_certificate(c, what=f"certificate {i}") for i, c in enumerate(chain))
-            key = serialization.load_der_private_key(key_pkcs8, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm, ParseError) as exc:
-            raise MalformedCredentialError(f"X509-SVID does not parse: {exc}", spiffe_id=sid) from exc
-        return cls(spiffe_id, certs, key, hint)
-
-    @property
-    def leaf(self) -> x509.Certificate:
-        return self.chain[0]
-
-    @property
-    def chain_der(self) -> bytes:
-        """Leaf first, concatenated DER: the Workload API ``x509_svid`` form."""
-        return b"".join(c.public_bytes(_DER) for c in self.chain)
-
-    @property
-    def chain_der_list(self) -> tuple[bytes, ...]:
-        return tuple(c.public_bytes(_DER) for c in self.chain)
-
-    @property
-    def key_der(self) -> bytes:
-        return self.key.private_bytes(_DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-    @property
-    def leaf_hash(self) -> bytes:
-        """Identifies this SVID (and so one PQC issuance) across callers and streams."""
-        return hashlib.sha256(self.leaf.public_bytes(_DER)).digest()
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.leaf.not_valid_after_utc
-
-
-@dataclass(frozen=True)
 class X509State:
     """What the Workload API X.509 profile serves one caller: full state, never deltas.
 
@@ -93,7 +38,7 @@ class X509State:
     domain(s) and any federated ones.
     """
 
-    svids: tuple[ClassicalSvid, ...]
+    svids: tuple[X509Svid, ...]
     bundles: Mapping[TrustDomain, bytes]
 
     def __post_init__(self) -> None:
@@ -104,7 +49,7 @@ class X509State:
 class PqcCredentials:
     """The PQC SVID and KEM certificate obtained for one classical SVID, with their node-generated keys."""
 
-    classical: ClassicalSvid
+    classical: X509Svid
     pqc_chain: tuple[bytes, ...]
     pqc_key: MLDSA65PrivateKey = field(repr=False)
     kem_chain: tuple[bytes, ...]

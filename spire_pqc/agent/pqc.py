@@ -36,7 +36,7 @@ from types import MappingProxyType
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.metrics import Metrics
-from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
+from spire_pqc.agent.model import PqcCredentials
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.agent.state import StateDirectory, StoredCredentials, restore
 from spire_pqc.ca.request import build_request
@@ -51,6 +51,7 @@ from spire_pqc.errors import (
     SpirePqcError,
 )
 from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.svid import X509Svid
 from spire_pqc.x509 import certs
 from spire_pqc.x509.load import load_der_certificate
 
@@ -62,7 +63,7 @@ _NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
 
 @dataclass
 class _Slot:
-    svid: ClassicalSvid
+    svid: X509Svid
     first_seen: float
     # The classical bundles that came with the SVID: what stored credentials are verified against.
     bundles: Mapping[TrustDomain, bytes]
@@ -107,7 +108,7 @@ class PqcProvisioner:
     def pqc_bundles(self) -> dict[TrustDomain, bytes]:
         return dict(self._bundles)
 
-    def credentials_for(self, svid: ClassicalSvid) -> PqcCredentials | None:
+    def credentials_for(self, svid: X509Svid) -> PqcCredentials | None:
         """Credentials for ``svid``, else the newest still-valid ones of the same SPIFFE ID, else None."""
         slot = self._slots.get(svid.leaf_hash)
         if slot is not None and slot.credentials is not None:
@@ -122,7 +123,7 @@ class PqcProvisioner:
         ]
         return max(fallback, key=lambda c: c.obtained) if fallback else None
 
-    def last_error(self, svid: ClassicalSvid) -> str | None:
+    def last_error(self, svid: X509Svid) -> str | None:
         slot = self._slots.get(svid.leaf_hash)
         return slot.last_error if slot is not None else None
 
@@ -139,7 +140,7 @@ class PqcProvisioner:
         now = self._clock()
         return any(s.svid.not_after > now for s in self._slots.values())
 
-    async def wait_attempted(self, svids: Sequence[ClassicalSvid], timeout: float) -> None:
+    async def wait_attempted(self, svids: Sequence[X509Svid], timeout: float) -> None:
         """Wait (at most ``timeout``) until each SVID's first issuance attempt finished."""
         events = [self._slots[s.leaf_hash].attempted for s in svids if s.leaf_hash in self._slots]
         if events:
@@ -148,9 +149,7 @@ class PqcProvisioner:
 
     # --- provisioning --------------------------------------------------------------------------
 
-    def ensure(
-        self, svids: Sequence[ClassicalSvid], bundles: Mapping[TrustDomain, bytes] = _NO_BUNDLES
-    ) -> None:
+    def ensure(self, svids: Sequence[X509Svid], bundles: Mapping[TrustDomain, bytes] = _NO_BUNDLES) -> None:
         """Start provisioning each SVID not seen before (idempotent, cheap; called on every state).
 
         ``bundles`` are the classical bundles that came with the SVIDs (to verify stored credentials).
@@ -170,7 +169,7 @@ class PqcProvisioner:
             self._supersede(svid)
         self._prune(now)
 
-    def _supersede(self, svid: ClassicalSvid) -> None:
+    def _supersede(self, svid: X509Svid) -> None:
         # Older SVIDs of the same ID that never got credentials are not worth more CA requests.
         for slot in self._slots.values():
             if (
@@ -334,7 +333,7 @@ class PqcProvisioner:
         )
 
     async def _issue_once(
-        self, svid: ClassicalSvid, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
+        self, svid: X509Svid, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
     ) -> PqcCredentials:
         now_ms = int(self._clock().timestamp() * 1000)
         request = await run_crypto(

@@ -48,12 +48,13 @@ from typing import Annotated, Literal
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
 
 from spire_pqc._internal.files import atomic_write, private_directory, read_private
-from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
+from spire_pqc.agent.model import PqcCredentials
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import ConfigError, CorruptKeyFileError, InvalidKeyError, KeyFileError, SpirePqcError
 from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.svid import X509Svid
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class StoredCredentials:
 
     @classmethod
     def pending(
-        cls, svid: ClassicalSvid, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
+        cls, svid: X509Svid, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
     ) -> StoredCredentials:
         """The keys generated for ``svid``, kept before the CA is asked to certify them."""
         return cls(str(svid.spiffe_id), svid.leaf_hash, svid.not_after, mldsa.pkcs8(), mlkem.pkcs8())
@@ -190,7 +191,7 @@ class Restored:
 
 def restore(
     record: StoredCredentials,
-    svid: ClassicalSvid,
+    svid: X509Svid,
     classical_bundles: Mapping[TrustDomain, bytes],
     *,
     at: dt.datetime,

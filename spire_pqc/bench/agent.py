@@ -34,7 +34,7 @@ from spire_pqc._internal.wire import FETCH_HYBRID_SVIDS, FETCH_X509_SVID, SECURI
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import AgentConfig, parse
-from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.agent.server import Agent
 from spire_pqc.agent.sources.dev import DevIdentitySource
@@ -43,6 +43,7 @@ from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import X509Svid
 
 HEADER = dict(SECURITY_METADATA)
 
@@ -177,7 +178,7 @@ class _SameSvids:
 
     name = "bench-same-svids"
 
-    def __init__(self, svids: tuple[ClassicalSvid, ...], bundles: dict[TrustDomain, bytes]) -> None:
+    def __init__(self, svids: tuple[X509Svid, ...], bundles: dict[TrustDomain, bytes]) -> None:
         self._state: Broadcast[X509State] = Broadcast()
         self._svids, self._bundles = svids, bundles
 
@@ -205,7 +206,7 @@ async def restart(identities: int) -> RestartResult:
             authority.classical.issue_svid(SpiffeId.parse(f"spiffe://bench.example/w/{i}"))
             for i in range(identities)
         ]
-        svids = tuple(ClassicalSvid(sid, (cert,), key) for sid, (cert, key) in zip(
+        svids = tuple(X509Svid(sid, (cert,), key) for sid, (cert, key) in zip(
             (SpiffeId.parse(f"spiffe://bench.example/w/{i}") for i in range(identities)), issued, strict=True
         ))  # fmt: skip
         bundles = {td: X509Bundle(td, [authority.classical.certificate]).to_der()}

@@ -26,10 +26,11 @@ from spire_pqc.agent.caclient import issue_request_message
 from spire_pqc.bench.spirelab import SpireServer, cleanup, free_port, short_tempdir
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import build_request
-from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
+from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.spiffeid import match_id
+from spire_pqc.svid import X509Svid
 
 AGENT_ID = "spiffe://example.org/bench/node-agent"
 
@@ -88,7 +89,7 @@ def _endpoint_latencies(server: SpireServer, port: int, requests: int) -> tuple[
             timestamp_ms=int(time.time() * 1000),
         )  # fmt: skip
         prepared.append(issue_request_message(request))
-    identity = ClientIdentity(tuple(agent_chain), agent_key)
+    identity = X509Svid.of(agent_chain, agent_key)
     bridge = TLSBridge(
         ("127.0.0.1", port), lambda: identity, lambda: bundles, match_id("spiffe://example.org/spire/server")
     )

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
 from spire_pqc.bundle import BundleSource
@@ -42,20 +40,12 @@ from spire_pqc.errors import (
     VerificationError,
 )
 from spire_pqc.spiffeid import Matcher, SpiffeId
-from spire_pqc.svid import verify_classical_svid
+from spire_pqc.svid import X509Svid, verify_classical_svid
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 _BUFFER_LIMIT = 1 << 20
-
-
-@dataclass(frozen=True)
-class ClientIdentity:
-    """The X509-SVID (leaf first) and key presented to the server."""
-
-    chain: tuple[x509.Certificate, ...]
-    key: PrivateKeyTypes
 
 
 @dataclass(frozen=True)
@@ -67,7 +57,7 @@ class VerifiedConnection:
     peer: SpiffeId
 
 
-def hybrid_client_context(identity: ClientIdentity, *, alpn: tuple[bytes, ...] = (b"h2",)) -> SSL.Context:
+def hybrid_client_context(identity: X509Svid, *, alpn: tuple[bytes, ...] = (b"h2",)) -> SSL.Context:
     """The channel's own context (:func:`~spire_pqc.channel.context.classical_context`: TLS 1.3,
     X25519MLKEM768 only, no tickets, exactly the SVID chain) offering ``alpn`` (gRPC's ``h2``); the
     server is verified by the caller after the handshake."""
@@ -79,7 +69,7 @@ def hybrid_client_context(identity: ClientIdentity, *, alpn: tuple[bytes, ...] =
 
 def connect_verified(
     address: tuple[str, int],
-    identity: ClientIdentity,
+    identity: X509Svid,
     bundles: BundleSource,
     server: Matcher,
     *,
@@ -140,7 +130,7 @@ class TLSBridge:
     def __init__(
         self,
         address: tuple[str, int],
-        identity: Callable[[], ClientIdentity],
+        identity: Callable[[], X509Svid],
         bundles: Callable[[], BundleSource],
         server: Matcher,
         *,

@@ -51,7 +51,7 @@ from spire_pqc.errors import (
     UnavailableError,
 )
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
-from spire_pqc.svid import HybridSvid
+from spire_pqc.svid import HybridSvid, X509Svid
 from spire_pqc.workload.addr import Endpoint, resolve_endpoint
 from spire_pqc.x509.load import load_der_certificates
 
@@ -61,18 +61,8 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ClassicalSvidData:
-    """One X509-SVID from the standard Workload API (parsed, not verified)."""
-
-    spiffe_id: SpiffeId
-    chain: tuple[x509.Certificate, ...]
-    key_der: bytes
-    hint: str
-
-
-@dataclass(frozen=True)
 class X509Context:
-    svids: tuple[ClassicalSvidData, ...]
+    svids: tuple[X509Svid, ...]  # parsed, not verified
     bundles: BundleSet
 
 
@@ -152,13 +142,13 @@ def parse_x509_response(message: wl.X509SVIDResponse) -> X509Context:
         spiffe_id = SpiffeId.parse(item.spiffe_id)
         chain = split_certificates(item.x509_svid, what=f"X509-SVID {index}")
         # Parsed here so a key that does not load fails at this boundary, typed, not in a consumer.
-        _classical_key(item.x509_svid_key, where=f"X509-SVID {index}", spiffe_id=item.spiffe_id)
-        svids.append(ClassicalSvidData(spiffe_id, chain, bytes(item.x509_svid_key), item.hint))
+        key = _classical_key(item.x509_svid_key, where=f"X509-SVID {index}", spiffe_id=item.spiffe_id)
+        svids.append(X509Svid(spiffe_id, chain, key, item.hint))
         bundle = _bundle(spiffe_id.trust_domain, item.bundle)
         if bundle is not None:
             bundles[spiffe_id.trust_domain] = bundle
-    for key, der in message.federated_bundles.items():
-        td = TrustDomain.parse(key)
+    for name, der in message.federated_bundles.items():
+        td = TrustDomain.parse(name)
         bundle = _bundle(td, der)
         if bundle is not None:
             bundles.setdefault(td, bundle)

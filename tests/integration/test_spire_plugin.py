@@ -25,13 +25,13 @@ from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.agent.caclient import issue_request_message
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.request import IssueRequest, build_request
-from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
+from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.keys import PasswordEncryption
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import BindingError
 from spire_pqc.spiffeid import match_id
-from spire_pqc.svid import verify_hybrid_svid, verify_svid_binding
+from spire_pqc.svid import X509Svid, verify_hybrid_svid, verify_svid_binding
 from tests.integration.spire import SpireAgent, SpireServer, cleanup, free_port, short_tempdir, spire_bin
 from tests.unit.crypto._pkcs8 import encrypted_pem, unknown_algorithm_pkcs8
 
@@ -278,7 +278,7 @@ class EndpointClient:
 def endpoint_client(server: SpireServer, caller_dir: Path) -> EndpointClient:
     chain, key = load_svid(caller_dir)
     bundles = BundleSet.from_certificates(x509.load_pem_x509_certificates(server.bundle_pem()))
-    identity = ClientIdentity(tuple(chain), key)
+    identity = X509Svid.of(chain, key)
     bridge = TLSBridge(
         ("127.0.0.1", server.endpoint_port),
         lambda: identity,

@@ -38,10 +38,11 @@ from spire_pqc._proto.spire.api.types import types_pb2
 from spire_pqc.agent.caclient import FailoverCAClient, GrpcCAClient, TLSIdentity
 from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
 from spire_pqc.agent.jwtsvid import JwtSvid
-from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.errors import AuthorizationError, SpiffeIdError, SpirePqcError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import X509Svid
 from spire_pqc.workload.client import WorkloadClient
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _rpc_error(exc: grpc.aio.AioRpcError, what: str) -> SpirePqcError:
     return UnavailableError(text)
 
 
-def parse_svids(response: di.SubscribeToX509SVIDsResponse) -> tuple[ClassicalSvid, ...]:
+def parse_svids(response: di.SubscribeToX509SVIDsResponse) -> tuple[X509Svid, ...]:
     """Delegated Identity SVIDs → domain SVIDs (skipping, with a warning, any that do not parse)."""
     svids = []
     for item in response.x509_svids:
@@ -72,7 +73,7 @@ def parse_svids(response: di.SubscribeToX509SVIDsResponse) -> tuple[ClassicalSvi
         try:
             spiffe_id = SpiffeId.from_parts(svid.id.trust_domain, svid.id.path)
             svids.append(
-                ClassicalSvid.from_der(
+                X509Svid.from_der(
                     spiffe_id, [bytes(c) for c in svid.cert_chain], bytes(item.x509_svid_key), svid.hint
                 )
             )
@@ -181,7 +182,7 @@ class DelegatedIdentitySource:
                 call.cancel()
             await asyncio.sleep(backoff.next())
 
-    def _state(self, svids: tuple[ClassicalSvid, ...], federates_with: set[TrustDomain]) -> X509State:
+    def _state(self, svids: tuple[X509Svid, ...], federates_with: set[TrustDomain]) -> X509State:
         all_bundles: Mapping[TrustDomain, bytes] = self._bundles.value or {}
         own = {s.spiffe_id.trust_domain for s in svids}
         return X509State(
@@ -283,7 +284,7 @@ class DelegatedIdentitySource:
 
     async def _next_svids(
         self, responses: AsyncIterator[di.SubscribeToX509SVIDsResponse], what: str
-    ) -> tuple[tuple[ClassicalSvid, ...], set[TrustDomain]]:
+    ) -> tuple[tuple[X509Svid, ...], set[TrustDomain]]:
         try:
             response = await anext(responses)
         except grpc.aio.AioRpcError as exc:

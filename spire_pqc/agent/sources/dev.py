@@ -32,7 +32,7 @@ from spire_pqc.agent.attestor import Attestor, matches, unix_selectors
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import DevEntry, DevSourceConfig
 from spire_pqc.agent.jwtsvid import DEFAULT_JWT_TTL, JwtSigningKey, JwtSvid, jwks_bytes
-from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority, DevClassicalCA, PQCHierarchy
@@ -41,13 +41,14 @@ from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, Pruner, open_ledger
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import X509Svid
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _State:
-    svids: Mapping[DevEntry, ClassicalSvid]
+    svids: Mapping[DevEntry, X509Svid]
     bundle_der: bytes
 
 
@@ -150,11 +151,11 @@ class DevIdentitySource:
             ca = self.classical_ca
             ttl = self._config.svid_ttl
 
-            def issue_all() -> dict[DevEntry, ClassicalSvid]:
+            def issue_all() -> dict[DevEntry, X509Svid]:
                 issued = {}
                 for entry in self._config.entries:
                     cert, key = ca.issue_svid(entry.spiffe_id, ttl=ttl)
-                    issued[entry] = ClassicalSvid(entry.spiffe_id, (cert,), key, entry.hint)
+                    issued[entry] = X509Svid(entry.spiffe_id, (cert,), key, entry.hint)
                 return issued
 
             svids = await run_crypto(issue_all)

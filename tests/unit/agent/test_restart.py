@@ -29,7 +29,7 @@ from spire_pqc._internal import wire
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import LocalCAClient
 from spire_pqc.agent.config import AgentConfig
-from spire_pqc.agent.model import Caller, ClassicalSvid, X509State
+from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.agent.server import Agent
 from spire_pqc.agent.state import SUFFIX, decode
@@ -41,6 +41,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import X509Svid
 from spire_pqc.workload.client import HybridUpdate, parse_hybrid_response
 from spire_pqc.workload.source import HybridX509Source
 from spire_pqc.x509 import certs
@@ -56,7 +57,7 @@ class SameSvidSource:
 
     name = "same-svid"
 
-    def __init__(self, authority: DevAuthority, svid: ClassicalSvid) -> None:
+    def __init__(self, authority: DevAuthority, svid: X509Svid) -> None:
         self._authority = authority
         self.svid = svid
         self._state: Broadcast[X509State] = Broadcast()
@@ -84,9 +85,9 @@ class SameSvidSource:
             yield state
 
 
-def new_svid(authority: DevAuthority, ttl: dt.timedelta = dt.timedelta(hours=1)) -> ClassicalSvid:
+def new_svid(authority: DevAuthority, ttl: dt.timedelta = dt.timedelta(hours=1)) -> X509Svid:
     cert, key = authority.classical.issue_svid(SpiffeId.parse(ME), ttl=ttl)
-    return ClassicalSvid(SpiffeId.parse(ME), (cert,), key, "me")
+    return X509Svid(SpiffeId.parse(ME), (cert,), key, "me")
 
 
 class CountingCA:
@@ -118,7 +119,7 @@ class Node:
 
     config: AgentConfig
     authority: DevAuthority
-    svid: ClassicalSvid
+    svid: X509Svid
     ca: CountingCA
 
     def agent(self) -> tuple[Agent, SameSvidSource]:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spire_pqc.agent.model import ClassicalSvid, PqcCredentials
+from spire_pqc.agent.model import PqcCredentials
 from spire_pqc.agent.state import (
     StateDirectory,
     StoredCredentials,
@@ -34,6 +34,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import ConfigError, CorruptKeyFileError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from spire_pqc.svid import X509Svid
 from spire_pqc.x509 import certs
 
 TD = TrustDomain("example.org")
@@ -43,7 +44,7 @@ WORKLOAD = SpiffeId.parse("spiffe://example.org/workload")
 @dataclasses.dataclass
 class Issued:
     authority: DevAuthority
-    svid: ClassicalSvid
+    svid: X509Svid
     credentials: PqcCredentials
 
     @property
@@ -55,7 +56,7 @@ def issue(authority: DevAuthority | None = None) -> Issued:
     """A classical SVID from a dev CA and the PQC credentials its CA issued for new keys."""
     authority = authority or DevAuthority.generate(TD)
     cert, key = authority.classical.issue_svid(WORKLOAD)
-    svid = ClassicalSvid(WORKLOAD, (cert,), key)
+    svid = X509Svid(WORKLOAD, (cert,), key)
     issuer = PQCIssuer(
         authority.hierarchy.intermediate, TD, BundleSet([X509Bundle(TD, [authority.classical.certificate])])
     )

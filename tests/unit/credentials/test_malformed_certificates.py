@@ -23,7 +23,6 @@ from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._internal import der as asn1
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
-from spire_pqc.agent.model import ClassicalSvid
 from spire_pqc.bundle import BundleSet, SpiffeBundle, X509Bundle
 from spire_pqc.channel import messages, proof
 from spire_pqc.channel.authorize import authorize_member_of
@@ -35,7 +34,7 @@ from spire_pqc.errors import (
     SpirePqcError,
     VerificationError,
 )
-from spire_pqc.svid import HybridSvid, verify_hybrid_svid
+from spire_pqc.svid import HybridSvid, X509Svid, verify_hybrid_svid
 from spire_pqc.workload.client import parse_hybrid_response, parse_pqc_bundles, parse_x509_response
 from spire_pqc.x509 import certs
 from spire_pqc.x509.path import verify_pqc_chain
@@ -374,5 +373,5 @@ def test_agent_classical_svid_from_spire_refuses_what_does_not_parse(world: Worl
     else:
         chain = [AT_LOAD[kind](m.classical_leaf, signer)]
     with pytest.raises(MalformedCredentialError, match="X509-SVID does not parse"):
-        ClassicalSvid.from_der(m.spiffe_id, chain, key)
-    assert ClassicalSvid.from_der(m.spiffe_id, [der(m.classical_leaf)], _pkcs8(m)).leaf == m.classical_leaf
+        X509Svid.from_der(m.spiffe_id, chain, key)
+    assert X509Svid.from_der(m.spiffe_id, [der(m.classical_leaf)], _pkcs8(m)).leaf == m.classical_leaf
