@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,7 @@ from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
 from spire_pqc.agent.handler import build_services
 from spire_pqc.agent.health import HealthServer
 from spire_pqc.agent.metrics import Metrics
+from spire_pqc.agent.model import X509State
 from spire_pqc.agent.peercred import PeerTracker, ProcReader
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sockets import bind_unix_socket
@@ -33,7 +35,7 @@ from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdenti
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.state import StateDirectory
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
-from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
+from spire_pqc.agent.tunnel_identity import AgentSvidSource
 from spire_pqc.bundle import X509Bundle
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
@@ -135,8 +137,9 @@ class Agent:
         return DelegatedIdentitySource(source_config)
 
     async def _build_ca_client(self, source: IdentitySource) -> CAClient:
-        if isinstance(source, DevIdentitySource):
-            return source.ca_client()
+        local = source.local_ca_client()
+        if local is not None:
+            return local
         source_config = self.config.source
         if self.config.ca is None or not isinstance(source_config, SpireSourceConfig):
             raise ConfigError("ca: no PQC CA client for this identity source")
@@ -213,14 +216,7 @@ class Agent:
         key = (spiffe_id, selectors)
         identity = self._identities.get(key)
         if identity is None:
-            source = self.source
-            watch: StateWatch
-            if isinstance(source, DevIdentitySource):
-                watch = source.watch_id
-            elif isinstance(source, DelegatedIdentitySource):
-                watch = functools.partial(source.watch_selectors, sorted(selectors))
-            else:
-                raise ConfigError(f"tunnel: the {source.name} identity source cannot serve tunnels")
+            watch = functools.partial(_watch_service, self.source, selectors=sorted(selectors))
             identity = AgentSvidSource(spiffe_id, watch, self.provisioner)
             identity.start()
             self._identities[key] = identity
@@ -294,3 +290,9 @@ class Agent:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _watch_service(
+    source: IdentitySource, spiffe_id: SpiffeId, *, selectors: list[str]
+) -> AsyncIterator[X509State]:
+    return source.watch_service(spiffe_id, selectors)

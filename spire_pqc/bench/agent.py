@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from spire_pqc.agent.state import SUFFIX, StateDirectory
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.errors import ConfigError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import X509Svid
 
@@ -195,6 +196,12 @@ class _SameSvids:
     async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
         async for state in self._state.updates():
             yield state
+
+    def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:
+        raise ConfigError("this identity source serves no tunnels")
+
+    def local_ca_client(self) -> None:
+        return None  # the agent is given its CA client
 
 
 async def restart(identities: int) -> RestartResult:

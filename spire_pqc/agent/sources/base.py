@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
+from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.model import Caller, X509State
+from spire_pqc.spiffeid import SpiffeId
 
 
 class IdentitySource(Protocol):
@@ -30,3 +32,14 @@ class IdentitySource(Protocol):
         ...
 
     def watch(self, caller: Caller) -> AsyncIterator[X509State]: ...
+
+    def local_ca_client(self) -> CAClient | None:
+        """An in-process PQC CA that comes with the source (the dev trust domain), else None: the
+        agent then uses the CA endpoint of its configuration."""
+        ...
+
+    def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:
+        """Like :meth:`watch`, for the agent itself acting as ``spiffe_id`` (its tunnels): the SVID of
+        that ID among those the source gives ``selectors`` ('type:value'; the dev source matches its
+        entries by ID). :class:`~spire_pqc.errors.ConfigError` if the source cannot serve tunnels."""
+        ...

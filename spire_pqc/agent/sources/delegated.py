@@ -226,12 +226,14 @@ class DelegatedIdentitySource:
             raise UnavailableError("waiting for the JWT bundles from the SPIRE agent")
         return value
 
+    def local_ca_client(self) -> None:
+        """SPIRE's PQC CA is the plugin's endpoint (``ca.address``), never in-process."""
+        return None
+
     def watch(self, caller: Caller) -> AsyncIterator[X509State]:
         return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
 
-    async def watch_selectors(
-        self, selectors: Sequence[str], spiffe_id: SpiffeId
-    ) -> AsyncIterator[X509State]:
+    async def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:
         """The SVID of ``spiffe_id`` among those SPIRE issues to ``selectors`` ('type:value', e.g.
         'unix:uid:1000'): the agent itself acting for a local service (its tunnels), not a caller."""
         request = di.SubscribeToX509SVIDsRequest(

@@ -106,7 +106,7 @@ class DevIdentitySource:
             raise UnavailableError("dev source not started")
         return self._jwt_key
 
-    def ca_client(self) -> LocalCAClient:
+    def local_ca_client(self) -> LocalCAClient:
         """The in-process PQC CA of this dev trust domain (checks requests like the real endpoint)."""
         if self._issuer is None:
             raise UnavailableError("dev source not started")
@@ -190,8 +190,11 @@ class DevIdentitySource:
         async for state in self._state.updates():
             yield X509State(tuple(state.svids[e] for e in entries), {td: state.bundle_der})
 
-    async def watch_id(self, spiffe_id: SpiffeId) -> AsyncIterator[X509State]:
-        """Like :meth:`watch`, for the agent itself acting as ``spiffe_id`` (its tunnels), not a caller."""
+    async def watch_service(
+        self, spiffe_id: SpiffeId, selectors: Sequence[str] = ()
+    ) -> AsyncIterator[X509State]:
+        """Like :meth:`watch`, for the agent itself acting as ``spiffe_id`` (its tunnels), not a caller;
+        dev entries are matched by SPIFFE ID, so ``selectors`` are not needed."""
         entries = [e for e in self._config.entries if e.spiffe_id == spiffe_id]
         if not entries:
             raise AuthorizationError(f"no dev entry has the SPIFFE ID {spiffe_id}")

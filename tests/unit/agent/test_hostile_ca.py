@@ -42,7 +42,7 @@ class HostileCA:
         self.bad_replies = bad_replies
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
-        response = await self.source.ca_client().issue(request)
+        response = await self.source.local_ca_client().issue(request)
         if self.bad_replies <= 0:
             return response
         self.bad_replies -= 1

@@ -88,7 +88,7 @@ class FlakyCA:
         self.attempts.append(request.mldsa_spki)
         if not self.up.is_set():
             raise UnavailableError("PQC CA unreachable (test)")
-        return await self.source.ca_client().issue(request)
+        return await self.source.local_ca_client().issue(request)
 
     async def close(self) -> None:
         return None

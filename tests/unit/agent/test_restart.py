@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.request import IssueRequest, IssueResponse
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import UnavailableError
+from spire_pqc.errors import ConfigError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import X509Svid
 from spire_pqc.workload.client import HybridUpdate, parse_hybrid_response
@@ -83,6 +83,12 @@ class SameSvidSource:
     async def watch(self, caller: Caller) -> AsyncIterator[X509State]:
         async for state in self._state.updates():
             yield state
+
+    def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:
+        raise ConfigError("this identity source serves no tunnels")
+
+    def local_ca_client(self) -> None:
+        return None  # the agent is given its CA client
 
 
 def new_svid(authority: DevAuthority, ttl: dt.timedelta = dt.timedelta(hours=1)) -> X509Svid:
