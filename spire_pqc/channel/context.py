@@ -9,10 +9,11 @@ application byte is delivered before that.
 
 Modes are negotiated with ALPN (:attr:`Mode.alpn`): a ``hybrid`` or ``pq-tls`` client offers its mode's
 protocol ID and a server of that mode selects it; a server refuses a client asking for another of our
-modes (or, in ``hybrid`` / ``pq-tls``, for anything else) with a ``no_application_protocol`` alert during
-the handshake. ``spiffe`` offers no ALPN and ignores foreign protocol IDs, like any standard SPIFFE peer.
-A peer that sends or selects no ALPN where our mode needs one (a standard SPIFFE peer facing ``hybrid``)
-is refused by :func:`check_negotiated_mode` right after the handshake, before any byte is written.
+modes (or, in ``hybrid``, for anything else) with a ``no_application_protocol`` alert during the
+handshake. ``spiffe`` offers no ALPN and ignores foreign protocol IDs, like any standard SPIFFE peer;
+``pq-tls`` also accepts peers that send or select no ALPN (plain OpenSSL ≥ 3.5). A peer that sends or
+selects no ALPN facing ``hybrid`` (a standard SPIFFE peer) is refused by :func:`check_negotiated_mode`
+right after the handshake, before any byte is written.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _alpn_selector(mode: Mode) -> _AlpnSelector:
         ours = mode.alpn
         if ours is not None and ours in offered:
             return ours
-        if ours is None and not any(p in MODE_OF_ALPN for p in offered):
+        if not mode.requires_alpn and not any(p in MODE_OF_ALPN for p in offered):
             return SSL.NO_OVERLAPPING_PROTOCOLS  # a standard client's own protocols: continue without ALPN
         # Raised inside OpenSSL's callback: OpenSSL sends no_application_protocol, pyOpenSSL re-raises it.
         raise ModeMismatchError(
@@ -140,6 +141,8 @@ def check_negotiated_mode(mode: Mode, conn: SSL.Connection, *, server_side: bool
         raise ModeMismatchError(
             f"the peer negotiated {_describe([selected])}; this side runs {mode.value} mode"
         )
+    if not mode.requires_alpn:
+        return  # a plain OpenSSL peer of pq-tls mode
     if server_side:
         raise ModeMismatchError(
             f"the client offered no ALPN: it speaks standard SPIFFE TLS (spiffe mode), not {mode.value} mode"

@@ -28,6 +28,11 @@ class Mode(StrEnum):
         """The ALPN protocol ID this mode negotiates; ``spiffe`` has none, as standard SPIFFE peers."""
         return _ALPN.get(self)
 
+    @property
+    def requires_alpn(self) -> bool:
+        """Only ``hybrid`` insists on its ALPN: ``pq-tls`` also talks to plain OpenSSL peers (no ALPN)."""
+        return self is Mode.HYBRID
+
     @classmethod
     def parse(cls, value: Mode | str) -> Mode:
         try:

@@ -58,7 +58,7 @@ def _pem_files(directory: Path, chain: tuple[Any, ...], key: Any) -> list[str]:
 async def _s_client(openssl: OpenSSLCli, port: int, cert_args: list[str]) -> str:
     process = await asyncio.create_subprocess_exec(
         str(openssl.path), "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
-        "-groups", "X25519MLKEM768", *cert_args,
+        "-groups", "X25519MLKEM768", "-alpn", "spire-pqc-hybrid/1", *cert_args,  # a hybrid-mode peer
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await asyncio.wait_for(process.communicate(b""), 60)
