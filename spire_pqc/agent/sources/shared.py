@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable
 from typing import Generic, TypeVar
 
 from spire_pqc.errors import UnavailableError
@@ -74,7 +74,7 @@ class SharedWatches(Generic[K, S]):
                 with contextlib.suppress(RuntimeError, Exception):
                     await close()
 
-    async def watch(self, key: K) -> AsyncIterator[S]:
+    async def watch(self, key: K) -> AsyncGenerator[S, None]:
         upstream = self._upstreams.get(key)
         if upstream is None:
             upstream = _Upstream()

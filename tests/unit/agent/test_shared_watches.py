@@ -88,7 +88,11 @@ async def test_a_request_that_ends_before_the_first_state_closes_the_upstream() 
     upstream = Upstream()
     shared: SharedWatches[str, int] = SharedWatches(upstream.open)
     watch = shared.watch("p")
-    task = asyncio.create_task(anext(watch))
+
+    async def first() -> int:
+        return await anext(watch)
+
+    task = asyncio.create_task(first())
     await settle()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
