@@ -22,7 +22,7 @@ from spire_pqc.channel.authorize import Authorizer
 from spire_pqc.channel.context import HYBRID_GROUP
 from spire_pqc.channel.sources import ChannelConfig, Mode
 from spire_pqc.channel.tlsproto import TlsProtocol
-from spire_pqc.crypto.aio import run_mldsa
+from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import (
     AuthorizationError,
     HandshakeError,
@@ -119,7 +119,7 @@ async def _establish(
     if config.mode is Mode.PQ_TLS:
         pqc_chain = chain
     elif config.mode is Mode.HYBRID:
-        own_proof = await run_mldsa(functools.partial(pq.make_proof, svid, exporter_value, role=role))
+        own_proof = await run_crypto(functools.partial(pq.make_proof, svid, exporter_value, role=role))
         try:
             proto.write(own_proof.encode())
         except ConnectionError as exc:
@@ -139,7 +139,7 @@ async def _verify_tls_identity(
     if config.mode is Mode.PQ_TLS:
         assert config.pqc_bundles is not None
         # ML-DSA-65 chain verification is CPU-bound: off the event loop.
-        spiffe_id, _ = await run_mldsa(functools.partial(verify_pqc_svid, chain, config.pqc_bundles, at=now))
+        spiffe_id, _ = await run_crypto(functools.partial(verify_pqc_svid, chain, config.pqc_bundles, at=now))
         return spiffe_id
     assert config.classical_bundles is not None
     return verify_classical_svid(chain, config.classical_bundles, at=now)
@@ -178,7 +178,7 @@ async def _receive_proof(
         ) from exc
     proof = pq.parse_body(body)
     peer_role = "client" if role == "server" else "server"
-    await run_mldsa(
+    await run_crypto(
         functools.partial(
             pq.verify_proof,
             proof,
