@@ -91,6 +91,7 @@ bench: venv tools
 	$(VENV)/bin/spire-pqc bench channel
 	$(VENV)/bin/spire-pqc bench tunnel
 	$(VENV)/bin/spire-pqc bench agent
+	$(VENV)/bin/spire-pqc bench agent-vs-spire
 	$(VENV)/bin/spire-pqc bench composer
 	$(VENV)/bin/spire-pqc bench ledger
 	$(VENV)/bin/spire-pqc bench soak

@@ -54,6 +54,7 @@ from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.x509 import certs
 from spire_pqc.x509.binding import parse_binding, verify_binding
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS, check_parsed, load_der_certificate
+from spire_pqc.x509.memo import PATHS
 from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT, SVID_BINDING
 from spire_pqc.x509.path import verify_pqc_chain
 from spire_pqc.x509.related import parse_related_certificate, related_hash
@@ -174,10 +175,13 @@ def verify_classical_svid(
         raise ChainError(f"classical bundle of {spiffe_id.trust_domain} is empty", spiffe_id=sid)
     # RFC 5280 path validation by cryptography's verifier, anchored in this trust domain only.
     # The SPIFFE leaf rules were checked above; EKU is optional for X509-SVIDs, so relax that policy.
+    anchors = bundle.authorities
+    if PATHS.valid(chain, anchors, when):
+        return spiffe_id  # this very chain verified against these very anchors, for a window holding `when`
     try:
         verifier = (
             verification.PolicyBuilder()
-            .store(verification.Store(list(bundle.authorities)))
+            .store(verification.Store(list(anchors)))
             .time(when)
             .extension_policies(
                 ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
@@ -185,9 +189,15 @@ def verify_classical_svid(
             )
             .build_client_verifier()
         )
-        verifier.verify(leaf, list(chain[1:]))
+        path = verifier.verify(leaf, list(chain[1:])).chain
     except verification.VerificationError as exc:
         raise ChainError(f"classical chain does not verify: {exc}", spiffe_id=sid) from exc
+    PATHS.remember(
+        chain,
+        anchors,
+        max(c.not_valid_before_utc for c in path),
+        min(c.not_valid_after_utc for c in path),
+    )
     return spiffe_id
 
 
@@ -244,7 +254,9 @@ def verify_svid_binding(
         binding = parse_binding(raw)
     except ParseError as exc:
         raise BindingError(str(exc), spiffe_id=spiffe_id) from exc
-    return verify_binding(binding, spiffe_id, certs.spki_der(classical_leaf), trusted_intermediates)
+    return verify_binding(
+        binding, spiffe_id, certs.spki_der(classical_leaf), trusted_intermediates, carrier=classical_leaf
+    )
 
 
 def verify_pqc_svid(

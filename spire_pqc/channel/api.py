@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
+import threading
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -78,19 +79,37 @@ class SecureStreamWriter(asyncio.StreamWriter):
         return self.info.mode
 
 
-class _ContextCache:
-    """One SSL.Context per (mode, SVID object): new connections use the source's current SVID."""
+class ContextCache:
+    """SSL.Contexts by (mode, SVID object), most recent first, at most ``size``.
 
-    def __init__(self, mode: Mode) -> None:
-        self._mode = mode
-        self._svid: HybridSvid | None = None
-        self._context: SSL.Context | None = None
+    Building a context loads the certificates and the private key into OpenSSL (about as much CPU
+    as the rest of a classical handshake), so each SVID gets one; a rotated SVID is a new object and
+    gets a new context, and the old one ages out. Entries hold the SVID, so an ``id`` is never reused
+    while its entry lives.
+    """
 
-    def get(self, svid: HybridSvid) -> SSL.Context:
-        if self._svid is not svid or self._context is None:
-            self._context = context_for(self._mode, svid)
-            self._svid = svid
-        return self._context
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[Mode, int], tuple[HybridSvid, SSL.Context]] = OrderedDict()
+        self._lock = threading.Lock()  # event loops in several threads may share one cache
+
+    def get(self, mode: Mode, svid: HybridSvid) -> SSL.Context:
+        key = (mode, id(svid))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is svid:
+                self._entries.move_to_end(key)
+                return entry[1]
+        context = context_for(mode, svid)
+        with self._lock:
+            self._entries[key] = (svid, context)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return context
+
+
+# The client contexts of every open_connection in this process.
+_CLIENT_CONTEXTS = ContextCache(32)
 
 
 def _streams(
@@ -117,7 +136,7 @@ async def open_connection(
     authorizer = check_authorizer(authorizer)
     config = ChannelConfig(Mode.parse(mode), source)
     svid = source.get_hybrid_svid()
-    context = context_for(config.mode, svid)
+    context = _CLIENT_CONTEXTS.get(config.mode, svid)
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(lambda: TlsProtocol(context, server_side=False), host, port)
     info = await establish(
@@ -156,7 +175,7 @@ class SecureServer:
         self._handshake_timeout = handshake_timeout
         self._proof_timeout = proof_timeout
         self._limit = limit
-        self._contexts = _ContextCache(config.mode)
+        self._contexts = ContextCache(2)  # the current SVID and the one before a rotation
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures: deque[SpirePqcError] = deque(maxlen=64)
@@ -175,7 +194,9 @@ class SecureServer:
             return _Refuse()
         slot: list[str] = []  # the peer address, once admitted into setup
         proto = TlsProtocol(
-            self._contexts.get(svid), server_side=True, admit=lambda t: self._take_slot(t, slot)
+            self._contexts.get(self._config.mode, svid),
+            server_side=True,
+            admit=lambda t: self._take_slot(t, slot),
         )
         task = asyncio.get_running_loop().create_task(self._setup(proto, svid, slot))
         self._tasks.add(task)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from OpenSSL import crypto
 
 from spire_pqc.channel import proof as pq
 from spire_pqc.channel.authorize import Authorizer
@@ -25,11 +26,14 @@ from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import (
     AuthorizationError,
     HandshakeError,
+    MalformedCredentialError,
     NoHybridGroupError,
+    ParseError,
     ProofMissingError,
 )
 from spire_pqc.spiffeid import SpiffeId
 from spire_pqc.svid import HybridSvid, verify_classical_svid, verify_pqc_svid
+from spire_pqc.x509.load import load_der_certificate
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +55,22 @@ class ConnectionInfo:
 
 
 def peer_chain(proto: TlsProtocol) -> tuple[x509.Certificate, ...]:
-    """The peer's TLS chain, leaf first (OpenSSL omits the leaf from a server's view of a client)."""
-    leaf = proto.tls.get_peer_certificate(as_cryptography=True)
-    rest = proto.tls.get_peer_cert_chain(as_cryptography=True) or []
+    """The peer's TLS chain, leaf first (OpenSSL omits the leaf from a server's view of a client).
+
+    Loaded like every certificate from outside (spire_pqc.x509.load), so a peer that presents the
+    same chain again gets the same objects, and the verification memo recognises them."""
+    leaf = proto.tls.get_peer_certificate()
+    rest = proto.tls.get_peer_cert_chain() or []
     if leaf is None:
         raise HandshakeError("the peer presented no certificate")
-    if rest and rest[0] == leaf:
-        return tuple(rest)
-    return (leaf, *rest)
+    ders = [crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in rest]
+    leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
+    if not ders or ders[0] != leaf_der:
+        ders.insert(0, leaf_der)
+    try:
+        return tuple(load_der_certificate(d, what=f"TLS certificate {i}") for i, d in enumerate(ders))
+    except ParseError as exc:
+        raise MalformedCredentialError(f"the peer's TLS chain: {exc}") from exc
 
 
 async def establish(

@@ -49,10 +49,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     channel.set_defaults(handler=_channel)
 
     tunnel = sub.add_parser(
-        "tunnel", help="agent tunnel pair vs direct TCP: MB/s, connect and round-trip latency"
+        "tunnel",
+        help="tunnel pair across two agent processes vs direct TCP: MB/s, CPU/GB, connect, round trip",
     )
     tunnel.add_argument("--megabytes", type=int, default=100)
     tunnel.set_defaults(handler=_tunnel)
+
+    versus = sub.add_parser(
+        "agent-vs-spire",
+        help="our agent beside spire-agent (real SPIRE): fetch, first response, N streams, fan-out, RSS",
+    )
+    versus.add_argument("--streams", type=int, default=500)
+    versus.add_argument("--fetches", type=int, default=100)
+    versus.add_argument(
+        "--ttl", type=int, default=20, help="X509-SVID TTL in seconds (SPIRE rotates at half)"
+    )
+    versus.set_defaults(handler=_versus)
 
     composer = sub.add_parser(
         "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
@@ -134,6 +146,15 @@ def _tunnel(args: argparse.Namespace) -> int:
     from spire_pqc.bench import tunnel as bench_tunnel
 
     print(bench_tunnel.format_report(bench_tunnel.run(megabytes=args.megabytes)))
+    return 0
+
+
+def _versus(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import versus_spire
+
+    print(
+        versus_spire.format_report(versus_spire.run(streams=args.streams, fetches=args.fetches, ttl=args.ttl))
+    )
     return 0
 
 

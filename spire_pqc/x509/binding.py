@@ -16,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from spire_pqc._internal import der
 from spire_pqc.crypto.mldsa import SIGNATURE_LEN, MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.errors import BindingError, InvalidSignatureError, ParseError
+from spire_pqc.x509.memo import MEMO
 from spire_pqc.x509.oids import ID_ML_DSA_65
 
 CONTEXT = b"spire-pqc/svid-binding/v1"
@@ -90,10 +93,14 @@ def verify_binding(
     spiffe_id: str,
     subject_public_key_info: bytes,
     trusted_intermediates: Iterable[MLDSA65PublicKey],
+    *,
+    carrier: x509.Certificate | None = None,
 ) -> MLDSA65PublicKey:
     """Verify ``binding`` under one of ``trusted_intermediates``; return the intermediate key used.
 
-    Raises BindingError saying whether the signer is unknown or the signature is wrong.
+    ``carrier`` is the certificate the binding came from: with it, a success is remembered for that
+    certificate object and key (:mod:`spire_pqc.x509.memo`). Raises BindingError saying whether the
+    signer is unknown or the signature is wrong.
     """
     by_id = {key.key_id(): key for key in trusted_intermediates}
     signer = by_id.get(binding.issuer_key_id)
@@ -102,10 +109,24 @@ def verify_binding(
             f"signed by an untrusted intermediate (issuerKeyId {binding.issuer_key_id.hex()[:16]}…)",
             spiffe_id=spiffe_id,
         )
-    try:
-        signer.verify(binding.signature, signed_message(spiffe_id, subject_public_key_info), context=CONTEXT)
-    except InvalidSignatureError as exc:
+
+    def check() -> bool:
+        try:
+            signer.verify(
+                binding.signature, signed_message(spiffe_id, subject_public_key_info), context=CONTEXT
+            )
+        except InvalidSignatureError:
+            return False
+        return True
+
+    if carrier is None:
+        ok = check()
+    else:
+        ok = MEMO.verified(
+            carrier, signer, purpose="svid-binding", expires=carrier.not_valid_after_utc, check=check
+        )
+    if not ok:
         raise BindingError(
             "ML-DSA-65 signature does not verify over this SPIFFE ID and public key", spiffe_id=spiffe_id
-        ) from exc
+        )
     return signer

@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
+from collections import OrderedDict
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -47,6 +49,15 @@ CRYPTOGRAPHY_PARSE_ERRORS: tuple[type[BaseException], ...] = (
     UserWarning,
     CryptographyDeprecationWarning,
 )
+
+#: Certificates loaded successfully, by DER bytes and key policy, most recent last. The same peer's
+#: certificates arrive on every connection and a full parse of an ML-DSA-65 certificate costs about
+#: 0.2 ms; a certificate object is immutable, so handing out the same object again changes only the
+#: cost (and lets identity-keyed caches such as :mod:`spire_pqc.x509.memo` recognise it). Failures
+#: are never kept. Bounded: at most :data:`LOADED_CACHE_SIZE` entries (a few MB at most).
+LOADED_CACHE_SIZE = 256
+_loaded: OrderedDict[tuple[bytes, bool], x509.Certificate] = OrderedDict()
+_loaded_lock = threading.Lock()
 
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
 _PEM_END = re.compile(rb"-----END ([A-Z0-9 ]{1,64})-----")
@@ -82,7 +93,25 @@ def check_parsed(cert: x509.Certificate, *, what: str, public_key: bool = True) 
 
 
 def load_der_certificate(data: bytes, *, what: str, public_key: bool = True) -> x509.Certificate:
-    """One DER certificate, fully parsed (see :func:`check_parsed`); ParseError names ``what``."""
+    """One DER certificate, fully parsed (see :func:`check_parsed`); ParseError names ``what``.
+
+    The same bytes give the same certificate object while it is in the bounded cache of loads."""
+    data = bytes(data)
+    key = (data, public_key)
+    with _loaded_lock:
+        cert = _loaded.get(key)
+        if cert is not None:
+            _loaded.move_to_end(key)
+            return cert
+    cert = _load_der_certificate(data, what=what, public_key=public_key)
+    with _loaded_lock:
+        _loaded[key] = cert
+        while len(_loaded) > LOADED_CACHE_SIZE:
+            _loaded.popitem(last=False)
+    return cert
+
+
+def _load_der_certificate(data: bytes, *, what: str, public_key: bool) -> x509.Certificate:
     try:
         serial = _serial_number(bytes(data))
     except ParseError as exc:

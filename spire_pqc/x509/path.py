@@ -38,6 +38,7 @@ from spire_pqc.errors import (
 )
 from spire_pqc.x509.certs import check_mldsa_signature, check_validity, mldsa_public_key
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS, check_parsed
+from spire_pqc.x509.memo import MEMO
 from spire_pqc.x509.oids import ML_DSA_65
 
 #: Certificates of a presented chain considered besides the leaf (extra ones are allowed, unused).
@@ -158,7 +159,13 @@ class _PathSearch:
                     "(too many candidate issuers with the same name)",
                     spiffe_id=self._spiffe_id,
                 )
-            self._signatures[memo] = check_mldsa_signature(cert, candidate.key)
+            self._signatures[memo] = MEMO.verified(
+                cert,
+                candidate.key,
+                purpose="certificate",
+                expires=cert.not_valid_after_utc,
+                check=functools.partial(check_mldsa_signature, cert, candidate.key),
+            )
             if not self._signatures[memo]:
                 self._bad_signatures.append(candidate.describe())
         return self._signatures[memo]

@@ -40,6 +40,8 @@ from spire_pqc.agent.config import CAClientConfig, SpireSourceConfig
 from spire_pqc.agent.jwtsvid import JwtSvid
 from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
+from spire_pqc.agent.peercred import LinuxProcReader
+from spire_pqc.agent.sources.shared import SharedWatches
 from spire_pqc.errors import AuthorizationError, SpiffeIdError, SpirePqcError, UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import X509Svid
@@ -116,6 +118,11 @@ class DelegatedIdentitySource:
         self._jwt_bundle_task: asyncio.Task[None] | None = None
         self._retry = (retry_initial, retry_max)
         self._closed = False
+        # One subscription per calling process, shared by its open requests (sources/shared.py).
+        self._processes: SharedWatches[tuple[int, int, int, int], X509State] = SharedWatches(
+            lambda key: self._watch(di.SubscribeToX509SVIDsRequest(pid=key[0]), f"pid {key[0]}")
+        )
+        self._proc = LinuxProcReader()
 
     @property
     def ready(self) -> bool:
@@ -148,6 +155,7 @@ class DelegatedIdentitySource:
 
     async def close(self) -> None:
         self._closed = True
+        await self._processes.close()
         for task in (self._bundle_task, self._jwt_bundle_task):
             if task is not None:
                 task.cancel()
@@ -231,7 +239,15 @@ class DelegatedIdentitySource:
         return None
 
     def watch(self, caller: Caller) -> AsyncIterator[X509State]:
-        return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
+        """The caller's SVIDs, from the subscription its process already has open, else a new one.
+
+        Keyed by the process (pid, start time, uid, gid): a recycled PID or a changed owner is
+        another key. A process whose start time cannot be read gets a subscription of its own."""
+        try:
+            starttime = self._proc.stamp(caller.pid).starttime
+        except (OSError, ValueError):
+            return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
+        return self._processes.watch((caller.pid, starttime, caller.uid, caller.gid))
 
     async def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:
         """The SVID of ``spiffe_id`` among those SPIRE issues to ``selectors`` ('type:value', e.g.
