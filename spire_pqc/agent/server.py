@@ -177,7 +177,12 @@ class Agent:
         )
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
         services = build_services(
-            self._source, self._provisioner, registry, self.metrics, first_pqc_wait=self._first_pqc_wait
+            self._source,
+            self._provisioner,
+            registry,
+            self.metrics,
+            first_pqc_wait=self._first_pqc_wait,
+            ca=self._ca_client,
         )
         server = PeerCredServer(services, registry)
         self.metrics.connections.set_function(lambda: server.connections)

@@ -39,9 +39,16 @@ from grpc_status import rpc_status
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
-from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
+from spire_pqc.errors import (
+    IssuanceError,
+    RefusalReason,
+    SpirePqcError,
+    TokenMalformedError,
+    VerificationError,
+)
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.svid import verify_classical_svid
@@ -95,6 +102,8 @@ class ServerIdentity:
     chain: tuple[x509.Certificate, ...]
     private_key_pem: bytes
     bundle: tuple[x509.Certificate, ...]
+    # The trust domain's classical JWT bundle (JWK Set): what SignJWTSVID checks tokens against.
+    jwt_bundle: bytes = b'{"keys": []}'
 
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
@@ -148,11 +157,17 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identities: _IdentityCache,
         issuer_factory: Callable[[BundleSet], PQCIssuer],
         metrics: PluginMetrics | None = None,
+        *,
+        jwt: JwtSigning | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
         self.metrics = metrics or PluginMetrics()
+        self._jwt = jwt
+
+    def _pqc_jwt_bundle(self) -> bytes:
+        return self._jwt.jwks() if self._jwt is not None else b""
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -192,6 +207,33 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_svid_chain=list(issued.response.pqc_svid_chain),
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
             pqc_bundle=list(issued.response.pqc_bundle),
+            pqc_jwt_bundle=self._pqc_jwt_bundle(),
+        )
+
+    def SignJWTSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The PQC part of a hybrid JWT-SVID. Authorised like issuance (an allowed node agent); the
+        classical token's own signature under the trust domain's JWT bundle is what authorises
+        signing its claims, so its subject need not be the caller (agents fetch for workloads)."""
+        identity = self._identities.current()
+        caller = self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
+        if self._jwt is None:
+            _refuse(context, RefusalReason.UNAVAILABLE, "this PQC CA does not sign JWT-SVIDs")
+        try:
+            token = str(request.classical_token)
+            if not token.isascii():
+                raise TokenMalformedError("the classical token is not ASCII")
+            pqc_token = self._jwt.sign(token, identity.jwt_bundle)
+        except VerificationError as exc:
+            reason = (
+                RefusalReason.MALFORMED
+                if isinstance(exc, TokenMalformedError)
+                else RefusalReason.UNTRUSTED_SVID
+            )
+            log.warning("PQC JWT signing refused for agent %s: %s", caller, exc)
+            _refuse(context, reason, str(exc), exc.spiffe_id)
+        log.info("agent %s obtained a PQC JWT-SVID part", caller)
+        return ca_pb2.SignJWTSVIDResponse(
+            pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
         )
 
     def _count_refusal(self, reason: RefusalReason) -> None:
@@ -263,7 +305,12 @@ class CAEndpoint:
                 max_ttl=config.max_pqc_ttl,
             )
 
-        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics)
+        jwt = JwtSigning(
+            config.trust_domain,
+            IntermediateSigners(config.intermediate, config.trust_domain),
+            config.pqc_roots,
+        )
+        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics, jwt=jwt)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")
         )
