@@ -55,7 +55,7 @@ class HybridJwtProvider:
 
     async def _complete(self, svid: JwtSvid, audience: str) -> ServedHybridJwt:
         signed = await self._ca.sign_jwt_svid(svid.token)
-        self._provisioner.note_ca_bundles(
+        self._provisioner.note_bundles(
             svid.spiffe_id.trust_domain, pqc_bundle=signed.pqc_bundle, pqc_jwt_bundle=signed.pqc_jwt_bundle
         )
         token = HybridJwtSvid(svid.token, signed.pqc_token)

@@ -19,7 +19,7 @@ still-valid credentials of the same SPIFFE ID. A "duplicate" refusal is final fo
 and counted once, reported to the workload, and never retried; the next classical SVID gets a new
 slot. Every new credential or bundle bumps :attr:`PqcProvisioner.changes`, which wakes the hybrid
 streams. The PQC JWT bundle of a trust domain (docs/pq-jwt.md) comes with the CA's replies like the
-PQC roots and is kept here too (:meth:`PqcProvisioner.note_ca_bundles`).
+PQC roots and is kept here too (:meth:`PqcProvisioner.note_bundles`).
 """
 
 from __future__ import annotations
@@ -114,11 +114,12 @@ class PqcProvisioner:
     def pqc_jwt_bundles(self) -> dict[TrustDomain, PqcJwtBundle]:
         return dict(self._jwt_bundles)
 
-    def note_ca_bundles(
+    def note_bundles(
         self, trust_domain: TrustDomain, *, pqc_bundle: Sequence[bytes] = (), pqc_jwt_bundle: bytes = b""
     ) -> None:
         """Keep ``trust_domain``'s PQC roots (DER) and PQC JWT bundle (JWK Set) as the CA sent them
-        beside a JWT-SVID part or an issuance (empty: not sent).
+        beside a JWT-SVID part or an issuance, or as a federated trust domain's endpoint published them
+        (empty: not sent).
 
         A JWT bundle that does not parse is logged and ignored, so the last good one stays; its keys
         are verified against the PQC roots whenever a token is validated, so it needs no trust.
@@ -376,7 +377,7 @@ class PqcProvisioner:
             )
         )
         response = await self._ca.issue(request)
-        self.note_ca_bundles(svid.spiffe_id.trust_domain, pqc_jwt_bundle=response.pqc_jwt_bundle)
+        self.note_bundles(svid.spiffe_id.trust_domain, pqc_jwt_bundle=response.pqc_jwt_bundle)
         sid = str(svid.spiffe_id)
         if not response.pqc_svid_chain or not response.kem_certificate_chain:
             raise IssuanceError("the CA returned an empty chain", reason="bad-response", spiffe_id=sid)

@@ -49,6 +49,8 @@ from spire_pqc.errors import (
     TokenMalformedError,
     VerificationError,
 )
+from spire_pqc.federation.endpoint import ServerSvid
+from spire_pqc.plugin.bundlepub import BundleEndpointThread, PqcBundlePublisher, svid_of
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.svid import verify_classical_svid
@@ -311,6 +313,21 @@ class CAEndpoint:
             config.pqc_roots,
         )
         self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics, jwt=jwt)
+        self.bundle_endpoint: BundleEndpointThread | None = None
+        if config.bundle_endpoint_address is not None:
+            publisher = PqcBundlePublisher(
+                config.trust_domain,
+                roots=lambda: config.pqc_roots,
+                signers=jwt.signers,
+                refresh_hint=max(1, int(config.bundle_endpoint_refresh_hint.total_seconds())),
+            )
+            self.bundle_endpoint = BundleEndpointThread(
+                config.bundle_endpoint_address,
+                document=publisher.document,
+                svid=self._server_svid,
+                path=config.bundle_endpoint_path,
+            )
+        self._svid: tuple[ServerIdentity, ServerSvid] | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")
         )
@@ -325,8 +342,25 @@ class CAEndpoint:
             self.ledger.close()
             raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
 
+    def _server_svid(self) -> ServerSvid:
+        """SPIRE's server SVID for the bundle endpoint (the key object kept while the identity is)."""
+        identity = self._identities.current()
+        if self._svid is None or self._svid[0] is not identity:
+            self._svid = (identity, svid_of(identity.chain, identity.private_key_pem))
+        return self._svid[1]
+
     def start(self) -> None:
         self._server.start()
+        if self.bundle_endpoint is not None:
+            try:
+                self.bundle_endpoint.start()
+            except OSError:
+                self._server.stop(0)
+                raise
+            host, port = self._config.bundle_endpoint_address or ("", 0)
+            log.info(
+                "PQC bundle endpoint listening on %s:%d%s", host, port, self._config.bundle_endpoint_path
+            )
         self._pruner.start()
         self.metrics.watch_ledger(lambda: self.ledger.available)
         log.info(
@@ -336,6 +370,8 @@ class CAEndpoint:
         )
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.bundle_endpoint is not None:
+            self.bundle_endpoint.stop()
         self._server.stop(grace).wait()
         self._pruner.stop()
         self.ledger.close()
