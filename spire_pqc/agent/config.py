@@ -752,7 +752,11 @@ class AgentFile(Table):
     ) -> Any:
         if federation and recall(info, "source.kind") == "dev":
             raise problem("the dev source has no federated trust domains; remove [federation]")
+        pqc = info.data.get("pqc")
+        static = set(pqc.federated_bundles) if isinstance(pqc, PqcTable) else set()
         for td, table in federation.items():
+            if td in static:
+                raise problem(f"{td}: also in pqc.federated_bundles; its initial_bundle replaces that file")
             if table.endpoint_spiffe_id.trust_domain != td:
                 raise problem(
                     f"{td}: endpoint_spiffe_id {table.endpoint_spiffe_id} is not in trust domain {td}"
