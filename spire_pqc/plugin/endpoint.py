@@ -36,6 +36,8 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from spire_pqc._internal.buckets import TokenBuckets
+from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
@@ -59,6 +61,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = dt.timedelta(seconds=30)
 WORKERS = 4
+#: SignJWTSVID per node agent: a sustained rate and a burst (one ML-DSA-65 signature each). Well above
+#: what a node's workloads ask for (SPIRE caches JWT-SVIDs), low enough that one agent cannot take the
+#: CA's signing capacity from the others. Beyond it: RESOURCE_EXHAUSTED, which agents retry.
+JWT_SIGN_RATE = 100.0
+JWT_SIGN_BURST = 200
 
 _STATUS_BY_REASON = {
     RefusalReason.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -161,12 +168,15 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         metrics: PluginMetrics | None = None,
         *,
         jwt: JwtSigning | None = None,
+        jwt_rate: TokenBuckets | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
         self.metrics = metrics or PluginMetrics()
         self._jwt = jwt
+        self._jwt_rate = jwt_rate or TokenBuckets(JWT_SIGN_RATE, JWT_SIGN_BURST)
+        self._log = LogLimiter()
 
     def _pqc_jwt_bundle(self) -> bytes:
         return self._jwt.jwks() if self._jwt is not None else b""
@@ -220,6 +230,15 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         caller = self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
         if self._jwt is None:
             _refuse(context, RefusalReason.UNAVAILABLE, "this PQC CA does not sign JWT-SVIDs")
+        if not self._jwt_rate.take(caller):
+            self._log.log(
+                log,
+                logging.WARNING,
+                f"jwt-rate {caller}",
+                "agent %s exceeds the JWT-SVID signing rate",
+                caller,
+            )
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{caller} exceeds the JWT-SVID signing rate")
         try:
             token = str(request.classical_token)
             if not token.isascii():

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from spire_pqc._internal.buckets import TokenBuckets
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2_grpc
 from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
 from spire_pqc.agent.jwtsvid import JwtSigningKey, jwks_bytes
@@ -44,7 +45,9 @@ class Identities:
 
 
 @contextmanager
-def endpoint(domain: Domain, policy: Policy, *, jwt: bool = True) -> Iterator[str]:
+def endpoint(
+    domain: Domain, policy: Policy, *, jwt: bool = True, rate: TokenBuckets | None = None
+) -> Iterator[str]:
     ca = domain.classical_ca
     cert, key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/spire/server"))
 
@@ -61,7 +64,14 @@ def endpoint(domain: Domain, policy: Policy, *, jwt: bool = True) -> Iterator[st
         IntermediateSigners(domain.hierarchy.intermediate, domain.trust_domain),
         (domain.hierarchy.root,),
     )
-    servicer = CAServicer(policy, Identities(domain), factory, PluginMetrics(), jwt=signing if jwt else None)  # type: ignore[arg-type]
+    servicer = CAServicer(
+        policy,  # type: ignore[arg-type]
+        Identities(domain),  # type: ignore[arg-type]
+        factory,
+        PluginMetrics(),
+        jwt=signing if jwt else None,
+        jwt_rate=rate,
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(servicer, server)
     credentials = grpc.ssl_server_credentials(
@@ -141,4 +151,15 @@ async def test_the_ca_signs_only_what_spire_signed_for_an_authorised_agent(domai
     with endpoint(domain, Policy(), jwt=False) as address:
         async with client(domain, address) as ca:
             with pytest.raises(UnavailableError, match="does not sign JWT-SVIDs"):
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+
+
+@pytest.mark.asyncio
+async def test_an_agent_beyond_the_signing_rate_is_told_to_retry(domain: Domain) -> None:
+    frozen = TokenBuckets(rate=0.001, burst=2, clock=lambda: 0.0)
+    with endpoint(domain, Policy(), rate=frozen) as address:
+        async with client(domain, address) as ca:
+            for _ in range(2):
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+            with pytest.raises(UnavailableError, match=r"RESOURCE_EXHAUSTED.*signing rate"):
                 await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
