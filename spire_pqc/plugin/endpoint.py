@@ -252,7 +252,7 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             )
             log.warning("PQC JWT signing refused for agent %s: %s", caller, exc)
             _refuse(context, reason, str(exc), exc.spiffe_id)
-        log.info("agent %s obtained a PQC JWT-SVID part", caller)
+        log.debug("agent %s obtained a PQC JWT-SVID part", caller)
         return ca_pb2.SignJWTSVIDResponse(
             pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
         )
