@@ -17,6 +17,9 @@ sends no details is understood from the status code alone. ``unavailable`` (the 
 is down) is an :class:`UnavailableError` like a transport failure: retried, never final.
 
 :class:`FailoverCAClient` spreads one agent over several endpoints (SPIRE HA, ``ca.addresses``).
+
+:class:`JwtSigningCA` is the optional second half of a CA client: ``await sign_jwt_svid(token)`` obtains
+the PQC part of a hybrid JWT-SVID (``SignJWTSVID``, docs/pq-jwt.md) with the same errors as ``issue``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, cast
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 import grpc
 import grpc.aio
@@ -39,10 +42,11 @@ from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.jwtsigning import JwtSigning
 from spire_pqc.ca.request import IssueRequest, IssueResponse
 from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.aio import run_crypto
-from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError
+from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError, VerificationError
 from spire_pqc.spiffeid import SpiffeId, match_id
 from spire_pqc.svid import X509Svid, spiffe_id_of
 
@@ -68,15 +72,56 @@ class CAClient(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalCAClient:
-    """The dev source's in-process PQC CA; the issuer's checks run off the event loop."""
+@dataclass(frozen=True)
+class SignedJwtSvid:
+    """What ``SignJWTSVID`` returns: the PQC part, the trust domain's PQC JWT bundle (JWK Set) and its
+    PQC roots (DER)."""
 
-    def __init__(self, issuer: PQCIssuer) -> None:
+    pqc_token: str = field(repr=False)
+    pqc_jwt_bundle: bytes
+    pqc_bundle: tuple[bytes, ...] = ()
+
+
+@runtime_checkable
+class JwtSigningCA(Protocol):
+    async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid: ...
+
+
+T = TypeVar("T")
+
+
+class LocalCAClient:
+    """The dev source's in-process PQC CA; the issuer's checks run off the event loop. With ``jwt``
+    (and the trust domain's classical JWT bundle) it also signs the PQC parts of JWT-SVIDs."""
+
+    def __init__(
+        self,
+        issuer: PQCIssuer,
+        *,
+        jwt: JwtSigning | None = None,
+        jwt_bundle: Callable[[], bytes] | None = None,
+    ) -> None:
         self._issuer = issuer
+        self._jwt = jwt
+        self._jwt_bundle = jwt_bundle
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         issued = await run_crypto(lambda: self._issuer.issue(request))
-        return issued.response
+        if self._jwt is None:
+            return issued.response
+        return replace(issued.response, pqc_jwt_bundle=self._jwt.jwks())
+
+    async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
+        jwt, bundle = self._jwt, self._jwt_bundle
+        if jwt is None or bundle is None:
+            raise UnavailableError("this PQC CA does not sign JWT-SVIDs")
+        try:
+            pqc = await run_crypto(lambda: jwt.sign(classical_token, bundle()))
+        except VerificationError as exc:
+            raise IssuanceError(
+                str(exc), reason=RefusalReason.UNTRUSTED_SVID, spiffe_id=exc.spiffe_id
+            ) from exc
+        return SignedJwtSvid(pqc_token=pqc, pqc_jwt_bundle=jwt.jwks(), pqc_bundle=tuple(jwt.roots_der()))
 
     async def close(self) -> None:
         return None
@@ -199,23 +244,41 @@ class GrpcCAClient:
         assert self._channel is not None
         return ca_pb2_grpc.PQCCertificateAuthorityStub(self._channel)
 
+    def _error(self, exc: grpc.aio.AioRpcError) -> SpirePqcError:
+        """A failed call as UnavailableError (retry) or IssuanceError (the CA's refusal, with reason)."""
+        code = exc.code()
+        refusal = refusal_of(exc)
+        if code in _TRANSIENT or (refusal is not None and refusal[0] is RefusalReason.UNAVAILABLE):
+            return UnavailableError(f"PQC CA {self._address}: {code.name}: {exc.details()}")
+        reason = refusal[0] if refusal is not None else _REASON_BY_STATUS.get(code, RefusalReason.REFUSED)
+        error = IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason)
+        error.spiffe_id = refusal[1] if refusal is not None else None
+        return error
+
     async def issue(self, request: IssueRequest) -> IssueResponse:
         stub = await self._stub()
         message = issue_request_message(request)
         try:
             reply = await stub.IssuePQCSVID(message, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            refusal = refusal_of(exc)
-            if code in _TRANSIENT or (refusal is not None and refusal[0] is RefusalReason.UNAVAILABLE):
-                raise UnavailableError(f"PQC CA {self._address}: {code.name}: {exc.details()}") from exc
-            reason = refusal[0] if refusal is not None else _REASON_BY_STATUS.get(code, RefusalReason.REFUSED)
-            error = IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason)
-            error.spiffe_id = refusal[1] if refusal is not None else None
-            raise error from exc
+            raise self._error(exc) from exc
         return IssueResponse(
             pqc_svid_chain=tuple(bytes(c) for c in reply.pqc_svid_chain),
             kem_certificate_chain=tuple(bytes(c) for c in reply.kem_certificate_chain),
+            pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
+            pqc_jwt_bundle=bytes(reply.pqc_jwt_bundle),
+        )
+
+    async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
+        stub = await self._stub()
+        message = ca_pb2.SignJWTSVIDRequest(classical_token=classical_token)
+        try:
+            reply = await stub.SignJWTSVID(message, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        return SignedJwtSvid(
+            pqc_token=str(reply.pqc_token),
+            pqc_jwt_bundle=bytes(reply.pqc_jwt_bundle),
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
         )
 
@@ -295,10 +358,21 @@ class FailoverCAClient:
         return sorted(self._endpoints, key=lambda e: e.retry_at if e.retry_at and e.retry_at > now else 0.0)
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
+        return await self._first(lambda client: client.issue(request))
+
+    async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
+        async def sign(client: CAClient) -> SignedJwtSvid:
+            if not isinstance(client, JwtSigningCA):
+                raise UnavailableError("this PQC CA client cannot sign JWT-SVIDs")
+            return await client.sign_jwt_svid(classical_token)
+
+        return await self._first(sign)
+
+    async def _first(self, call: Callable[[CAClient], Awaitable[T]]) -> T:
         failures = []
         for endpoint in self._order():
             try:
-                response = await endpoint.client.issue(request)
+                response = await call(endpoint.client)
             except UnavailableError as exc:
                 endpoint.retry_at = self._clock() + endpoint.backoff.next()
                 failures.append(str(exc))

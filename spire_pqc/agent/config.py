@@ -15,7 +15,7 @@ import functools
 import grp
 import pwd
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,6 +193,16 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    """A remote trust domain's PQC bundle endpoint (``[federation."<td>"]``)."""
+
+    address: tuple[str, int]
+    path: str
+    endpoint_spiffe_id: SpiffeId
+    initial_bundle: Path
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     socket_path: Path
     socket_mode: int
@@ -205,6 +215,7 @@ class AgentConfig:
     shutdown_grace: dt.timedelta
     pqc_federated_bundles: Mapping[TrustDomain, Path]
     tunnels: tuple[TunnelConfig, ...] = ()
+    federation: Mapping[TrustDomain, FederationConfig] = field(default_factory=dict)
     # Root-only directory of the workloads' PQC keys and certificates, kept across agent restarts
     # (spire_pqc.agent.state); None keeps them in memory only (programmatic use; the loader sets it).
     state_dir: Path | None = None
@@ -509,6 +520,21 @@ class PqcTable(Table):
         return retry_max
 
 
+class FederationTable(Table):
+    """``[federation."<trust domain>"]``: a remote trust domain's PQC bundle endpoint (docs/federation.md)."""
+
+    address: Address = key(doc="`host:port` of the remote trust domain's PQC bundle endpoint.")
+    path: Text = key("/", doc="the HTTP path of the bundle document there.")
+    endpoint_spiffe_id: SpiffeIdText = key(
+        doc="the SPIFFE ID the endpoint must present (`https_spiffe`: verified against the remote trust "
+        "domain's classical bundle, which SPIRE's own federation delivers)."
+    )
+    initial_bundle: AbsolutePath = key(
+        doc="PEM file of the remote trust domain's PQC root(s) to trust until the first document is "
+        "accepted; every later document must be signed under the roots trusted before it."
+    )
+
+
 class HealthTable(Table):
     listen_address: LoopbackAddress | None = key(
         None,
@@ -709,9 +735,33 @@ class AgentFile(Table):
         "has its own in-process PQC CA).",
     )
     pqc: PqcTable = key(PqcTable(), doc="PQC issuance and PQC trust.")
+    federation: dict[TrustDomainName, FederationTable] = key(
+        {},
+        doc="remote trust domains whose signed PQC bundles the agent follows (the spire source only): "
+        "fetched every `spiffe_refresh_hint`, the last good one kept on any failure (and, with "
+        "`agent.state_dir`, across restarts), changes pushed to workloads.",
+    )
     health: HealthTable = key(HealthTable(), doc="the health and metrics listener.")
     tunnel: TunnelTables = key(TunnelTables(), doc="tunnels for processes that cannot change their code.")
     limits: LimitsTable = key(LimitsTable(), doc="what one local user (uid) can make the agent hold.")
+
+    @field_validator("federation")
+    @classmethod
+    def _federation_for_spire(
+        cls, federation: dict[TrustDomain, FederationTable], info: ValidationInfo
+    ) -> Any:
+        if federation and recall(info, "source.kind") == "dev":
+            raise problem("the dev source has no federated trust domains; remove [federation]")
+        pqc = info.data.get("pqc")
+        static = set(pqc.federated_bundles) if isinstance(pqc, PqcTable) else set()
+        for td, table in federation.items():
+            if td in static:
+                raise problem(f"{td}: also in pqc.federated_bundles; its initial_bundle replaces that file")
+            if table.endpoint_spiffe_id.trust_domain != td:
+                raise problem(
+                    f"{td}: endpoint_spiffe_id {table.endpoint_spiffe_id} is not in trust domain {td}"
+                )
+        return federation
 
     @field_validator("ca")
     @classmethod
@@ -768,6 +818,10 @@ def _config(file: AgentFile) -> AgentConfig:
         health_address=file.health.listen_address,
         shutdown_grace=file.agent.shutdown_grace,
         pqc_federated_bundles=dict(file.pqc.federated_bundles),
+        federation={
+            td: FederationConfig(t.address, t.path, t.endpoint_spiffe_id, t.initial_bundle)
+            for td, t in file.federation.items()
+        },
         tunnels=tuple([_tunnel(t) for t in file.tunnel.outbound] + [_tunnel(t) for t in file.tunnel.inbound]),
         state_dir=file.agent.state_dir,
         limits=Limits(

@@ -21,6 +21,11 @@ functions build messages; the stream loops apply the Workload API rules
   and token and answers InvalidArgument with the reason when the token does not verify against the
   JWT bundle of its ``sub``'s trust domain. FetchWITSVID/FetchWITBundles are not mapped, so grpclib
   answers Unimplemented.
+* hybrid JWT-SVIDs (:mod:`spire_pqc.agent.hybridjwt`, docs/pq-jwt.md) on the extension, when the
+  identity source serves JWT-SVIDs and the CA client signs their PQC parts (else Unimplemented):
+  FetchHybridJWTSVID has FetchJWTSVID's rules; a CA that refused or sent a PQC part that does not
+  validate is Unavailable. ValidateHybridJWTSVID answers InvalidArgument with the failed check
+  (``jwt-audience: …``). FetchPQCJWTBundles streams trust domain → PQC JWT bundle (JWK Set).
 
 Message classes for the Workload API are py-spiffe's (``spiffe._proto.workload_pb2``), the only
 definition that may exist in the process (§0 item 3); the method paths are declared here because
@@ -42,10 +47,13 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from spiffe._proto import workload_pb2 as wl
 
+from spire_pqc._internal import strictjson
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._internal.wire import SECURITY_HEADER, hybrid_method, workload_method
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+from spire_pqc.agent.caclient import CAClient, JwtSigningCA
 from spire_pqc.agent.connections import ConnectionRegistry
+from spire_pqc.agent.hybridjwt import HybridJwtProvider, ServedHybridJwt
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller, PqcCredentials, X509State
@@ -54,16 +62,20 @@ from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.errors import (
     AuthorizationError,
+    IssuanceError,
     RequestRefusedError,
     SpiffeIdError,
     UnavailableError,
     VerificationError,
 )
+from spire_pqc.jwtsvid.bundle import PqcJwtBundle
+from spire_pqc.jwtsvid.hybrid import HybridJwtSvid
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
 NO_JWT = "JWT-SVIDs are not served by this identity source"
+NO_HYBRID_JWT = "hybrid JWT-SVIDs are not served: no JWT-SVIDs, or a PQC CA that cannot sign them"
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -123,6 +135,21 @@ def compose_jwt_bundles_response(bundles: Mapping[TrustDomain, bytes]) -> wl.JWT
     return response
 
 
+def compose_hybrid_jwt_response(svids: Sequence[ServedHybridJwt]) -> hy.HybridJWTSVIDResponse:
+    return hy.HybridJWTSVIDResponse(
+        svids=[
+            hy.HybridJWTSVID(
+                spiffe_id=str(s.spiffe_id), classical=s.token.classical, pqc=s.token.pqc, hint=s.hint
+            )
+            for s in svids
+        ]
+    )
+
+
+def compose_pqc_jwt_bundles_response(bundles: Mapping[TrustDomain, PqcJwtBundle]) -> hy.PQCJWTBundlesResponse:
+    return hy.PQCJWTBundlesResponse(bundles={td.name: b.to_jwks() for td, b in bundles.items()})
+
+
 def compose_hybrid_response(
     credentials: Sequence[PqcCredentials],
     classical_bundles: Mapping[TrustDomain, bytes],
@@ -173,6 +200,24 @@ def _grpc_errors() -> Iterator[None]:
         raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
     except UnavailableError as exc:
         raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+    except IssuanceError as exc:  # the PQC CA refused (hybrid JWT-SVIDs): nothing the caller can fix
+        raise GRPCError(Status.UNAVAILABLE, f"the PQC CA did not sign: {exc}") from exc
+
+
+def _audience(values: Sequence[str]) -> list[str]:
+    audience = list(values)
+    if not audience or not all(audience):
+        raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+    return audience
+
+
+def _requested_id(value: str) -> SpiffeId | None:
+    if not value:
+        return None
+    try:
+        return SpiffeId.parse(value)
+    except SpiffeIdError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
 
 
 class _Services:
@@ -186,6 +231,7 @@ class _Services:
         metrics: Metrics,
         *,
         first_pqc_wait: float = 5.0,
+        jwt_ca: JwtSigningCA | None = None,
     ) -> None:
         self.source = source
         self.provisioner = provisioner
@@ -193,6 +239,11 @@ class _Services:
         self.metrics = metrics
         self.first_pqc_wait = first_pqc_wait
         self._log = LogLimiter()
+        self.hybrid_jwt = (
+            HybridJwtProvider(source, jwt_ca, provisioner)
+            if jwt_ca is not None and isinstance(source, JwtProfile)
+            else None
+        )
 
     def guard(self, handler: StreamHandler) -> StreamHandler:
         """Every RPC: counted as a request in progress (per-uid cap, idle timer); refusals mapped."""
@@ -231,6 +282,11 @@ class _Services:
         if not isinstance(self.source, JwtProfile):
             raise GRPCError(Status.UNIMPLEMENTED, NO_JWT)
         return self.source
+
+    def hybrid_jwt_provider(self) -> HybridJwtProvider:
+        if self.hybrid_jwt is None:
+            raise GRPCError(Status.UNIMPLEMENTED, NO_HYBRID_JWT)
+        return self.hybrid_jwt
 
     def caller(self, stream: Stream[Any, Any]) -> Caller:
         """The caller, if it is still the process that connected (PermissionDenied otherwise)."""
@@ -368,15 +424,8 @@ class WorkloadAPIService:
     async def fetch_jwt_svid(self, stream: Stream[wl.JWTSVIDRequest, wl.JWTSVIDResponse]) -> None:
         caller, request = await self._s.begin_request(stream, wl.JWTSVIDRequest)
         source = self._s.jwt_source()
-        audience = list(request.audience)
-        if not audience or not all(audience):
-            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
-        spiffe_id = None
-        if request.spiffe_id:
-            try:
-                spiffe_id = SpiffeId.parse(request.spiffe_id)
-            except SpiffeIdError as exc:
-                raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
+        audience = _audience(request.audience)
+        spiffe_id = _requested_id(request.spiffe_id)
         with _grpc_errors():
             svids = await source.fetch_jwt_svids(caller, audience, spiffe_id)
         if not svids:
@@ -504,9 +553,81 @@ class HybridWorkloadService:
             not_ready=self._not_ready,
         )
 
+    async def fetch_hybrid_jwt_svid(
+        self, stream: Stream[hy.HybridJWTSVIDRequest, hy.HybridJWTSVIDResponse]
+    ) -> None:
+        caller, request = await self._s.begin_request(stream, hy.HybridJWTSVIDRequest)
+        provider = self._s.hybrid_jwt_provider()
+        audience = _audience(request.audience)
+        spiffe_id = _requested_id(request.spiffe_id)
+        with _grpc_errors():
+            svids = await provider.fetch(caller, audience, spiffe_id)
+        if not svids:
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+        self._s.caller(stream)  # the process that connected must still be the one answered
+        await stream.send_message(compose_hybrid_jwt_response(svids))
+        self._s.metrics.identities_served.labels(service="jwt").inc(len(svids))
+
+    async def validate_hybrid_jwt_svid(
+        self, stream: Stream[hy.ValidateHybridJWTSVIDRequest, hy.ValidateHybridJWTSVIDResponse]
+    ) -> None:
+        _, request = await self._s.begin_request(stream, hy.ValidateHybridJWTSVIDRequest)
+        provider = self._s.hybrid_jwt_provider()
+        if not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        if not request.classical:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the classical part must be specified")
+        try:
+            verified = await provider.validate(
+                HybridJwtSvid(request.classical, request.pqc), request.audience
+            )
+        except VerificationError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
+        claims = strictjson.dumps_compact(dict(verified.claims))
+        await stream.send_message(
+            hy.ValidateHybridJWTSVIDResponse(spiffe_id=str(verified.spiffe_id), claims_json=claims)
+        )
+
+    def _jwt_bundles(self, state: X509State) -> hy.PQCJWTBundlesResponse | None:
+        bundles = self._s.provisioner.pqc_jwt_bundles()
+        return compose_pqc_jwt_bundles_response(bundles) if bundles else None
+
+    async def fetch_pqc_jwt_bundles(
+        self, stream: Stream[hy.PQCJWTBundlesRequest, hy.PQCJWTBundlesResponse]
+    ) -> None:
+        self._s.hybrid_jwt_provider()
+        await self._s.serve(
+            stream,
+            "FetchPQCJWTBundles",
+            self._jwt_bundles,
+            request_type=hy.PQCJWTBundlesRequest,
+            service="pqc-jwt-bundles",
+            follow_pqc=True,
+            count=lambda m: 0,
+            not_ready=lambda _: "no PQC JWT bundle yet",
+        )
+
     def __mapping__(self) -> dict[str, Handler]:
         base = hybrid_method("")
         return {
+            base + "FetchHybridJWTSVID": Handler(
+                self._s.guard(self.fetch_hybrid_jwt_svid),
+                Cardinality.UNARY_UNARY,
+                hy.HybridJWTSVIDRequest,
+                hy.HybridJWTSVIDResponse,
+            ),
+            base + "ValidateHybridJWTSVID": Handler(
+                self._s.guard(self.validate_hybrid_jwt_svid),
+                Cardinality.UNARY_UNARY,
+                hy.ValidateHybridJWTSVIDRequest,
+                hy.ValidateHybridJWTSVIDResponse,
+            ),
+            base + "FetchPQCJWTBundles": Handler(
+                self._s.guard(self.fetch_pqc_jwt_bundles),
+                Cardinality.UNARY_STREAM,
+                hy.PQCJWTBundlesRequest,
+                hy.PQCJWTBundlesResponse,
+            ),
             base + "FetchHybridSVIDs": Handler(
                 self._s.guard(self.fetch_hybrid_svids),
                 Cardinality.UNARY_STREAM,
@@ -529,6 +650,10 @@ def build_services(
     metrics: Metrics,
     *,
     first_pqc_wait: float = 5.0,
+    ca: CAClient | None = None,
 ) -> list[Any]:
-    shared = _Services(source, provisioner, connections, metrics, first_pqc_wait=first_pqc_wait)
+    jwt_ca = ca if isinstance(ca, JwtSigningCA) else None
+    shared = _Services(
+        source, provisioner, connections, metrics, first_pqc_wait=first_pqc_wait, jwt_ca=jwt_ca
+    )
     return [WorkloadAPIService(shared), HybridWorkloadService(shared)]

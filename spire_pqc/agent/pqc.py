@@ -18,7 +18,8 @@ still-valid credentials of the same SPIFFE ID. A "duplicate" refusal is final fo
 (the CA certified other keys for it: they were lost, or another agent holds the SVID): it is logged
 and counted once, reported to the workload, and never retried; the next classical SVID gets a new
 slot. Every new credential or bundle bumps :attr:`PqcProvisioner.changes`, which wakes the hybrid
-streams.
+streams. The PQC JWT bundle of a trust domain (docs/pq-jwt.md) comes with the CA's replies like the
+PQC roots and is kept here too (:meth:`PqcProvisioner.note_bundles`).
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ from spire_pqc.crypto.aio import generate_mldsa65, generate_mlkem768, run_crypto
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import (
+    BundleError,
     IssuanceError,
     MalformedCredentialError,
     ParseError,
     RefusalReason,
     SpirePqcError,
 )
+from spire_pqc.jwtsvid.bundle import PqcJwtBundle
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import X509Svid
 from spire_pqc.x509 import certs
@@ -98,6 +101,7 @@ class PqcProvisioner:
         self._writes: set[asyncio.Future[None]] = set()
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
+        self._jwt_bundles: dict[TrustDomain, PqcJwtBundle] = {}
         self.changes: Broadcast[int] = Broadcast()
         if self._bundles:
             self.changes.publish(1)
@@ -107,6 +111,36 @@ class PqcProvisioner:
 
     def pqc_bundles(self) -> dict[TrustDomain, bytes]:
         return dict(self._bundles)
+
+    def pqc_jwt_bundles(self) -> dict[TrustDomain, PqcJwtBundle]:
+        return dict(self._jwt_bundles)
+
+    def note_bundles(
+        self, trust_domain: TrustDomain, *, pqc_bundle: Sequence[bytes] = (), pqc_jwt_bundle: bytes = b""
+    ) -> None:
+        """Keep ``trust_domain``'s PQC roots (DER) and PQC JWT bundle (JWK Set) as the CA sent them
+        beside a JWT-SVID part or an issuance, or as a federated trust domain's endpoint published them
+        (empty: not sent).
+
+        A JWT bundle that does not parse is logged and ignored, so the last good one stays; its keys
+        are verified against the PQC roots whenever a token is validated, so it needs no trust.
+        Streams are woken only when something changed."""
+        changed = False
+        roots = b"".join(pqc_bundle)
+        if roots and self._bundles.get(trust_domain) != roots:
+            self._bundles[trust_domain] = roots
+            changed = True
+        if pqc_jwt_bundle:
+            try:
+                bundle = PqcJwtBundle.parse(trust_domain, pqc_jwt_bundle)
+            except BundleError as exc:
+                log.warning("ignored the PQC JWT bundle of %s the CA sent: %s", trust_domain, exc)
+            else:
+                if self._jwt_bundles.get(trust_domain) != bundle:
+                    self._jwt_bundles[trust_domain] = bundle
+                    changed = True
+        if changed:
+            self.changes.publish(self.changes.version + 1)
 
     def credentials_for(self, svid: X509Svid) -> PqcCredentials | None:
         """Credentials for ``svid``, else the newest still-valid ones of the same SPIFFE ID, else None."""
@@ -342,6 +376,7 @@ class PqcProvisioner:
             )
         )
         response = await self._ca.issue(request)
+        self.note_bundles(svid.spiffe_id.trust_domain, pqc_jwt_bundle=response.pqc_jwt_bundle)
         sid = str(svid.spiffe_id)
         if not response.pqc_svid_chain or not response.kem_certificate_chain:
             raise IssuanceError("the CA returned an empty chain", reason="bad-response", spiffe_id=sid)

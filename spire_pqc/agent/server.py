@@ -23,6 +23,7 @@ from types import TracebackType
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
 from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
+from spire_pqc.agent.federation import FederationFollower, load_remotes
 from spire_pqc.agent.handler import build_services
 from spire_pqc.agent.health import HealthServer
 from spire_pqc.agent.metrics import Metrics
@@ -80,6 +81,7 @@ class Agent:
         self._health: HealthServer | None = None
         self._own: OwnIdentity | None = None
         self._provisioner: PqcProvisioner | None = None
+        self._federation: FederationFollower | None = None
         self._state: StateDirectory | None = None
         self._closing = False
         self._identities: dict[tuple[SpiffeId, frozenset[str]], AgentSvidSource] = {}
@@ -92,6 +94,11 @@ class Agent:
         if self._source is None:
             raise SpirePqcError("agent not started")
         return self._source
+
+    @property
+    def federation(self) -> FederationFollower | None:
+        """The follower of ``[federation]`` remote trust domains (None without any)."""
+        return self._federation
 
     @property
     def provisioner(self) -> PqcProvisioner:
@@ -178,9 +185,26 @@ class Agent:
             static_bundles=federated,
             state=self._state,
         )
+        if self.config.federation:
+            source = self._source
+            if not isinstance(source, DelegatedIdentitySource):
+                raise ConfigError("federation: only the spire source has federated trust domains")
+            state_dir = self.config.state_dir / "federation" if self.config.state_dir is not None else None
+            self._federation = FederationFollower(
+                load_remotes(self.config.federation),
+                self._provisioner,
+                source.x509_bundles,
+                state_dir=state_dir,
+            )
+            self._federation.start()
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
         services = build_services(
-            self._source, self._provisioner, registry, self.metrics, first_pqc_wait=self._first_pqc_wait
+            self._source,
+            self._provisioner,
+            registry,
+            self.metrics,
+            first_pqc_wait=self._first_pqc_wait,
+            ca=self._ca_client,
         )
         server = PeerCredServer(services, registry)
         self.metrics.connections.set_function(lambda: server.connections)
@@ -260,6 +284,8 @@ class Agent:
             await identity.close()
         if self._source is not None:
             await self._source.close()  # wakes every watcher; their streams end with UNAVAILABLE
+        if self._federation is not None:
+            await self._federation.close()
         if self._provisioner is not None:
             await self._provisioner.close()
         if self._own is not None:

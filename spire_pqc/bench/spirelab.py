@@ -106,6 +106,10 @@ class SpireServer:
     datastore_connection: str = ""
     # SPIRE's ca_ttl ("" keeps SPIRE's default of 24h); a short one makes SPIRE rotate its CA.
     ca_ttl: str = ""
+    # SPIRE's own federation: serve a bundle endpoint on this port and follow these trust domains
+    # (name -> (bundle endpoint URL, endpoint SPIFFE ID), https_spiffe profile).
+    federation_port: int = 0
+    federates_with: dict[str, tuple[str, str]] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -186,6 +190,37 @@ plugins {{
 """
         )
         return self.config_path
+
+    def _federation_hcl(self) -> str:
+        if not self.federation_port and not self.federates_with:
+            return ""
+        follows = "".join(
+            f"""
+        federates_with "{td}" {{
+            bundle_endpoint_url = "{url}"
+            bundle_endpoint_profile "https_spiffe" {{
+                endpoint_spiffe_id = "{endpoint_id}"
+            }}
+        }}"""
+            for td, (url, endpoint_id) in self.federates_with.items()
+        )
+        endpoint = ""
+        if self.federation_port:
+            endpoint = (
+                f'\n        bundle_endpoint {{\n            address = "127.0.0.1"\n'
+                f"            port = {self.federation_port}\n        }}"
+            )
+        return f"\n    federation {{{endpoint}{follows}\n    }}"
+
+    def bundle_spiffe(self) -> str:
+        """The trust domain's bundle in SPIFFE format (for ``bundle set`` at a federated server)."""
+        return self.cli("bundle", "show", "-format", "spiffe").stdout
+
+    def set_federated_bundle(self, trust_domain: str, spiffe_bundle: str) -> None:
+        """``bundle set``: the initial bundle of a federated trust domain (https_spiffe bootstrap)."""
+        path = self.workdir / f"federated-{trust_domain}.json"
+        path.write_text(spiffe_bundle)
+        self.cli("bundle", "set", "-format", "spiffe", "-id", f"spiffe://{trust_domain}", "-path", str(path))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

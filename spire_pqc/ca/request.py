@@ -62,6 +62,8 @@ class IssueResponse:
     pqc_svid_chain: tuple[bytes, ...]
     kem_certificate_chain: tuple[bytes, ...]
     pqc_bundle: tuple[bytes, ...]
+    # The trust domain's PQC JWT bundle (JWK Set) when the CA sends one (docs/pq-jwt.md).
+    pqc_jwt_bundle: bytes = b""
 
 
 def to_be_signed(

@@ -27,8 +27,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=200)
     ca.set_defaults(handler=_ca)
 
-    jwt = sub.add_parser("jwt", help="hybrid JWT-SVID issuance and validation vs classical (same run)")
+    jwt = sub.add_parser(
+        "jwt", help="hybrid JWT-SVID issuance, validation, agent fetch+validate vs classical (same run)"
+    )
     jwt.add_argument("--iterations", type=int, default=300)
+    jwt.add_argument(
+        "--roundtrips",
+        type=int,
+        default=100,
+        help="fetch+validate round trips on a dev agent's socket (0: none)",
+    )
     jwt.set_defaults(handler=_jwt)
 
     agent = sub.add_parser(
@@ -115,7 +123,7 @@ def _ca(args: argparse.Namespace) -> int:
 def _jwt(args: argparse.Namespace) -> int:
     from spire_pqc.bench import jwt as bench_jwt
 
-    print(bench_jwt.format_report(bench_jwt.run(iterations=args.iterations)))
+    print(bench_jwt.format_report(bench_jwt.run(iterations=args.iterations, roundtrips=args.roundtrips)))
     return 0
 
 

@@ -77,7 +77,7 @@ def _walk(model: type[Table], prefix: str, array: bool) -> Iterator[KeyDoc | Tab
     nested: list[tuple[str, FieldInfo]] = []
     for name, field in model.model_fields.items():
         annotation = unwrap(field.annotation)
-        if table_of(annotation) or _array_of_tables(annotation):
+        if table_of(annotation) or _array_of_tables(annotation) or _named_tables(annotation):
             nested.append((name, field))  # after this table's own keys, as in a TOML file
             continue
         if typing.get_origin(annotation) is dict:  # a table of names → values: `name.<key kind>`
@@ -90,11 +90,22 @@ def _walk(model: type[Table], prefix: str, array: bool) -> Iterator[KeyDoc | Tab
     for name, field in nested:
         annotation = unwrap(field.annotation)
         path = f"{prefix}.{name}" if prefix else name
+        named = _named_tables(annotation)
+        if named is not None:  # a table per name: [name."<key kind>"]
+            key_kind = _kind(typing.get_args(annotation)[0])
+            path = f'{path}."<{key_kind.name if key_kind else "name"}>"'
         item = _array_of_tables(annotation)
-        sub = item or table_of(annotation)
+        sub = item or named or table_of(annotation)
         assert sub is not None
         yield TableDoc(path, item is not None, field.description or "")
         yield from _walk(sub, path, item is not None)
+
+
+def _named_tables(annotation: Any) -> type[Table] | None:
+    """The value table of ``dict[name, SomeTable]``, else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    return table_of(typing.get_args(annotation)[1])
 
 
 def _array_of_tables(annotation: Any) -> type[Table] | None:

@@ -10,10 +10,12 @@ anyone who knows the bundle forge tokens, and ML-DSA belongs to the PQC part of 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_pqc.errors import (
     MalformedCredentialError,
@@ -49,6 +51,26 @@ def key_for(bundle: bytes, kid: str, td: TrustDomain) -> Any:
             except jwt.PyJWTError as exc:
                 raise MalformedCredentialError(f"JWT bundle key {kid!r} of {td} is unusable: {exc}") from exc
     raise TokenKeyError(f"key {kid!r} not found in the JWT bundle of {td}")
+
+
+def jwks_from_public_keys(keys: Iterable[tuple[str, bytes]]) -> bytes:
+    """A JWT bundle (JWK Set of ``jwt-svid`` keys) from ``(kid, SubjectPublicKeyInfo DER)`` pairs, the
+    form SPIRE's plugin types carry. Keys of a type no JWT-SVID algorithm here uses are left out."""
+    entries = []
+    for kid, spki in keys:
+        try:
+            key = serialization.load_der_public_key(spki)
+        except ValueError as exc:
+            raise MalformedCredentialError(f"JWT key {kid[:60]!r} does not parse: {exc}") from None
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            jwk: dict[str, Any] = jwt.algorithms.ECAlgorithm.to_jwk(key, as_dict=True)
+        elif isinstance(key, rsa.RSAPublicKey):
+            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key, as_dict=True)
+        else:
+            continue
+        jwk.update(kid=kid, use="jwt-svid")
+        entries.append(jwk)
+    return json.dumps({"keys": entries}, sort_keys=True).encode()
 
 
 def check_algorithm(alg: object, *, part: str = "classical part") -> str:

@@ -107,6 +107,10 @@ class Config:
     metrics_listen_address: tuple[str, int] | None = None
     # trusted_intermediates_path's certificates (sent with a PQC SVID whose binding a sibling made).
     sibling_intermediates: tuple[x509.Certificate, ...] = ()
+    # The signed PQC bundle endpoint (docs/federation.md): where it listens, its path, refresh hint.
+    bundle_endpoint_address: tuple[str, int] | None = None
+    bundle_endpoint_path: str = "/"
+    bundle_endpoint_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
 
     def agent_allowed(self, spiffe_id: SpiffeId) -> bool:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
@@ -145,6 +149,17 @@ Dsn = Annotated[
 ]
 EnvName = Annotated[str, checked(_env_name), Kind("variable name", "an environment variable's name")]
 OnError = Annotated[str, checked(choice(*ON_ERROR_VALUES)), Kind("policy", "`skip` or `fail`")]
+
+
+def _bundle_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 256 or not value.isprintable():
+        raise ValueError("must be an absolute HTTP path like '/' or '/pqc-bundle'")
+    if any(c in value for c in " ?#"):
+        raise ValueError("must be a plain path (no spaces, query or fragment)")
+    return value
+
+
+BundlePath = Annotated[str, checked(_bundle_path), Kind("HTTP path", "an absolute HTTP path, like `/`")]
 
 
 @dataclass
@@ -250,6 +265,19 @@ class PluginData(Table):
         None,
         shown="disabled",
         doc="loopback `host:port` serving Prometheus `/metrics` (at most 8 connections at once, 5s each).",
+    )
+    bundle_endpoint_address: Address | None = key(
+        None,
+        shown="disabled",
+        doc="`host:port` of the PQC bundle endpoint (docs/federation.md): HTTPS with the `https_spiffe` "
+        "profile (SPIRE's server SVID, TLS 1.3 with X25519MLKEM768 only) serving this trust domain's PQC "
+        "roots and PQC JWT keys as a SPIFFE bundle, signed with ML-DSA-65 by the trust-domain signer "
+        "that the intermediate certifies. Other trust domains' agents follow it; the document is public.",
+    )
+    bundle_endpoint_path: BundlePath = key("/", doc="the HTTP path the PQC bundle is served at.")
+    bundle_endpoint_refresh_hint: Duration = key(
+        dt.timedelta(minutes=5),
+        doc="`spiffe_refresh_hint` of the document: how often followers fetch it again (whole seconds).",
     )
     on_error: OnError = key(
         "skip",
@@ -455,6 +483,9 @@ def build_config(
         ledger_prune_interval=plugin_data.ledger_prune_interval,
         metrics_listen_address=plugin_data.metrics_listen_address,
         sibling_intermediates=tuple(loaded.siblings),
+        bundle_endpoint_address=plugin_data.bundle_endpoint_address,
+        bundle_endpoint_path=plugin_data.bundle_endpoint_path,
+        bundle_endpoint_refresh_hint=plugin_data.bundle_endpoint_refresh_hint,
     )
 
 

@@ -36,12 +36,23 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from spire_pqc._internal.buckets import TokenBuckets
+from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
-from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
+from spire_pqc.errors import (
+    IssuanceError,
+    RefusalReason,
+    SpirePqcError,
+    TokenMalformedError,
+    VerificationError,
+)
+from spire_pqc.federation.endpoint import ServerSvid
+from spire_pqc.plugin.bundlepub import BundleEndpointThread, PqcBundlePublisher, svid_of
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.svid import verify_classical_svid
@@ -50,6 +61,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = dt.timedelta(seconds=30)
 WORKERS = 4
+#: SignJWTSVID per node agent: a sustained rate and a burst (one ML-DSA-65 signature each). Well above
+#: what a node's workloads ask for (SPIRE caches JWT-SVIDs), low enough that one agent cannot take the
+#: CA's signing capacity from the others. Beyond it: RESOURCE_EXHAUSTED, which agents retry.
+JWT_SIGN_RATE = 100.0
+JWT_SIGN_BURST = 200
 
 _STATUS_BY_REASON = {
     RefusalReason.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -95,6 +111,8 @@ class ServerIdentity:
     chain: tuple[x509.Certificate, ...]
     private_key_pem: bytes
     bundle: tuple[x509.Certificate, ...]
+    # The trust domain's classical JWT bundle (JWK Set): what SignJWTSVID checks tokens against.
+    jwt_bundle: bytes = b'{"keys": []}'
 
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
@@ -148,11 +166,20 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identities: _IdentityCache,
         issuer_factory: Callable[[BundleSet], PQCIssuer],
         metrics: PluginMetrics | None = None,
+        *,
+        jwt: JwtSigning | None = None,
+        jwt_rate: TokenBuckets | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
         self.metrics = metrics or PluginMetrics()
+        self._jwt = jwt
+        self._jwt_rate = jwt_rate or TokenBuckets(JWT_SIGN_RATE, JWT_SIGN_BURST)
+        self._log = LogLimiter()
+
+    def _pqc_jwt_bundle(self) -> bytes:
+        return self._jwt.jwks() if self._jwt is not None else b""
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -192,6 +219,42 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_svid_chain=list(issued.response.pqc_svid_chain),
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
             pqc_bundle=list(issued.response.pqc_bundle),
+            pqc_jwt_bundle=self._pqc_jwt_bundle(),
+        )
+
+    def SignJWTSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The PQC part of a hybrid JWT-SVID. Authorised like issuance (an allowed node agent); the
+        classical token's own signature under the trust domain's JWT bundle is what authorises
+        signing its claims, so its subject need not be the caller (agents fetch for workloads)."""
+        identity = self._identities.current()
+        caller = self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
+        if self._jwt is None:
+            _refuse(context, RefusalReason.UNAVAILABLE, "this PQC CA does not sign JWT-SVIDs")
+        if not self._jwt_rate.take(caller):
+            self._log.log(
+                log,
+                logging.WARNING,
+                f"jwt-rate {caller}",
+                "agent %s exceeds the JWT-SVID signing rate",
+                caller,
+            )
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{caller} exceeds the JWT-SVID signing rate")
+        try:
+            token = str(request.classical_token)
+            if not token.isascii():
+                raise TokenMalformedError("the classical token is not ASCII")
+            pqc_token = self._jwt.sign(token, identity.jwt_bundle)
+        except VerificationError as exc:
+            reason = (
+                RefusalReason.MALFORMED
+                if isinstance(exc, TokenMalformedError)
+                else RefusalReason.UNTRUSTED_SVID
+            )
+            log.warning("PQC JWT signing refused for agent %s: %s", caller, exc)
+            _refuse(context, reason, str(exc), exc.spiffe_id)
+        log.debug("agent %s obtained a PQC JWT-SVID part", caller)
+        return ca_pb2.SignJWTSVIDResponse(
+            pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
         )
 
     def _count_refusal(self, reason: RefusalReason) -> None:
@@ -263,7 +326,27 @@ class CAEndpoint:
                 max_ttl=config.max_pqc_ttl,
             )
 
-        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics)
+        jwt = JwtSigning(
+            config.trust_domain,
+            IntermediateSigners(config.intermediate, config.trust_domain),
+            config.pqc_roots,
+        )
+        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics, jwt=jwt)
+        self.bundle_endpoint: BundleEndpointThread | None = None
+        if config.bundle_endpoint_address is not None:
+            publisher = PqcBundlePublisher(
+                config.trust_domain,
+                roots=lambda: config.pqc_roots,
+                signers=jwt.signers,
+                refresh_hint=max(1, int(config.bundle_endpoint_refresh_hint.total_seconds())),
+            )
+            self.bundle_endpoint = BundleEndpointThread(
+                config.bundle_endpoint_address,
+                document=publisher.document,
+                svid=self._server_svid,
+                path=config.bundle_endpoint_path,
+            )
+        self._svid: tuple[ServerIdentity, ServerSvid] | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")
         )
@@ -278,8 +361,25 @@ class CAEndpoint:
             self.ledger.close()
             raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
 
+    def _server_svid(self) -> ServerSvid:
+        """SPIRE's server SVID for the bundle endpoint (the key object kept while the identity is)."""
+        identity = self._identities.current()
+        if self._svid is None or self._svid[0] is not identity:
+            self._svid = (identity, svid_of(identity.chain, identity.private_key_pem))
+        return self._svid[1]
+
     def start(self) -> None:
         self._server.start()
+        if self.bundle_endpoint is not None:
+            try:
+                self.bundle_endpoint.start()
+            except OSError:
+                self._server.stop(0)
+                raise
+            host, port = self._config.bundle_endpoint_address or ("", 0)
+            log.info(
+                "PQC bundle endpoint listening on %s:%d%s", host, port, self._config.bundle_endpoint_path
+            )
         self._pruner.start()
         self.metrics.watch_ledger(lambda: self.ledger.available)
         log.info(
@@ -289,6 +389,8 @@ class CAEndpoint:
         )
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.bundle_endpoint is not None:
+            self.bundle_endpoint.stop()
         self._server.stop(grace).wait()
         self._pruner.stop()
         self.ledger.close()

@@ -228,6 +228,10 @@ class DelegatedIdentitySource:
         async for bundles in self._jwt_bundles.updates():
             yield bundles
 
+    def x509_bundles(self) -> Mapping[TrustDomain, bytes]:
+        """The latest classical X.509 bundles from SPIRE (its own and federated trust domains, DER)."""
+        return self._bundles.value or {}
+
     def jwt_bundles(self) -> Mapping[TrustDomain, bytes]:
         value = self._jwt_bundles.value
         if value is None:

@@ -37,6 +37,7 @@ from spire_pqc.agent.notify import Broadcast
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority, DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
 from spire_pqc.ca.ledger import MEMORY, IssuanceLedger, Pruner, open_ledger
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import AuthorizationError, UnavailableError
@@ -74,6 +75,7 @@ class DevIdentitySource:
         self._ca: DevClassicalCA | None = None
         self._hierarchy: PQCHierarchy | None = None
         self._issuer: PQCIssuer | None = None
+        self._jwt_signing: JwtSigning | None = None
         # Where the in-process PQC CA's issuance ledger lives (default: in memory); its expired
         # entries are pruned in the background so memory stays flat under rotation.
         self._ledger_dsn = ledger_dsn
@@ -108,9 +110,12 @@ class DevIdentitySource:
 
     def local_ca_client(self) -> LocalCAClient:
         """The in-process PQC CA of this dev trust domain (checks requests like the real endpoint)."""
-        if self._issuer is None:
+        if self._issuer is None or self._jwt_signing is None:
             raise UnavailableError("dev source not started")
-        return LocalCAClient(self._issuer)
+        td = self._config.trust_domain
+        return LocalCAClient(
+            self._issuer, jwt=self._jwt_signing, jwt_bundle=lambda: self.jwt_bundles().get(td, b"")
+        )
 
     async def start(self) -> None:
         td = self._config.trust_domain
@@ -126,6 +131,8 @@ class DevIdentitySource:
         self._pruner = Pruner(self._ledger, interval=max(self._config.svid_ttl.total_seconds() / 2, 1.0))
         self._pruner.start()
         self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles, ledger=self._ledger)
+        signers = await run_crypto(lambda: IntermediateSigners(hierarchy.intermediate, td))
+        self._jwt_signing = JwtSigning(td, signers, (hierarchy.root,))
         self._jwt_key = JwtSigningKey.from_key(authority.jwt_key)
         self._jwt_bundles.publish({td: jwks_bytes([self._jwt_key.public_jwk()])})
         where = f"kept in {ca_dir}" if ca_dir is not None else "in memory only"

@@ -221,3 +221,54 @@ def test_hostile_files_are_configuration_errors(tmp_path: Path, text: str, why: 
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(why)):
         load(path)
+
+
+def _spire(**extra: Any) -> dict[str, Any]:
+    return {
+        "agent": {"socket_path": "/run/spire-pqc/agent.sock"},
+        "source": {
+            "kind": "spire",
+            "spire": {"admin_socket_path": "/run/a.sock", "workload_socket_path": "/run/w.sock"},
+        },
+        "ca": {"address": "127.0.0.1:8443"},
+        **extra,
+    }
+
+
+FEDERATION = {
+    "address": "spire.partner.example:8444",
+    "endpoint_spiffe_id": "spiffe://partner.example/spire/server",
+    "initial_bundle": "/etc/spire-pqc/partner-root.pem",
+}
+
+
+def test_federation_tables_are_configured_and_checked() -> None:
+    config = parse(_spire(federation={"partner.example": FEDERATION}))
+    (td, fed), *_ = config.federation.items()
+    assert (td.name, fed.address, fed.path, str(fed.endpoint_spiffe_id)) == (
+        "partner.example", ("spire.partner.example", 8444), "/", "spiffe://partner.example/spire/server"
+    )  # fmt: skip
+    cases = {
+        "endpoint of another trust domain": (
+            _spire(federation={"partner.example": {**FEDERATION, "endpoint_spiffe_id": "spiffe://other.example/x"}}),
+            "federation: partner.example: endpoint_spiffe_id spiffe://other.example/x is not in trust domain",
+        ),
+        "also a static file": (
+            _spire(federation={"partner.example": FEDERATION},
+                   pqc={"federated_bundles": {"partner.example": "/etc/p.pem"}}),
+            "federation: partner.example: also in pqc.federated_bundles",
+        ),
+        "dev source": (
+            {"agent": {"socket_path": "/run/x.sock"}, "federation": {"partner.example": FEDERATION},
+             "source": {"kind": "dev", "dev": {"trust_domain": "example.org", "entries": []}}},
+            "federation: the dev source has no federated trust domains",
+        ),
+        "missing keys": (
+            _spire(federation={"partner.example": {"address": "h:1"}}),
+            "federation.partner.example.endpoint_spiffe_id",
+        ),
+    }  # fmt: skip
+    for name, (document, expected) in cases.items():
+        with pytest.raises(ConfigError) as info:
+            parse(document)
+        assert any(expected in p for p in info.value.problems), (name, info.value.problems)

@@ -51,14 +51,32 @@ class IssuePQCSVIDRequest(_message.Message):
     def __init__(self, classical_svid_chain: _Optional[_Iterable[bytes]] = ..., mldsa65_public_key: _Optional[bytes] = ..., mlkem768_public_key: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., classical_proof: _Optional[bytes] = ..., mldsa_proof: _Optional[bytes] = ...) -> None: ...
 
 class IssuePQCSVIDResponse(_message.Message):
-    __slots__ = ("pqc_svid_chain", "kem_certificate_chain", "pqc_bundle")
+    __slots__ = ("pqc_svid_chain", "kem_certificate_chain", "pqc_bundle", "pqc_jwt_bundle")
     PQC_SVID_CHAIN_FIELD_NUMBER: _ClassVar[int]
     KEM_CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
     PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PQC_JWT_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     pqc_svid_chain: _containers.RepeatedScalarFieldContainer[bytes]
     kem_certificate_chain: _containers.RepeatedScalarFieldContainer[bytes]
     pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    pqc_jwt_bundle: bytes
+    def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., pqc_jwt_bundle: _Optional[bytes] = ...) -> None: ...
+
+class SignJWTSVIDRequest(_message.Message):
+    __slots__ = ("classical_token",)
+    CLASSICAL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    classical_token: str
+    def __init__(self, classical_token: _Optional[str] = ...) -> None: ...
+
+class SignJWTSVIDResponse(_message.Message):
+    __slots__ = ("pqc_token", "pqc_jwt_bundle", "pqc_bundle")
+    PQC_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PQC_JWT_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    pqc_token: str
+    pqc_jwt_bundle: bytes
+    pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, pqc_token: _Optional[str] = ..., pqc_jwt_bundle: _Optional[bytes] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class IssuanceRefusal(_message.Message):
     __slots__ = ("reason", "spiffe_id")

@@ -65,3 +65,64 @@ class PQCBundlesResponse(_message.Message):
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
     bundles: _containers.ScalarMap[str, bytes]
     def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class HybridJWTSVIDRequest(_message.Message):
+    __slots__ = ("audience", "spiffe_id")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    audience: _containers.RepeatedScalarFieldContainer[str]
+    spiffe_id: str
+    def __init__(self, audience: _Optional[_Iterable[str]] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
+
+class HybridJWTSVID(_message.Message):
+    __slots__ = ("spiffe_id", "classical", "pqc", "hint")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_FIELD_NUMBER: _ClassVar[int]
+    PQC_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    classical: str
+    pqc: str
+    hint: str
+    def __init__(self, spiffe_id: _Optional[str] = ..., classical: _Optional[str] = ..., pqc: _Optional[str] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class HybridJWTSVIDResponse(_message.Message):
+    __slots__ = ("svids",)
+    SVIDS_FIELD_NUMBER: _ClassVar[int]
+    svids: _containers.RepeatedCompositeFieldContainer[HybridJWTSVID]
+    def __init__(self, svids: _Optional[_Iterable[_Union[HybridJWTSVID, _Mapping]]] = ...) -> None: ...
+
+class ValidateHybridJWTSVIDRequest(_message.Message):
+    __slots__ = ("audience", "classical", "pqc")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_FIELD_NUMBER: _ClassVar[int]
+    PQC_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    classical: str
+    pqc: str
+    def __init__(self, audience: _Optional[str] = ..., classical: _Optional[str] = ..., pqc: _Optional[str] = ...) -> None: ...
+
+class ValidateHybridJWTSVIDResponse(_message.Message):
+    __slots__ = ("spiffe_id", "claims_json")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    claims_json: bytes
+    def __init__(self, spiffe_id: _Optional[str] = ..., claims_json: _Optional[bytes] = ...) -> None: ...
+
+class PQCJWTBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PQCJWTBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    class BundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.ScalarMap[str, bytes]
+    def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

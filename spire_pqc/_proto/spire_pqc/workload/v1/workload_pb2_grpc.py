@@ -44,6 +44,21 @@ class HybridWorkloadStub:
                 request_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesRequest.SerializeToString,
                 response_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesResponse.FromString,
                 _registered_method=True)
+        self.FetchHybridJWTSVID = channel.unary_unary(
+                '/spire_pqc.workload.v1.HybridWorkload/FetchHybridJWTSVID',
+                request_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDRequest.SerializeToString,
+                response_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDResponse.FromString,
+                _registered_method=True)
+        self.ValidateHybridJWTSVID = channel.unary_unary(
+                '/spire_pqc.workload.v1.HybridWorkload/ValidateHybridJWTSVID',
+                request_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDRequest.SerializeToString,
+                response_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDResponse.FromString,
+                _registered_method=True)
+        self.FetchPQCJWTBundles = channel.unary_stream(
+                '/spire_pqc.workload.v1.HybridWorkload/FetchPQCJWTBundles',
+                request_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesRequest.SerializeToString,
+                response_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class HybridWorkloadServicer:
@@ -61,6 +76,24 @@ class HybridWorkloadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchHybridJWTSVID(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateHybridJWTSVID(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPQCJWTBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HybridWorkloadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +106,21 @@ def add_HybridWorkloadServicer_to_server(servicer, server):
                     servicer.FetchPQCBundles,
                     request_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesRequest.FromString,
                     response_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesResponse.SerializeToString,
+            ),
+            'FetchHybridJWTSVID': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchHybridJWTSVID,
+                    request_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDRequest.FromString,
+                    response_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDResponse.SerializeToString,
+            ),
+            'ValidateHybridJWTSVID': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateHybridJWTSVID,
+                    request_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDRequest.FromString,
+                    response_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDResponse.SerializeToString,
+            ),
+            'FetchPQCJWTBundles': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPQCJWTBundles,
+                    request_deserializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesRequest.FromString,
+                    response_serializer=spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +177,87 @@ class HybridWorkload:
             '/spire_pqc.workload.v1.HybridWorkload/FetchPQCBundles',
             spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesRequest.SerializeToString,
             spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchHybridJWTSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spire_pqc.workload.v1.HybridWorkload/FetchHybridJWTSVID',
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDRequest.SerializeToString,
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.HybridJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateHybridJWTSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spire_pqc.workload.v1.HybridWorkload/ValidateHybridJWTSVID',
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDRequest.SerializeToString,
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.ValidateHybridJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPQCJWTBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spire_pqc.workload.v1.HybridWorkload/FetchPQCJWTBundles',
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesRequest.SerializeToString,
+            spire__pqc_dot_workload_dot_v1_dot_workload__pb2.PQCJWTBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,18 +29,27 @@ class HybridWorkloadStub:
     def __new__(cls, channel: grpc.aio.Channel) -> HybridWorkloadAsyncStub: ...
     FetchHybridSVIDs: grpc.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.HybridSVIDRequest, _spire_pqc_workload_v1_workload_pb2.HybridSVIDResponse]
     FetchPQCBundles: grpc.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.PQCBundlesRequest, _spire_pqc_workload_v1_workload_pb2.PQCBundlesResponse]
+    FetchHybridJWTSVID: grpc.UnaryUnaryMultiCallable[_spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDRequest, _spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDResponse]
+    ValidateHybridJWTSVID: grpc.UnaryUnaryMultiCallable[_spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDRequest, _spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDResponse]
+    FetchPQCJWTBundles: grpc.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesRequest, _spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesResponse]
 
 class HybridWorkloadAsyncStub:
     """Type-only: what HybridWorkloadStub(grpc.aio.Channel) returns."""
 
     FetchHybridSVIDs: grpc.aio.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.HybridSVIDRequest, _spire_pqc_workload_v1_workload_pb2.HybridSVIDResponse]
     FetchPQCBundles: grpc.aio.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.PQCBundlesRequest, _spire_pqc_workload_v1_workload_pb2.PQCBundlesResponse]
+    FetchHybridJWTSVID: grpc.aio.UnaryUnaryMultiCallable[_spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDRequest, _spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDResponse]
+    ValidateHybridJWTSVID: grpc.aio.UnaryUnaryMultiCallable[_spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDRequest, _spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDResponse]
+    FetchPQCJWTBundles: grpc.aio.UnaryStreamMultiCallable[_spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesRequest, _spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesResponse]
 
 class HybridWorkloadServicer:
     """Server side of spire_pqc.workload.v1.HybridWorkload; every method answers UNIMPLEMENTED unless overridden."""
 
     def FetchHybridSVIDs(self, request: _spire_pqc_workload_v1_workload_pb2.HybridSVIDRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_pqc_workload_v1_workload_pb2.HybridSVIDResponse] | collections.abc.AsyncIterator[_spire_pqc_workload_v1_workload_pb2.HybridSVIDResponse]: ...
     def FetchPQCBundles(self, request: _spire_pqc_workload_v1_workload_pb2.PQCBundlesRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_pqc_workload_v1_workload_pb2.PQCBundlesResponse] | collections.abc.AsyncIterator[_spire_pqc_workload_v1_workload_pb2.PQCBundlesResponse]: ...
+    def FetchHybridJWTSVID(self, request: _spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDRequest, context: _ServicerContext) -> _spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDResponse | collections.abc.Awaitable[_spire_pqc_workload_v1_workload_pb2.HybridJWTSVIDResponse]: ...
+    def ValidateHybridJWTSVID(self, request: _spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDRequest, context: _ServicerContext) -> _spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDResponse | collections.abc.Awaitable[_spire_pqc_workload_v1_workload_pb2.ValidateHybridJWTSVIDResponse]: ...
+    def FetchPQCJWTBundles(self, request: _spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesRequest, context: _ServicerContext) -> collections.abc.Iterator[_spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesResponse] | collections.abc.AsyncIterator[_spire_pqc_workload_v1_workload_pb2.PQCJWTBundlesResponse]: ...
 
 def add_HybridWorkloadServicer_to_server(
     servicer: HybridWorkloadServicer, server: grpc.Server | grpc.aio.Server

@@ -1,0 +1,86 @@
+"""Hybrid JWT-SVIDs at the node agent (docs/pq-jwt.md).
+
+``fetch``: the classical JWT-SVID from the identity source (with SPIRE: the Delegated Identity API, so
+SPIRE signs it) plus its PQC part from the PQC CA (``SignJWTSVID``); the pair is validated here before a
+workload gets it, so a confused or hostile CA cannot hand a workload a token nobody else accepts.
+``validate``: :func:`spire_pqc.jwtsvid.hybrid.validate` against the classical JWT bundles of the
+identity source, the PQC JWT bundles and the PQC roots the CA delivered. Crypto runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from spire_pqc.agent.caclient import JwtSigningCA
+from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid
+from spire_pqc.agent.model import Caller
+from spire_pqc.agent.pqc import PqcProvisioner
+from spire_pqc.bundle import BundleSet
+from spire_pqc.crypto.aio import run_crypto
+from spire_pqc.errors import IssuanceError, RefusalReason, VerificationError
+from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, VerifiedJwtSvid, validate
+from spire_pqc.spiffeid import SpiffeId
+
+__all__ = ["HybridJwtProvider", "ServedHybridJwt"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedHybridJwt:
+    spiffe_id: SpiffeId
+    token: HybridJwtSvid = field(repr=False)
+    hint: str = ""
+
+
+class HybridJwtProvider:
+    def __init__(self, jwt: JwtProfile, ca: JwtSigningCA, provisioner: PqcProvisioner) -> None:
+        self._jwt = jwt
+        self._ca = ca
+        self._provisioner = provisioner
+
+    async def fetch(
+        self, caller: Caller, audience: Sequence[str], spiffe_id: SpiffeId | None
+    ) -> list[ServedHybridJwt]:
+        """The caller's hybrid JWT-SVIDs for ``audience``. Raises AuthorizationError (no identity),
+        UnavailableError (SPIRE or the CA cannot answer now), IssuanceError (the CA refused, or its
+        PQC part does not validate)."""
+        svids = await self._jwt.fetch_jwt_svids(caller, audience, spiffe_id)
+        served = []
+        for svid in svids:
+            served.append(await self._complete(svid, audience[0]))
+        return served
+
+    async def _complete(self, svid: JwtSvid, audience: str) -> ServedHybridJwt:
+        signed = await self._ca.sign_jwt_svid(svid.token)
+        self._provisioner.note_bundles(
+            svid.spiffe_id.trust_domain, pqc_bundle=signed.pqc_bundle, pqc_jwt_bundle=signed.pqc_jwt_bundle
+        )
+        token = HybridJwtSvid(svid.token, signed.pqc_token)
+        try:
+            await self.validate(token, audience)
+        except VerificationError as exc:
+            log.error("the PQC CA's JWT-SVID part for %s does not validate: %s", svid.spiffe_id, exc)  # noqa: TRY400 - no traceback for a peer-caused error
+            raise IssuanceError(
+                f"the PQC part from the CA does not validate: {exc}",
+                reason=RefusalReason.BAD_RESPONSE,
+                spiffe_id=str(svid.spiffe_id),
+            ) from exc
+        return ServedHybridJwt(svid.spiffe_id, token, svid.hint)
+
+    async def validate(self, token: HybridJwtSvid, audience: str) -> VerifiedJwtSvid:
+        """Both parts for ``audience``; raises a VerificationError subclass naming the failed check."""
+        jwt_bundles = self._jwt.jwt_bundles()
+        pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles()
+        roots = self._provisioner.pqc_bundles()
+        return await run_crypto(
+            lambda: validate(
+                token,
+                audience,
+                jwt_bundles=jwt_bundles,
+                pqc_jwt_bundles=pqc_jwt_bundles,
+                pqc_bundles=BundleSet.from_workload_api({td.name: der for td, der in roots.items()}),
+            )
+        )

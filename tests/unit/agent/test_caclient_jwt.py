@@ -1,0 +1,165 @@
+"""SignJWTSVID across the real gRPC boundary: the plugin's CAServicer in a grpcio server with mutual TLS,
+the agent's GrpcCAClient. The CA signs only tokens SPIRE signed for its own trust domain, only for an
+authorised agent, and its PQC part validates with the bundles it returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import grpc
+import pytest
+
+from spire_pqc._internal.buckets import TokenBuckets
+from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2_grpc
+from spire_pqc.agent.caclient import GrpcCAClient, TLSIdentity
+from spire_pqc.agent.jwtsvid import JwtSigningKey, jwks_bytes
+from spire_pqc.bundle import BundleSet
+from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
+from spire_pqc.ca.ledger import open_ledger
+from spire_pqc.errors import IssuanceError, RefusalReason, UnavailableError
+from spire_pqc.jwtsvid.bundle import PqcJwtBundle
+from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, validate
+from spire_pqc.plugin.endpoint import CAServicer, ServerIdentity
+from spire_pqc.plugin.metrics import PluginMetrics
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
+from tests.unit.agent.test_caclient_failover import PEM, Policy, _pem_key, identity_of
+from tests.unit.credentials.pki import Domain
+
+SPIRE_JWT_KEY = JwtSigningKey.generate()  # the key SPIRE signs JWT-SVIDs with (IdentityProvider)
+
+
+class Identities:
+    def __init__(self, domain: Domain) -> None:
+        self.identity = ServerIdentity(
+            chain=(), private_key_pem=b"", bundle=(domain.classical_ca.certificate,),
+            jwt_bundle=jwks_bytes([SPIRE_JWT_KEY.public_jwk()]),
+        )  # fmt: skip
+
+    def current(self) -> ServerIdentity:
+        return self.identity
+
+
+@contextmanager
+def endpoint(
+    domain: Domain, policy: Policy, *, jwt: bool = True, rate: TokenBuckets | None = None
+) -> Iterator[str]:
+    ca = domain.classical_ca
+    cert, key = ca.issue_svid(SpiffeId.parse("spiffe://example.org/spire/server"))
+
+    def factory(bundles: BundleSet) -> PQCIssuer:
+        return PQCIssuer(
+            domain.hierarchy.intermediate,
+            domain.trust_domain,
+            bundles,
+            ledger=open_ledger("sqlite://:memory:"),
+        )
+
+    signing = JwtSigning(
+        domain.trust_domain,
+        IntermediateSigners(domain.hierarchy.intermediate, domain.trust_domain),
+        (domain.hierarchy.root,),
+    )
+    servicer = CAServicer(
+        policy,  # type: ignore[arg-type]
+        Identities(domain),  # type: ignore[arg-type]
+        factory,
+        PluginMetrics(),
+        jwt=signing if jwt else None,
+        jwt_rate=rate,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ca_pb2_grpc.add_PQCCertificateAuthorityServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [(_pem_key(key), cert.public_bytes(PEM))],
+        root_certificates=ca.certificate.public_bytes(PEM),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
+
+
+@asynccontextmanager
+async def client(domain: Domain, address: str) -> AsyncIterator[GrpcCAClient]:
+    identity = identity_of(domain)
+
+    async def current() -> TLSIdentity:
+        return identity
+
+    c = GrpcCAClient(address, current, timeout=20)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture(scope="module")
+def domain() -> Domain:
+    return Domain.create("example.org")
+
+
+def _token(key: JwtSigningKey, sub: str = "spiffe://example.org/app", **kwargs: Any) -> str:
+    return key.sign(SpiffeId.parse(sub), ["a"], dt.timedelta(minutes=5), **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_the_pqc_part_validates_with_the_bundles_the_ca_returns(domain: Domain) -> None:
+    with endpoint(domain, Policy()) as address:
+        async with client(domain, address) as ca:
+            classical = _token(SPIRE_JWT_KEY)
+            signed = await ca.sign_jwt_svid(classical)
+    td = TrustDomain.parse("example.org")
+    verified = validate(
+        HybridJwtSvid(classical, signed.pqc_token), "a",
+        jwt_bundles={td: jwks_bytes([SPIRE_JWT_KEY.public_jwk()])},
+        pqc_jwt_bundles={td: PqcJwtBundle.parse(td, signed.pqc_jwt_bundle)},
+        pqc_bundles=BundleSet.from_workload_api({"example.org": b"".join(signed.pqc_bundle)}),
+    )  # fmt: skip
+    assert str(verified.spiffe_id) == "spiffe://example.org/app"
+
+
+@pytest.mark.asyncio
+async def test_the_ca_signs_only_what_spire_signed_for_an_authorised_agent(domain: Domain) -> None:
+    an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    with endpoint(domain, Policy()) as address:
+        async with client(domain, address) as ca:
+            untrusted = RefusalReason.UNTRUSTED_SVID
+            cases = {
+                "signed by a key SPIRE does not have": (_token(JwtSigningKey.generate()), untrusted),
+                "another trust domain's subject": (_token(SPIRE_JWT_KEY, "spiffe://other.org/app"), untrusted),
+                "expired": (_token(SPIRE_JWT_KEY, now=an_hour_ago), untrusted),
+                "not a JWS": ("not-a-token", RefusalReason.MALFORMED),
+                "not ASCII": ("ä.b.c", RefusalReason.MALFORMED),
+            }  # fmt: skip
+            for name, (token, reason) in cases.items():
+                with pytest.raises(IssuanceError) as info:
+                    await ca.sign_jwt_svid(token)
+                assert info.value.reason is reason, name
+    with endpoint(domain, Policy(allowed=False)) as address:
+        async with client(domain, address) as ca:
+            with pytest.raises(IssuanceError) as info:
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+            assert info.value.reason is RefusalReason.UNAUTHORIZED
+    with endpoint(domain, Policy(), jwt=False) as address:
+        async with client(domain, address) as ca:
+            with pytest.raises(UnavailableError, match="does not sign JWT-SVIDs"):
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+
+
+@pytest.mark.asyncio
+async def test_an_agent_beyond_the_signing_rate_is_told_to_retry(domain: Domain) -> None:
+    frozen = TokenBuckets(rate=0.001, burst=2, clock=lambda: 0.0)
+    with endpoint(domain, Policy(), rate=frozen) as address:
+        async with client(domain, address) as ca:
+            for _ in range(2):
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+            with pytest.raises(UnavailableError, match=r"RESOURCE_EXHAUSTED.*signing rate"):
+                await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
