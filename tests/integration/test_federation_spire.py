@@ -143,16 +143,6 @@ class Side:
         return list(self.source.pqc_bundles.get(TrustDomain.parse(td)).authorities)
 
 
-class LivePqcBundles:
-    """A BundleSource reading the workload's current PQC bundles at every handshake."""
-
-    def __init__(self, source: HybridX509Source) -> None:
-        self._source = source
-
-    def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
-        return self._source.pqc_bundles.get_bundle_for_trust_domain(trust_domain)
-
-
 def _classical_bundles(socket: Path) -> BundleSet:
     """Every classical bundle this workload gets on the standard Workload API (py-spiffe, unmodified)."""
     client = WorkloadApiClient(socket_path=f"unix://{socket}")
@@ -260,17 +250,15 @@ async def _exchange(client: Side, server: Side) -> str:
         await writer.drain()
         writer.close()
 
-    server_bundles = await asyncio.to_thread(_classical_bundles, server.workdir / "pqc.sock")
-    client_bundles = await asyncio.to_thread(_classical_bundles, client.workdir / "pqc.sock")
     listener = await start_server(
-        serve, "127.0.0.1", 0, source=server.source, classical_bundles=server_bundles,
-        pqc_bundles=LivePqcBundles(server.source), authorizer=authorize_id(SpiffeId.parse(_ids(client.td)[2])),
+        serve, "127.0.0.1", 0, source=server.source,
+        authorizer=authorize_id(SpiffeId.parse(_ids(client.td)[2])),
     )  # fmt: skip
     try:
         port = listener.port
         reader, writer = await open_connection(
-            "127.0.0.1", port, source=client.source, classical_bundles=client_bundles,
-            pqc_bundles=LivePqcBundles(client.source), authorizer=authorize_id(SpiffeId.parse(_ids(server.td)[2])),
+            "127.0.0.1", port, source=client.source,
+            authorizer=authorize_id(SpiffeId.parse(_ids(server.td)[2])),
         )  # fmt: skip
         writer.write(b"ping")
         await writer.drain()
