@@ -7,27 +7,26 @@
   RelatedCertificate = SHA-256 of the classical leaf.
 * KEM certificate: ML-KEM-768 leaf, keyEncipherment only, no EKU (never a TLS identity).
 
-Certificates are built with cryptography's builder (signing with the seed-derived key object);
-ML-DSA-65 signatures are *checked* through the selected PQ backend (empty context, RFC 9881).
+ML-DSA-65-signed certificates are encoded by :mod:`spire_pqc.x509.tbs` and signed *and* checked
+through the selected PQ backend (empty context, RFC 9881); the ECDSA cross-certificate is built and
+signed by cryptography's builder.
 Path validation is in :mod:`spire_pqc.x509.path`, loading from bytes in :mod:`spire_pqc.x509.load`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-from typing import cast
+from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from spire_pqc.crypto import _backend
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
 from spire_pqc.errors import (
@@ -40,31 +39,22 @@ from spire_pqc.errors import (
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS
 from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT
 from spire_pqc.x509.related import encode_related_certificate
+from spire_pqc.x509.tbs import TbsBuilder, extension_der, spki_key_bits
 
 ORGANIZATION = "spire-pqc"
 
-
-def _spki_raw_bits(spki_der: bytes) -> bytes:
-    """The subjectPublicKey BIT STRING contents (for RFC 5280 method-1 key identifiers)."""
-    loaded = serialization.load_der_public_key(spki_der)
-    return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+# The ML-DSA-signed certificates use our TbsBuilder; the cross-certificate (ECDSA) cryptography's.
+_Builder = TypeVar("_Builder", TbsBuilder, x509.CertificateBuilder)
 
 
 def _key_identifier(spki_der: bytes) -> bytes:
     # RFC 5280 §4.2.1.2 method 1 (SHA-1 of the key bits): what OpenSSL and Go compute too.
-    return hashlib.sha1(_spki_raw_bits(spki_der), usedforsecurity=False).digest()
+    return hashlib.sha1(spki_key_bits(spki_der), usedforsecurity=False).digest()
 
 
 def _public_key_object(spki_der: bytes) -> CertificatePublicKeyTypes:
     # The SPKI always comes from our own ML-DSA/ML-KEM key classes, never a DH key.
     return cast(CertificatePublicKeyTypes, serialization.load_der_public_key(spki_der))
-
-
-def _signing_key(key: MLDSA65PrivateKey) -> CertificateIssuerPrivateKeyTypes:
-    signing_key: CertificateIssuerPrivateKeyTypes = (
-        _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())
-    )
-    return signing_key
 
 
 def _name(common_name: str, trust_domain: str) -> x509.Name:
@@ -91,9 +81,7 @@ def _key_usage(**allowed: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**bits)
 
 
-def _ca_extensions(
-    builder: x509.CertificateBuilder, path_length: int, trust_domain: str
-) -> x509.CertificateBuilder:
+def _ca_extensions(builder: _Builder, path_length: int, trust_domain: str) -> _Builder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
@@ -114,17 +102,35 @@ def build_pqc_root(
     spki = key.public_key().spki()
     name = _name(f"{trust_domain} PQC root CA", trust_domain)
     builder = (
-        x509.CertificateBuilder()
+        TbsBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(_public_key_object(spki))
+        .public_key_spki(spki)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .validity(not_before, not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(spki)), critical=False)
     )
     # pathLen 1: the root certifies intermediates (pathLen 0), which certify leaves.
-    return _ca_extensions(builder, 1, trust_domain).sign(_signing_key(key), None)
+    return _ca_extensions(builder, 1, trust_domain).sign(key)
+
+
+@dataclass(frozen=True)
+class IssuerTemplate:
+    """What every certificate an issuer signs repeats: its subject as the issuer name, and the
+    AuthorityKeyIdentifier extension. Derived once per issuer certificate (:func:`issuer_template`)."""
+
+    name: bytes
+    authority_key_identifier: bytes
+    not_after: dt.datetime
+
+
+@functools.lru_cache(maxsize=32)
+def issuer_template(issuer: x509.Certificate) -> IssuerTemplate:
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+    return IssuerTemplate(
+        issuer.subject.public_bytes(), extension_der(aki, False), issuer.not_valid_after_utc
+    )
 
 
 def _issued_builder(
@@ -133,20 +139,17 @@ def _issued_builder(
     subject_spki: bytes,
     not_before: dt.datetime,
     not_after: dt.datetime,
-) -> x509.CertificateBuilder:
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+) -> TbsBuilder:
+    template = issuer_template(issuer)
     return (
-        x509.CertificateBuilder()
+        TbsBuilder()
         .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(_public_key_object(subject_spki))
+        .issuer_name(template.name)
+        .public_key_spki(subject_spki)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .validity(not_before, not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
-        )
+        .add_extension_der(x509.OID_AUTHORITY_KEY_IDENTIFIER.dotted_string, template.authority_key_identifier)
     )
 
 
@@ -164,7 +167,7 @@ def build_intermediate(
     builder = _issued_builder(
         root, subject, intermediate_key.spki(), not_before, min(not_after, root.not_valid_after_utc)
     )
-    return _ca_extensions(builder, 0, trust_domain).sign(_signing_key(root_key), None)
+    return _ca_extensions(builder, 0, trust_domain).sign(root_key)
 
 
 def cross_certify_intermediate(
@@ -176,14 +179,24 @@ def cross_certify_intermediate(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    """The same intermediate public key certified by a classical (ECDSA) root (docs/formats.md)."""
+    """The same intermediate public key certified by a classical (ECDSA) root (docs/formats.md).
+
+    A classical signature: cryptography's builder signs it, with the same fields as :func:`_issued_builder`."""
     subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
-    builder = _issued_builder(
-        classical_root,
-        subject,
-        intermediate_key.spki(),
-        not_before,
-        min(not_after, classical_root.not_valid_after_utc),
+    spki = intermediate_key.spki()
+    root_ski = classical_root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(classical_root.subject)
+        .public_key(_public_key_object(spki))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, classical_root.not_valid_after_utc))
+        .add_extension(x509.SubjectKeyIdentifier(_key_identifier(spki)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False
+        )
     )
     return _ca_extensions(builder, 0, trust_domain).sign(classical_root_key, hashes.SHA256())
 
@@ -198,10 +211,10 @@ def _leaf_builder(
     *,
     common_name: str,
     trust_domain: str,
-) -> x509.CertificateBuilder:
+) -> TbsBuilder:
     return (
         _issued_builder(issuer, _name(common_name, trust_domain), subject_spki, not_before, not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension_der(x509.OID_BASIC_CONSTRAINTS.dotted_string, _NOT_CA)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False
         )
@@ -233,14 +246,10 @@ def build_pqc_svid(
         common_name="PQC SVID",
         trust_domain=trust_domain,
     )
-    builder = builder.add_extension(
-        _key_usage(digital_signature=True),
-        critical=True,
-    ).add_extension(
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-        critical=False,
+    builder = builder.add_extension_der(x509.OID_KEY_USAGE.dotted_string, _SIGNING_USAGE).add_extension_der(
+        x509.OID_EXTENDED_KEY_USAGE.dotted_string, _SERVER_CLIENT_AUTH
     )
-    return builder.sign(_signing_key(issuer_key), None)
+    return builder.sign(issuer_key)
 
 
 def build_kem_certificate(
@@ -265,11 +274,16 @@ def build_kem_certificate(
         trust_domain=trust_domain,
     )
     # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
-    builder = builder.add_extension(
-        _key_usage(key_encipherment=True),
-        critical=True,
-    )
-    return builder.sign(_signing_key(issuer_key), None)
+    return builder.add_extension_der(x509.OID_KEY_USAGE.dotted_string, _KEM_USAGE).sign(issuer_key)
+
+
+# Extensions every leaf of a kind carries unchanged, encoded once.
+_NOT_CA = extension_der(x509.BasicConstraints(ca=False, path_length=None), True)
+_SIGNING_USAGE = extension_der(_key_usage(digital_signature=True), True)
+_KEM_USAGE = extension_der(_key_usage(key_encipherment=True), True)
+_SERVER_CLIENT_AUTH = extension_der(
+    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False
+)
 
 
 # --- inspection and checks ---------------------------------------------------------------------
