@@ -8,7 +8,8 @@ whose C code is long optimised. The baseline is the OpenSSL >= 3.5 command line 
 ``make openssl``) running ``openssl speed -mr`` on the same machine in the same run (README, "Benchmarks").
 
 The backend is chosen once per process, so each backend is measured by a worker process of its own
-(``python -m spire_pqc.bench.crypto --worker`` with ``SPIRE_PQC_BACKEND`` set; the liboqs worker finds
+(``python -m spire_pqc.bench.crypto --worker`` with ``SPIRE_PQC_BACKEND`` set, through
+:mod:`spire_pqc.bench.worker`; the liboqs worker finds
 liboqs through ``OQS_INSTALL_PATH``, which ``make bench`` sets). The workers wait on a pipe between windows,
 so only one thing measures at a time.
 
@@ -22,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from spire_pqc.bench.openssl_cli import OpenSSLCli, find_openssl35
+from spire_pqc.bench.worker import JsonObject, Worker, serve
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
     XWingPrivateKey,
@@ -46,7 +46,7 @@ from spire_pqc.crypto.hybrid import (
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.crypto.status import backend_info
-from spire_pqc.errors import BackendUnavailableError, CryptoError, UnavailableError
+from spire_pqc.errors import CryptoError, UnavailableError
 
 Key = tuple[str, str]  # (algorithm, operation), e.g. ("ML-KEM-768", "encaps")
 
@@ -297,25 +297,24 @@ def measure(operation: Callable[[], object], window: float) -> float:
 # --- the per-backend worker process -------------------------------------------------------------
 
 
-def worker_main() -> int:
-    """``python -m spire_pqc.bench.crypto --worker``: measure this process's backend on request.
+def _prepare_worker() -> tuple[JsonObject, Callable[[JsonObject], JsonObject]]:
+    """The worker's greeting (this process's backend) and its handler: for each request
+    ``{"window": CPU seconds}`` it measures every case once and answers ``{"rates": [[algorithm,
+    operation, ops/s], ...]}``."""
+    ready = {"backend": backend_info().describe()}
+    operations = _operations()
 
-    Protocol (one JSON object per line): the worker first writes ``{"backend": describe-line}`` or
-    ``{"unavailable": reason}``; then for every line it reads (a window in CPU seconds) it measures every
-    case once and writes ``{"rates": [[algorithm, operation, ops/s], ...]}``. It exits at end of input.
-    """
-    try:
-        ready = {"backend": backend_info().describe()}
-        operations = _operations()
-    except BackendUnavailableError as exc:
-        print(json.dumps({"unavailable": str(exc)}), flush=True)
-        return 0
-    print(json.dumps(ready), flush=True)
-    for line in sys.stdin:
-        window = float(line)
-        rates = [[a, o, measure(operations[(a, o)], window)] for a, o, _ in CASES]
-        print(json.dumps({"rates": rates}), flush=True)
-    return 0
+    def handle(request: JsonObject) -> JsonObject:
+        window = float(request["window"])
+        return {"rates": [[a, o, measure(operations[(a, o)], window)] for a, o, _ in CASES]}
+
+    return ready, handle
+
+
+def worker_main() -> int:
+    """``python -m spire_pqc.bench.crypto --worker``: measure this process's backend on request
+    (JSON lines, :mod:`spire_pqc.bench.worker`)."""
+    return serve(_prepare_worker)
 
 
 @dataclass
@@ -323,50 +322,27 @@ class _Worker:
     """A worker process measuring one backend; ``unavailable`` is set when it could not load it."""
 
     backend: str
-    process: subprocess.Popen[str] | None = None
+    process: Worker | None = None
     describe: str = ""
     unavailable: str | None = None
     rates: dict[Key, list[float]] = field(default_factory=dict)
 
     def start(self) -> None:
         env = dict(os.environ, SPIRE_PQC_BACKEND=self.backend)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "spire_pqc.bench.crypto", "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        hello = self._read()
-        self.describe = str(hello.get("backend", ""))
-        self.unavailable = str(hello["unavailable"]) if "unavailable" in hello else None
-
-    def _read(self) -> dict[str, object]:
-        assert self.process is not None and self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise UnavailableError(f"bench worker for {self.backend} exited ({self.process.wait()})")
-        reply: dict[str, object] = json.loads(line)
-        return reply
+        self.process = Worker("spire_pqc.bench.crypto", ["--worker"], env=env).start()
+        self.describe = str(self.process.ready.get("backend", ""))
+        self.unavailable = self.process.unavailable
 
     def measure(self, window: float) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(f"{window}\n")
-        self.process.stdin.flush()
-        rates = self._read()["rates"]
+        assert self.process is not None
+        rates = self.process.ask({"window": window})["rates"]
         assert isinstance(rates, list)
         for algorithm, operation, rate in rates:
             self.rates.setdefault((algorithm, operation), []).append(float(rate))
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        if self.process is not None:
+            self.process.stop()
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -106,8 +106,12 @@ class PQCIssuer:
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         # When a sibling made the binding, its certificate is appended to the chains we return, so a
         # verifier holding only the PQC root can check that binding (svid.verify_hybrid_svid).
-        self._siblings = {certs.mldsa_public_key(c): c for c in sibling_intermediates}
+        encode = serialization.Encoding.DER
+        self._siblings = {certs.mldsa_public_key(c): c.public_bytes(encode) for c in sibling_intermediates}
         self._binding_keys = [ca.public_key, *trusted_binding_keys, *self._siblings]
+        # What every response repeats, encoded once.
+        self._intermediate_der = ca.certificate.public_bytes(encode)
+        self._roots_der = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
         # Without a ledger: a private in-memory database (the rules then hold in this process only).
         self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
@@ -298,15 +302,14 @@ class PQCIssuer:
             trust_domain=td, classical_leaf_der=leaf_der, not_before=not_before, not_after=not_after,
         )  # fmt: skip
         encode = serialization.Encoding.DER
-        intermediates: tuple[bytes, ...] = (ca.certificate.public_bytes(encode),)
+        intermediates: tuple[bytes, ...] = (self._intermediate_der,)
         sibling = self._siblings.get(binder)
         if sibling is not None:
-            intermediates += (sibling.public_bytes(encode),)
-        roots = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
+            intermediates += (sibling,)
         return IssueResponse(
             pqc_svid_chain=(pqc.public_bytes(encode), *intermediates),
             kem_certificate_chain=(kem.public_bytes(encode), *intermediates),
-            pqc_bundle=roots,
+            pqc_bundle=self._roots_der,
         )
 
 

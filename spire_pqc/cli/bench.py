@@ -23,8 +23,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     crypto.set_defaults(handler=_crypto)
 
-    ca = sub.add_parser("ca", help="PQC issuance throughput of one CA process, binding signatures/s")
-    ca.add_argument("--requests", type=int, default=200)
+    ca = sub.add_parser(
+        "ca", help="PQC issuance throughput of one CA process per backend vs its crypto floor (same run)"
+    )
+    ca.add_argument("--requests", type=int, default=300, help="issuances per round and backend")
+    ca.add_argument("--rounds", type=int, default=3)
+    ca.add_argument("--backends", type=_backend_list, default=("openssl", "liboqs"))
     ca.set_defaults(handler=_ca)
 
     jwt = sub.add_parser("jwt", help="hybrid JWT-SVID issuance and validation vs classical (same run)")
@@ -96,7 +100,11 @@ def _crypto(args: argparse.Namespace) -> int:
 def _ca(args: argparse.Namespace) -> int:
     from spire_pqc.bench import ca as bench_ca
 
-    print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
+    print(
+        bench_ca.format_report(
+            bench_ca.run(requests=args.requests, rounds=args.rounds, backends=args.backends)
+        )
+    )
     return 0
 
 

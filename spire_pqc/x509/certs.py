@@ -37,7 +37,7 @@ from spire_pqc.errors import (
     ValidityError,
 )
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS
-from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT
+from spire_pqc.x509.oids import ID_PE_RELATED_CERT, ML_DSA_65, ML_KEM_768, RELATED_CERT
 from spire_pqc.x509.related import encode_related_certificate
 from spire_pqc.x509.tbs import TbsBuilder, extension_der, spki_key_bits
 
@@ -149,7 +149,7 @@ def _issued_builder(
         .serial_number(x509.random_serial_number())
         .validity(not_before, not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), critical=False)
-        .add_extension_der(x509.OID_AUTHORITY_KEY_IDENTIFIER.dotted_string, template.authority_key_identifier)
+        .add_extension_der(_AKI, template.authority_key_identifier)
     )
 
 
@@ -201,28 +201,51 @@ def cross_certify_intermediate(
     return _ca_extensions(builder, 0, trust_domain).sign(classical_root_key, hashes.SHA256())
 
 
-def _leaf_builder(
+@functools.lru_cache(maxsize=64)
+def _name_der(common_name: str, trust_domain: str) -> bytes:
+    return _name(common_name, trust_domain).public_bytes()
+
+
+def _leaf_certificate(
     issuer: x509.Certificate,
-    spiffe_id: str,
+    issuer_key: MLDSA65PrivateKey,
     subject_spki: bytes,
+    spiffe_id: str,
     related_leaf_der: bytes,
     not_before: dt.datetime,
     not_after: dt.datetime,
     *,
     common_name: str,
     trust_domain: str,
-) -> TbsBuilder:
-    return (
-        _issued_builder(issuer, _name(common_name, trust_domain), subject_spki, not_before, not_after)
-        .add_extension_der(x509.OID_BASIC_CONSTRAINTS.dotted_string, _NOT_CA)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)),
-            critical=False,
-        )
-    )
+    usage: tuple[tuple[str, bytes], ...],
+) -> x509.Certificate:
+    """A PQC SVID or KEM certificate. The CA makes two per issuance, so the template is assembled in
+    one step from pre-encoded parts instead of extension by extension (same bytes as the builder path:
+    tests/unit/x509/test_tbs.py)."""
+    if not_after < not_before:
+        raise ValueError("notAfter is before notBefore")
+    template = issuer_template(issuer)
+    uri = x509.UniformResourceIdentifier(spiffe_id)
+    extensions = (
+        (_SKI, extension_der(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), False)),
+        (_AKI, template.authority_key_identifier),
+        (_BASIC_CONSTRAINTS, _NOT_CA),
+        (_SAN, extension_der(x509.SubjectAlternativeName([uri]), False)),
+        (ID_PE_RELATED_CERT, extension_der(
+            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)), False
+        )),
+        *usage,
+    )  # fmt: skip
+    return TbsBuilder(
+        issuer=template.name,
+        subject=_name_der(common_name, trust_domain),
+        spki=subject_spki,
+        serial=x509.random_serial_number(),
+        not_before=not_before,
+        not_after=not_after,
+        extensions=tuple(encoded for _, encoded in extensions),
+        extension_oids=tuple(oid for oid, _ in extensions),
+    ).sign(issuer_key)
 
 
 def build_pqc_svid(
@@ -236,20 +259,11 @@ def build_pqc_svid(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    builder = _leaf_builder(
-        issuer,
-        spiffe_id,
-        subject_key.spki(),
-        classical_leaf_der,
-        not_before,
-        not_after,
-        common_name="PQC SVID",
-        trust_domain=trust_domain,
-    )
-    builder = builder.add_extension_der(x509.OID_KEY_USAGE.dotted_string, _SIGNING_USAGE).add_extension_der(
-        x509.OID_EXTENDED_KEY_USAGE.dotted_string, _SERVER_CLIENT_AUTH
-    )
-    return builder.sign(issuer_key)
+    return _leaf_certificate(
+        issuer, issuer_key, subject_key.spki(), spiffe_id, classical_leaf_der, not_before, not_after,
+        common_name="PQC SVID", trust_domain=trust_domain,
+        usage=((_KEY_USAGE, _SIGNING_USAGE), (_EXTENDED_KEY_USAGE, _SERVER_CLIENT_AUTH)),
+    )  # fmt: skip
 
 
 def build_kem_certificate(
@@ -263,20 +277,19 @@ def build_kem_certificate(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    builder = _leaf_builder(
-        issuer,
-        spiffe_id,
-        subject_key.spki(),
-        classical_leaf_der,
-        not_before,
-        not_after,
-        common_name="KEM certificate",
-        trust_domain=trust_domain,
-    )
     # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
-    return builder.add_extension_der(x509.OID_KEY_USAGE.dotted_string, _KEM_USAGE).sign(issuer_key)
+    return _leaf_certificate(
+        issuer, issuer_key, subject_key.spki(), spiffe_id, classical_leaf_der, not_before, not_after,
+        common_name="KEM certificate", trust_domain=trust_domain, usage=((_KEY_USAGE, _KEM_USAGE),),
+    )  # fmt: skip
 
 
+_SKI = x509.OID_SUBJECT_KEY_IDENTIFIER.dotted_string
+_AKI = x509.OID_AUTHORITY_KEY_IDENTIFIER.dotted_string
+_BASIC_CONSTRAINTS = x509.OID_BASIC_CONSTRAINTS.dotted_string
+_SAN = x509.OID_SUBJECT_ALTERNATIVE_NAME.dotted_string
+_KEY_USAGE = x509.OID_KEY_USAGE.dotted_string
+_EXTENDED_KEY_USAGE = x509.OID_EXTENDED_KEY_USAGE.dotted_string
 # Extensions every leaf of a kind carries unchanged, encoded once.
 _NOT_CA = extension_der(x509.BasicConstraints(ca=False, path_length=None), True)
 _SIGNING_USAGE = extension_der(_key_usage(digital_signature=True), True)

@@ -174,3 +174,46 @@ def test_cross_certificate_is_still_classical() -> None:
     )
     cross.verify_directly_issued_by(classical_root)
     assert certs.mldsa_public_key(cross) == inter
+
+
+@pytest.mark.parametrize("kind", ["pqc", "kem"])
+def test_leaf_profiles_are_what_cryptography_encodes(kind: str) -> None:
+    """The CA's one-step leaf templates encode what cryptography's builder does for the same fields."""
+    now = dt.datetime.now(dt.UTC)
+    root_key = MLDSA65PrivateKey.generate()
+    root = certs.build_pqc_root(root_key, "td.example", not_before=now, not_after=now + dt.timedelta(days=1))
+    later, sid, related = now + dt.timedelta(hours=1), "spiffe://td.example/w", b"classical leaf"
+    expected: list[type[x509.ExtensionType]] = [
+        x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier, x509.BasicConstraints,
+        x509.SubjectAlternativeName, x509.UnrecognizedExtension, x509.KeyUsage,
+    ]  # fmt: skip
+    if kind == "pqc":
+        leaf = certs.build_pqc_svid(
+            root, root_key, MLDSA65PrivateKey.generate().public_key(), sid,
+            trust_domain="td.example", classical_leaf_der=related, not_before=now, not_after=later,
+        )  # fmt: skip
+        expected.append(x509.ExtendedKeyUsage)
+    else:
+        leaf = certs.build_kem_certificate(
+            root, root_key, MLKEM768PrivateKey.generate().public_key(), sid,
+            trust_domain="td.example", classical_leaf_der=related, not_before=now, not_after=later,
+        )  # fmt: skip
+    assert [type(e.value) for e in leaf.extensions] == expected
+    theirs = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(root.subject)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    for extension in leaf.extensions:
+        theirs = theirs.add_extension(extension.value, critical=extension.critical)
+    reference = theirs.sign(
+        _backend.openssl_helpers().cryptography_mldsa65_private_key(root_key.seed()), None
+    )
+    assert leaf.tbs_certificate_bytes == reference.tbs_certificate_bytes
+    assert certs.check_mldsa_signature(leaf, root_key.public_key())
+    ski = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(leaf.public_key())
