@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from spire_pqc._internal import der
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
 from spire_pqc.errors import (
@@ -37,9 +38,9 @@ from spire_pqc.errors import (
     ValidityError,
 )
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS
-from spire_pqc.x509.oids import ID_PE_RELATED_CERT, ML_DSA_65, ML_KEM_768, RELATED_CERT
+from spire_pqc.x509.oids import ID_PE_RELATED_CERT, ML_DSA_65, ML_KEM_768
 from spire_pqc.x509.related import encode_related_certificate
-from spire_pqc.x509.tbs import TbsBuilder, extension_der, spki_key_bits
+from spire_pqc.x509.tbs import TbsBuilder, encode_extension, extension_der, spki_key_bits
 
 ORGANIZATION = "spire-pqc"
 
@@ -210,6 +211,7 @@ def _leaf_certificate(
     issuer: x509.Certificate,
     issuer_key: MLDSA65PrivateKey,
     subject_spki: bytes,
+    subject_key_bits: bytes,
     spiffe_id: str,
     related_leaf_der: bytes,
     not_before: dt.datetime,
@@ -225,17 +227,19 @@ def _leaf_certificate(
     if not_after < not_before:
         raise ValueError("notAfter is before notBefore")
     template = issuer_template(issuer)
-    uri = x509.UniformResourceIdentifier(spiffe_id)
+    key_id = hashlib.sha1(subject_key_bits, usedforsecurity=False).digest()  # as _key_identifier
     extensions = (
-        (_SKI, extension_der(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), False)),
+        (_SKI, encode_extension(_SKI, der.tlv(der.OCTET_STRING, key_id))),
         (_AKI, template.authority_key_identifier),
         (_BASIC_CONSTRAINTS, _NOT_CA),
-        (_SAN, extension_der(x509.SubjectAlternativeName([uri]), False)),
-        (ID_PE_RELATED_CERT, extension_der(
-            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)), False
-        )),
+        # GeneralNames { uniformResourceIdentifier [6] IA5String }: a SPIFFE ID is ASCII.
+        (_SAN, encode_extension(_SAN, der.sequence(der.tlv(0x86, spiffe_id.encode("ascii"))))),
+        (
+            ID_PE_RELATED_CERT,
+            encode_extension(ID_PE_RELATED_CERT, encode_related_certificate(related_leaf_der)),
+        ),
         *usage,
-    )  # fmt: skip
+    )
     return TbsBuilder(
         issuer=template.name,
         subject=_name_der(common_name, trust_domain),
@@ -260,7 +264,7 @@ def build_pqc_svid(
     not_after: dt.datetime,
 ) -> x509.Certificate:
     return _leaf_certificate(
-        issuer, issuer_key, subject_key.spki(), spiffe_id, classical_leaf_der, not_before, not_after,
+        issuer, issuer_key, subject_key.spki(), subject_key.raw(), spiffe_id, classical_leaf_der, not_before, not_after,
         common_name="PQC SVID", trust_domain=trust_domain,
         usage=((_KEY_USAGE, _SIGNING_USAGE), (_EXTENDED_KEY_USAGE, _SERVER_CLIENT_AUTH)),
     )  # fmt: skip
@@ -279,7 +283,7 @@ def build_kem_certificate(
 ) -> x509.Certificate:
     # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
     return _leaf_certificate(
-        issuer, issuer_key, subject_key.spki(), spiffe_id, classical_leaf_der, not_before, not_after,
+        issuer, issuer_key, subject_key.spki(), subject_key.raw(), spiffe_id, classical_leaf_der, not_before, not_after,
         common_name="KEM certificate", trust_domain=trust_domain, usage=((_KEY_USAGE, _KEM_USAGE),),
     )  # fmt: skip
 

@@ -46,10 +46,15 @@ def _time(when: dt.datetime) -> bytes:
     return der.tlv(_GENERALIZED_TIME, f"{utc.year:04d}{utc.strftime('%m%d%H%M%S')}Z".encode())
 
 
+def encode_extension(oid: str, value: bytes, *, critical: bool = False) -> bytes:
+    """``Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }``
+    from the DER of the extension's value."""
+    return der.sequence(_oid(oid), _TRUE if critical else b"", der.tlv(der.OCTET_STRING, value))
+
+
 def extension_der(extension: x509.ExtensionType, critical: bool) -> bytes:
-    """``Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }``."""
-    value = der.tlv(der.OCTET_STRING, extension.public_bytes())
-    return der.sequence(_oid(extension.oid.dotted_string), _TRUE if critical else b"", value)
+    """An ``Extension`` with cryptography's encoding of ``extension``'s value."""
+    return encode_extension(extension.oid.dotted_string, extension.public_bytes(), critical=critical)
 
 
 def spki_key_bits(spki: bytes) -> bytes:
