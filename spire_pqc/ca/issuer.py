@@ -49,7 +49,7 @@ from spire_pqc.errors import (
     VerificationError,
 )
 from spire_pqc.spiffeid import TrustDomain
-from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
+from spire_pqc.svid import verify_classical_svid, verify_svid_binding
 from spire_pqc.x509 import certs
 from spire_pqc.x509.load import load_der_certificate
 
@@ -145,7 +145,9 @@ class PQCIssuer:
                 )
             stored = self._ledger.lookup(serial_key, now=now)
             if stored is None:
-                response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now, binder)
+                response = self._issue(
+                    leaf, request.classical_chain[0], spiffe_id, mldsa_key, mlkem_key, now, binder
+                )
                 entry = LedgerEntry(
                     serial_key=serial_key,
                     keys_fingerprint=fingerprint,
@@ -282,6 +284,7 @@ class PQCIssuer:
     def _issue(
         self,
         leaf: x509.Certificate,
+        leaf_der: bytes,  # the DER ``leaf`` was parsed from (RelatedCertificate hashes these bytes)
         spiffe_id: str,
         mldsa_key: MLDSA65PublicKey,
         mlkem_key: MLKEM768PublicKey,
@@ -291,7 +294,6 @@ class PQCIssuer:
         ca = self._ca
         not_before = now - dt.timedelta(seconds=30)  # tolerate small clock skew at verifiers
         not_after = min(leaf.not_valid_after_utc, ca.certificate.not_valid_after_utc, now + self._max_ttl)
-        leaf_der = der(leaf)
         td = str(self._trust_domain)
         pqc = certs.build_pqc_svid(
             ca.certificate, ca.key, mldsa_key, spiffe_id,
