@@ -62,6 +62,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
     )
     composer.add_argument("--mints", type=int, default=100)
+    composer.add_argument("--backends", type=_backend_list, default=("openssl", "liboqs"))
     composer.set_defaults(handler=_composer)
 
     ledger = sub.add_parser(
@@ -118,7 +119,7 @@ def _jwt(args: argparse.Namespace) -> int:
 def _composer(args: argparse.Namespace) -> int:
     from spire_pqc.bench import composer as bench_composer
 
-    print(bench_composer.format_report(bench_composer.run(mints=args.mints)))
+    print(bench_composer.format_report(bench_composer.run(mints=args.mints, backends=args.backends)))
     return 0
 
 
