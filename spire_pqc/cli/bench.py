@@ -74,6 +74,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ledger.add_argument("--prune-rows", type=int, default=100_000)
     ledger.set_defaults(handler=_ledger)
 
+    rotation = sub.add_parser(
+        "rotation", help="agent memory under rotation (dev source): RSS growth after warm-up, tracemalloc top"
+    )
+    rotation.add_argument("--rotations", type=int, default=10_000, help="SVID rotations delivered in all")
+    rotation.add_argument("--identities", type=int, default=10)
+    rotation.add_argument("--ttl", type=float, default=4.0, help="dev SVID TTL in seconds")
+    rotation.add_argument("--seconds", type=float, default=240.0, help="spread the rotations over this long")
+    rotation.add_argument(
+        "--warmup", type=float, default=90.0, help="seconds before the RSS baseline is taken"
+    )
+    rotation.set_defaults(handler=_rotation)
+
     soak = sub.add_parser(
         "soak", help="legitimate workload p99 while hostile local users attack the agent (needs root)"
     )
@@ -151,6 +163,17 @@ def _ledger(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     print(bench_ledger.run(sizes=sizes, samples=args.samples, prune_rows=args.prune_rows))
+    return 0
+
+
+def _rotation(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import rotation as bench_rotation
+
+    soak = bench_rotation.run(
+        rotations=args.rotations, identities=args.identities, ttl_s=args.ttl, seconds=args.seconds,
+        warmup_seconds=args.warmup,
+    )  # fmt: skip
+    print(bench_rotation.format_report(soak))
     return 0
 
 
