@@ -83,7 +83,7 @@ proto: venv
 proto-check: venv
 	$(PY) scripts/gen_proto.py --check
 
-## Every benchmark (each compares against a baseline measured in the same run; about 8 minutes;
+## Every benchmark (each compares against a baseline measured in the same run; about 20 minutes;
 ## `bench soak` runs its attackers as other uids, so it needs root).
 bench: venv tools
 	$(VENV)/bin/spire-pqc bench crypto
@@ -93,6 +93,7 @@ bench: venv tools
 	$(VENV)/bin/spire-pqc bench agent
 	$(VENV)/bin/spire-pqc bench composer
 	$(VENV)/bin/spire-pqc bench ledger
+	$(VENV)/bin/spire-pqc bench rotation
 	$(VENV)/bin/spire-pqc bench soak
 	$(VENV)/bin/spire-pqc bench jwt
 
