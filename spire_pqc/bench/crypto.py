@@ -462,13 +462,13 @@ def format_table(rows: Sequence[Row], info: BenchInfo, *, rounds: int, seconds_p
         "",
     ]
     both = all(b in measured for b in BACKENDS)
-    header = f"{'algorithm':<16}{'operation':<10}"
+    header = f"{'algorithm':<16}{'operation':<14}"
     header += "".join(f"{name:>11}" for name in measured) + f"{'speed':>11}"
     header += "".join(f"{name + '/speed':>14}" for name in measured)
     header += f"{'liboqs/openssl':>16}" if both else ""
     lines.append(header)
     for row in rows:
-        line = f"{row.algorithm:<16}{row.operation:<10}"
+        line = f"{row.algorithm:<16}{row.operation:<14}"
         line += (
             "".join(f"{_ops(row.ops.get(name)):>11}" for name in measured) + f"{_ops(row.openssl_ops):>11}"
         )
