@@ -132,6 +132,9 @@ class _OpenSSLBackend:
     def cryptography_mldsa65_private_key(self, seed: bytes) -> Any:
         return self._mldsa.MLDSA65PrivateKey.from_seed_bytes(seed)
 
+    def cryptography_mlkem768_private_key(self, seed: bytes) -> Any:
+        return self._mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+
     def cryptography_mlkem768_public_key(self, encapsulation_key: bytes) -> Any:
         return self._mlkem.MLKEM768PublicKey.from_public_bytes(encapsulation_key)
 
