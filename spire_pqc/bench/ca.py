@@ -17,12 +17,15 @@ load on the machine slows the issuances and the floor alike; the wall-clock rate
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,10 +35,12 @@ from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.composer import binding_extension
 from spire_pqc.ca.devca import DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import Issued, PQCIssuer
+from spire_pqc.ca.ledger import Pruner, open_ledger
 from spire_pqc.ca.request import CLASSICAL_PREFIX, CONTEXT, IssueRequest, build_request
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.crypto.status import backend_info
+from spire_pqc.errors import UnavailableError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.svid import binding_of
 from spire_pqc.x509 import certs
@@ -96,12 +101,14 @@ class _Bench:
         )
         self.serial = 0
 
-    def requests(self, count: int) -> list[IssueRequest]:
+    def requests(self, count: int, *, ttl: dt.timedelta = dt.timedelta(hours=1)) -> list[IssueRequest]:
         now_ms = int(time.time() * 1000)
         prepared = []
         for _ in range(count):
             self.serial += 1
-            leaf, key = self.classical.issue_svid(SpiffeId.parse(f"spiffe://bench.example/w/{self.serial}"))
+            leaf, key = self.classical.issue_svid(
+                SpiffeId.parse(f"spiffe://bench.example/w/{self.serial}"), ttl=ttl
+            )
             prepared.append(
                 build_request(
                     (leaf.public_bytes(serialization.Encoding.DER),),
@@ -174,11 +181,97 @@ class _Bench:
             "bindings_per_cpu_s": count / binding_cpu,
         }
 
+    def expiring(self, total: int, ttl: dt.timedelta, freshness: dt.timedelta) -> JsonObject:
+        """RSS of this process (as the plugin's) while ``total`` issuances go through a SQLite *file*
+        ledger and expire (SVID TTL ``ttl``, kept ``freshness`` longer), pruned every second."""
+        with tempfile.TemporaryDirectory(prefix="spq-ca-expiry-") as directory:
+            ledger = open_ledger(f"sqlite://{Path(directory) / 'ledger.db'}")
+            pruner = Pruner(ledger, interval=1.0)
+            issuer = PQCIssuer(
+                self.issuer.ca, self.td, BundleSet.from_certificates([self.classical.certificate]),
+                ledger=ledger, freshness=freshness,
+            )  # fmt: skip
+            pruner.start()
+            samples: list[list[float]] = []
+            started, done, chunk = time.monotonic(), 0, 50  # small: a prepared SVID must not expire first
+            try:
+                while done < total:
+                    for request in self.requests(min(chunk, total - done), ttl=ttl):
+                        issuer.issue(request)
+                    done = min(done + chunk, total)
+                    if done % max(chunk, total // 20) < chunk or done == total:
+                        samples.append(
+                            [done, _rss_kib(), ledger.size().issuances, time.monotonic() - started]
+                        )
+            finally:
+                pruner.stop()
+                ledger.close()
+        return {"samples": samples}
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
 
 def _prepare_worker() -> tuple[JsonObject, Callable[[JsonObject], JsonObject]]:
     describe = backend_info().describe()
     bench = _Bench()
-    return {"backend": describe}, lambda request: bench.round(int(request["requests"]))
+
+    def handle(request: JsonObject) -> JsonObject:
+        if "expiring" in request:
+            return bench.expiring(
+                int(request["expiring"]),
+                dt.timedelta(seconds=float(request["ttl_s"])),
+                dt.timedelta(seconds=float(request["freshness_s"])),
+            )
+        return bench.round(int(request["requests"]))
+
+    return {"backend": describe}, handle
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    """RSS of one CA process while issuances expire: [issued, RSS KiB, live ledger entries, seconds]."""
+
+    backend: str
+    ttl_s: float
+    freshness_s: float
+    samples: tuple[tuple[int, int, int, float], ...]
+
+    @property
+    def growth_after_warmup_kib(self) -> int:
+        """RSS at the end minus RSS once the first entries could have expired (TTL + freshness passed)."""
+        warm = next((s for s in self.samples if s[3] >= self.ttl_s + self.freshness_s), self.samples[-1])
+        return self.samples[-1][1] - warm[1]
+
+
+def run_expiring(
+    *, issuances: int = 100_000, ttl_s: float = 2.0, freshness_s: float = 5.0, backend: str = "liboqs"
+) -> ExpiryReport:
+    """``issuances`` through one CA process with a SQLite file ledger and its pruner, SVIDs of ``ttl_s``."""
+    env = dict(os.environ, SPIRE_PQC_BACKEND=backend)
+    with Worker("spire_pqc.bench.ca", ["--worker"], env=env) as worker:
+        if worker.unavailable is not None:
+            raise UnavailableError(f"bench ca on {backend}: {worker.unavailable}")
+        reply = worker.ask({"expiring": issuances, "ttl_s": ttl_s, "freshness_s": freshness_s})
+    samples = tuple((int(a), int(b), int(c), float(d)) for a, b, c, d in reply["samples"])
+    return ExpiryReport(backend, ttl_s, freshness_s, samples)
+
+
+def format_expiry(report: ExpiryReport) -> str:
+    lines = [
+        f"spire-pqc bench ca --expiring: one CA process ({report.backend}), SQLite file ledger pruned every second,"
+        f" classical SVIDs of {report.ttl_s:g} s kept {report.freshness_s:g} s longer",
+        f"{'issued':>10}{'RSS MiB':>10}{'live entries':>14}{'seconds':>9}",
+    ]
+    lines += [f"{n:>10,}{rss / 1024:>10.1f}{live:>14,}{t:>9.0f}" for n, rss, live, t in report.samples]
+    lines.append(
+        f"RSS growth after the first entries expired: {report.growth_after_warmup_kib / 1024:+.2f} MiB"
+    )
+    return "\n".join(lines)
 
 
 # --- the run -------------------------------------------------------------------------------------

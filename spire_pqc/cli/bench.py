@@ -29,6 +29,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ca.add_argument("--requests", type=int, default=300, help="issuances per round and backend")
     ca.add_argument("--rounds", type=int, default=3)
     ca.add_argument("--backends", type=_backend_list, default=("openssl", "liboqs"))
+    ca.add_argument(
+        "--expiring", type=int, default=0, metavar="N",
+        help="also: RSS of one CA process (liboqs) while N issuances go through a SQLite file ledger and expire",
+    )  # fmt: skip
     ca.set_defaults(handler=_ca)
 
     jwt = sub.add_parser("jwt", help="hybrid JWT-SVID issuance and validation vs classical (same run)")

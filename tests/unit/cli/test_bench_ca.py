@@ -38,3 +38,17 @@ def test_an_unusable_backend_is_reported_not_measured(monkeypatch: pytest.Monkey
 def test_last_json_line_reads_the_result_a_child_printed_last() -> None:
     assert last_json_line('log line\n{"a": 1}\nnoise\n{"b": 2}\n') == {"b": 2}
     assert last_json_line("nothing here\n") is None
+
+
+@pytest.mark.liboqs
+def test_expiring_issuances_are_pruned_while_rss_is_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench ca --expiring N`: entries of expired SVIDs leave the file ledger while the CA keeps issuing."""
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(require_liboqs()))
+    report = bench_ca.run_expiring(issuances=1400, ttl_s=2.0, freshness_s=1.0)
+    issued = [sample[0] for sample in report.samples]
+    assert issued[-1] == 1400 and issued == sorted(issued)
+    assert all(rss > 0 for _, rss, _, _ in report.samples)
+    late = [live for _, _, live, seconds in report.samples if seconds > 5.0]
+    # Entries live ~3 s (+ up to 1 s until the pruner runs): once the run is past that, not all 1,400 remain.
+    assert not late or late[-1] < 1400
+    assert "RSS growth after the first entries expired" in bench_ca.format_expiry(report)
