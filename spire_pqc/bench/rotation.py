@@ -53,6 +53,7 @@ class RotationSoak:
     rss_end_kib: int
     heap_growth_kib: float  # tracemalloc, warm-up to end
     top_growth: tuple[str, ...]  # tracemalloc's top allocation sites by growth
+    rss_trend: tuple[tuple[int, int], ...] = ()  # (rotations, RSS KiB), every tenth of the run
 
     @property
     def rss_growth_mib(self) -> float:
@@ -135,7 +136,11 @@ async def _soak(
                 started = time.monotonic()
                 pace = seconds / max(1, rotations // identities)
                 warm: tuple[int, int] | None = None
+                trend: list[tuple[int, int]] = []
                 while watcher.delivered - identities < rotations:
+                    done = watcher.delivered - identities
+                    if done >= len(trend) * rotations / 10:
+                        trend.append((done, _rss_kib()))
                     round_started = time.monotonic()
                     target = watcher.delivered + identities
                     await source.rotate_now()
@@ -169,6 +174,7 @@ async def _soak(
             rss_end_kib=end_rss,
             heap_growth_kib=heap_growth,
             top_growth=top,
+            rss_trend=(*trend, (watcher.delivered - identities, end_rss)),
         )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -195,6 +201,9 @@ def format_report(soak: RotationSoak) -> str:
         f"  RSS after warm-up ({soak.warmup_rotations} rotations): {soak.rss_warm_kib / 1024:.1f} MiB; at the end "
         f"{soak.rss_end_kib / 1024:.1f} MiB; growth {soak.rss_growth_mib:+.2f} MiB "
         f"over {soak.rotations - soak.warmup_rotations} rotations",
+        "  RSS every tenth of the run: "
+        + ", ".join(f"{done}: {rss / 1024:.1f}" for done, rss in soak.rss_trend)
+        + " (rotations: MiB)",
         f"  Python heap growth over the same rotations (tracemalloc): {soak.heap_growth_kib:+.0f} KiB",
         "  tracemalloc top allocation sites by growth:",
     ]

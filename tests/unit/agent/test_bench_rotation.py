@@ -12,6 +12,7 @@ def test_rotation_soak_counts_delivered_rotations_and_reports_memory() -> None:
     assert 0 < soak.warmup_rotations <= soak.rotations
     assert soak.rss_warm_kib > 0 and soak.rss_end_kib > 0
     assert soak.top_growth and all("size=" in line for line in soak.top_growth)
+    assert soak.rss_trend[0][0] == 0 and soak.rss_trend[-1][0] == soak.rotations
     text = bench_rotation.format_report(soak)
     assert "tracemalloc top allocation sites by growth" in text
     assert f"{soak.rotations} rotations of 3 identities" in text
