@@ -128,8 +128,8 @@ class DevIdentitySource:
         self._pruner.start()
         # The in-process CA shares this process's clock with its only client, so its freshness window
         # (how long a request stays valid, and how long after the SVID's expiry its ledger entry and
-        # nonce are kept) can be short: with the default 60 s, memory under fast rotation took ~5,000
-        # rotations to level off (`spire-pqc bench rotation`).
+        # nonce are kept) can be short: the default 60 s cost ~9 MiB more RSS under fast rotation
+        # (`spire-pqc bench rotation`, README).
         self._issuer = PQCIssuer(
             hierarchy.intermediate, td, bundles, ledger=self._ledger, freshness=DEV_FRESHNESS
         )
