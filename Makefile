@@ -83,17 +83,18 @@ proto: venv
 proto-check: venv
 	$(PY) scripts/gen_proto.py --check
 
-## Every benchmark (each compares against a baseline measured in the same run; about 8 minutes;
+## Every benchmark (each compares against a baseline measured in the same run; about 45 minutes;
 ## `bench soak` runs its attackers as other uids, so it needs root).
 bench: venv tools
 	$(VENV)/bin/spire-pqc bench crypto
-	$(VENV)/bin/spire-pqc bench ca
+	$(VENV)/bin/spire-pqc bench ca --expiring 100000
 	$(VENV)/bin/spire-pqc bench channel
 	$(VENV)/bin/spire-pqc bench tunnel
 	$(VENV)/bin/spire-pqc bench agent
 	$(VENV)/bin/spire-pqc bench agent-vs-spire
 	$(VENV)/bin/spire-pqc bench composer
 	$(VENV)/bin/spire-pqc bench ledger
+	$(VENV)/bin/spire-pqc bench rotation
 	$(VENV)/bin/spire-pqc bench soak
 	$(VENV)/bin/spire-pqc bench jwt
 

@@ -32,7 +32,6 @@ directory chooses them — the reason it must stay private to the agent's user.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import fcntl
 import hashlib
@@ -337,8 +336,9 @@ class StateDirectory:
             self.discard(leaf_hash)
 
     def _unlink(self, path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                path.unlink()
-            except OSError as exc:
-                log.warning("state directory %s: cannot remove %s: %s", self.path, path.name, exc.strerror)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass  # never written (a slot superseded before its keys were kept), or already gone
+        except OSError as exc:
+            log.warning("state directory %s: cannot remove %s: %s", self.path, path.name, exc.strerror)

@@ -1,9 +1,10 @@
 """`spire-pqc bench composer`: what the plugin adds to SPIRE's signing, measured in one run.
 
-Two spire-server v1.15.3 processes are started on loopback, one with the spire-pqc composer and one
-without, and the same number of `spire-server x509 mint` calls is timed against each, interleaved
-so machine noise hits both alike. Each mint is a CLI process (spawn + gRPC + signing), so the
-difference of the medians is the composer's cost per SVID as a SPIRE user sees it.
+spire-server v1.15.3 processes are started on loopback: one without the spire-pqc composer (the
+baseline) and one with it per PQ backend (the plugin process inherits ``SPIRE_PQC_BACKEND``), and
+the same number of `spire-server x509 mint` calls is timed against each, interleaved so machine
+noise hits all alike. Each mint is a CLI process (spawn + gRPC + signing), so the difference of the
+medians is the composer's cost per SVID as a SPIRE user sees it.
 """
 
 from __future__ import annotations
@@ -35,17 +36,30 @@ from spire_pqc.svid import X509Svid
 AGENT_ID = "spiffe://example.org/bench/node-agent"
 
 
+BACKENDS = ("openssl", "liboqs")
+
+
+@dataclass(frozen=True)
+class PluginResult:
+    backend: str
+    p50_ms: float
+    p99_ms: float
+    endpoint_requests: int = 0
+    endpoint_per_s: float = 0.0
+    endpoint_p50_ms: float = 0.0
+    endpoint_p99_ms: float = 0.0
+
+
 @dataclass(frozen=True)
 class ComposerReport:
     mints: int
     baseline_p50_ms: float
     baseline_p99_ms: float
-    plugin_p50_ms: float
-    plugin_p99_ms: float
-    endpoint_requests: int = 0
-    endpoint_per_s: float = 0.0
-    endpoint_p50_ms: float = 0.0
-    endpoint_p99_ms: float = 0.0
+    plugins: tuple[PluginResult, ...]
+
+    def overhead_ms(self, backend: str) -> float:
+        """Composer cost per SVID at p50: with the plugin on ``backend`` minus without."""
+        return next(p.p50_ms for p in self.plugins if p.backend == backend) - self.baseline_p50_ms
 
 
 def _p99(samples: list[float]) -> float:
@@ -110,60 +124,80 @@ def _endpoint_latencies(server: SpireServer, port: int, requests: int) -> tuple[
     return latencies, elapsed
 
 
-def run(*, mints: int = 100) -> ComposerReport:
-    base_dir, plugin_dir = short_tempdir(), short_tempdir()
+def run(*, mints: int = 100, backends: tuple[str, ...] = BACKENDS) -> ComposerReport:
+    base_dir = short_tempdir()
     pqc_dir = Path(tempfile.mkdtemp(prefix="spire-pqc-bench-"))
     baseline = SpireServer(base_dir)
-    endpoint_port = free_port()
-    with_plugin = SpireServer(
-        plugin_dir,
-        composer_data={
-            **_pqc_files(pqc_dir, "example.org"),
-            "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
-            "authorized_agents": [AGENT_ID],
-        },
-    )
+    plugin_data = _pqc_files(pqc_dir, "example.org")
+    servers: dict[str, tuple[SpireServer, int]] = {}
+    for backend in backends:
+        port = free_port()
+        servers[backend] = (
+            SpireServer(
+                short_tempdir(),
+                composer_data={
+                    **plugin_data,
+                    "endpoint_listen_address": f"127.0.0.1:{port}",
+                    "authorized_agents": [AGENT_ID],
+                },
+                extra_env={"SPIRE_PQC_BACKEND": backend},
+            ),
+            port,
+        )
+    everyone = [("baseline", baseline)] + [(name, server) for name, (server, _) in servers.items()]
     try:
-        baseline.start()
-        with_plugin.start()
-        times: dict[str, list[float]] = {"baseline": [], "plugin": []}
+        for _, server in everyone:
+            server.start()
+        times: dict[str, list[float]] = {name: [] for name, _ in everyone}
         for index in range(mints):
-            for name, server in (("baseline", baseline), ("plugin", with_plugin)):
+            for name, server in everyone if index % 2 == 0 else everyone[::-1]:
                 started = time.perf_counter()
                 result = server.mint(f"spiffe://example.org/bench/{index}", server.workdir / "mint")
                 times[name].append(time.perf_counter() - started)
                 if result.returncode != 0:
                     raise RuntimeError(f"x509 mint failed on the {name} server: {result.stderr}")
-        endpoint, endpoint_elapsed = _endpoint_latencies(with_plugin, endpoint_port, max(2, mints // 2))
+        plugins = []
+        for name, (server, port) in servers.items():
+            endpoint, elapsed = _endpoint_latencies(server, port, max(2, mints // 2))
+            plugins.append(
+                PluginResult(
+                    backend=name,
+                    p50_ms=statistics.median(times[name]) * 1e3,
+                    p99_ms=_p99(times[name]) * 1e3,
+                    endpoint_requests=len(endpoint),
+                    endpoint_per_s=len(endpoint) / elapsed,
+                    endpoint_p50_ms=statistics.median(endpoint) * 1e3,
+                    endpoint_p99_ms=_p99(endpoint) * 1e3,
+                )
+            )
     finally:
-        baseline.stop()
-        with_plugin.stop()
-        for path in (base_dir, plugin_dir, pqc_dir):
+        for _, server in everyone:
+            server.stop()
+        for path in [pqc_dir] + [server.workdir for _, server in everyone]:
             cleanup(path)
     return ComposerReport(
         mints=mints,
         baseline_p50_ms=statistics.median(times["baseline"]) * 1e3,
         baseline_p99_ms=_p99(times["baseline"]) * 1e3,
-        plugin_p50_ms=statistics.median(times["plugin"]) * 1e3,
-        plugin_p99_ms=_p99(times["plugin"]) * 1e3,
-        endpoint_requests=len(endpoint),
-        endpoint_per_s=len(endpoint) / endpoint_elapsed,
-        endpoint_p50_ms=statistics.median(endpoint) * 1e3,
-        endpoint_p99_ms=_p99(endpoint) * 1e3,
+        plugins=tuple(plugins),
     )
 
 
 def format_report(report: ComposerReport) -> str:
-    overhead = report.plugin_p50_ms - report.baseline_p50_ms
-    return "\n".join(
-        [
-            f"spire-pqc bench composer ({report.mints} `spire-server x509 mint` calls per server, interleaved)",
-            f"  SPIRE without plugin: p50 {report.baseline_p50_ms:7.1f} ms  p99 {report.baseline_p99_ms:7.1f} ms",
-            f"  SPIRE with spire-pqc: p50 {report.plugin_p50_ms:7.1f} ms  p99 {report.plugin_p99_ms:7.1f} ms",
-            f"  composer overhead at p50: {overhead:+.1f} ms per SVID "
-            f"(ratio {report.plugin_p50_ms / report.baseline_p50_ms:.2f})",
-            f"  PQC CA endpoint ({report.endpoint_requests} sequential IssuePQCSVID, one hybrid mTLS connection): "
-            f"{report.endpoint_per_s:.1f} req/s",
-            f"    p50 {report.endpoint_p50_ms:.1f} ms  p99 {report.endpoint_p99_ms:.1f} ms",
-        ]
-    )
+    lines = [
+        f"spire-pqc bench composer ({report.mints} `spire-server x509 mint` calls per server, interleaved)",
+        f"  SPIRE without plugin:           p50 {report.baseline_p50_ms:7.1f} ms  p99 {report.baseline_p99_ms:7.1f} ms",
+    ]
+    for plugin in report.plugins:
+        lines.append(
+            f"  SPIRE with spire-pqc ({plugin.backend:>7}): p50 {plugin.p50_ms:7.1f} ms  p99 {plugin.p99_ms:7.1f} ms"
+            f"  composer overhead at p50 {report.overhead_ms(plugin.backend):+.1f} ms per SVID"
+            f" (ratio {plugin.p50_ms / report.baseline_p50_ms:.2f})"
+        )
+    for plugin in report.plugins:
+        lines.append(
+            f"  PQC CA endpoint ({plugin.backend}, {plugin.endpoint_requests} sequential IssuePQCSVID, one hybrid"
+            f" mTLS connection): {plugin.endpoint_per_s:.1f} req/s  p50 {plugin.endpoint_p50_ms:.1f} ms"
+            f"  p99 {plugin.endpoint_p99_ms:.1f} ms"
+        )
+    return "\n".join(lines)

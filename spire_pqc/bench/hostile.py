@@ -51,6 +51,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._internal.wire import FETCH_X509_SVID, SECURITY_METADATA
+from spire_pqc.bench.worker import last_json_line
 
 HEADER = dict(SECURITY_METADATA)
 FETCH_X509 = FETCH_X509_SVID
@@ -89,10 +90,9 @@ def drop_privileges(uid: int, gid: int) -> None:
 def result_of(process: subprocess.Popen[str], timeout: float = 120.0) -> dict[str, Any]:
     """The JSON line an attack printed (waits for it to exit)."""
     out, _ = process.communicate(timeout=timeout)
-    lines = [line for line in (out or "").splitlines() if line.startswith("{")]
-    if process.returncode != 0 or not lines:
+    result = last_json_line(out or "")
+    if process.returncode != 0 or result is None:
         raise AssertionError(f"hostile client failed ({process.returncode}): {out!r}")
-    result: dict[str, Any] = json.loads(lines[-1])
     return result
 
 

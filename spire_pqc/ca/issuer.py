@@ -49,7 +49,7 @@ from spire_pqc.errors import (
     VerificationError,
 )
 from spire_pqc.spiffeid import TrustDomain
-from spire_pqc.svid import der, verify_classical_svid, verify_svid_binding
+from spire_pqc.svid import verify_classical_svid, verify_svid_binding
 from spire_pqc.x509 import certs
 from spire_pqc.x509.load import load_der_certificate
 
@@ -106,8 +106,12 @@ class PQCIssuer:
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         # When a sibling made the binding, its certificate is appended to the chains we return, so a
         # verifier holding only the PQC root can check that binding (svid.verify_hybrid_svid).
-        self._siblings = {certs.mldsa_public_key(c): c for c in sibling_intermediates}
+        encode = serialization.Encoding.DER
+        self._siblings = {certs.mldsa_public_key(c): c.public_bytes(encode) for c in sibling_intermediates}
         self._binding_keys = [ca.public_key, *trusted_binding_keys, *self._siblings]
+        # What every response repeats, encoded once.
+        self._intermediate_der = ca.certificate.public_bytes(encode)
+        self._roots_der = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
         # Without a ledger: a private in-memory database (the rules then hold in this process only).
         self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
@@ -141,7 +145,9 @@ class PQCIssuer:
                 )
             stored = self._ledger.lookup(serial_key, now=now)
             if stored is None:
-                response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now, binder)
+                response = self._issue(
+                    leaf, request.classical_chain[0], spiffe_id, mldsa_key, mlkem_key, now, binder
+                )
                 entry = LedgerEntry(
                     serial_key=serial_key,
                     keys_fingerprint=fingerprint,
@@ -278,6 +284,7 @@ class PQCIssuer:
     def _issue(
         self,
         leaf: x509.Certificate,
+        leaf_der: bytes,  # the DER ``leaf`` was parsed from (RelatedCertificate hashes these bytes)
         spiffe_id: str,
         mldsa_key: MLDSA65PublicKey,
         mlkem_key: MLKEM768PublicKey,
@@ -287,7 +294,6 @@ class PQCIssuer:
         ca = self._ca
         not_before = now - dt.timedelta(seconds=30)  # tolerate small clock skew at verifiers
         not_after = min(leaf.not_valid_after_utc, ca.certificate.not_valid_after_utc, now + self._max_ttl)
-        leaf_der = der(leaf)
         td = str(self._trust_domain)
         pqc = certs.build_pqc_svid(
             ca.certificate, ca.key, mldsa_key, spiffe_id,
@@ -298,15 +304,14 @@ class PQCIssuer:
             trust_domain=td, classical_leaf_der=leaf_der, not_before=not_before, not_after=not_after,
         )  # fmt: skip
         encode = serialization.Encoding.DER
-        intermediates: tuple[bytes, ...] = (ca.certificate.public_bytes(encode),)
+        intermediates: tuple[bytes, ...] = (self._intermediate_der,)
         sibling = self._siblings.get(binder)
         if sibling is not None:
-            intermediates += (sibling.public_bytes(encode),)
-        roots = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
+            intermediates += (sibling,)
         return IssueResponse(
             pqc_svid_chain=(pqc.public_bytes(encode), *intermediates),
             kem_certificate_chain=(kem.public_bytes(encode), *intermediates),
-            pqc_bundle=roots,
+            pqc_bundle=self._roots_der,
         )
 
 

@@ -23,8 +23,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     crypto.set_defaults(handler=_crypto)
 
-    ca = sub.add_parser("ca", help="PQC issuance throughput of one CA process, binding signatures/s")
-    ca.add_argument("--requests", type=int, default=200)
+    ca = sub.add_parser(
+        "ca", help="PQC issuance throughput of one CA process per backend vs its crypto floor (same run)"
+    )
+    ca.add_argument("--requests", type=int, default=300, help="issuances per round and backend")
+    ca.add_argument("--rounds", type=int, default=3)
+    ca.add_argument("--backends", type=_backend_list, default=("openssl", "liboqs"))
+    ca.add_argument(
+        "--expiring", type=int, default=0, metavar="N",
+        help="also: RSS of one CA process (liboqs) while N issuances go through a SQLite file ledger and expire",
+    )  # fmt: skip
     ca.set_defaults(handler=_ca)
 
     jwt = sub.add_parser(
@@ -78,6 +86,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "composer", help="`x509 mint` latency of a real SPIRE with vs without the plugin"
     )
     composer.add_argument("--mints", type=int, default=100)
+    composer.add_argument("--backends", type=_backend_list, default=("openssl", "liboqs"))
     composer.set_defaults(handler=_composer)
 
     ledger = sub.add_parser(
@@ -88,6 +97,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ledger.add_argument("--samples", type=int, default=500)
     ledger.add_argument("--prune-rows", type=int, default=100_000)
     ledger.set_defaults(handler=_ledger)
+
+    rotation = sub.add_parser(
+        "rotation", help="agent memory under rotation (dev source): RSS growth after warm-up, tracemalloc top"
+    )
+    rotation.add_argument("--rotations", type=int, default=10_000, help="SVID rotations delivered in all")
+    rotation.add_argument("--identities", type=int, default=10)
+    rotation.add_argument("--ttl", type=float, default=4.0, help="dev SVID TTL in seconds")
+    rotation.add_argument("--seconds", type=float, default=240.0, help="spread the rotations over this long")
+    rotation.add_argument(
+        "--warmup", type=float, default=90.0, help="seconds before the RSS baseline is taken"
+    )
+    rotation.set_defaults(handler=_rotation)
 
     soak = sub.add_parser(
         "soak", help="legitimate workload p99 while hostile local users attack the agent (needs root)"
@@ -116,7 +137,11 @@ def _crypto(args: argparse.Namespace) -> int:
 def _ca(args: argparse.Namespace) -> int:
     from spire_pqc.bench import ca as bench_ca
 
-    print(bench_ca.format_report(bench_ca.run(requests=args.requests)))
+    print(
+        bench_ca.format_report(
+            bench_ca.run(requests=args.requests, rounds=args.rounds, backends=args.backends)
+        )
+    )
     return 0
 
 
@@ -130,7 +155,7 @@ def _jwt(args: argparse.Namespace) -> int:
 def _composer(args: argparse.Namespace) -> int:
     from spire_pqc.bench import composer as bench_composer
 
-    print(bench_composer.format_report(bench_composer.run(mints=args.mints)))
+    print(bench_composer.format_report(bench_composer.run(mints=args.mints, backends=args.backends)))
     return 0
 
 
@@ -171,6 +196,17 @@ def _ledger(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     print(bench_ledger.run(sizes=sizes, samples=args.samples, prune_rows=args.prune_rows))
+    return 0
+
+
+def _rotation(args: argparse.Namespace) -> int:
+    from spire_pqc.bench import rotation as bench_rotation
+
+    soak = bench_rotation.run(
+        rotations=args.rotations, identities=args.identities, ttl_s=args.ttl, seconds=args.seconds,
+        warmup_seconds=args.warmup,
+    )  # fmt: skip
+    print(bench_rotation.format_report(soak))
     return 0
 
 

@@ -14,8 +14,9 @@ process spire-server starts and the agent beside it - never on per-user paths (`
 choice. If the chosen backend is unusable every PQ operation raises
 :class:`BackendUnavailableError`; nothing ever falls back to classical crypto or to the other backend.
 
-X.509 certificate *building* always goes through cryptography (it is the X.509 engine); signature
-*verification* of our own messages and of PQC certificates goes through the selected backend.
+ML-DSA-65 certificates are encoded by :mod:`spire_pqc.x509.tbs` and signed through the selected backend,
+like every other signature; cryptography parses X.509 and builds the classical (ECDSA) certificates.
+Verification of our own messages and of PQC certificates goes through the selected backend too.
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ class _OpenSSLBackend:
     def cryptography_mldsa65_private_key(self, seed: bytes) -> Any:
         return self._mldsa.MLDSA65PrivateKey.from_seed_bytes(seed)
 
+    def cryptography_mlkem768_private_key(self, seed: bytes) -> Any:
+        return self._mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+
     def cryptography_mlkem768_public_key(self, encapsulation_key: bytes) -> Any:
         return self._mlkem.MLKEM768PublicKey.from_public_bytes(encapsulation_key)
 
@@ -229,7 +233,7 @@ def backend() -> Backend:
 
 
 def openssl_helpers() -> _OpenSSLBackend:
-    """cryptography key objects for X.509 building and PKCS#8 encryption (always cryptography)."""
+    """cryptography key objects for the same seeds (tests craft certificates with cryptography's builder)."""
     return _openssl_singleton()
 
 

@@ -7,27 +7,27 @@
   RelatedCertificate = SHA-256 of the classical leaf.
 * KEM certificate: ML-KEM-768 leaf, keyEncipherment only, no EKU (never a TLS identity).
 
-Certificates are built with cryptography's builder (signing with the seed-derived key object);
-ML-DSA-65 signatures are *checked* through the selected PQ backend (empty context, RFC 9881).
+ML-DSA-65-signed certificates are encoded by :mod:`spire_pqc.x509.tbs` and signed *and* checked
+through the selected PQ backend (empty context, RFC 9881); the ECDSA cross-certificate is built and
+signed by cryptography's builder.
 Path validation is in :mod:`spire_pqc.x509.path`, loading from bytes in :mod:`spire_pqc.x509.load`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-from typing import cast
+from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificatePublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from spire_pqc.crypto import _backend
+from spire_pqc._internal import der
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PublicKey
 from spire_pqc.errors import (
@@ -38,33 +38,24 @@ from spire_pqc.errors import (
     ValidityError,
 )
 from spire_pqc.x509.load import CRYPTOGRAPHY_PARSE_ERRORS
-from spire_pqc.x509.oids import ML_DSA_65, ML_KEM_768, RELATED_CERT
+from spire_pqc.x509.oids import ID_PE_RELATED_CERT, ML_DSA_65, ML_KEM_768
 from spire_pqc.x509.related import encode_related_certificate
+from spire_pqc.x509.tbs import TbsBuilder, encode_extension, extension_der, spki_key_bits
 
 ORGANIZATION = "spire-pqc"
 
-
-def _spki_raw_bits(spki_der: bytes) -> bytes:
-    """The subjectPublicKey BIT STRING contents (for RFC 5280 method-1 key identifiers)."""
-    loaded = serialization.load_der_public_key(spki_der)
-    return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+# The ML-DSA-signed certificates use our TbsBuilder; the cross-certificate (ECDSA) cryptography's.
+_Builder = TypeVar("_Builder", TbsBuilder, x509.CertificateBuilder)
 
 
 def _key_identifier(spki_der: bytes) -> bytes:
     # RFC 5280 §4.2.1.2 method 1 (SHA-1 of the key bits): what OpenSSL and Go compute too.
-    return hashlib.sha1(_spki_raw_bits(spki_der), usedforsecurity=False).digest()
+    return hashlib.sha1(spki_key_bits(spki_der), usedforsecurity=False).digest()
 
 
 def _public_key_object(spki_der: bytes) -> CertificatePublicKeyTypes:
     # The SPKI always comes from our own ML-DSA/ML-KEM key classes, never a DH key.
     return cast(CertificatePublicKeyTypes, serialization.load_der_public_key(spki_der))
-
-
-def _signing_key(key: MLDSA65PrivateKey) -> CertificateIssuerPrivateKeyTypes:
-    signing_key: CertificateIssuerPrivateKeyTypes = (
-        _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())
-    )
-    return signing_key
 
 
 def _name(common_name: str, trust_domain: str) -> x509.Name:
@@ -91,9 +82,7 @@ def _key_usage(**allowed: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**bits)
 
 
-def _ca_extensions(
-    builder: x509.CertificateBuilder, path_length: int, trust_domain: str
-) -> x509.CertificateBuilder:
+def _ca_extensions(builder: _Builder, path_length: int, trust_domain: str) -> _Builder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
@@ -114,17 +103,35 @@ def build_pqc_root(
     spki = key.public_key().spki()
     name = _name(f"{trust_domain} PQC root CA", trust_domain)
     builder = (
-        x509.CertificateBuilder()
+        TbsBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(_public_key_object(spki))
+        .public_key_spki(spki)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .validity(not_before, not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(spki)), critical=False)
     )
     # pathLen 1: the root certifies intermediates (pathLen 0), which certify leaves.
-    return _ca_extensions(builder, 1, trust_domain).sign(_signing_key(key), None)
+    return _ca_extensions(builder, 1, trust_domain).sign(key)
+
+
+@dataclass(frozen=True)
+class IssuerTemplate:
+    """What every certificate an issuer signs repeats: its subject as the issuer name, and the
+    AuthorityKeyIdentifier extension. Derived once per issuer certificate (:func:`issuer_template`)."""
+
+    name: bytes
+    authority_key_identifier: bytes
+    not_after: dt.datetime
+
+
+@functools.lru_cache(maxsize=32)
+def issuer_template(issuer: x509.Certificate) -> IssuerTemplate:
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+    return IssuerTemplate(
+        issuer.subject.public_bytes(), extension_der(aki, False), issuer.not_valid_after_utc
+    )
 
 
 def _issued_builder(
@@ -133,20 +140,17 @@ def _issued_builder(
     subject_spki: bytes,
     not_before: dt.datetime,
     not_after: dt.datetime,
-) -> x509.CertificateBuilder:
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+) -> TbsBuilder:
+    template = issuer_template(issuer)
     return (
-        x509.CertificateBuilder()
+        TbsBuilder()
         .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(_public_key_object(subject_spki))
+        .issuer_name(template.name)
+        .public_key_spki(subject_spki)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .validity(not_before, not_after)
         .add_extension(x509.SubjectKeyIdentifier(_key_identifier(subject_spki)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
-        )
+        .add_extension_der(_AKI, template.authority_key_identifier)
     )
 
 
@@ -164,7 +168,7 @@ def build_intermediate(
     builder = _issued_builder(
         root, subject, intermediate_key.spki(), not_before, min(not_after, root.not_valid_after_utc)
     )
-    return _ca_extensions(builder, 0, trust_domain).sign(_signing_key(root_key), None)
+    return _ca_extensions(builder, 0, trust_domain).sign(root_key)
 
 
 def cross_certify_intermediate(
@@ -176,40 +180,76 @@ def cross_certify_intermediate(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    """The same intermediate public key certified by a classical (ECDSA) root (docs/formats.md)."""
+    """The same intermediate public key certified by a classical (ECDSA) root (docs/formats.md).
+
+    A classical signature: cryptography's builder signs it, with the same fields as :func:`_issued_builder`."""
     subject = _name(f"{trust_domain} PQC intermediate CA {intermediate_key.key_id()[:4].hex()}", trust_domain)
-    builder = _issued_builder(
-        classical_root,
-        subject,
-        intermediate_key.spki(),
-        not_before,
-        min(not_after, classical_root.not_valid_after_utc),
+    spki = intermediate_key.spki()
+    root_ski = classical_root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(classical_root.subject)
+        .public_key(_public_key_object(spki))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, classical_root.not_valid_after_utc))
+        .add_extension(x509.SubjectKeyIdentifier(_key_identifier(spki)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False
+        )
     )
     return _ca_extensions(builder, 0, trust_domain).sign(classical_root_key, hashes.SHA256())
 
 
-def _leaf_builder(
+@functools.lru_cache(maxsize=64)
+def _name_der(common_name: str, trust_domain: str) -> bytes:
+    return _name(common_name, trust_domain).public_bytes()
+
+
+def _leaf_certificate(
     issuer: x509.Certificate,
-    spiffe_id: str,
+    issuer_key: MLDSA65PrivateKey,
     subject_spki: bytes,
+    subject_key_bits: bytes,
+    spiffe_id: str,
     related_leaf_der: bytes,
     not_before: dt.datetime,
     not_after: dt.datetime,
     *,
     common_name: str,
     trust_domain: str,
-) -> x509.CertificateBuilder:
-    return (
-        _issued_builder(issuer, _name(common_name, trust_domain), subject_spki, not_before, not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(RELATED_CERT, encode_related_certificate(related_leaf_der)),
-            critical=False,
-        )
+    usage: tuple[tuple[str, bytes], ...],
+) -> x509.Certificate:
+    """A PQC SVID or KEM certificate. The CA makes two per issuance, so the template is assembled in
+    one step from pre-encoded parts instead of extension by extension (same bytes as the builder path:
+    tests/unit/x509/test_tbs.py)."""
+    if not_after < not_before:
+        raise ValueError("notAfter is before notBefore")
+    template = issuer_template(issuer)
+    key_id = hashlib.sha1(subject_key_bits, usedforsecurity=False).digest()  # as _key_identifier
+    extensions = (
+        (_SKI, encode_extension(_SKI, der.tlv(der.OCTET_STRING, key_id))),
+        (_AKI, template.authority_key_identifier),
+        (_BASIC_CONSTRAINTS, _NOT_CA),
+        # GeneralNames { uniformResourceIdentifier [6] IA5String }: a SPIFFE ID is ASCII.
+        (_SAN, encode_extension(_SAN, der.sequence(der.tlv(0x86, spiffe_id.encode("ascii"))))),
+        (
+            ID_PE_RELATED_CERT,
+            encode_extension(ID_PE_RELATED_CERT, encode_related_certificate(related_leaf_der)),
+        ),
+        *usage,
     )
+    return TbsBuilder(
+        issuer=template.name,
+        subject=_name_der(common_name, trust_domain),
+        spki=subject_spki,
+        serial=x509.random_serial_number(),
+        not_before=not_before,
+        not_after=not_after,
+        extensions=tuple(encoded for _, encoded in extensions),
+        extension_oids=tuple(oid for oid, _ in extensions),
+    ).sign(issuer_key)
 
 
 def build_pqc_svid(
@@ -223,24 +263,11 @@ def build_pqc_svid(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    builder = _leaf_builder(
-        issuer,
-        spiffe_id,
-        subject_key.spki(),
-        classical_leaf_der,
-        not_before,
-        not_after,
-        common_name="PQC SVID",
-        trust_domain=trust_domain,
-    )
-    builder = builder.add_extension(
-        _key_usage(digital_signature=True),
-        critical=True,
-    ).add_extension(
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-        critical=False,
-    )
-    return builder.sign(_signing_key(issuer_key), None)
+    return _leaf_certificate(
+        issuer, issuer_key, subject_key.spki(), subject_key.raw(), spiffe_id, classical_leaf_der, not_before, not_after,
+        common_name="PQC SVID", trust_domain=trust_domain,
+        usage=((_KEY_USAGE, _SIGNING_USAGE), (_EXTENDED_KEY_USAGE, _SERVER_CLIENT_AUTH)),
+    )  # fmt: skip
 
 
 def build_kem_certificate(
@@ -254,22 +281,26 @@ def build_kem_certificate(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    builder = _leaf_builder(
-        issuer,
-        spiffe_id,
-        subject_key.spki(),
-        classical_leaf_der,
-        not_before,
-        not_after,
-        common_name="KEM certificate",
-        trust_domain=trust_domain,
-    )
     # RFC 9935: if keyUsage is present, keyEncipherment is the only bit.
-    builder = builder.add_extension(
-        _key_usage(key_encipherment=True),
-        critical=True,
-    )
-    return builder.sign(_signing_key(issuer_key), None)
+    return _leaf_certificate(
+        issuer, issuer_key, subject_key.spki(), subject_key.raw(), spiffe_id, classical_leaf_der, not_before, not_after,
+        common_name="KEM certificate", trust_domain=trust_domain, usage=((_KEY_USAGE, _KEM_USAGE),),
+    )  # fmt: skip
+
+
+_SKI = x509.OID_SUBJECT_KEY_IDENTIFIER.dotted_string
+_AKI = x509.OID_AUTHORITY_KEY_IDENTIFIER.dotted_string
+_BASIC_CONSTRAINTS = x509.OID_BASIC_CONSTRAINTS.dotted_string
+_SAN = x509.OID_SUBJECT_ALTERNATIVE_NAME.dotted_string
+_KEY_USAGE = x509.OID_KEY_USAGE.dotted_string
+_EXTENDED_KEY_USAGE = x509.OID_EXTENDED_KEY_USAGE.dotted_string
+# Extensions every leaf of a kind carries unchanged, encoded once.
+_NOT_CA = extension_der(x509.BasicConstraints(ca=False, path_length=None), True)
+_SIGNING_USAGE = extension_der(_key_usage(digital_signature=True), True)
+_KEM_USAGE = extension_der(_key_usage(key_encipherment=True), True)
+_SERVER_CLIENT_AUTH = extension_der(
+    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False
+)
 
 
 # --- inspection and checks ---------------------------------------------------------------------

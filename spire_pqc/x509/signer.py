@@ -60,7 +60,7 @@ def build_signer_certificate(
             critical=False,
         )
     )
-    return builder.sign(certs._signing_key(intermediate_key), None)
+    return builder.sign(intermediate_key)
 
 
 @dataclass(frozen=True)

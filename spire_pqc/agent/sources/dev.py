@@ -46,6 +46,8 @@ from spire_pqc.svid import X509Svid
 
 log = logging.getLogger(__name__)
 
+DEV_FRESHNESS = dt.timedelta(seconds=10)
+
 
 @dataclass(frozen=True)
 class _State:
@@ -130,7 +132,13 @@ class DevIdentitySource:
         self._ledger = open_ledger(self._ledger_dsn)
         self._pruner = Pruner(self._ledger, interval=max(self._config.svid_ttl.total_seconds() / 2, 1.0))
         self._pruner.start()
-        self._issuer = PQCIssuer(hierarchy.intermediate, td, bundles, ledger=self._ledger)
+        # The in-process CA shares this process's clock with its only client, so its freshness window
+        # (how long a request stays valid, and how long after the SVID's expiry its ledger entry and
+        # nonce are kept) can be short: the default 60 s cost ~9 MiB more RSS under fast rotation
+        # (`spire-pqc bench rotation`, README).
+        self._issuer = PQCIssuer(
+            hierarchy.intermediate, td, bundles, ledger=self._ledger, freshness=DEV_FRESHNESS
+        )
         signers = await run_crypto(lambda: IntermediateSigners(hierarchy.intermediate, td))
         self._jwt_signing = JwtSigning(td, signers, (hierarchy.root,))
         self._jwt_key = JwtSigningKey.from_key(authority.jwt_key)

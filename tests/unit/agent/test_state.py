@@ -299,3 +299,18 @@ def test_prune_removes_expired_records(tmp_path: Path, issued: Issued) -> None:
         assert not (tmp_path / "s" / record.file_name).exists()
     finally:
         state.close()
+
+
+def test_discarding_a_record_never_written_is_silent(
+    tmp_path: Path, issued: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot superseded before its keys were kept has no file: nothing to remove, nothing to warn about
+    (the rotation soak logged one warning per such slot)."""
+    state = StateDirectory(tmp_path / "s")
+    state.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="spire_pqc.agent.state"):
+            state.discard(StoredCredentials.issued(issued.credentials).leaf_hash)
+        assert not caplog.records
+    finally:
+        state.close()

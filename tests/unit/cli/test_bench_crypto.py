@@ -139,6 +139,7 @@ def test_bench_measures_every_operation_on_both_backends(monkeypatch: pytest.Mon
         ("ML-KEM-768", "keygen"), ("ML-KEM-768", "encaps"), ("ML-KEM-768", "decaps"),
         ("ML-DSA-65", "keygen"), ("ML-DSA-65", "sign"), ("ML-DSA-65", "verify"),
     ]  # fmt: skip
+    assert (result.rows[-1].algorithm, result.rows[-1].operation) == ("ML-KEM-768", "keygen-floor")
     assert all(set(row.ops) == {"openssl", "liboqs"} for row in result.rows)
     assert all(rate > 0 for row in result.rows for rate in row.ops.values())
     assert all(row.openssl_ops is None and row.backend_ratio() is not None for row in result.rows)

@@ -27,10 +27,10 @@ from spire_pqc.ca.devca import DEV_ORGANIZATION, DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.ledger import MEMORY, open_ledger
 from spire_pqc.ca.request import IssueRequest, build_request
+from spire_pqc.crypto import _backend
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
-from spire_pqc.x509 import certs
 from spire_pqc.x509.binding import SvidBinding, sign_binding
 from spire_pqc.x509.oids import RELATED_CERT, SVID_BINDING
 from spire_pqc.x509.related import encode_related_certificate
@@ -66,9 +66,9 @@ def public_key_object(subject_spki: bytes) -> CertificatePublicKeyTypes:
 
 
 def mldsa_signer(key: MLDSA65PrivateKey) -> object:
-    # The cryptography key object the library itself signs certificates with (certs._signing_key),
-    # so crafted certificates are signed exactly like real ones.
-    return certs._signing_key(key)
+    # A cryptography key object for the same seed, so crafted certificates (built with cryptography's
+    # builder, which accepts anything) are signed by the same key as real ones.
+    return _backend.openssl_helpers().cryptography_mldsa65_private_key(key.seed())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""`spire-pqc bench ca`: one worker process per backend, issuance measured against its crypto floor."""
+
+from __future__ import annotations
+
+import pytest
+
+from spire_pqc.bench import ca as bench_ca
+from spire_pqc.bench.worker import Worker, last_json_line
+from tests._backends import require_liboqs
+
+
+@pytest.mark.liboqs
+def test_bench_ca_measures_both_backends_and_their_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(require_liboqs()))
+    report = bench_ca.run(requests=4, rounds=2)
+    assert [r.backend for r in report.results] == ["openssl", "liboqs"]
+    for result in report.results:
+        assert result.available, result.describe
+        assert result.describe.startswith(result.backend + " ")
+        assert result.issuance_per_cpu_s > 0 and result.floor_per_cpu_s > 0 and result.bindings_per_cpu_s > 0
+        # An issuance does at least the floor's work, so it cannot be much faster than it (CPU noise aside).
+        assert 0 < result.floor_ratio < 1.5
+    text = bench_ca.format_report(report)
+    assert "liboqs / openssl issuance:" in text
+    assert "issuance/floor" in text
+
+
+def test_an_unusable_backend_is_reported_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPIRE_PQC_BACKEND", "bogus")
+    with Worker("spire_pqc.bench.ca", ["--worker"]) as worker:
+        assert (
+            worker.unavailable is not None and "expected one of auto, openssl, liboqs" in worker.unavailable
+        )
+    with pytest.raises(ValueError, match="backends"):
+        bench_ca.run(backends=("bogus",))
+
+
+def test_last_json_line_reads_the_result_a_child_printed_last() -> None:
+    assert last_json_line('log line\n{"a": 1}\nnoise\n{"b": 2}\n') == {"b": 2}
+    assert last_json_line("nothing here\n") is None
+
+
+@pytest.mark.liboqs
+def test_expiring_issuances_are_pruned_while_rss_is_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench ca --expiring N`: entries of expired SVIDs leave the file ledger while the CA keeps issuing."""
+    monkeypatch.setenv("OQS_INSTALL_PATH", str(require_liboqs()))
+    report = bench_ca.run_expiring(issuances=1400, ttl_s=2.0, freshness_s=1.0)
+    issued = [sample[0] for sample in report.samples]
+    assert issued[-1] == 1400 and issued == sorted(issued)
+    assert all(rss > 0 for _, rss, _, _ in report.samples)
+    late = [live for _, _, live, seconds in report.samples if seconds > 5.0]
+    # Entries live ~3 s (+ up to 1 s until the pruner runs): once the run is past that, not all 1,400 remain.
+    assert not late or late[-1] < 1400
+    assert "RSS growth after the first entries expired" in bench_ca.format_expiry(report)
