@@ -35,12 +35,12 @@ async def test_the_in_process_ca_refuses_a_request_older_than_its_short_window()
             timestamp_ms=stale_ms,
         )  # fmt: skip
         with pytest.raises(IssuanceError) as refused:
-            await source.ca_client().issue(stale)
+            await source.local_ca_client().issue(stale)
         assert refused.value.reason == RefusalReason.STALE
         fresh = build_request(
             chain, key, MLDSA65PrivateKey.generate(), MLKEM768PrivateKey.generate().public_key().spki(),
             timestamp_ms=int(time.time() * 1000),
         )  # fmt: skip
-        assert (await source.ca_client().issue(fresh)).pqc_svid_chain
+        assert (await source.local_ca_client().issue(fresh)).pqc_svid_chain
     finally:
         await source.close()
