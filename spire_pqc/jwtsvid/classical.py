@@ -48,7 +48,8 @@ def key_for(bundle: bytes, kid: str, td: TrustDomain) -> Any:
         if isinstance(entry, dict) and entry.get("kid") == kid and entry.get("use", "jwt-svid") == "jwt-svid":
             try:
                 return jwt.PyJWK.from_dict(entry).key
-            except jwt.PyJWTError as exc:
+            # PyJWT indexes members without checking them: an "oct" key without "k" is a KeyError.
+            except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
                 raise MalformedCredentialError(f"JWT bundle key {kid!r} of {td} is unusable: {exc}") from exc
     raise TokenKeyError(f"key {kid!r} not found in the JWT bundle of {td}")
 

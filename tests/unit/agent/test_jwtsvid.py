@@ -143,3 +143,11 @@ def test_validate_raises_only_spire_pqc_errors(case: tuple[str, bytes], audience
         return
     assert spiffe_id == ME  # only the genuine signature verifies
     assert claims["sub"] == str(ME)
+
+
+def test_a_bundle_key_missing_its_members_is_a_malformed_credential() -> None:
+    """Found by the property above: PyJWT raised KeyError('k') for an "oct" entry without "k"."""
+    token = _SIGNER.sign(ME, ["a"], dt.timedelta(minutes=5))
+    for entry in ({"kty": "oct", "kid": _SIGNER.kid}, {"kty": "EC", "crv": "P-256", "kid": _SIGNER.kid}):
+        with pytest.raises(SpirePqcError):
+            validate(token, "a", {TD: jwks_bytes([entry])})
