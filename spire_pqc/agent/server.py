@@ -35,6 +35,7 @@ from spire_pqc.agent.state import StateDirectory
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
 from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
 from spire_pqc.bundle import X509Bundle
+from spire_pqc.crypto import timing
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
@@ -148,6 +149,7 @@ class Agent:
         if self._server is not None:
             raise SpirePqcError("agent already started")
         federated = _load_federated(self.config)
+        timing.add_observer(self.metrics.observe_pqc_operation)  # removed by close()
         if self.config.state_dir is not None:
             # First: it is locked, so a second agent on the same state (and, by default, the same
             # socket directory) stops here instead of taking the first one's socket away.
@@ -237,14 +239,14 @@ class Agent:
                 tunnel = OutboundTunnel(
                     tc.name, listen=tc.listen, remote=tc.remote, peer_ids=tc.peer_ids, source=identity,
                     classical_bundles=identity, pqc_bundles=identity.pqc_bundles, mode=tc.mode,
-                    allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users,
+                    allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users, metrics=self.metrics,
                 )  # fmt: skip
             else:
                 assert tc.target is not None and isinstance(tc.listen, tuple)  # config: inbound is TCP
                 tunnel = InboundTunnel(
                     tc.name, listen=tc.listen, target=tc.target, source=identity, classical_bundles=identity,
                     pqc_bundles=identity.pqc_bundles, allowed_ids=tc.allowed_ids,
-                    allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode,
+                    allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode, metrics=self.metrics,
                 )  # fmt: skip
             await tunnel.start()
             self.tunnels.append(tunnel)
@@ -257,6 +259,7 @@ class Agent:
         if self._closing:
             return
         self._closing = True
+        timing.remove_observer(self.metrics.observe_pqc_operation)
         grace = self.config.shutdown_grace.total_seconds()
         # Tunnels first, all at once, while their identities and the Workload API still serve.
         await asyncio.gather(*(tunnel.drain(grace) for tunnel in self.tunnels))

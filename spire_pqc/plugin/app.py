@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -14,7 +15,7 @@ from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
 from spire_pqc.plugin.host import HostServiceBroker, PluginService, serve_plugin
 from spire_pqc.plugin.hostservices import identity_fetcher
-from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
+from spire_pqc.plugin.metrics import BindingCounters, IntermediateExpiry, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,12 @@ def run_plugin() -> int:
     supervisor = EndpointSupervisor(broker, metrics)
     state = PluginState(on_configured=supervisor.reconfigure)
     metrics.register(BindingCounters(lambda: _binding_counts(state)))
+    metrics.register(IntermediateExpiry(lambda: _intermediates(state)))
     services: list[PluginService[Any]] = [
         PluginService(
             COMPOSER_SERVICE,
             cc_grpc.add_CredentialComposerServicer_to_server,
-            CredentialComposerServicer(state),
+            CredentialComposerServicer(state, metrics),
         ),
         PluginService(CONFIG_SERVICE, config_pb2_grpc.add_ConfigServicer_to_server, ConfigServicer(state)),
     ]
@@ -147,9 +149,12 @@ def run_plugin() -> int:
 
 def _binding_counts(state: PluginState) -> dict[str, int]:
     s = state.stats
-    return {
-        "added": s.bindings,
-        "skipped_unusable_key": s.skipped_unusable_key,
-        "skipped_health_check": s.skipped_health_check,
-        "failed": s.failed,
-    }
+    return {"added": s.bindings, "skipped": s.skipped_unusable_key, "failed": s.failed}
+
+
+def _intermediates(state: PluginState) -> list[tuple[bytes, str, dt.datetime]]:
+    current = state.current()
+    if current is None:
+        return []
+    intermediate = current.config.intermediate
+    return [(intermediate.public_key.key_id(), "active", intermediate.certificate.not_valid_after_utc)]

@@ -43,7 +43,7 @@ from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
 from spire_pqc.plugin.config import Config
-from spire_pqc.plugin.metrics import PluginMetrics
+from spire_pqc.plugin.metrics import PluginMetrics, issuance_outcome
 from spire_pqc.svid import verify_classical_svid
 
 log = logging.getLogger(__name__)
@@ -156,15 +156,16 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
+        outcome = ["error", "internal"]  # (result, reason), set by _issue; an exception leaves this
         try:
-            return self._issue(request, context)
+            return self._issue(request, context, outcome)
         finally:
-            self.metrics.latency.observe(time.perf_counter() - started)
+            self.metrics.observe_issuance(outcome[0], outcome[1], time.perf_counter() - started)
 
-    def _issue(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _issue(self, request: Any, context: grpc.ServicerContext, outcome: list[str]) -> Any:
         identity = self._identities.current()
         bundles = BundleSet.from_certificates(list(identity.bundle))
-        caller = self._authorize(context, bundles)
+        caller = self._authorize(context, bundles, outcome)
         issuer = self._issuer_factory(bundles)
         domain_request = IssueRequest(
             classical_chain=tuple(bytes(c) for c in request.classical_svid_chain),
@@ -178,10 +179,10 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         try:
             issued = issuer.issue(domain_request)
         except IssuanceError as exc:
-            self._count_refusal(exc.reason)
+            outcome[:] = issuance_outcome(exc.reason)
             log.warning("issuance refused for agent %s: %s", caller, exc)
             _refuse(context, exc.reason, str(exc), exc.spiffe_id)
-        self.metrics.issuance.labels(result="reissued" if issued.reissued else "issued").inc()
+        outcome[:] = ("issued", "none")
         log.info(
             "agent %s obtained PQC credentials for %s%s",
             caller,
@@ -194,26 +195,22 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_bundle=list(issued.response.pqc_bundle),
         )
 
-    def _count_refusal(self, reason: RefusalReason) -> None:
-        self.metrics.issuance.labels(result="refused").inc()
-        self.metrics.refusals.labels(reason=reason.value).inc()
-
-    def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet) -> str:
+    def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet, outcome: list[str]) -> str:
         pems: list[bytes] = list(context.auth_context().get("x509_pem_cert") or [])  # type: ignore[arg-type]
         if not pems:
-            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHENTICATED)
             _refuse(context, RefusalReason.UNAUTHENTICATED, "a client X509-SVID is required")
         try:
             leaf = x509.load_pem_x509_certificate(pems[0])
             caller = verify_classical_svid([leaf], bundles)
         except (ValueError, VerificationError) as exc:
-            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHENTICATED)
             _refuse(
                 context, RefusalReason.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}"
             )
         if not self._config.agent_allowed(caller):
             log.warning("security event: unauthorised caller %s refused by the PQC CA endpoint", caller)
-            self._count_refusal(RefusalReason.UNAUTHORIZED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHORIZED)
             _refuse(context, RefusalReason.UNAUTHORIZED, f"{caller} is not an authorised node agent")
         return str(caller)
 
