@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
@@ -32,6 +34,7 @@ from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.state import StateDirectory
+from spire_pqc.agent.status import status_document
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
 from spire_pqc.agent.tunnel_identity import AgentSvidSource, StateWatch
 from spire_pqc.bundle import X509Bundle
@@ -108,6 +111,20 @@ class Agent:
 
     def render_metrics(self) -> str:
         return self.metrics.render()
+
+    def status(self) -> dict[str, Any]:
+        """The status document (``/status``; :mod:`spire_pqc.agent.status`)."""
+        provisioner = self._provisioner
+        return status_document(
+            self.metrics,
+            live=self.live,
+            ready=self.ready,
+            keys_initialized=provisioner is not None and provisioner.serving(),
+            tunnel_modes=[tc.mode for tc in self.config.tunnels],
+        )
+
+    def render_status(self) -> str:
+        return json.dumps(self.status(), indent=2) + "\n"
 
     @property
     def live(self) -> bool:
@@ -194,7 +211,7 @@ class Agent:
             refused = self.metrics.connections_closed.labels(reason="health_per_uid_cap")
             self._health = HealthServer(
                 host, port, live=lambda: self.live, ready=lambda: self.ready, metrics=self.render_metrics,
-                on_refused=refused.inc,
+                status=self.render_status, on_refused=refused.inc,
             )  # fmt: skip
             await self._health.start()
         log.info(
