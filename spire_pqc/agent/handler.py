@@ -45,6 +45,7 @@ from spiffe._proto import workload_pb2 as wl
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.connections import ConnectionRegistry
+from spire_pqc.agent.grpchealth import HealthService
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller, PqcCredentials, X509State
@@ -531,6 +532,10 @@ def build_services(
     metrics: Metrics,
     *,
     first_pqc_wait: float = 5.0,
+    health: Mapping[str, Callable[[], bool]] | None = None,
 ) -> list[Any]:
+    """The agent socket's services; ``health`` maps service names to "serving?" (grpc.health.v1)."""
     shared = _Services(source, provisioner, connections, metrics, first_pqc_wait=first_pqc_wait)
-    return [WorkloadAPIService(shared), HybridWorkloadService(shared)]
+    statuses = health if health is not None else {"": lambda: True}
+    health_service = HealthService(statuses, read_request=connections.read_request, guard=shared.guard)
+    return [WorkloadAPIService(shared), HybridWorkloadService(shared), health_service]

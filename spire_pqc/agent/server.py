@@ -24,7 +24,7 @@ from typing import Any
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
 from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
-from spire_pqc.agent.handler import build_services
+from spire_pqc.agent.handler import HYBRID_SERVICE, WORKLOAD_SERVICE, build_services
 from spire_pqc.agent.health import HealthServer
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.peercred import PeerTracker, ProcReader
@@ -195,8 +195,16 @@ class Agent:
             state=self._state,
         )
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
+        source = self._source
+        serving = lambda: self.live and source.ready  # noqa: E731
+        health = {"": serving, WORKLOAD_SERVICE: serving, HYBRID_SERVICE: lambda: self.ready}
         services = build_services(
-            self._source, self._provisioner, registry, self.metrics, first_pqc_wait=self._first_pqc_wait
+            source,
+            self._provisioner,
+            registry,
+            self.metrics,
+            first_pqc_wait=self._first_pqc_wait,
+            health=health,
         )
         server = PeerCredServer(services, registry)
         self.metrics.connections.set_function(lambda: server.connections)
