@@ -67,7 +67,7 @@ def test_grpcio_health_check_and_watch(agent: PqcAgent) -> None:
 
 def test_unknown_method_is_unimplemented_for_grpcio(agent: PqcAgent) -> None:
     with grpc.insecure_channel(f"unix://{_socket(agent)}") as channel:
-        call = channel.unary_unary("/no.such.Service/Method")
+        call = channel.unary_unary("/no.such.Service/Method", None, None)
         with pytest.raises(grpc.RpcError) as info:
             call(b"", timeout=10)
         assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
