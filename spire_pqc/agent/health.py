@@ -23,7 +23,7 @@ from collections.abc import Callable
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.agent.localpeer import tcp_peer_uid
 from spire_pqc.agent.metrics import CONTENT_TYPE
-from spire_pqc.agent.sockets import deepen_backlog
+from spire_pqc.agent.sockets import deepen_backlog, listen_error
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,12 @@ class HealthServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self._host, self._port, limit=MAX_HEAD, backlog=ACCEPT_BATCH
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, self._host, self._port, limit=MAX_HEAD, backlog=ACCEPT_BATCH
+            )
+        except OSError as exc:
+            raise listen_error("health.listen_address", self._host, self._port, exc) from None
         deepen_backlog(self._server, LISTEN_BACKLOG)
         log.info("health and metrics on http://%s:%d (/live /ready /metrics /status)", self._host, self.port)
 

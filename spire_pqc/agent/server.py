@@ -51,7 +51,9 @@ def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
     for td, path in config.pqc_federated_bundles.items():
         try:
             bundles[td] = X509Bundle.from_pem(td, path.read_bytes()).to_der()
-        except (OSError, SpirePqcError) as exc:
+        except OSError as exc:
+            problems.append(f"pqc.federated_bundles.{td}: {path}: cannot read: {exc.strerror or exc}")
+        except SpirePqcError as exc:
             problems.append(f"pqc.federated_bundles.{td}: {exc}")
     if problems:
         raise ConfigError(problems)

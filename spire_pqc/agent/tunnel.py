@@ -44,7 +44,7 @@ from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.localpeer import local_peer
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.outage import Outage
-from spire_pqc.agent.sockets import bind_unix_socket
+from spire_pqc.agent.sockets import bind_unix_socket, listen_error
 from spire_pqc.bundle import BundleSource
 from spire_pqc.channel import (
     Authorizer,
@@ -260,7 +260,10 @@ class OutboundTunnel(_Tunnel):
             self._port = 0
             where = f"unix:{self.listen}"
         else:
-            self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+            try:
+                self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+            except OSError as exc:
+                raise listen_error(f'tunnel.outbound "{self.name}".listen', *self.listen, exc) from None
             self._port = int(self._server.sockets[0].getsockname()[1])
             where = f"{self.listen[0]}:{self._port}"
         if self.local_users.anyone:
@@ -415,10 +418,13 @@ class InboundTunnel(_Tunnel):
         return self._server.port
 
     async def start(self) -> None:
-        self._server = await start_server(
-            self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
-            classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
-        )  # fmt: skip
+        try:
+            self._server = await start_server(
+                self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
+                classical_bundles=self._classical, pqc_bundles=self._pqc, mode=self.mode,
+            )  # fmt: skip
+        except OSError as exc:
+            raise listen_error(f'tunnel.inbound "{self.name}".listen', *self.listen, exc) from None
         self._server.failures = _RefusalLog(self)
         self._server.on_setup = self._on_setup  # counts, times and logs each connection's setup once
         log.info(

@@ -10,7 +10,7 @@ from typing import Any
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
-from spire_pqc.errors import SpirePqcError
+from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
 from spire_pqc.plugin.host import HostServiceBroker, PluginService, serve_plugin
@@ -85,6 +85,11 @@ class EndpointSupervisor:
             attempt += 1
             try:
                 endpoint = CAEndpoint(config, lambda: identity_fetcher(self._broker), metrics=self.metrics)
+            except ConfigError as exc:  # e.g. the port is taken: say so (no traceback), retry later
+                delay = backoff.next()
+                log.error("PQC CA endpoint not started: %s; retrying in %.0fs", exc.problems[0], delay)  # noqa: TRY400
+                superseded.wait(delay)
+                continue
             except SpirePqcError as exc:
                 if attempt == 1 or attempt % 15 == 0:
                     log.info("PQC CA endpoint waiting for SPIRE's server identity (%s)", exc)

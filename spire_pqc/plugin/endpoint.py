@@ -21,7 +21,9 @@ refuses issuance with UNAVAILABLE until the database answers again.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +43,7 @@ from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
-from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
+from spire_pqc.errors import ConfigError, IssuanceError, RefusalReason, SpirePqcError, VerificationError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.metrics import PluginMetrics, issuance_outcome
 from spire_pqc.svid import verify_classical_svid
@@ -225,6 +227,23 @@ def open_configured_ledger(config: Config) -> SqlLedger:
     return open_ledger(config.ledger_dsn, password=config.ledger_password, on_ready=legacy)
 
 
+def _bind_problem(address: str) -> str:
+    """Why ``address`` cannot be bound (grpcio only says that it failed): bind it ourselves to see."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "address already in use (another process listens there)"
+        return exc.strerror or str(exc)
+    except ValueError:
+        return "not a host:port"
+    return "grpcio refused it"
+
+
 class CAEndpoint:
     """Owns the gRPC server of the PQC CA endpoint, the ledger and its pruner; start / stop."""
 
@@ -270,10 +289,16 @@ class CAEndpoint:
             self._identities.certificate_configuration,
             require_client_authentication=True,
         )
-        self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
+        try:
+            self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
+        except RuntimeError:  # newer grpcio raises where older ones return 0
+            self.port = 0
         if self.port == 0:
             self.ledger.close()
-            raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
+            raise ConfigError(
+                f"endpoint_listen_address: cannot listen on {config.endpoint_listen_address}: "
+                f"{_bind_problem(config.endpoint_listen_address)}"
+            )
 
     def start(self) -> None:
         self._server.start()
