@@ -4,11 +4,19 @@ setup latency, ML-DSA verifications, PQ operation latency by backend, rotations 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
+from dataclasses import replace
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
+from spire_pqc.channel.context import restrict_groups
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.crypto import timing
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
@@ -16,7 +24,7 @@ from spire_pqc.crypto.status import backend_info
 from spire_pqc.errors import NoHybridGroupError
 from spire_pqc.spiffeid import SpiffeId
 from tests.unit.agent._tunnels import CLIENT_ID, http_handler, local_server, tunnel_agent, tunnel_config
-from tests.unit.channel._peers import classical_only_context, raw_connect
+from tests.unit.channel._peers import RawServer, classical_only_context, raw_connect
 
 
 async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
@@ -114,3 +122,52 @@ async def test_an_unexpected_remote_is_an_unauthorized_id_failure() -> None:
             lambda: m.value("spire_pqc_agent_channel_establishments_total", **failure) >= 1, "refusal"
         )
         assert out.stats.refused == 1
+
+
+def _x25519_only_server_context() -> SSL.Context:
+    """A TLS 1.3 server offering X25519 only (a peer without post-quantum key exchange)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "classical")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.use_certificate(cert)
+    ctx.use_privatekey(key)
+    restrict_groups(ctx, b"X25519")
+    return ctx
+
+
+async def _handshake(proto: TlsProtocol) -> None:
+    await proto.handshake()
+
+
+@pytest.mark.asyncio
+async def test_the_peers_tls_alert_is_in_the_outbound_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A remote that offers no X25519MLKEM768 answers our ClientHello with a handshake_failure alert:
+    the outbound tunnel's one log line names the tunnel, the remote's address and that alert."""
+    caplog.set_level(logging.WARNING)
+    async with RawServer(_x25519_only_server_context(), _handshake) as remote:
+        config = tunnel_config(1)
+        remote_port = remote.port
+        outbound = replace(config.tunnels[0], remote=("127.0.0.1", remote_port))
+        config = replace(config, tunnels=(outbound, config.tunnels[1]))
+        async with tunnel_agent(config) as (agent, out, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", out.port)
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            await _wait(lambda: out.stats.refused == 1, "the refusal")
+            await asyncio.sleep(0.2)
+            assert out.stats.refused == 1 and out.stats.failed == 0  # counted once
+            failures = agent.metrics.value("spire_pqc_agent_channel_establishments_total", mode="hybrid",
+                                           result="failure", reason="no-hybrid-group")  # fmt: skip
+            assert failures == 1
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("tunnel out: refused remote")
+    ]
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{remote_port}" in lines[0] and "alert handshake failure" in lines[0], lines[0]
