@@ -8,6 +8,7 @@ import contextlib
 import pytest
 
 from spire_pqc.agent.server import Agent
+from spire_pqc.errors import AuthorizationError
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.client import WorkloadClient
 from spire_pqc.workload.source import HybridX509Source
@@ -67,3 +68,19 @@ async def test_client_one_shot_calls() -> None:
         async with contextlib.aclosing(client.watch_pqc_bundles()) as stream:
             bundles = await anext(stream)
         assert [td.name for td in bundles.trust_domains] == ["example.org"]
+
+
+@pytest.mark.asyncio
+async def test_a_caller_without_an_entry_gets_no_identity_issued() -> None:
+    """The agent answers PermissionDenied ("no identity issued"): start() says so with a typed
+    AuthorizationError, not a TimeoutError (it keeps retrying until then, as the Workload API asks)."""
+    config = dev_config(short_dir(), selectors=["unix:uid:4294967294"])  # an entry for nobody's uid
+    async with running_agent(config) as agent:
+        source = HybridX509Source(address=f"unix://{agent.socket_path}", retry_initial=0.05, retry_max=0.2)
+        try:
+            with pytest.raises(
+                AuthorizationError, match=r"^no identity issued for this process by the agent "
+            ):
+                await source.start(timeout=2)
+        finally:
+            await source.close()
