@@ -203,7 +203,7 @@ class GrpcCAClient:
             code = exc.code()
             refusal = refusal_of(exc)
             if code in _TRANSIENT or (refusal is not None and refusal[0] is RefusalReason.UNAVAILABLE):
-                raise UnavailableError(f"PQC CA {self._address}: {code.name}: {exc.details()}") from exc
+                raise UnavailableError(f"PQC CA {self._address}: {code.name}: {self._why(exc)}") from exc
             reason = refusal[0] if refusal is not None else _REASON_BY_STATUS.get(code, RefusalReason.REFUSED)
             error = IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason)
             error.spiffe_id = refusal[1] if refusal is not None else None
@@ -213,6 +213,14 @@ class GrpcCAClient:
             kem_certificate_chain=tuple(bytes(c) for c in reply.kem_certificate_chain),
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
         )
+
+    def _why(self, exc: grpc.aio.AioRpcError) -> str:
+        """The failure in terms of the CA's address: the bridge's own socket is an internal detail."""
+        bridge = self._bridge
+        if bridge is not None and bridge.last_error is not None:
+            return f"cannot reach {bridge.last_error}"
+        details = exc.details() or ""
+        return details.replace(bridge.target, self._address) if bridge is not None else details
 
     async def close(self) -> None:
         if self._channel is not None:
