@@ -152,7 +152,15 @@ class Agent:
         source_config = self.config.source
         if isinstance(source_config, DevSourceConfig):
             return DevIdentitySource(source_config, jwt_ttl=source_config.jwt_svid_ttl)
-        return DelegatedIdentitySource(source_config)
+        own = self._own_identity(source_config)
+        return DelegatedIdentitySource(source_config, own_id=lambda: own.spiffe_id)
+
+    def _own_identity(self, source_config: SpireSourceConfig) -> OwnIdentity:
+        """This agent's own SVID from SPIRE's Workload API (started once, shared)."""
+        if self._own is None:
+            self._own = OwnIdentity(str(source_config.workload_socket_path), source_config.agent_id)
+            self._own.start()
+        return self._own
 
     async def _build_ca_client(self, source: IdentitySource) -> CAClient:
         if isinstance(source, DevIdentitySource):
@@ -160,9 +168,7 @@ class Agent:
         source_config = self.config.source
         if self.config.ca is None or not isinstance(source_config, SpireSourceConfig):
             raise ConfigError("ca: no PQC CA client for this identity source")
-        self._own = OwnIdentity(str(source_config.workload_socket_path), source_config.agent_id)
-        self._own.start()
-        return grpc_ca_client(self.config.ca, self._own)
+        return grpc_ca_client(self.config.ca, self._own_identity(source_config))
 
     async def start(self) -> None:
         if self._server is not None:
