@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from spire_pqc.agent.server import Agent
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import AuthorizationError
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.client import WorkloadClient
@@ -84,3 +89,27 @@ async def test_a_caller_without_an_entry_gets_no_identity_issued() -> None:
                 await source.start(timeout=2)
         finally:
             await source.close()
+
+
+@pytest.mark.asyncio
+async def test_svid_fetch_writes_the_hybrid_svid_that_svid_inspect_verifies(tmp_path: Path) -> None:
+    """`spire-pqc svid fetch --write DIR` against a running agent: three chains, keys 0600, bundles; then
+    `spire-pqc svid inspect --dir DIR` verifies what was written."""
+    out = tmp_path / "svid"
+    async with running_agent() as agent:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "spire_pqc.cli", "svid", "fetch", "--socket", f"unix://{agent.socket_path}",
+            "--write", str(out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    assert stdout.decode().startswith(f"{ME}: written to {out}")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {
+        "svid.pem": 0o644, "svid.key": 0o600, "pqc_svid.pem": 0o644, "pqc_svid.key": 0o600,
+        "kem.pem": 0o644, "kem.key": 0o600, "bundle.pem": 0o644, "pqc_bundle.pem": 0o644,
+    }  # fmt: skip
+    inspect = subprocess.run([sys.executable, "-m", "spire_pqc.cli", "svid", "inspect", "--dir", str(out)],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+    assert MLDSA65PrivateKey.from_pem((out / "pqc_svid.key").read_bytes())
