@@ -249,7 +249,7 @@ class GrpcCAClient:
         code = exc.code()
         refusal = refusal_of(exc)
         if code in _TRANSIENT or (refusal is not None and refusal[0] is RefusalReason.UNAVAILABLE):
-            return UnavailableError(f"PQC CA {self._address}: {code.name}: {exc.details()}")
+            return UnavailableError(f"PQC CA {self._address}: {code.name}: {self._why(exc)}")
         reason = refusal[0] if refusal is not None else _REASON_BY_STATUS.get(code, RefusalReason.REFUSED)
         error = IssuanceError(f"PQC CA {self._address}: {exc.details()}", reason=reason)
         error.spiffe_id = refusal[1] if refusal is not None else None
@@ -297,6 +297,14 @@ class GrpcCAClient:
         task = asyncio.get_running_loop().create_task(retire(), name="spire-pqc-ca-connection-retire")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    def _why(self, exc: grpc.aio.AioRpcError) -> str:
+        """The failure in terms of the CA's address: the bridge's own socket is an internal detail."""
+        bridge = self._bridge
+        if bridge is not None and bridge.last_error is not None:
+            return f"cannot reach {bridge.last_error}"
+        details = exc.details() or ""
+        return details.replace(bridge.target, self._address) if bridge is not None else details
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -539,8 +539,8 @@ class HealthTable(Table):
     listen_address: LoopbackAddress | None = key(
         None,
         shown="disabled",
-        doc="loopback `host:port` of `/live`, `/ready` and `/metrics` (Prometheus: identities served, "
-        "issuance results, rotation lag, streams, state directory and tunnel counters). `/ready` is 503 "
+        doc="loopback `host:port` of `/live`, `/ready`, `/metrics` (Prometheus, docs/metrics.md) and "
+        "`/status` (the status document, JSON; `spire-pqc agent status`). `/ready` is 503 "
         "while the agent has tunnels or callers and none of their identities has PQC credentials.",
     )
 

@@ -43,6 +43,7 @@ from grpclib.protocol import H2Protocol
 
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.agent.config import Limits
+from spire_pqc.agent.grpchealth import UnimplementedFallback
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller
 from spire_pqc.agent.peercred import PeerTracker, peer_credentials
@@ -438,6 +439,8 @@ class PeerCredServer(grpclib.server.Server):
             handlers,
             config=Configuration(http2_connection_window_size=H2_WINDOW, http2_stream_window_size=H2_WINDOW),
         )
+        # Unknown methods: a proper UNIMPLEMENTED (grpclib's own answer lacks content-type).
+        self._mapping = UnimplementedFallback(self._mapping)
         self.registry = registry
 
     async def serve(self, sock: socket.socket) -> None:

@@ -53,6 +53,7 @@ from spire_pqc._internal.wire import SECURITY_HEADER, hybrid_method, workload_me
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import CAClient, JwtSigningCA
 from spire_pqc.agent.connections import ConnectionRegistry
+from spire_pqc.agent.grpchealth import HealthService
 from spire_pqc.agent.hybridjwt import HybridJwtProvider, ServedHybridJwt
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
@@ -651,9 +652,13 @@ def build_services(
     *,
     first_pqc_wait: float = 5.0,
     ca: CAClient | None = None,
+    health: Mapping[str, Callable[[], bool]] | None = None,
 ) -> list[Any]:
+    """The agent socket's services; ``health`` maps service names to "serving?" (grpc.health.v1)."""
     jwt_ca = ca if isinstance(ca, JwtSigningCA) else None
     shared = _Services(
         source, provisioner, connections, metrics, first_pqc_wait=first_pqc_wait, jwt_ca=jwt_ca
     )
-    return [WorkloadAPIService(shared), HybridWorkloadService(shared)]
+    statuses = health if health is not None else {"": lambda: True}
+    health_service = HealthService(statuses, read_request=connections.read_request, guard=shared.guard)
+    return [WorkloadAPIService(shared), HybridWorkloadService(shared), health_service]

@@ -2,7 +2,8 @@
 
 ``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 once the identity source
 can answer callers and PQC credentials are served (503 otherwise; see ``Agent.ready``);
-``GET /metrics`` → Prometheus text format 0.0.4. One request per connection, bounded request head,
+``GET /metrics`` → Prometheus text format 0.0.4; ``GET /status`` → the status document
+(:mod:`spire_pqc.agent.status`, JSON). One request per connection, bounded request head,
 nothing else is parsed: this is an operations port, not a web server.
 
 Any local user can reach a loopback port, so each uid (the owner of the connecting socket, from the
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.agent.localpeer import tcp_peer_uid
 from spire_pqc.agent.metrics import CONTENT_TYPE
-from spire_pqc.agent.sockets import deepen_backlog
+from spire_pqc.agent.sockets import deepen_backlog, listen_error
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,11 @@ class HealthServer:
         live: Callable[[], bool],
         ready: Callable[[], bool],
         metrics: Callable[[], str],
+        status: Callable[[], str] = lambda: "{}\n",
         on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._host, self._port = host, port
-        self._live, self._ready, self._metrics = live, ready, metrics
+        self._live, self._ready, self._metrics, self._status = live, ready, metrics, status
         self._on_refused = on_refused
         self._server: asyncio.Server | None = None
         self._per_uid: Counter[int | None] = Counter()
@@ -65,11 +67,14 @@ class HealthServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self._host, self._port, limit=MAX_HEAD, backlog=ACCEPT_BATCH
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, self._host, self._port, limit=MAX_HEAD, backlog=ACCEPT_BATCH
+            )
+        except OSError as exc:
+            raise listen_error("health.listen_address", self._host, self._port, exc) from None
         deepen_backlog(self._server, LISTEN_BACKLOG)
-        log.info("health and metrics on http://%s:%d (/live /ready /metrics)", self._host, self.port)
+        log.info("health and metrics on http://%s:%d (/live /ready /metrics /status)", self._host, self.port)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -87,6 +92,8 @@ class HealthServer:
             return (200 if ok else 503), "text/plain", "ready\n" if ok else "not ready\n"
         if path == "/metrics":
             return 200, CONTENT_TYPE, self._metrics()
+        if path == "/status":
+            return 200, "application/json", self._status()
         return 404, "text/plain", "not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

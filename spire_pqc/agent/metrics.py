@@ -9,10 +9,20 @@ function. :meth:`Metrics.render` is the Prometheus text exposition served on ``/
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
 from spire_pqc.crypto.status import register_backend_metric
+from spire_pqc.errors import (
+    AuthorizationError,
+    HandshakeError,
+    NoHybridGroupError,
+    ProofMissingError,
+    ProofSignatureError,
+    VerificationError,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a new classical SVID to its PQC credentials: ~10 ms in-process, up to minutes while the
@@ -29,6 +39,32 @@ REFUSAL_REASONS = (
     "too_many_streams",
 )
 ROTATION_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# One PQ primitive: ~0.05-1 ms on a server core; 0.1 is the guide's alert threshold.
+PQC_OPERATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# TCP connect to channel ready: ~5-20 ms on loopback, more across a WAN or a loaded node.
+CHANNEL_SETUP_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MODES = ("hybrid", "spiffe", "pq-tls")
+CHANNEL_FAILURE_REASONS = (
+    "no-hybrid-group", "untrusted-chain", "unauthorized-id", "pq-proof", "handshake", "timeout", "io",
+)  # fmt: skip
+VERIFICATION_CHECKS = ("pq-proof", "chain", "binding", "svid")
+
+
+def channel_failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a failed channel establishment (a closed set: docs/metrics.md)."""
+    if isinstance(exc, NoHybridGroupError):
+        return "no-hybrid-group"
+    if isinstance(exc, ProofMissingError | ProofSignatureError):
+        return "pq-proof"
+    if isinstance(exc, AuthorizationError):
+        return "unauthorized-id"
+    if isinstance(exc, VerificationError):
+        return "untrusted-chain"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, HandshakeError) and "within" in str(exc)):
+        return "timeout"
+    if isinstance(exc, OSError | asyncio.IncompleteReadError | EOFError):
+        return "io"
+    return "handshake"
 
 
 class Metrics:
@@ -108,6 +144,69 @@ class Metrics:
             self.connections_closed.labels(reason=reason)
         for reason in REFUSAL_REASONS:
             self.requests_refused.labels(reason=reason)
+        # --- channels, signatures, PQ primitives, rotations (the PQC guide's monitoring section) ---
+        self.channel_establishments = Counter(
+            "spire_pqc_agent_channel_establishments",
+            "Channel handshakes completed by the agent's tunnels (both directions), by mode, result and reason.",
+            ["mode", "result", "reason"],
+            registry=r,
+        )
+        self.channel_setup = Histogram(
+            "spire_pqc_agent_channel_setup_duration_seconds",
+            "Seconds from TCP connect to channel ready (PQ proofs verified in hybrid mode), successful channels.",
+            ["mode"],
+            buckets=CHANNEL_SETUP_BUCKETS,
+            registry=r,
+        )
+        self.signature_verifications = Counter(
+            "spire_pqc_agent_signature_verifications",
+            "ML-DSA-65 verifications done by the agent, by result and check (pq-proof, chain, binding, svid).",
+            ["result", "check"],
+            registry=r,
+        )
+        self.pqc_operations = Histogram(
+            "spire_pqc_agent_pqc_operation_duration_seconds",
+            "Wall time of one post-quantum primitive, by operation, algorithm and backend.",
+            ["operation", "algorithm", "backend"],
+            buckets=PQC_OPERATION_BUCKETS,
+            registry=r,
+        )
+        self.rotations = Counter(
+            "spire_pqc_agent_rotations",
+            "PQC key rotations (one per new classical SVID), by result; failure: keys could not be "
+            "generated or stored, or the issued credentials did not verify.",
+            ["result"],
+            registry=r,
+        )
+        for mode in MODES:
+            self.channel_establishments.labels(mode=mode, result="success", reason="none")
+            for reason in CHANNEL_FAILURE_REASONS:
+                self.channel_establishments.labels(mode=mode, result="failure", reason=reason)
+        for result in ("success", "failure"):
+            self.rotations.labels(result=result)
+            for check in VERIFICATION_CHECKS:
+                self.signature_verifications.labels(result=result, check=check)
+
+    def observe_channel(self, mode: str, error: BaseException | None, seconds: float) -> None:
+        """One channel establishment (``error`` None: success, taking ``seconds``), with the ML-DSA
+        verification it implies: the peer's PQ proof (hybrid) or its PQC chain (pq-tls)."""
+        check = {"hybrid": "pq-proof", "pq-tls": "chain"}.get(mode)
+        if error is None:
+            self.channel_establishments.labels(mode=mode, result="success", reason="none").inc()
+            self.channel_setup.labels(mode=mode).observe(seconds)
+            if check is not None:
+                self.signature_verifications.labels(result="success", check=check).inc()
+            return
+        reason = channel_failure_reason(error)
+        self.channel_establishments.labels(mode=mode, result="failure", reason=reason).inc()
+        if check is not None and (
+            isinstance(error, ProofSignatureError) or (mode == "pq-tls" and reason == "untrusted-chain")
+        ):
+            self.signature_verifications.labels(result="failure", check=check).inc()
+
+    def observe_pqc_operation(self, operation: str, algorithm: str, backend: str, seconds: float) -> None:
+        """A :mod:`spire_pqc.crypto.timing` observer."""
+        self.pqc_operations.labels(operation=operation, algorithm=algorithm, backend=backend).observe(seconds)
 
     def register(self, collector: Collector) -> None:
         """Add a collector that reads state kept elsewhere at scrape time (e.g. tunnel counters)."""

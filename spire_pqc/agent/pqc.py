@@ -249,7 +249,13 @@ class PqcProvisioner:
             self._obtained(slot, "restored from the state directory")
             return
         if keys is None:
-            keys = (await generate_mldsa65(), await generate_mlkem768())
+            try:
+                keys = (await generate_mldsa65(), await generate_mlkem768())
+            except SpirePqcError as exc:  # e.g. the PQ backend is unusable: nothing to retry with
+                self._metrics.rotations.labels(result="failure").inc()
+                slot.last_error = f"cannot generate PQC keys: {exc}"
+                log.error("PQC key rotation for %s failed: cannot generate keys: %s", sid, exc)  # noqa: TRY400
+                return
             # Kept before the CA sees them: after a crash, the same keys get the same certificates.
             await self._keep(StoredCredentials.pending(svid, *keys), sid)
         mldsa, mlkem = keys
@@ -264,12 +270,18 @@ class PqcProvisioner:
                 if exc.reason is RefusalReason.DUPLICATE:
                     self._refused_for_good(slot, exc)
                     return
+                if exc.reason is RefusalReason.BAD_RESPONSE:
+                    self._metrics.rotations.labels(result="failure").inc()  # issued, but not our keys
+                self._failed(slot, exc)
+            except MalformedCredentialError as exc:
+                self._metrics.rotations.labels(result="failure").inc()  # issued, but does not parse
                 self._failed(slot, exc)
             except SpirePqcError as exc:
                 self._failed(slot, exc)
             else:
                 slot.credentials = credentials
                 self._metrics.issuance.labels(result="success").inc()
+                self._metrics.rotations.labels(result="success").inc()
                 self._obtained(slot, "issued")
                 await self._keep(StoredCredentials.issued(credentials), sid)
                 return
@@ -292,11 +304,13 @@ class PqcProvisioner:
             return None
         if restored.problem is not None:
             # The keys are fine: ask the CA again with them (its ledger answers with the same certificates).
+            self._metrics.signature_verifications.labels(result="failure", check="svid").inc()
             log.warning(
                 "stored PQC certificates of %s are not used (%s); asking the CA again", sid, restored.problem
             )
             self._metrics.state.labels(event="discarded").inc()
         elif restored.credentials is not None:
+            self._metrics.signature_verifications.labels(result="success", check="svid").inc()
             slot.credentials = restored.credentials
             self._metrics.state.labels(event="restored").inc()
         return restored.mldsa, restored.mlkem

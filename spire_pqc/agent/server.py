@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from spire_pqc._internal.wire import HYBRID_SERVICE, WORKLOAD_SERVICE
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
 from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
@@ -35,9 +38,11 @@ from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.agent.sources.delegated import DelegatedIdentitySource, OwnIdentity, grpc_ca_client
 from spire_pqc.agent.sources.dev import DevIdentitySource
 from spire_pqc.agent.state import StateDirectory
+from spire_pqc.agent.status import status_document
 from spire_pqc.agent.tunnel import InboundTunnel, OutboundTunnel, TunnelCollector
 from spire_pqc.agent.tunnel_identity import AgentSvidSource
 from spire_pqc.bundle import X509Bundle
+from spire_pqc.crypto import timing
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
@@ -50,7 +55,9 @@ def _load_federated(config: AgentConfig) -> dict[TrustDomain, bytes]:
     for td, path in config.pqc_federated_bundles.items():
         try:
             bundles[td] = X509Bundle.from_pem(td, path.read_bytes()).to_der()
-        except (OSError, SpirePqcError) as exc:
+        except OSError as exc:
+            problems.append(f"pqc.federated_bundles.{td}: {path}: cannot read: {exc.strerror or exc}")
+        except SpirePqcError as exc:
             problems.append(f"pqc.federated_bundles.{td}: {exc}")
     if problems:
         raise ConfigError(problems)
@@ -117,6 +124,20 @@ class Agent:
     def render_metrics(self) -> str:
         return self.metrics.render()
 
+    def status(self) -> dict[str, Any]:
+        """The status document (``/status``; :mod:`spire_pqc.agent.status`)."""
+        provisioner = self._provisioner
+        return status_document(
+            self.metrics,
+            live=self.live,
+            ready=self.ready,
+            keys_initialized=provisioner is not None and provisioner.serving(),
+            tunnel_modes=[tc.mode for tc in self.config.tunnels],
+        )
+
+    def render_status(self) -> str:
+        return json.dumps(self.status(), indent=2) + "\n"
+
     @property
     def live(self) -> bool:
         return self._server is not None and not self._closing
@@ -141,7 +162,15 @@ class Agent:
         source_config = self.config.source
         if isinstance(source_config, DevSourceConfig):
             return DevIdentitySource(source_config, jwt_ttl=source_config.jwt_svid_ttl)
-        return DelegatedIdentitySource(source_config)
+        own = self._own_identity(source_config)
+        return DelegatedIdentitySource(source_config, own_id=lambda: own.spiffe_id)
+
+    def _own_identity(self, source_config: SpireSourceConfig) -> OwnIdentity:
+        """This agent's own SVID from SPIRE's Workload API (started once, shared)."""
+        if self._own is None:
+            self._own = OwnIdentity(str(source_config.workload_socket_path), source_config.agent_id)
+            self._own.start()
+        return self._own
 
     async def _build_ca_client(self, source: IdentitySource) -> CAClient:
         local = source.local_ca_client()
@@ -150,14 +179,13 @@ class Agent:
         source_config = self.config.source
         if self.config.ca is None or not isinstance(source_config, SpireSourceConfig):
             raise ConfigError("ca: no PQC CA client for this identity source")
-        self._own = OwnIdentity(str(source_config.workload_socket_path), source_config.agent_id)
-        self._own.start()
-        return grpc_ca_client(self.config.ca, self._own)
+        return grpc_ca_client(self.config.ca, self._own_identity(source_config))
 
     async def start(self) -> None:
         if self._server is not None:
             raise SpirePqcError("agent already started")
         federated = _load_federated(self.config)
+        timing.add_observer(self.metrics.observe_pqc_operation)  # removed by close()
         if self.config.state_dir is not None:
             # First: it is locked, so a second agent on the same state (and, by default, the same
             # socket directory) stops here instead of taking the first one's socket away.
@@ -198,13 +226,17 @@ class Agent:
             )
             self._federation.start()
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
+        source = self._source
+        serving = lambda: self.live and source.ready  # noqa: E731
+        health = {"": serving, WORKLOAD_SERVICE: serving, HYBRID_SERVICE: lambda: self.ready}
         services = build_services(
-            self._source,
+            source,
             self._provisioner,
             registry,
             self.metrics,
             first_pqc_wait=self._first_pqc_wait,
             ca=self._ca_client,
+            health=health,
         )
         server = PeerCredServer(services, registry)
         self.metrics.connections.set_function(lambda: server.connections)
@@ -219,7 +251,7 @@ class Agent:
             refused = self.metrics.connections_closed.labels(reason="health_per_uid_cap")
             self._health = HealthServer(
                 host, port, live=lambda: self.live, ready=lambda: self.ready, metrics=self.render_metrics,
-                on_refused=refused.inc,
+                status=self.render_status, on_refused=refused.inc,
             )  # fmt: skip
             await self._health.start()
         log.info(
@@ -257,14 +289,14 @@ class Agent:
                 tunnel = OutboundTunnel(
                     tc.name, listen=tc.listen, remote=tc.remote, peer_ids=tc.peer_ids, source=identity,
                     mode=tc.mode,
-                    allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users,
+                    allow_non_loopback=tc.allow_non_loopback, local_users=tc.local_users, metrics=self.metrics,
                 )  # fmt: skip
             else:
                 assert tc.target is not None and isinstance(tc.listen, tuple)  # config: inbound is TCP
                 tunnel = InboundTunnel(
                     tc.name, listen=tc.listen, target=tc.target, source=identity,
                     allowed_ids=tc.allowed_ids,
-                    allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode,
+                    allowed_trust_domain=tc.allowed_trust_domain, mode=tc.mode, metrics=self.metrics,
                 )  # fmt: skip
             await tunnel.start()
             self.tunnels.append(tunnel)
@@ -277,6 +309,7 @@ class Agent:
         if self._closing:
             return
         self._closing = True
+        timing.remove_observer(self.metrics.observe_pqc_operation)
         grace = self.config.shutdown_grace.total_seconds()
         # Tunnels first, all at once, while their identities and the Workload API still serve.
         await asyncio.gather(*(tunnel.drain(grace) for tunnel in self.tunnels))

@@ -110,3 +110,13 @@ def deepen_backlog(server: asyncio.Server, backlog: int) -> None:
     for transport_socket in server.sockets:
         with transport_socket.dup() as listener:  # shares the listening socket; closing it closes the copy
             listener.listen(backlog)
+
+
+def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """The ConfigError of a TCP listener that could not bind: the key, the address and the cause."""
+    cause = exc.strerror or str(exc)
+    if exc.errno is not None and "address already in use" in str(exc).lower():
+        cause = "address already in use (another process listens there)"
+    elif exc.errno is not None and exc.strerror:
+        cause = exc.strerror[0].lower() + exc.strerror[1:]
+    return ConfigError(f"{key}: cannot listen on {host}:{port}: {cause}")

@@ -42,8 +42,9 @@ from prometheus_client.registry import Collector
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.agent.config import LocalUsers
 from spire_pqc.agent.localpeer import local_peer
+from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.outage import Outage
-from spire_pqc.agent.sockets import bind_unix_socket
+from spire_pqc.agent.sockets import bind_unix_socket, listen_error
 from spire_pqc.channel import (
     Authorizer,
     Mode,
@@ -142,9 +143,11 @@ async def splice(
 class _Tunnel:
     """Shared lifecycle: connection tasks are tracked so ``drain()`` and ``close()`` can end them."""
 
-    def __init__(self, name: str, source: HybridSource) -> None:
+    def __init__(self, name: str, source: HybridSource, metrics: Metrics | None) -> None:
         self.name = name
         self.stats = TunnelStats()
+        self._metrics = metrics
+        self._refusals = LogLimiter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._source = source
         self._no_credentials = Outage(log, f"tunnel {name}: refusing connections, no credentials yet")
@@ -163,6 +166,17 @@ class _Tunnel:
         except UnavailableError:
             return False
         return True
+
+    def _observe(self, mode: Mode, error: BaseException | None, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_channel(mode.value, error, seconds)
+
+    def _refused(self, peer: str, exc: BaseException, what: str) -> None:
+        """Log a refused or failed channel with the tunnel and the peer (one line per kind and interval:
+        a peer can cause them at will). A TLS alert the peer sent is in ``exc``'s message."""
+        self._refusals.log(
+            log, logging.WARNING, type(exc).__name__, "tunnel %s: %s %s: %s", self.name, what, peer, exc,
+        )  # fmt: skip
 
     def _unavailable(self, exc: UnavailableError) -> None:
         self.stats.unavailable += 1
@@ -203,8 +217,9 @@ class OutboundTunnel(_Tunnel):
         local_users: LocalUsers | None,
         mode: Mode | str = Mode.HYBRID,
         allow_non_loopback: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(name, source)
+        super().__init__(name, source, metrics)
         if not peer_ids:
             raise ConfigError(f"tunnel {name}: peer_ids must name at least one SPIFFE ID")
         if local_users is None:
@@ -240,7 +255,10 @@ class OutboundTunnel(_Tunnel):
             self._port = 0
             where = f"unix:{self.listen}"
         else:
-            self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+            try:
+                self._server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+            except OSError as exc:
+                raise listen_error(f'tunnel.outbound "{self.name}".listen', *self.listen, exc) from None
             self._port = int(self._server.sockets[0].getsockname()[1])
             where = f"{self.listen[0]}:{self._port}"
         if self.local_users.anyone:
@@ -286,6 +304,7 @@ class OutboundTunnel(_Tunnel):
             writer.transport.abort()  # a reset: the client must not read this as an empty answer
             return
         self._no_credentials.clear()
+        started = asyncio.get_running_loop().time()
         try:
             remote = await asyncio.wait_for(
                 open_connection(
@@ -299,14 +318,17 @@ class OutboundTunnel(_Tunnel):
             return
         except SpirePqcError as exc:
             self.stats.refused += 1
-            log.warning("tunnel %s: refused remote %s:%d (for %s): %s", self.name, host, port, client, exc)
+            self._observe(self.mode, exc, 0.0)
+            self._refused(f"{host}:{port} (for local client {client})", exc, "refused remote")
             await _close(writer)
             return
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             self.stats.failed += 1
-            log.warning("tunnel %s: cannot reach %s:%d: %s", self.name, host, port, exc)
+            self._observe(self.mode, exc, 0.0)
+            self._refused(f"{host}:{port} (for local client {client})", exc, "cannot reach remote")
             await _close(writer)
             return
+        self._observe(self.mode, None, asyncio.get_running_loop().time() - started)
         self.stats.accepted += 1
         self.stats.open += 1
         try:
@@ -343,10 +365,10 @@ class _RefusalLog(deque[SpirePqcError]):
         self._tunnel = tunnel
 
     def append(self, item: SpirePqcError) -> None:
+        # Refusals during setup are counted by InboundTunnel._on_setup (once per connection); here only
+        # the connections refused before setup because our own credentials are missing.
         if isinstance(item, UnavailableError):
-            self._tunnel._unavailable(item)  # our own credentials are missing, not the peer's fault
-        else:
-            self._tunnel.stats.refused += 1
+            self._tunnel._unavailable(item)
         super().append(item)
 
 
@@ -363,8 +385,9 @@ class InboundTunnel(_Tunnel):
         allowed_ids: Sequence[SpiffeId | str] = (),
         allowed_trust_domain: TrustDomain | str | None = None,
         mode: Mode | str = Mode.HYBRID,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(name, source)
+        super().__init__(name, source, metrics)
         authorizer: Authorizer
         if allowed_ids and allowed_trust_domain is None:
             authorizer = authorize_one_of(*allowed_ids)
@@ -385,16 +408,32 @@ class InboundTunnel(_Tunnel):
         return self._server.port
 
     async def start(self) -> None:
-        self._server = await start_server(
-            self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
-            mode=self.mode,
-        )  # fmt: skip
-        # The channel server logs each refusal with the peer address and reason; we count them.
+        try:
+            self._server = await start_server(
+                self._handle, self.listen[0], self.listen[1], source=self._source, authorizer=self._authorizer,
+                mode=self.mode,
+            )  # fmt: skip
+        except OSError as exc:
+            raise listen_error(f'tunnel.inbound "{self.name}".listen', *self.listen, exc) from None
         self._server.failures = _RefusalLog(self)
+        self._server.on_setup = self._on_setup  # counts, times and logs each connection's setup once
         log.info(
             "tunnel %s: %s %s:%d → %s:%d",
             self.name, self.mode.value, self.listen[0], self.port, self.target[0], self.target[1],
         )  # fmt: skip
+
+    def _on_setup(self, peer: str, error: BaseException | None, seconds: float) -> None:
+        self._observe(self.mode, error, seconds)
+        if error is None:
+            return
+        if isinstance(error, UnavailableError):
+            self._unavailable(error)
+        elif isinstance(error, SpirePqcError):
+            self.stats.refused += 1
+            self._refused(peer, error, f"refused {self.mode.value} connection from")
+        else:
+            self.stats.failed += 1
+            self._refused(peer, error, "connection failed during setup from")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track()

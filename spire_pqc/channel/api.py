@@ -180,6 +180,10 @@ class SecureServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures: deque[SpirePqcError] = deque(maxlen=64)
         self.accepted = 0
+        # Called once per connection that entered setup: (peer address, None, seconds from accept to
+        # ready) or (peer address, the error that ended it, seconds). Must not raise. When set, the
+        # owner logs refusals (with its own context, e.g. a tunnel's name); this server does not.
+        self.on_setup: Callable[[str, BaseException | None, float], None] | None = None
         self._log = LogLimiter()
         self._in_setup: Counter[str] = Counter()
 
@@ -192,20 +196,23 @@ class SecureServer:
             self.failures.append(exc)
             log.debug("refusing a connection: no SVID to present yet (%s)", exc)
             return _Refuse()
-        slot: list[str] = []  # the peer address, once admitted into setup
+        slot: list[str] = []  # the peer host, once admitted into setup
+        peer: list[str] = []  # the peer address, for reports after the connection is gone
         proto = TlsProtocol(
             self._contexts.get(self._config.mode, svid),
             server_side=True,
-            admit=lambda t: self._take_slot(t, slot),
+            admit=lambda t: self._take_slot(t, slot, peer),
         )
-        task = asyncio.get_running_loop().create_task(self._setup(proto, svid, slot))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._setup(proto, svid, slot, peer, loop.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return proto
 
-    def _take_slot(self, transport: asyncio.BaseTransport, slot: list[str]) -> bool:
+    def _take_slot(self, transport: asyncio.BaseTransport, slot: list[str], where: list[str]) -> bool:
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) and peer else "(unknown)"
+        where.append(f"{host}:{peer[1]}" if isinstance(peer, tuple) and len(peer) > 1 else host)
         if self._in_setup.total() >= MAX_SETUP or self._in_setup[host] >= MAX_SETUP_PER_PEER:
             return False
         self._in_setup[host] += 1
@@ -219,7 +226,16 @@ class SecureServer:
                 del self._in_setup[host]
         slot.clear()
 
-    async def _setup(self, proto: TlsProtocol, svid: HybridSvid, slot: list[str]) -> None:
+    def _report(self, peer: list[str], error: BaseException | None, started: float) -> bool:
+        """Tell ``on_setup`` (True) or not (False: no hook, the caller logs)."""
+        if self.on_setup is None:
+            return False
+        self.on_setup(peer[0] if peer else "(unknown)", error, asyncio.get_running_loop().time() - started)
+        return True
+
+    async def _setup(
+        self, proto: TlsProtocol, svid: HybridSvid, slot: list[str], peer: list[str], started: float
+    ) -> None:
         try:
             info = await establish(
                 proto,
@@ -233,12 +249,16 @@ class SecureServer:
             # Every refusal is kept (and counted by whoever reads ``failures``); a peer can cause
             # them at will, so the log gets one line per kind of refusal and interval.
             self.failures.append(exc)
+            if self._report(peer, exc, started):
+                return
             self._log.log(
                 log, logging.WARNING, type(exc).__name__, "refused %s connection from %s: %s",
                 self._config.mode.value, _peername(proto), exc,
             )  # fmt: skip
             return
         except (OSError, asyncio.IncompleteReadError) as exc:
+            if self._report(peer, exc, started):
+                return
             self._log.log(
                 log, logging.INFO, "setup-io", "connection from %s failed during setup: %s", _peername(proto), exc
             )  # fmt: skip
@@ -246,6 +266,7 @@ class SecureServer:
         finally:
             self._release_slot(slot)
         self.accepted += 1
+        self._report(peer, None, started)
         reader, writer = _streams(proto, info, self._limit)
         try:
             result = self._callback(reader, writer)

@@ -149,6 +149,9 @@ class TLSBridge:
         self._listener.listen(16)
         self._closed = threading.Event()
         self.failures = 0
+        # Why the last connection to ``address`` failed (None after a success): what a client of the
+        # bridge reports instead of grpcio's words about the bridge's own socket.
+        self.last_error: str | None = None
         self._thread = threading.Thread(target=self._accept_loop, name="spire-pqc-bridge", daemon=True)
         self._thread.start()
 
@@ -173,9 +176,12 @@ class TLSBridge:
             )
         except (SpirePqcError, OSError, SSL.Error, ValueError) as exc:
             self.failures += 1
+            cause = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+            self.last_error = f"{self._address[0]}:{self._address[1]}: {cause}"
             log.warning("bridge to %s:%d refused: %s", self._address[0], self._address[1], exc)
             local.close()
             return
+        self.last_error = None
         log.debug("bridge connected to %s (X25519MLKEM768)", verified.peer)
         try:
             _pump(local, verified.tls, verified.sock, self._closed)

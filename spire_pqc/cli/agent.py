@@ -1,4 +1,6 @@
-"""`spire-pqc agent run|validate -c agent.toml`: the node agent daemon.
+"""`spire-pqc agent run|validate|status -c agent.toml`: the node agent daemon.
+
+``status`` reads the running agent's status document from its health listener (``/status``).
 
 This module owns the process: ``asyncio.run``, signal handling, log formatting and the descriptor
 limit. The first SIGTERM or SIGINT starts a graceful stop (open streams end with UNAVAILABLE so
@@ -24,6 +26,7 @@ import os
 import resource
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from spire_pqc._internal.ratelimit import LogLimiter, RateLimitFilter
 from spire_pqc.agent.config import DevSourceConfig, load
 from spire_pqc.agent.server import Agent
 from spire_pqc.crypto.status import log_backend
-from spire_pqc.errors import ConfigError
+from spire_pqc.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message (selector_events.py)
@@ -62,6 +65,48 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     validate = sub.add_parser("validate", help="check a configuration file and print every problem")
     validate.add_argument("-c", "--config", type=Path, required=True, help="agent configuration (TOML)")
     validate.set_defaults(handler=cmd_validate)
+    status = sub.add_parser("status", help="the running agent's status document (from its health listener)")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", type=Path, help="agent configuration (TOML): health.listen_address")
+    where.add_argument("--address", help="the agent's health listener, HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print the JSON document as served")
+    status.set_defaults(handler=cmd_status)
+
+
+def _health_url(args: argparse.Namespace, path: str) -> str:
+    if args.address is not None:
+        host, _, port = str(args.address).rpartition(":")
+    else:
+        config = load(args.config)
+        if config.health_address is None:
+            raise ConfigError(f"{args.config}: health.listen_address is not set: the agent serves no /status")
+        host, port = config.health_address[0], str(config.health_address[1])
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{port}{path}"
+
+
+def _human(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return "n/a" if value is None else str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = _health_url(args, "/status")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - http only, built above
+            body = reply.read().decode()
+    except (OSError, ValueError) as exc:
+        raise UnavailableError(f"agent status at {url}: {getattr(exc, 'reason', exc)}") from None
+    if args.json:
+        print(body, end="" if body.endswith("\n") else "\n")
+        return 0
+    for key, value in json.loads(body).items():
+        print(f"{key}: {_human(value)}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def _register_optional(commands: argparse._SubParsersAction[argparse.ArgumentPar
     """Subcommands whose modules arrive with later components (agent, plugin)."""
     import importlib
 
-    for name in ("agent", "plugin"):
+    for name in ("agent", "plugin", "doctor"):
         try:
             module = importlib.import_module(f"spire_pqc.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from spire_pqc._internal.files import read_public
 from spire_pqc.bundle import BundleSet, X509Bundle
+from spire_pqc.cli import svid_fetch
 from spire_pqc.errors import ParseError, SpirePqcError, VerificationError
 from spire_pqc.svid import (
     verify_classical_svid,
@@ -54,6 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         inspect.add_argument(f"--{role.replace('_', '-')}", type=Path, dest=role)
     inspect.add_argument("--at", help="verify at this ISO-8601 time instead of now")
     inspect.set_defaults(handler=cmd_inspect)
+    svid_fetch.register(sub)
 
 
 def load_chain(path: Path) -> list[x509.Certificate]:

@@ -22,11 +22,13 @@ from spire_pqc.crypto.keys import (
     private_der_from_pem,
     private_pem,
 )
+from spire_pqc.crypto.timing import timed
 from spire_pqc.errors import InvalidContextError, InvalidKeyError, InvalidSignatureError
 
 SEED_LEN = _backend.MLDSA65_SEED_LEN
 PUBLIC_KEY_LEN = _backend.MLDSA65_PUBLIC_LEN
 SIGNATURE_LEN = _backend.MLDSA65_SIGNATURE_LEN
+ALGORITHM = "ML-DSA-65"
 
 
 def _check_context(context: bytes) -> bytes:
@@ -82,7 +84,9 @@ class MLDSA65PublicKey:
             raise InvalidSignatureError(
                 f"ML-DSA-65 signature must be {SIGNATURE_LEN} bytes, got {len(signature)}"
             )
-        if not _backend.backend().mldsa65_verify(self._raw, bytes(signature), bytes(message), ctx):
+        with timed("verify", ALGORITHM):
+            valid = _backend.backend().mldsa65_verify(self._raw, bytes(signature), bytes(message), ctx)
+        if not valid:
             raise InvalidSignatureError("ML-DSA-65 signature does not verify")
 
     def __eq__(self, other: object) -> bool:
@@ -109,7 +113,8 @@ class MLDSA65PrivateKey:
 
     @classmethod
     def generate(cls) -> MLDSA65PrivateKey:
-        return cls(os.urandom(SEED_LEN))
+        with timed("keygen", ALGORITHM):
+            return cls(os.urandom(SEED_LEN))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> MLDSA65PrivateKey:
@@ -140,7 +145,9 @@ class MLDSA65PrivateKey:
     def sign(self, message: bytes, *, context: bytes) -> bytes:
         """Hedged ML-DSA-65 signature over ``message`` with the FIPS 204 ``context`` (at most 255 bytes,
         else InvalidContextError)."""
-        return self._signer.sign(bytes(message), _check_context(context))
+        ctx = _check_context(context)
+        with timed("sign", ALGORITHM):
+            return self._signer.sign(bytes(message), ctx)
 
     def __repr__(self) -> str:
         return f"MLDSA65PrivateKey(public={self._public!r})"

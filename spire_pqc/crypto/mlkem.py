@@ -19,12 +19,14 @@ from spire_pqc.crypto.keys import (
     private_der_from_pem,
     private_pem,
 )
+from spire_pqc.crypto.timing import timed
 from spire_pqc.errors import InvalidKeyError
 
 SEED_LEN = _backend.MLKEM768_SEED_LEN
 PUBLIC_KEY_LEN = _backend.MLKEM768_PUBLIC_LEN
 CIPHERTEXT_LEN = _backend.MLKEM768_CIPHERTEXT_LEN
 SHARED_SECRET_LEN = _backend.SHARED_SECRET_LEN
+ALGORITHM = "ML-KEM-768"
 
 
 class MLKEM768PublicKey:
@@ -70,7 +72,8 @@ class MLKEM768PublicKey:
 
     def encapsulate(self) -> tuple[bytes, bytes]:
         """Return ``(shared_secret, ciphertext)``: 32 and 1088 bytes."""
-        return _backend.backend().mlkem768_encapsulate(self._raw)
+        with timed("encaps", ALGORITHM):
+            return _backend.backend().mlkem768_encapsulate(self._raw)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MLKEM768PublicKey) and other._raw == self._raw
@@ -96,7 +99,8 @@ class MLKEM768PrivateKey:
 
     @classmethod
     def generate(cls) -> MLKEM768PrivateKey:
-        return cls(os.urandom(SEED_LEN))
+        with timed("keygen", ALGORITHM):
+            return cls(os.urandom(SEED_LEN))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> MLKEM768PrivateKey:
@@ -128,7 +132,8 @@ class MLKEM768PrivateKey:
             raise InvalidKeyError(
                 f"ML-KEM-768 ciphertext must be {CIPHERTEXT_LEN} bytes, got {len(ciphertext)}"
             )
-        return bytes(self._decapsulator.decapsulate(bytes(ciphertext)))
+        with timed("decaps", ALGORITHM):
+            return bytes(self._decapsulator.decapsulate(bytes(ciphertext)))
 
     def __repr__(self) -> str:
         return f"MLKEM768PrivateKey(public={self._public!r})"

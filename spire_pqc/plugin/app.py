@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -9,12 +10,12 @@ from typing import Any
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
-from spire_pqc.errors import SpirePqcError
+from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
 from spire_pqc.plugin.host import HostServiceBroker, PluginService, serve_plugin
 from spire_pqc.plugin.hostservices import identity_fetcher
-from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
+from spire_pqc.plugin.metrics import BindingCounters, IntermediateExpiry, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,11 @@ class EndpointSupervisor:
             attempt += 1
             try:
                 endpoint = CAEndpoint(config, lambda: identity_fetcher(self._broker), metrics=self.metrics)
+            except ConfigError as exc:  # e.g. the port is taken: say so (no traceback), retry later
+                delay = backoff.next()
+                log.error("PQC CA endpoint not started: %s; retrying in %.0fs", exc.problems[0], delay)  # noqa: TRY400
+                superseded.wait(delay)
+                continue
             except SpirePqcError as exc:
                 if attempt == 1 or attempt % 15 == 0:
                     log.info("PQC CA endpoint waiting for SPIRE's server identity (%s)", exc)
@@ -126,11 +132,12 @@ def run_plugin() -> int:
     supervisor = EndpointSupervisor(broker, metrics)
     state = PluginState(on_configured=supervisor.reconfigure)
     metrics.register(BindingCounters(lambda: _binding_counts(state)))
+    metrics.register(IntermediateExpiry(lambda: _intermediates(state)))
     services: list[PluginService[Any]] = [
         PluginService(
             COMPOSER_SERVICE,
             cc_grpc.add_CredentialComposerServicer_to_server,
-            CredentialComposerServicer(state),
+            CredentialComposerServicer(state, metrics),
         ),
         PluginService(CONFIG_SERVICE, config_pb2_grpc.add_ConfigServicer_to_server, ConfigServicer(state)),
     ]
@@ -147,9 +154,12 @@ def run_plugin() -> int:
 
 def _binding_counts(state: PluginState) -> dict[str, int]:
     s = state.stats
-    return {
-        "added": s.bindings,
-        "skipped_unusable_key": s.skipped_unusable_key,
-        "skipped_health_check": s.skipped_health_check,
-        "failed": s.failed,
-    }
+    return {"added": s.bindings, "skipped": s.skipped_unusable_key, "failed": s.failed}
+
+
+def _intermediates(state: PluginState) -> list[tuple[bytes, str, dt.datetime]]:
+    current = state.current()
+    if current is None:
+        return []
+    intermediate = current.config.intermediate
+    return [(intermediate.public_key.key_id(), "active", intermediate.certificate.not_valid_after_utc)]

@@ -21,7 +21,9 @@ refuses issuance with UNAVAILABLE until the database answers again.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +47,7 @@ from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
 from spire_pqc.errors import (
+    ConfigError,
     IssuanceError,
     RefusalReason,
     SpirePqcError,
@@ -54,7 +57,7 @@ from spire_pqc.errors import (
 from spire_pqc.federation.endpoint import ServerSvid
 from spire_pqc.plugin.bundlepub import BundleEndpointThread, PqcBundlePublisher, svid_of
 from spire_pqc.plugin.config import Config
-from spire_pqc.plugin.metrics import PluginMetrics
+from spire_pqc.plugin.metrics import PluginMetrics, issuance_outcome
 from spire_pqc.svid import verify_classical_svid
 
 log = logging.getLogger(__name__)
@@ -183,15 +186,16 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
+        outcome = ["error", "internal"]  # (result, reason), set by _issue; an exception leaves this
         try:
-            return self._issue(request, context)
+            return self._issue(request, context, outcome)
         finally:
-            self.metrics.latency.observe(time.perf_counter() - started)
+            self.metrics.observe_issuance(outcome[0], outcome[1], time.perf_counter() - started)
 
-    def _issue(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _issue(self, request: Any, context: grpc.ServicerContext, outcome: list[str]) -> Any:
         identity = self._identities.current()
         bundles = BundleSet.from_certificates(list(identity.bundle))
-        caller = self._authorize(context, bundles)
+        caller = self._authorize(context, bundles, outcome)
         issuer = self._issuer_factory(bundles)
         domain_request = IssueRequest(
             classical_chain=tuple(bytes(c) for c in request.classical_svid_chain),
@@ -205,10 +209,10 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         try:
             issued = issuer.issue(domain_request)
         except IssuanceError as exc:
-            self._count_refusal(exc.reason)
+            outcome[:] = issuance_outcome(exc.reason)
             log.warning("issuance refused for agent %s: %s", caller, exc)
             _refuse(context, exc.reason, str(exc), exc.spiffe_id)
-        self.metrics.issuance.labels(result="reissued" if issued.reissued else "issued").inc()
+        outcome[:] = ("issued", "none")
         log.info(
             "agent %s obtained PQC credentials for %s%s",
             caller,
@@ -227,7 +231,7 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         classical token's own signature under the trust domain's JWT bundle is what authorises
         signing its claims, so its subject need not be the caller (agents fetch for workloads)."""
         identity = self._identities.current()
-        caller = self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
+        caller = self._authorize(context, BundleSet.from_certificates(list(identity.bundle)), [])
         if self._jwt is None:
             _refuse(context, RefusalReason.UNAVAILABLE, "this PQC CA does not sign JWT-SVIDs")
         if not self._jwt_rate.take(caller):
@@ -257,26 +261,22 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
         )
 
-    def _count_refusal(self, reason: RefusalReason) -> None:
-        self.metrics.issuance.labels(result="refused").inc()
-        self.metrics.refusals.labels(reason=reason.value).inc()
-
-    def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet) -> str:
+    def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet, outcome: list[str]) -> str:
         pems: list[bytes] = list(context.auth_context().get("x509_pem_cert") or [])  # type: ignore[arg-type]
         if not pems:
-            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHENTICATED)
             _refuse(context, RefusalReason.UNAUTHENTICATED, "a client X509-SVID is required")
         try:
             leaf = x509.load_pem_x509_certificate(pems[0])
             caller = verify_classical_svid([leaf], bundles)
         except (ValueError, VerificationError) as exc:
-            self._count_refusal(RefusalReason.UNAUTHENTICATED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHENTICATED)
             _refuse(
                 context, RefusalReason.UNAUTHENTICATED, f"client certificate is not a valid X509-SVID: {exc}"
             )
         if not self._config.agent_allowed(caller):
             log.warning("security event: unauthorised caller %s refused by the PQC CA endpoint", caller)
-            self._count_refusal(RefusalReason.UNAUTHORIZED)
+            outcome[:] = issuance_outcome(RefusalReason.UNAUTHORIZED)
             _refuse(context, RefusalReason.UNAUTHORIZED, f"{caller} is not an authorised node agent")
         return str(caller)
 
@@ -289,6 +289,23 @@ def open_configured_ledger(config: Config) -> SqlLedger:
             config.ledger_path, database=config.ledger_dsn.display, freshness=config.freshness_window
         )
     return open_ledger(config.ledger_dsn, password=config.ledger_password, on_ready=legacy)
+
+
+def _bind_problem(address: str) -> str:
+    """Why ``address`` cannot be bound (grpcio only says that it failed): bind it ourselves to see."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "address already in use (another process listens there)"
+        return exc.strerror or str(exc)
+    except ValueError:
+        return "not a host:port"
+    return "grpcio refused it"
 
 
 class CAEndpoint:
@@ -356,10 +373,16 @@ class CAEndpoint:
             self._identities.certificate_configuration,
             require_client_authentication=True,
         )
-        self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
+        try:
+            self.port = self._server.add_secure_port(config.endpoint_listen_address, credentials)
+        except RuntimeError:  # newer grpcio raises where older ones return 0
+            self.port = 0
         if self.port == 0:
             self.ledger.close()
-            raise SpirePqcError(f"endpoint_listen_address {config.endpoint_listen_address}: cannot listen")
+            raise ConfigError(
+                f"endpoint_listen_address: cannot listen on {config.endpoint_listen_address}: "
+                f"{_bind_problem(config.endpoint_listen_address)}"
+            )
 
     def _server_svid(self) -> ServerSvid:
         """SPIRE's server SVID for the bundle endpoint (the key object kept while the identity is)."""

@@ -258,13 +258,21 @@ class _StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
 class _InitServicer(init_pb2_grpc.InitServicer):
     """SPIRE's private init service: advertises the plugin's services, learns the host's (§1.2, steps 5-6)."""
 
-    def __init__(self, plugin_service_names: Sequence[str], on_deinit: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        plugin_service_names: Sequence[str],
+        on_deinit: Callable[[], None] | None,
+        on_init: Callable[[], None] | None = None,
+    ) -> None:
         self._names = list(plugin_service_names)
         self._on_deinit = on_deinit
+        self._on_init = on_init
         self.host_service_names: list[str] = []
 
     def Init(self, request: init_pb2.InitRequest, context: grpc.ServicerContext) -> init_pb2.InitResponse:
         self.host_service_names = list(request.host_service_names)
+        if self._on_init is not None:
+            self._on_init()
         logger.info(
             "initialised by the plugin host", extra={"host_services": ",".join(self.host_service_names)}
         )
@@ -319,7 +327,7 @@ class PluginServer:
         self._socket_dir = socket_dir
         self._lifetime = _Lifetime()
         self._stop_requested = threading.Event()
-        self._init = _InitServicer(names, on_deinit)
+        self._init = _InitServicer(names, on_deinit, on_init=self._remove_socket_directory)
         self._health = health.HealthServicer()
         self._pool = futures.ThreadPoolExecutor(
             max_workers=LONG_LIVED_STREAMS + max_concurrent_calls, thread_name_prefix="plugin-grpc"
@@ -368,6 +376,14 @@ class PluginServer:
             raise UnavailableError(f"cannot listen on {socket_path}")
         self.socket_path = socket_path
         logger.info("plugin %s serving on %s", self.plugin_type, socket_path)
+
+    def _remove_socket_directory(self) -> None:
+        """The host is connected (it calls Init over its one connection): the socket file and its
+        directory are no longer needed, and removing them now means that a host which kills this process
+        without a Shutdown (``spire-server validate`` does) leaves nothing behind in the temp directory.
+        The listening socket and the host's connection are unaffected."""
+        if self.socket_path is not None:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return; safe from any thread (not from a signal handler: see serve_plugin)."""

@@ -13,6 +13,7 @@ local user cannot make the plugin hold threads or descriptors without bound.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.server
 import logging
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
@@ -32,10 +33,25 @@ log = logging.getLogger(__name__)
 
 # Seconds per answered issue request: ~5 ms signing, plus the ledger's round trips and fsyncs.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# One SvidBinding: one ML-DSA-65 signature, ~0.3-2 ms.
+BINDING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT = 5.0
-ISSUANCE_RESULTS = ("issued", "reissued", "refused")
-BINDING_RESULTS = ("added", "skipped_unusable_key", "skipped_health_check", "failed")
+BINDING_RESULTS = ("added", "skipped", "failed")
+# (result, reason) of an answered issue request: docs/metrics.md. "error" = the CA could not decide
+# (its ledger is down: "unavailable"; a bug: "internal"); "refused" = the request failed a check.
+ISSUANCE_OUTCOMES = (
+    ("issued", "none"),
+    *(("refused", r.value) for r in RefusalReason
+      if r not in (RefusalReason.UNAVAILABLE, RefusalReason.BAD_RESPONSE, RefusalReason.REFUSED)),
+    ("error", RefusalReason.UNAVAILABLE.value),
+    ("error", "internal"),
+)  # fmt: skip
+
+
+def issuance_outcome(reason: RefusalReason) -> tuple[str, str]:
+    """The ``(result, reason)`` labels of a refusal."""
+    return ("error" if reason is RefusalReason.UNAVAILABLE else "refused"), reason.value
 
 
 class PluginMetrics:
@@ -45,47 +61,52 @@ class PluginMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.issuance = Counter(
-            "spire_pqc_plugin_issuance",
-            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys).",
-            ["result"],
-            registry=r,
-        )
-        self.refusals = Counter(
-            "spire_pqc_plugin_issuance_refusals",
-            "Refused PQC issue requests, by reason (duplicate is a security event).",
-            ["reason"],
+            "spire_pqc_ca_issuance",
+            "PQC issue requests answered by the CA endpoint, by result (issued, refused, error) and reason.",
+            ["result", "reason"],
             registry=r,
         )
         self.latency = Histogram(
-            "spire_pqc_plugin_issuance_latency_seconds",
-            "Seconds to answer a PQC issue request (issued, reissued or refused).",
+            "spire_pqc_ca_issuance_duration_seconds",
+            "Seconds to answer a PQC issue request, by result.",
+            ["result"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.binding_duration = Histogram(
+            "spire_pqc_plugin_binding_duration_seconds",
+            "Seconds to build and sign one SvidBinding (ML-DSA-65).",
+            buckets=BINDING_BUCKETS,
+            registry=r,
+        )
         self.ledger_entries = Gauge(
-            "spire_pqc_plugin_ledger_entries",
+            "spire_pqc_ca_ledger_entries",
             "Rows in the issuance ledger at the last prune run, by kind (issuance, nonce).",
             ["kind"],
             registry=r,
         )
         self.ledger_pruned = Counter(
-            "spire_pqc_plugin_ledger_pruned",
+            "spire_pqc_ca_ledger_pruned",
             "Expired ledger rows removed, by kind (issuance, nonce).",
             ["kind"],
             registry=r,
         )
         self.ledger_up = Gauge(
-            "spire_pqc_plugin_ledger_up",
+            "spire_pqc_ca_ledger_up",
             "1 while the issuance ledger's database answers, 0 while PQC issuance is UNAVAILABLE.",
             registry=r,
         )
-        for result in ISSUANCE_RESULTS:
-            self.issuance.labels(result=result)
-        for reason in RefusalReason:
-            self.refusals.labels(reason=reason.value)
+        for result, reason in ISSUANCE_OUTCOMES:
+            self.issuance.labels(result=result, reason=reason)
+        for result in ("issued", "refused", "error"):
+            self.latency.labels(result=result)
         for kind in ("issuance", "nonce"):
             self.ledger_pruned.labels(kind=kind)
         register_backend_metric(r)  # spire_pqc_crypto_backend_info{backend=…,version=…} 1
+
+    def observe_issuance(self, result: str, reason: str, seconds: float) -> None:
+        self.issuance.labels(result=result, reason=reason).inc()
+        self.latency.labels(result=result).observe(seconds)
 
     def observe_prune(self, run: PruneRun) -> None:
         self.ledger_pruned.labels(kind="issuance").inc(run.pruned.issuances)
@@ -95,7 +116,7 @@ class PluginMetrics:
             self.ledger_entries.labels(kind="nonce").set(run.size.nonces)
 
     def watch_ledger(self, available: Callable[[], bool]) -> None:
-        """Report ``available()`` as ``spire_pqc_plugin_ledger_up`` (the current endpoint's ledger)."""
+        """Report ``available()`` as ``spire_pqc_ca_ledger_up`` (the current endpoint's ledger)."""
         self.ledger_up.set_function(lambda: 1.0 if available() else 0.0)
 
     def register(self, collector: Collector) -> None:
@@ -110,7 +131,10 @@ class PluginMetrics:
 
 
 class BindingCounters(Collector):
-    """``spire_pqc_plugin_bindings_total{result}``, read from the composer's counters at scrape time."""
+    """``spire_pqc_plugin_bindings_total{result}``, read from the composer's counters at scrape time.
+
+    SPIRE's own health-check SVIDs are not workload SVIDs and are not counted here.
+    """
 
     def __init__(self, read: Callable[[], dict[str, int]]) -> None:
         self._read = read
@@ -118,12 +142,30 @@ class BindingCounters(Collector):
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(
             "spire_pqc_plugin_bindings",
-            "Workload X509-SVIDs composed: SvidBinding added, skipped (unusable key, SPIRE health check), failed.",
+            "Workload X509-SVIDs SPIRE signed: SvidBinding added, skipped (on_error=skip), failed (on_error=fail).",
             labels=["result"],
         )
         values = self._read()
         for result in BINDING_RESULTS:
             family.add_metric([result], values.get(result, 0))
+        yield family
+
+
+class IntermediateExpiry(Collector):
+    """``spire_pqc_ca_intermediate_expiry_timestamp_seconds{key_id,state}`` of the configured
+    intermediate(s), read at scrape time: ``read()`` gives ``(key_id, state, notAfter)`` triples."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[bytes, str, dt.datetime]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "spire_pqc_ca_intermediate_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of each intermediate PQC CA certificate this instance holds.",
+            labels=["key_id", "state"],
+        )
+        for key_id, state, not_after in self._read():
+            family.add_metric([key_id.hex()[:16], state], not_after.timestamp())
         yield family
 
 

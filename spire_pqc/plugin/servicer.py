@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from spire_pqc.ca.composer import binding_extension, is_health_check
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.plugin.config import Config, build_config, load_intermediate_key
+from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.spiffeid import SpiffeId
 
 log = logging.getLogger(__name__)
@@ -156,8 +158,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
 
 
 class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
-    def __init__(self, state: PluginState) -> None:
+    def __init__(self, state: PluginState, metrics: PluginMetrics | None = None) -> None:
         self._state = state
+        self._metrics = metrics or PluginMetrics()
 
     def _unimplemented(self, context: grpc.ServicerContext) -> Any:
         # SPIRE maps UNIMPLEMENTED to "keep the default attributes".
@@ -188,7 +191,9 @@ class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "spire-pqc: not configured")
         try:
             SpiffeId.parse(request.spiffe_id)
+            started = time.perf_counter()
             extension = binding_extension(state.key.get(), request.spiffe_id, bytes(request.public_key))
+            self._metrics.binding_duration.observe(time.perf_counter() - started)
         except SpirePqcError as exc:
             return self._on_error(state.config, request, attributes, exc, context)
         except Exception as exc:  # a bug here must not stop SPIRE signing either (docs/trust-model.md)

@@ -71,14 +71,22 @@ class HybridX509Source:
     async def start(self, timeout: float | None = None) -> None:
         """Connect and wait for the first verified update (raise its error if it fails fatally).
 
-        Without one within ``timeout`` seconds, raise UnavailableError carrying the agent's last
-        answer (e.g. why it has no PQC credentials for this workload), not a bare TimeoutError.
+        Without one within ``timeout`` seconds, raise AuthorizationError ("no identity issued") when the
+        agent has no identity for this process, else UnavailableError carrying the agent's last answer
+        (e.g. why it has no PQC credentials for this workload); never a bare TimeoutError.
         """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="spire-pqc-hybrid-source")
         try:
             await self.wait_until_updated(timeout, since=0)
         except TimeoutError as exc:
+            if isinstance(self._last_error, AuthorizationError):
+                # PermissionDenied: the agent knows this process and has no identity for it (no
+                # registration entry matches it). Retried until now, as the Workload API asks.
+                raise AuthorizationError(
+                    f"no identity issued for this process by the agent within {timeout}s "
+                    f"(no registration entry matches it; last answer: {self._last_error})"
+                ) from exc
             why = f"; last answer: {self._last_error}" if self._last_error is not None else ""
             raise UnavailableError(f"no hybrid SVID from the agent within {timeout}s{why}") from exc
 

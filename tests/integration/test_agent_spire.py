@@ -10,6 +10,7 @@ only the classical relay is checked here, and the hybrid extension must answer U
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -133,5 +134,58 @@ async def test_relays_spire_svids_through_delegated_identity() -> None:
                     _jwt_round_trip, f"unix://{config.socket_path}", f"unix://{spire_agent.socket}"
                 )
                 assert (validated, checked, audience) == (WORKLOAD, WORKLOAD, {"a"})
+    finally:
+        cleanup(workdir)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_delegate_logs_its_own_spiffe_id(caplog: pytest.LogCaptureFixture) -> None:
+    """The SPIRE agent lists another ID in authorized_delegates: our log names our own SPIFFE ID (as
+    SPIRE's Workload API gives it) and the key to add it to, and the agent is not ready."""
+    caplog.set_level(logging.ERROR, logger="spire_pqc")
+    workdir = short_tempdir()
+    server = SpireServer(workdir)
+    spire_agent = SpireAgent(workdir, server, authorized_delegates=[f"spiffe://{TD}/someone-else"])
+    try:
+        with running(server, spire_agent):
+            await asyncio.to_thread(server.start)
+            token = await asyncio.to_thread(server.join_token, NODE)
+            await asyncio.to_thread(
+                server.cli, "entry", "create", "-parentID", NODE, "-spiffeID", DELEGATE,
+                "-selector", f"unix:uid:{os.getuid()}",
+            )  # fmt: skip
+            await asyncio.to_thread(spire_agent.start, token)
+            result = await asyncio.to_thread(spire_agent.fetch_x509, workdir / "fetched")
+            assert result.returncode == 0, result.stdout + result.stderr
+            config = parse(
+                {
+                    "agent": {"socket_path": str(workdir / "pqc.sock"), "shutdown_grace": "1s"},
+                    "source": {
+                        "kind": "spire",
+                        "spire": {
+                            "admin_socket_path": str(spire_agent.admin_socket),
+                            "workload_socket_path": str(spire_agent.socket),
+                        },
+                    },
+                    "ca": {"address": "127.0.0.1:1", "timeout": "1s"},
+                }
+            )
+            async with Agent(config) as agent:
+                deadline = time.monotonic() + 60
+
+                def logged() -> list[str]:
+                    return [
+                        r.getMessage()
+                        for r in caplog.records
+                        if "refuses this agent as a delegate" in r.getMessage()
+                    ]
+
+                while not any(DELEGATE in line for line in logged()):
+                    assert time.monotonic() < deadline, logged()
+                    await asyncio.sleep(0.2)
+                line = next(line for line in logged() if DELEGATE in line)
+                assert f"add this agent's SPIFFE ID {DELEGATE} to authorized_delegates" in line
+                assert "PERMISSION_DENIED" in line and str(spire_agent.admin_socket) in line
+                assert not agent.ready
     finally:
         cleanup(workdir)

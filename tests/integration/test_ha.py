@@ -239,7 +239,7 @@ def test_same_svid_at_both_endpoints_at_once_is_issued_once(ha: HA) -> None:
         float(line.rsplit(" ", 1)[1])
         for name in ("a", "b")
         for line in ha.scrape(name).splitlines()
-        if line.startswith('spire_pqc_plugin_issuance_refusals_total{reason="duplicate"}')
+        if line.startswith('spire_pqc_ca_issuance_total{reason="duplicate",result="refused"}')
     )
     assert duplicates >= rounds
 
@@ -291,7 +291,7 @@ def test_postgres_stopped_classical_goes_on_pqc_unavailable_then_resumes(ha: HA)
             assert f"issuance ledger postgresql://spire_pqc@127.0.0.1:{ha.pg.port}/ledger" in (
                 info.value.details() or ""
             )
-        assert "spire_pqc_plugin_ledger_up 0.0" in ha.scrape("a")
+        assert "spire_pqc_ca_ledger_up 0.0" in ha.scrape("a")
         log = ha.a.log_text()
         assert f"issuance ledger postgresql://spire_pqc@127.0.0.1:{ha.pg.port}/ledger is unavailable" in log
         assert ha.pg.password not in log and ha.pg.password not in ha.b.log_text()
@@ -304,7 +304,7 @@ def test_postgres_stopped_classical_goes_on_pqc_unavailable_then_resumes(ha: HA)
         lambda: _issue_at(ha, ha.a, ha.a, workload_request(chain, key)),
         timeout=120,
     )
-    assert "spire_pqc_plugin_ledger_up 1.0" in ha.scrape("a")
+    assert "spire_pqc_ca_ledger_up 1.0" in ha.scrape("a")
 
 
 @pytest.mark.asyncio

@@ -545,3 +545,16 @@ def test_plugin_checksum_mismatch_is_refused_by_spire(pqc: PQC, workdir: Path) -
     )  # fmt: skip
     assert result.returncode != 0
     assert "checksums did not match" in result.stdout + result.stderr
+
+
+def test_spire_server_validate_leaves_no_plugin_directory(pqc: PQC, workdir: Path) -> None:
+    """`spire-server validate` kills the plugin without a Shutdown: nothing of ours may stay in TMPDIR."""
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    for _ in range(2):
+        result = SpireServer(
+            workdir, composer_data=pqc.plugin_data(), extra_env={"TMPDIR": str(tmp)}
+        ).validate()
+        assert result.returncode == 0, result.stdout + result.stderr
+    time.sleep(0.5)
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("spq-")]

@@ -128,3 +128,62 @@ def problems(expr: str, index: dict[str, Family]) -> list[str]:
     for label in sorted(grouping_labels(expr) - known_labels):
         found.append(f"grouping label {label} belongs to none of {sorted(names)}")
     return found
+
+
+# --- the code's exports held to the contract ---------------------------------------------------------
+
+PROCESS_PREFIXES = {
+    "agent": ("spire_pqc_agent_", "spire_pqc_crypto_"),
+    "plugin": ("spire_pqc_plugin_", "spire_pqc_ca_", "spire_pqc_crypto_"),
+}
+
+
+def contract_families_of(families: dict[str, Family], process: str) -> dict[str, Family]:
+    """The contract's families a process must export (by name prefix: see docs/metrics.md)."""
+    return {name: f for name, f in families.items() if name.startswith(PROCESS_PREFIXES[process])}
+
+
+def _creation_time(name: str, families: dict[str, Family]) -> bool:
+    """``X_created``: prometheus_client's creation timestamp of counter or histogram ``X`` (which the
+    0.0.4 text parser reads as a gauge family of its own)."""
+    base = name.removesuffix("_created")
+    return base != name and (
+        base + "_total" in families or families.get(base, Family("", "", {})).type == "histogram"
+    )
+
+
+def export_problems(exposition: str, families: dict[str, Family], process: str) -> list[str]:
+    """Where a scrape of ``process`` and the contract disagree, both ways: a ``spire_pqc_…`` family the
+    contract does not list (or lists with another type), a sample with other labels than the contract's
+    or a label value outside its closed set, and a contract family of this process not exported."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: list[str] = []
+    exported: set[str] = set()
+    for scraped in text_string_to_metric_families(exposition):
+        if not scraped.name.startswith("spire_pqc_") or _creation_time(scraped.name, families):
+            continue
+        name = scraped.name + "_total" if scraped.type == "counter" else scraped.name
+        exported.add(name)
+        family = families.get(name)
+        if family is None:
+            found.append(f"{process} exports {name} ({scraped.type}), which docs/metrics.md does not list")
+            continue
+        if family.type != scraped.type:
+            found.append(f"{name}: exported as a {scraped.type}, docs/metrics.md says {family.type}")
+        for sample in scraped.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            if set(labels) != set(family.labels):
+                found.append(
+                    f"{sample.name}: labels {sorted(labels)}, docs/metrics.md says {sorted(family.labels)}"
+                )
+                continue
+            for label, value in labels.items():
+                allowed = family.labels[label]
+                if allowed is not None and value not in allowed:
+                    found.append(
+                        f"{sample.name}{{{label}={value!r}}}: not in docs/metrics.md's {sorted(allowed)}"
+                    )
+    for name in sorted(set(contract_families_of(families, process)) - exported):
+        found.append(f"docs/metrics.md lists {name}, which the {process} does not export")
+    return sorted(set(found))

@@ -58,6 +58,13 @@ def test_wheel_holds_every_module_stub_and_the_typed_marker(dists: Dists) -> Non
     ]
     assert {str(Requirement(r)) for r in shipped} == {str(Requirement(r)) for r in declared}
 
+    # Licensed as SPIRE is (Apache-2.0), the licence text shipped (PEP 639).
+    fields = email.parser.Parser().parsestr(metadata)
+    assert fields["License-Expression"] == "Apache-2.0"
+    assert fields.get_all("License-File") == ["LICENSE"]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Topic :: Security :: Cryptography" in (fields.get_all("Classifier") or [])
+
 
 def test_sdist_carries_the_package_protos_constraints_and_deployment_files(dists: Dists) -> None:
     with tarfile.open(dists.sdist) as sdist:
@@ -69,7 +76,7 @@ def test_sdist_carries_the_package_protos_constraints_and_deployment_files(dists
         if name.startswith(("proto/", "packaging/", "docs/", "plugins/", "examples/"))
         and "__pycache__" not in name
     }
-    wanted |= {"constraints.txt", "README.md", "pyproject.toml"}
+    wanted |= {"constraints.txt", "README.md", "pyproject.toml", "LICENSE"}
     missing = wanted - names
     assert not missing, f"files missing from the sdist: {sorted(missing)}"
     assert not any(name.startswith("tests/") for name in names)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -108,9 +108,15 @@ class DelegatedIdentitySource:
     name = "spire"
 
     def __init__(
-        self, config: SpireSourceConfig, *, retry_initial: float = 0.5, retry_max: float = 30.0
+        self,
+        config: SpireSourceConfig,
+        *,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        own_id: Callable[[], SpiffeId | None] = lambda: None,
     ) -> None:
         self._config = config
+        self._own_id = own_id  # this agent's own SPIFFE ID (for the refused-delegate message)
         self._channel: grpc.aio.Channel | None = None
         self._bundles: Broadcast[dict[TrustDomain, bytes]] = Broadcast()
         self._bundle_task: asyncio.Task[None] | None = None
@@ -182,13 +188,30 @@ class DelegatedIdentitySource:
                     backoff.reset()
                 log.warning("SPIRE agent ended the %s stream; resubscribing", what)
             except grpc.aio.AioRpcError as exc:
-                log.warning("%s; retrying with backoff", _rpc_error(exc, what))
+                if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+                    self._refused_delegate(exc, what)
+                else:
+                    log.warning("%s; retrying with backoff", _rpc_error(exc, what))
                 # Only the X.509 follower replaces the shared channel, so a restart reconnects once.
                 if exc.code() is grpc.StatusCode.UNAVAILABLE and not self._closed and not jwt:
                     await self._reconnect()
             finally:
                 call.cancel()
             await asyncio.sleep(backoff.next())
+
+    def _refused_delegate(self, exc: grpc.aio.AioRpcError, what: str) -> None:
+        own = self._own_id() or self._config.agent_id
+        who = (
+            f"this agent's SPIFFE ID {own}"
+            if own is not None
+            else "this agent's SPIFFE ID (unknown yet: SPIRE's Workload API gave it no SVID)"
+        )
+        log.error(
+            "%s: the SPIRE agent refuses this agent as a delegate: add %s to authorized_delegates in the "
+            "SPIRE agent's configuration (beside admin_socket_path = %s), and give this agent a registration "
+            "entry; retrying with backoff",
+            _rpc_error(exc, what), who, self._config.admin_socket_path,
+        )  # fmt: skip
 
     def _state(self, svids: tuple[X509Svid, ...], federates_with: set[TrustDomain]) -> X509State:
         all_bundles: Mapping[TrustDomain, bytes] = self._bundles.value or {}
@@ -330,6 +353,7 @@ class OwnIdentity:
         self._address = f"unix://{workload_socket}"
         self._agent_id = agent_id
         self._current: TLSIdentity | None = None
+        self._spiffe_id: SpiffeId | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -350,6 +374,11 @@ class OwnIdentity:
             raise UnavailableError(f"no X509-SVID for this agent from {self._address} yet") from exc
         assert self._current is not None
         return self._current
+
+    @property
+    def spiffe_id(self) -> SpiffeId | None:
+        """This agent's own SPIFFE ID, once SPIRE's Workload API gave it an SVID."""
+        return self._spiffe_id
 
     def _pick(self, svids: Sequence[Any]) -> Any | None:
         if self._agent_id is None:
@@ -376,6 +405,7 @@ class OwnIdentity:
                         ),
                         bundle_pem=bundle.to_pem(),
                     )
+                    self._spiffe_id = SpiffeId.parse(str(svid.spiffe_id))
                     self._ready.set()
                     backoff.reset()
             except SpirePqcError as exc:

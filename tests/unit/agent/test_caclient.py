@@ -110,11 +110,17 @@ async def test_issue_over_mtls_and_error_mapping() -> None:
     finally:
         await client.close()
         await server.stop(None)
-    # Nobody listening any more: UnavailableError, so the provisioner retries.
+    # Nobody listening any more: UnavailableError, so the provisioner retries. It names the CA's address
+    # and the cause, never the bridge's internal Unix socket.
     client = GrpcCAClient(f"127.0.0.1:{port}", current, timeout=2)
     try:
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError) as info:
             await client.issue(request)
+        message = str(info.value)
+        assert message.startswith(f"PQC CA 127.0.0.1:{port}: UNAVAILABLE: cannot reach 127.0.0.1:{port}: "), (
+            message
+        )
+        assert "refused" in message.lower() and "spq-bridge" not in message and "unix:" not in message
     finally:
         await client.close()
 

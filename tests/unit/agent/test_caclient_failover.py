@@ -154,9 +154,10 @@ async def test_every_refusal_arrives_with_its_exact_reason(domain: Domain, tmp_p
             assert (await reason_of(stale))[0] is RefusalReason.STALE
             assert (await reason_of(replace(first, nonce=b"short")))[0] is RefusalReason.MALFORMED
             metrics = ep.servicer.metrics
-            assert metrics.value("spire_pqc_plugin_issuance_total", result="issued") == 1
-            assert metrics.value("spire_pqc_plugin_issuance_refusals_total", reason="duplicate") == 1
-            assert metrics.value("spire_pqc_plugin_issuance_latency_seconds_count") == 7
+            assert metrics.value("spire_pqc_ca_issuance_total", result="issued", reason="none") == 1
+            assert metrics.value("spire_pqc_ca_issuance_total", result="refused", reason="duplicate") == 1
+            assert metrics.value("spire_pqc_ca_issuance_duration_seconds_count", result="issued") == 1
+            assert metrics.value("spire_pqc_ca_issuance_duration_seconds_count", result="refused") == 6
     ledger.close()
 
 
@@ -179,7 +180,8 @@ async def test_unauthorized_agent_and_ledger_down(domain: Domain, tmp_path: Path
             ):
                 await ca.issue(request_for(domain, leaf, key))
         assert (
-            ep.servicer.metrics.value("spire_pqc_plugin_issuance_refusals_total", reason="unavailable") == 1
+            ep.servicer.metrics.value("spire_pqc_ca_issuance_total", result="error", reason="unavailable")
+            == 1
         )
 
 
@@ -197,12 +199,16 @@ async def test_failover_to_the_second_endpoint_and_back(domain: Domain) -> None:
         try:
             leaf, key = domain.classical_ca.issue_svid(domain.spiffe_id("/one"))
             await failover.issue(request_for(domain, leaf, key))
-            assert a.servicer.metrics.value("spire_pqc_plugin_issuance_total", result="issued") == 1
+            assert (
+                a.servicer.metrics.value("spire_pqc_ca_issuance_total", result="issued", reason="none") == 1
+            )
 
             a.server.stop(None).wait()  # server A is gone: the same call goes to B
             leaf, key = domain.classical_ca.issue_svid(domain.spiffe_id("/two"))
             await failover.issue(request_for(domain, leaf, key))
-            assert b.servicer.metrics.value("spire_pqc_plugin_issuance_total", result="issued") == 1
+            assert (
+                b.servicer.metrics.value("spire_pqc_ca_issuance_total", result="issued", reason="none") == 1
+            )
 
             # A refusal is the CA's answer, shared by every server: raised, never tried elsewhere.
             with pytest.raises(IssuanceError) as info:

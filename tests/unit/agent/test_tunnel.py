@@ -211,7 +211,9 @@ async def test_a_taken_tunnel_port_fails_start_and_cleans_up() -> None:
         raw = config.tunnels[1]
         config = replace(config, tunnels=(config.tunnels[0], replace(raw, listen=("127.0.0.1", taken))))
         agent = Agent(config)
-        with pytest.raises(OSError):
+        with pytest.raises(
+            ConfigError, match=rf'tunnel.inbound "in".listen: cannot listen on 127.0.0.1:{taken}'
+        ):
             await agent.start()
         assert not agent.live and not config.socket_path.exists()
         (started,) = agent.tunnels  # the outbound tunnel started before the inbound one failed ...

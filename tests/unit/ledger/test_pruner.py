@@ -22,8 +22,8 @@ def test_runs_are_bounded_and_catch_up(ledger: SqlLedger) -> None:
     last = pruner.run_once()
     assert (last.pruned.issuances, last.complete) == (3, True)
     assert last.size is not None and last.size.issuances == 1
-    assert metrics.value("spire_pqc_plugin_ledger_pruned_total", kind="issuance") == 23
-    assert metrics.value("spire_pqc_plugin_ledger_entries", kind="issuance") == 1
+    assert metrics.value("spire_pqc_ca_ledger_pruned_total", kind="issuance") == 23
+    assert metrics.value("spire_pqc_ca_ledger_entries", kind="issuance") == 1
 
 
 def test_background_thread_prunes_and_stops(ledger: SqlLedger) -> None:

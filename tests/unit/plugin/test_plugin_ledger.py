@@ -25,11 +25,11 @@ def test_metrics_listener_serves_and_bounds_connections() -> None:
     try:
         body = urllib.request.urlopen(url, timeout=10).read().decode()
         for family in (
-            'spire_pqc_plugin_issuance_total{result="issued"} 0.0',
-            'spire_pqc_plugin_issuance_refusals_total{reason="duplicate"} 0.0',
-            "spire_pqc_plugin_issuance_latency_seconds_bucket",
+            'spire_pqc_ca_issuance_total{reason="none",result="issued"} 0.0',
+            'spire_pqc_ca_issuance_total{reason="duplicate",result="refused"} 0.0',
+            'spire_pqc_ca_issuance_duration_seconds_bucket{le="0.005",result="issued"} 0.0',
             'spire_pqc_plugin_bindings_total{result="added"} 3.0',
-            'spire_pqc_plugin_ledger_pruned_total{kind="nonce"} 0.0',
+            'spire_pqc_ca_ledger_pruned_total{kind="nonce"} 0.0',
             'spire_pqc_crypto_backend_info{backend="openssl"',  # the backend in use, as on the agent
         ):
             assert family in body

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from spire_pqc.agent.server import Agent
+from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.errors import AuthorizationError
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.client import WorkloadClient
 from spire_pqc.workload.source import HybridX509Source
@@ -67,3 +73,43 @@ async def test_client_one_shot_calls() -> None:
         async with contextlib.aclosing(client.watch_pqc_bundles()) as stream:
             bundles = await anext(stream)
         assert [td.name for td in bundles.trust_domains] == ["example.org"]
+
+
+@pytest.mark.asyncio
+async def test_a_caller_without_an_entry_gets_no_identity_issued() -> None:
+    """The agent answers PermissionDenied ("no identity issued"): start() says so with a typed
+    AuthorizationError, not a TimeoutError (it keeps retrying until then, as the Workload API asks)."""
+    config = dev_config(short_dir(), selectors=["unix:uid:4294967294"])  # an entry for nobody's uid
+    async with running_agent(config) as agent:
+        source = HybridX509Source(address=f"unix://{agent.socket_path}", retry_initial=0.05, retry_max=0.2)
+        try:
+            with pytest.raises(
+                AuthorizationError, match=r"^no identity issued for this process by the agent "
+            ):
+                await source.start(timeout=2)
+        finally:
+            await source.close()
+
+
+@pytest.mark.asyncio
+async def test_svid_fetch_writes_the_hybrid_svid_that_svid_inspect_verifies(tmp_path: Path) -> None:
+    """`spire-pqc svid fetch --write DIR` against a running agent: three chains, keys 0600, bundles; then
+    `spire-pqc svid inspect --dir DIR` verifies what was written."""
+    out = tmp_path / "svid"
+    async with running_agent() as agent:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "spire_pqc.cli", "svid", "fetch", "--socket", f"unix://{agent.socket_path}",
+            "--write", str(out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    assert stdout.decode().startswith(f"{ME}: written to {out}")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {
+        "svid.pem": 0o644, "svid.key": 0o600, "pqc_svid.pem": 0o644, "pqc_svid.key": 0o600,
+        "kem.pem": 0o644, "kem.key": 0o600, "bundle.pem": 0o644, "pqc_bundle.pem": 0o644,
+    }  # fmt: skip
+    inspect = subprocess.run([sys.executable, "-m", "spire_pqc.cli", "svid", "inspect", "--dir", str(out)],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+    assert MLDSA65PrivateKey.from_pem((out / "pqc_svid.key").read_bytes())
