@@ -143,6 +143,26 @@ class Side:
         return list(self.source.pqc_bundles.get(TrustDomain.parse(td)).authorities)
 
 
+class _FederatedClassical:
+    """The workload's HybridSource, with SPIRE's federated classical bundles added from the standard
+    Workload API: the hybrid stream carries only the workload's own classical bundle (federated PQC
+    bundles, not federated classical ones — a known gap, docs/federation.md)."""
+
+    def __init__(self, source: HybridX509Source, federated: BundleSet) -> None:
+        self._source, self._federated = source, federated
+
+    def get_hybrid_svid(self) -> HybridSvid:
+        return self._source.get_hybrid_svid()
+
+    def get_classical_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        if trust_domain in self._source.classical_bundles:
+            return self._source.get_classical_bundle(trust_domain)
+        return self._federated.get(trust_domain)
+
+    def get_pqc_bundle(self, trust_domain: TrustDomain, /) -> X509Bundle:
+        return self._source.get_pqc_bundle(trust_domain)
+
+
 def _classical_bundles(socket: Path) -> BundleSet:
     """Every classical bundle this workload gets on the standard Workload API (py-spiffe, unmodified)."""
     client = WorkloadApiClient(socket_path=f"unix://{socket}")
@@ -243,6 +263,12 @@ async def _exchange(client: Side, server: Side) -> str:
     """One hybrid channel from ``client``'s workload to ``server``'s; returns what the server saw."""
     assert client.source is not None and server.source is not None
     seen: list[str] = []
+    server_source = _FederatedClassical(
+        server.source, await asyncio.to_thread(_classical_bundles, server.workdir / "pqc.sock")
+    )
+    client_source = _FederatedClassical(
+        client.source, await asyncio.to_thread(_classical_bundles, client.workdir / "pqc.sock")
+    )
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen.append(str(writer.peer_id()))  # type: ignore[attr-defined]
@@ -251,13 +277,13 @@ async def _exchange(client: Side, server: Side) -> str:
         writer.close()
 
     listener = await start_server(
-        serve, "127.0.0.1", 0, source=server.source,
+        serve, "127.0.0.1", 0, source=server_source,
         authorizer=authorize_id(SpiffeId.parse(_ids(client.td)[2])),
     )  # fmt: skip
     try:
         port = listener.port
         reader, writer = await open_connection(
-            "127.0.0.1", port, source=client.source,
+            "127.0.0.1", port, source=client_source,
             authorizer=authorize_id(SpiffeId.parse(_ids(server.td)[2])),
         )  # fmt: skip
         writer.write(b"ping")
