@@ -139,7 +139,15 @@ class _IdentityCache:
 
     def current(self) -> ServerIdentity:
         with self._lock:
-            if dt.datetime.now(dt.UTC) - self._fetched >= REFRESH_INTERVAL:
+            now = dt.datetime.now(dt.UTC)
+            # Refresh every REFRESH_INTERVAL, and sooner once half of the served SVID's remaining life
+            # is gone: with a short SPIRE ca_ttl the server SVID can live less than the interval.
+            remaining = (
+                self._identity.chain[0].not_valid_after_utc - self._fetched
+                if self._identity.chain
+                else REFRESH_INTERVAL
+            )
+            if now - self._fetched >= min(REFRESH_INTERVAL, remaining / 2):
                 try:
                     self._identity = self._fetch()
                 except SpirePqcError as exc:  # keep serving the previous identity; SPIRE may be busy
