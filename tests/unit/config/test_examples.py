@@ -34,6 +34,7 @@ AGENT_EXAMPLES = {
     "examples/agent/agent.toml": DevSourceConfig,
     "examples/agent/agent-spire.toml": SpireSourceConfig,
     "examples/hybrid-echo/agent.toml": DevSourceConfig,
+    "examples/hello-world/agent.toml": DevSourceConfig,
 }
 SERVER_CONF = "plugins/spire-pqc-composer/server.conf"
 COVERED_ELSEWHERE = {"packaging/kubernetes/agent/configmap.yaml", "packaging/kubernetes/spire-values.yaml"}
