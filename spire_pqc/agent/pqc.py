@@ -214,34 +214,62 @@ class PqcProvisioner:
         keys = await self._restore(slot)
         if slot.credentials is not None:
             self._obtained(slot, "restored from the state directory")
-            return
-        if keys is None:
-            keys = (await generate_mldsa65(), await generate_mlkem768())
-            # Kept before the CA sees them: after a crash, the same keys get the same certificates.
-            await self._keep(StoredCredentials.pending(svid, *keys), sid)
-        mldsa, mlkem = keys
+        else:
+            if keys is None:
+                keys = (await generate_mldsa65(), await generate_mlkem768())
+                # Kept before the CA sees them: after a crash, the same keys get the same certificates.
+                await self._keep(StoredCredentials.pending(svid, *keys), sid)
+            if not await self._obtain(slot, *keys, how="issued"):
+                return
+        assert keys is not None  # restored credentials come with their keys
+        await self._renew_while_short(slot, *keys)
+
+    async def _obtain(
+        self, slot: _Slot, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey, *, how: str
+    ) -> bool:
+        """Ask the CA (with backoff) until it answers; False if it never will for this classical SVID."""
+        svid = slot.svid
+        sid = str(svid.spiffe_id)
         backoff = Backoff(self._retry_initial, self._retry_max, rng=self._rng)
         while not self._closed:
             if svid.not_after <= self._clock():
                 log.warning("classical SVID of %s expired before PQC credentials could be obtained", sid)
-                return
+                return False
             try:
                 credentials = await self._issue_once(svid, mldsa, mlkem)
             except IssuanceError as exc:
                 if exc.reason is RefusalReason.DUPLICATE:
                     self._refused_for_good(slot, exc)
-                    return
+                    return False
                 self._failed(slot, exc)
             except SpirePqcError as exc:
                 self._failed(slot, exc)
             else:
                 slot.credentials = credentials
                 self._metrics.issuance.labels(result="success").inc()
-                self._obtained(slot, "issued")
+                self._obtained(slot, how)
                 await self._keep(StoredCredentials.issued(credentials), sid)
-                return
+                return True
             slot.attempted.set()
             await asyncio.sleep(backoff.next())
+        return False
+
+    async def _renew_while_short(
+        self, slot: _Slot, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
+    ) -> None:
+        """PQC certificates that end before their classical SVID (the CA's ``max_pqc_ttl``, or its
+        intermediate's end) are renewed with the same keys at half of their life, so a workload is
+        never served expired PQC credentials while its classical SVID is valid."""
+        while not self._closed and slot.credentials is not None:
+            credentials = slot.credentials
+            if credentials.not_after >= slot.svid.not_after:
+                return
+            renew_at = credentials.obtained + (credentials.not_after - credentials.obtained) / 2
+            delay = (renew_at - self._clock()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not await self._obtain(slot, mldsa, mlkem, how="renewed (same keys)"):
+                return
 
     async def _restore(self, slot: _Slot) -> tuple[MLDSA65PrivateKey, MLKEM768PrivateKey] | None:
         """The slot's kept keys (and credentials, set on the slot when they verify), or None."""

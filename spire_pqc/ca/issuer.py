@@ -82,6 +82,7 @@ class Issued:
     response: IssueResponse
     spiffe_id: str
     reissued: bool
+    renewed: bool = False  # the same keys certified again (their previous certificates were ending)
 
 
 class PQCIssuer:
@@ -162,7 +163,14 @@ class PQCIssuer:
         except LedgerError as exc:
             raise IssuanceError(str(exc), reason=RefusalReason.UNAVAILABLE, spiffe_id=spiffe_id) from exc
         if stored.keys_fingerprint == fingerprint:
-            return Issued(stored.response, spiffe_id, reissued=True)
+            if not _renewal_due(stored, leaf, now):
+                return Issued(stored.response, spiffe_id, reissued=True)
+            # The same keys for the same classical SVID, past half of their certificates' shorter life
+            # (max_pqc_ttl or the intermediate's end): certify them again. The one-key-set-per-SVID
+            # rule is unchanged; the ledger keeps the first answer (a retry of a lost renewal renews).
+            response = self._issue(leaf, spiffe_id, mldsa_key, mlkem_key, now, binder)
+            log.info("renewed the PQC SVID and KEM certificate of %s (same keys)", spiffe_id)
+            return Issued(response, spiffe_id, reissued=False, renewed=True)
         log.warning(
             "security event: second PQC issuance with different keys refused for %s "
             "(classical SVID serial %x, first answered by intermediate %s at %s)",
@@ -308,6 +316,19 @@ class PQCIssuer:
             kem_certificate_chain=(kem.public_bytes(encode), *intermediates),
             pqc_bundle=roots,
         )
+
+
+def _renewal_due(stored: LedgerEntry, leaf: x509.Certificate, now: dt.datetime) -> bool:
+    """The stored certificates end before the classical SVID and half of their life has passed."""
+    try:
+        pqc_end = load_der_certificate(
+            stored.response.pqc_svid_chain[0], what="stored PQC SVID"
+        ).not_valid_after_utc
+    except (ParseError, IndexError):
+        return True  # an unreadable stored answer is never sent again
+    if pqc_end >= leaf.not_valid_after_utc:
+        return False
+    return now >= stored.issued + (pqc_end - stored.issued) / 2
 
 
 def _self_signed(cert: x509.Certificate) -> bool:

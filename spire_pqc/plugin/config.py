@@ -215,7 +215,9 @@ class PluginData(Table):
     )
     max_pqc_ttl: Duration = key(
         dt.timedelta(hours=24),
-        doc="upper bound on PQC SVID lifetimes (they never outlive the classical SVID anyway).",
+        doc="upper bound on PQC SVID lifetimes (they never outlive the classical SVID anyway). It may be "
+        "shorter than SPIRE's X509-SVID TTL: agents renew the PQC certificates with the same keys at half "
+        "of their life (counted as `renewed`).",
     )
     ledger_dsn: Dsn | None = key(
         None,

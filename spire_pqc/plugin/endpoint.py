@@ -181,12 +181,13 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             self._count_refusal(exc.reason)
             log.warning("issuance refused for agent %s: %s", caller, exc)
             _refuse(context, exc.reason, str(exc), exc.spiffe_id)
-        self.metrics.issuance.labels(result="reissued" if issued.reissued else "issued").inc()
+        result = "reissued" if issued.reissued else "renewed" if issued.renewed else "issued"
+        self.metrics.issuance.labels(result=result).inc()
         log.info(
             "agent %s obtained PQC credentials for %s%s",
             caller,
             issued.spiffe_id,
-            " (re-sent)" if issued.reissued else "",
+            {"reissued": " (re-sent)", "renewed": " (renewed, same keys)"}.get(result, ""),
         )
         return ca_pb2.IssuePQCSVIDResponse(
             pqc_svid_chain=list(issued.response.pqc_svid_chain),

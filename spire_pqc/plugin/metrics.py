@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT = 5.0
-ISSUANCE_RESULTS = ("issued", "reissued", "refused")
+ISSUANCE_RESULTS = ("issued", "reissued", "renewed", "refused")
 BINDING_RESULTS = ("added", "skipped_unusable_key", "skipped_health_check", "failed")
 
 
@@ -46,7 +46,8 @@ class PluginMetrics:
         r = self.registry
         self.issuance = Counter(
             "spire_pqc_plugin_issuance",
-            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys).",
+            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys; "
+            "renewed: the same keys certified again before their short-lived certificates end).",
             ["result"],
             registry=r,
         )
