@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -96,6 +96,7 @@ class PQCIssuer:
         *,
         trusted_binding_keys: Sequence[MLDSA65PublicKey] = (),
         sibling_intermediates: Sequence[x509.Certificate] = (),
+        revoked: Collection[str] = (),
         ledger: IssuanceLedger | None = None,
         freshness: dt.timedelta = DEFAULT_FRESHNESS,
         max_ttl: dt.timedelta = DEFAULT_MAX_TTL,
@@ -107,8 +108,18 @@ class PQCIssuer:
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         # When a sibling made the binding, its certificate is appended to the chains we return, so a
         # verifier holding only the PQC root can check that binding (svid.verify_hybrid_svid).
-        self._siblings = {certs.mldsa_public_key(c): c for c in sibling_intermediates}
-        self._binding_keys = [ca.public_key, *trusted_binding_keys, *self._siblings]
+        # Revoked intermediates (key ids, hex) are never binding signers, whatever else trusts them.
+        self.revoked = frozenset(k.lower() for k in revoked)
+        self._siblings = {
+            key: c
+            for c in sibling_intermediates
+            if (key := certs.mldsa_public_key(c)).key_id().hex() not in self.revoked
+        }
+        self._binding_keys = [
+            k
+            for k in (ca.public_key, *trusted_binding_keys, *self._siblings)
+            if k.key_id().hex() not in self.revoked
+        ]
         # Without a ledger: a private in-memory database (the rules then hold in this process only).
         self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
@@ -163,7 +174,7 @@ class PQCIssuer:
         except LedgerError as exc:
             raise IssuanceError(str(exc), reason=RefusalReason.UNAVAILABLE, spiffe_id=spiffe_id) from exc
         if stored.keys_fingerprint == fingerprint:
-            if not _renewal_due(stored, leaf, now):
+            if not _renewal_due(stored, leaf, now) and stored.issuer_key_id not in self.revoked:
                 return Issued(stored.response, spiffe_id, reissued=True)
             # The same keys for the same classical SVID, past half of their certificates' shorter life
             # (max_pqc_ttl or the intermediate's end): certify them again. The one-key-set-per-SVID

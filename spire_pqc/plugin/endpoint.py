@@ -38,11 +38,12 @@ from grpc_status import rpc_status
 
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
-from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.issuer import IntermediateCA, PQCIssuer
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, VerificationError
 from spire_pqc.plugin.config import Config
+from spire_pqc.plugin.intermediates import IntermediateWatcher
 from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.svid import verify_classical_svid
 
@@ -165,7 +166,12 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identity = self._identities.current()
         bundles = BundleSet.from_certificates(list(identity.bundle))
         caller = self._authorize(context, bundles)
-        issuer = self._issuer_factory(bundles)
+        try:
+            issuer = self._issuer_factory(bundles)
+        except SpirePqcError as exc:  # no usable intermediate now: retry later, as with the ledger down
+            self._count_refusal(RefusalReason.UNAVAILABLE)
+            log.error("issuance refused for agent %s: %s", caller, exc)  # noqa: TRY400
+            _refuse(context, RefusalReason.UNAVAILABLE, f"no usable intermediate PQC CA: {exc}")
         domain_request = IssueRequest(
             classical_chain=tuple(bytes(c) for c in request.classical_svid_chain),
             mldsa_spki=bytes(request.mldsa65_public_key),
@@ -193,6 +199,7 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_svid_chain=list(issued.response.pqc_svid_chain),
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
             pqc_bundle=list(issued.response.pqc_bundle),
+            revoked_intermediates=sorted(issuer.revoked),
         )
 
     def _count_refusal(self, reason: RefusalReason) -> None:
@@ -233,7 +240,12 @@ class CAEndpoint:
     """Owns the gRPC server of the PQC CA endpoint, the ledger and its pruner; start / stop."""
 
     def __init__(
-        self, config: Config, fetch_identity: IdentityFetcher, *, metrics: PluginMetrics | None = None
+        self,
+        config: Config,
+        fetch_identity: IdentityFetcher,
+        *,
+        metrics: PluginMetrics | None = None,
+        intermediates: Callable[[], IntermediateWatcher] | None = None,
     ) -> None:
         if config.endpoint_listen_address is None:
             raise ValueError("endpoint_listen_address is not configured")
@@ -252,13 +264,26 @@ class CAEndpoint:
             on_run=self.metrics.observe_prune,
         )
         ledger = self.ledger
+        if intermediates is None:
+            static = IntermediateWatcher.from_config(config)  # not polled: the configuration's schedule
+
+            def intermediates() -> IntermediateWatcher:
+                return static
+
+        watch = intermediates
 
         def issuer_factory(bundles: BundleSet) -> PQCIssuer:
+            # The schedule now: the active intermediate signs; next and retiring ones (and SPIRE HA
+            # siblings) are accepted as binding signers and sent with the chains they bound.
+            watcher = watch()
+            current = watcher.current()
+            inter, key = watcher.signing()
             return PQCIssuer(
-                config.intermediate,
+                IntermediateCA(key, inter.ca.certificate, inter.ca.chain_to_root),
                 config.trust_domain,
                 bundles,
-                sibling_intermediates=config.sibling_intermediates,
+                sibling_intermediates=(*config.sibling_intermediates, *current.trusted_certificates()),
+                revoked=watcher.revoked,
                 ledger=ledger,
                 freshness=config.freshness_window,
                 max_ttl=config.max_pqc_ttl,

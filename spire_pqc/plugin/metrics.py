@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
+from spire_pqc.ca.intermediates import IntermediateSet, State
 from spire_pqc.ca.ledger import PruneRun
 from spire_pqc.crypto.status import register_backend_metric
 from spire_pqc.errors import RefusalReason
@@ -80,6 +81,25 @@ class PluginMetrics:
             "1 while the issuance ledger's database answers, 0 while PQC issuance is UNAVAILABLE.",
             registry=r,
         )
+        self.intermediates = Gauge(
+            "spire_pqc_plugin_intermediates",
+            "Intermediate PQC CAs by state (next, active, retiring, retired, revoked).",
+            ["state"],
+            registry=r,
+        )
+        self.intermediate_expiry = Gauge(
+            "spire_pqc_plugin_intermediate_expiry_seconds",
+            "Seconds until the active intermediate PQC CA's notAfter (0: none is active).",
+            registry=r,
+        )
+        self.rotation_overdue = Gauge(
+            "spire_pqc_plugin_intermediate_rotation_overdue",
+            "1 while the active intermediate is past its successor's activation point and no next one "
+            "is ready (or none is active): issue the next intermediate.",
+            registry=r,
+        )
+        for state in State:
+            self.intermediates.labels(state=state.value)
         for result in ISSUANCE_RESULTS:
             self.issuance.labels(result=result)
         for reason in RefusalReason:
@@ -94,6 +114,16 @@ class PluginMetrics:
         if run.size is not None:
             self.ledger_entries.labels(kind="issuance").set(run.size.issuances)
             self.ledger_entries.labels(kind="nonce").set(run.size.nonces)
+
+    def observe_intermediates(self, current: IntermediateSet) -> None:
+        for state in State:
+            self.intermediates.labels(state=state.value).set(len(current.in_state(state)))
+        active = current.active
+        remaining = (
+            (active.intermediate.not_after - current.at).total_seconds() if active is not None else 0.0
+        )
+        self.intermediate_expiry.set(max(0.0, remaining))
+        self.rotation_overdue.set(1.0 if current.rotation_overdue() else 0.0)
 
     def watch_ledger(self, available: Callable[[], bool]) -> None:
         """Report ``available()`` as ``spire_pqc_plugin_ledger_up`` (the current endpoint's ledger)."""
