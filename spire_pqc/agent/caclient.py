@@ -21,12 +21,13 @@ is down) is an :class:`UnavailableError` like a transport failure: retried, neve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol, cast, runtime_checkable
 
 import grpc
 import grpc.aio
@@ -38,7 +39,7 @@ from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.request import IssueRequest, IssueResponse
+from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.channel.bridge import ClientIdentity, TLSBridge
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError
@@ -67,6 +68,13 @@ class CAClient(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class BundleFetcher(Protocol):
+    """A CA client that can also say what the trust domain's PQC bundle and revocations are now."""
+
+    async def fetch_bundle(self) -> BundleUpdate: ...
+
+
 class LocalCAClient:
     """The dev source's in-process PQC CA; the issuer's checks run off the event loop."""
 
@@ -75,7 +83,15 @@ class LocalCAClient:
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         issued = await run_crypto(lambda: self._issuer.issue(request))
-        return issued.response
+        return dataclasses.replace(issued.response, revoked_intermediates=tuple(sorted(self._issuer.revoked)))
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        encode = serialization.Encoding.DER
+        return BundleUpdate(
+            trust_domain=self._issuer.trust_domain.name,
+            pqc_bundle=tuple(c.public_bytes(encode) for c in self._issuer.pqc_roots),
+            revoked_intermediates=tuple(sorted(self._issuer.revoked)),
+        )
 
     async def close(self) -> None:
         return None
@@ -212,6 +228,19 @@ class GrpcCAClient:
             pqc_svid_chain=tuple(bytes(c) for c in reply.pqc_svid_chain),
             kem_certificate_chain=tuple(bytes(c) for c in reply.kem_certificate_chain),
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
+            revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
+        )
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        stub = await self._stub()
+        try:
+            reply = await stub.FetchPQCBundle(ca_pb2.FetchPQCBundleRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {exc.details()}") from exc
+        return BundleUpdate(
+            trust_domain=reply.trust_domain,
+            pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
+            revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
         )
 
     async def close(self) -> None:
@@ -288,6 +317,17 @@ class FailoverCAClient:
             return response
         if len(failures) == 1:
             raise UnavailableError(failures[0])
+        raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        failures = []
+        for endpoint in self._order():
+            if not isinstance(endpoint.client, BundleFetcher):
+                continue
+            try:
+                return await endpoint.client.fetch_bundle()
+            except UnavailableError as exc:
+                failures.append(str(exc))
         raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
 
     async def close(self) -> None:

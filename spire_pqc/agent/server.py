@@ -174,7 +174,9 @@ class Agent:
             metrics=self.metrics,
             static_bundles=federated,
             state=self._state,
+            revoked=self.config.revoked_intermediates,
         )
+        self._provisioner.start_bundle_refresh(self.config.bundle_refresh_interval)
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
         services = build_services(
             self._source, self._provisioner, registry, self.metrics, first_pqc_wait=self._first_pqc_wait

@@ -97,6 +97,7 @@ class PQCIssuer:
         trusted_binding_keys: Sequence[MLDSA65PublicKey] = (),
         sibling_intermediates: Sequence[x509.Certificate] = (),
         revoked: Collection[str] = (),
+        pqc_roots: Sequence[x509.Certificate] = (),
         ledger: IssuanceLedger | None = None,
         freshness: dt.timedelta = DEFAULT_FRESHNESS,
         max_ttl: dt.timedelta = DEFAULT_MAX_TTL,
@@ -126,6 +127,12 @@ class PQCIssuer:
         self._max_ttl = max_ttl
         self._clock = clock
         self._key_id = ca.public_key.key_id().hex()
+        # Every root of the trust domain's PQC bundle (a rotation's new root included), else the CA's own.
+        self.pqc_roots = tuple(pqc_roots) or tuple(c for c in ca.chain_to_root if _self_signed(c))
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self._trust_domain
 
     @property
     def ca(self) -> IntermediateCA:
@@ -321,7 +328,7 @@ class PQCIssuer:
         sibling = self._siblings.get(binder)
         if sibling is not None:
             intermediates += (sibling.public_bytes(encode),)
-        roots = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
+        roots = tuple(c.public_bytes(encode) for c in self.pqc_roots)
         return IssueResponse(
             pqc_svid_chain=(pqc.public_bytes(encode), *intermediates),
             kem_certificate_chain=(kem.public_bytes(encode), *intermediates),

@@ -42,7 +42,7 @@ from spire_pqc.errors import (
     RelatedCertificateError,
 )
 from spire_pqc.spiffeid import SpiffeId
-from spire_pqc.svid import HybridSvid, der, verify_pqc_svid, verify_svid_binding
+from spire_pqc.svid import HybridSvid, binding_signers, der, verify_pqc_svid, verify_svid_binding
 from spire_pqc.x509 import certs
 from spire_pqc.x509.oids import RELATED_CERT
 from spire_pqc.x509.related import parse_related_certificate, related_hash
@@ -144,9 +144,10 @@ def verify_proof(
         raise RelatedCertificateError(
             "PQC SVID is bound to another classical SVID than the one in this TLS session", spiffe_id=sid
         )
-    # The classical leaf's SvidBinding must verify under an intermediate of the verified PQC path.
-    intermediates = [certs.mldsa_public_key(c) for c in path[:-1]]
-    verify_svid_binding(tls_leaf, intermediates)
+    # The classical leaf's SvidBinding must verify under an intermediate the chain establishes (the
+    # same rule as verify_hybrid_svid: after an intermediate rotation the binder is carried in the chain).
+    now = at or dt.datetime.now(dt.UTC)
+    verify_svid_binding(tls_leaf, binding_signers(proof.chain, path, pqc_bundles, spiffe_id=pqc_id, at=now))
     try:
         certs.mldsa_public_key(leaf, spiffe_id=sid).verify(
             proof.signature, signed_message(exporter_value, signer_role=signer_role), context=CONTEXT

@@ -149,10 +149,12 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identities: _IdentityCache,
         issuer_factory: Callable[[BundleSet], PQCIssuer],
         metrics: PluginMetrics | None = None,
+        revoked: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
+        self._revoked = revoked
         self.metrics = metrics or PluginMetrics()
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -200,6 +202,17 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
             pqc_bundle=list(issued.response.pqc_bundle),
             revoked_intermediates=sorted(issuer.revoked),
+        )
+
+    def FetchPQCBundle(self, request: Any, context: grpc.ServicerContext) -> Any:
+        identity = self._identities.current()
+        self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
+        revoked = self._revoked() if self._revoked is not None else self._config.revoked_intermediates
+        encode = serialization.Encoding.DER
+        return ca_pb2.FetchPQCBundleResponse(
+            trust_domain=self._config.trust_domain.name,
+            pqc_bundle=[c.public_bytes(encode) for c in self._config.pqc_roots],
+            revoked_intermediates=sorted(revoked),
         )
 
     def _count_refusal(self, reason: RefusalReason) -> None:
@@ -284,12 +297,15 @@ class CAEndpoint:
                 bundles,
                 sibling_intermediates=(*config.sibling_intermediates, *current.trusted_certificates()),
                 revoked=watcher.revoked,
+                pqc_roots=config.pqc_roots,
                 ledger=ledger,
                 freshness=config.freshness_window,
                 max_ttl=config.max_pqc_ttl,
             )
 
-        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics)
+        self.servicer = CAServicer(
+            config, self._identities, issuer_factory, self.metrics, revoked=lambda: watch().revoked
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")
         )

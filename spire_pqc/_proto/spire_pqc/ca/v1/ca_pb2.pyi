@@ -62,6 +62,20 @@ class IssuePQCSVIDResponse(_message.Message):
     revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class FetchPQCBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FetchPQCBundleResponse(_message.Message):
+    __slots__ = ("trust_domain", "pqc_bundle", "revoked_intermediates")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
+    revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trust_domain: _Optional[str] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class IssuanceRefusal(_message.Message):
     __slots__ = ("reason", "spiffe_id")
     REASON_FIELD_NUMBER: _ClassVar[int]
