@@ -159,6 +159,11 @@ OnError = Annotated[str, checked(choice(*ON_ERROR_VALUES)), Kind("policy", "`ski
 
 
 def _fraction(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("must be a number greater than 0 and at most 1, like 0.5") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise ValueError("must be a number greater than 0 and at most 1, like 0.5")
     return float(value)
