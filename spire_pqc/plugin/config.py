@@ -118,6 +118,7 @@ class Config:
     max_x509_svid_ttl: dt.timedelta = dt.timedelta(hours=24)
     intermediates_poll_interval: dt.timedelta = dt.timedelta(seconds=10)
     revoked_intermediates: frozenset[str] = frozenset()
+    pqc_bundle_path: Path | None = None  # re-read with intermediates_dir (a root rotation needs no restart)
 
     def agent_allowed(self, spiffe_id: SpiffeId) -> bool:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
@@ -587,6 +588,7 @@ def build_config(
         max_x509_svid_ttl=plugin_data.max_x509_svid_ttl,
         intermediates_poll_interval=plugin_data.intermediates_poll_interval,
         revoked_intermediates=revoked,
+        pqc_bundle_path=plugin_data.pqc_bundle_path,
     )
 
 

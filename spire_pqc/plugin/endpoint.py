@@ -150,11 +150,13 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         issuer_factory: Callable[[BundleSet], PQCIssuer],
         metrics: PluginMetrics | None = None,
         revoked: Callable[[], frozenset[str]] | None = None,
+        roots: Callable[[], tuple[x509.Certificate, ...]] | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
         self._revoked = revoked
+        self._roots = roots
         self.metrics = metrics or PluginMetrics()
 
     def IssuePQCSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -208,10 +210,11 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identity = self._identities.current()
         self._authorize(context, BundleSet.from_certificates(list(identity.bundle)))
         revoked = self._revoked() if self._revoked is not None else self._config.revoked_intermediates
+        roots = (self._roots() if self._roots is not None else ()) or self._config.pqc_roots
         encode = serialization.Encoding.DER
         return ca_pb2.FetchPQCBundleResponse(
             trust_domain=self._config.trust_domain.name,
-            pqc_bundle=[c.public_bytes(encode) for c in self._config.pqc_roots],
+            pqc_bundle=[c.public_bytes(encode) for c in roots],
             revoked_intermediates=sorted(revoked),
         )
 
@@ -297,14 +300,19 @@ class CAEndpoint:
                 bundles,
                 sibling_intermediates=(*config.sibling_intermediates, *current.trusted_certificates()),
                 revoked=watcher.revoked,
-                pqc_roots=config.pqc_roots,
+                pqc_roots=watcher.roots() or config.pqc_roots,
                 ledger=ledger,
                 freshness=config.freshness_window,
                 max_ttl=config.max_pqc_ttl,
             )
 
         self.servicer = CAServicer(
-            config, self._identities, issuer_factory, self.metrics, revoked=lambda: watch().revoked
+            config,
+            self._identities,
+            issuer_factory,
+            self.metrics,
+            revoked=lambda: watch().revoked,
+            roots=lambda: watch().roots(),
         )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="spire-pqc-ca")

@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spire_pqc._internal.files import read_private
+from cryptography import x509
+
+from spire_pqc._internal.files import read_private, read_public
 from spire_pqc.ca.intermediates import (
     Intermediate,
     IntermediateSet,
@@ -32,6 +34,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import ConfigError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.metrics import PluginMetrics
+from spire_pqc.x509.load import load_pem_certificates
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +110,34 @@ class IntermediateWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._interval = poll_interval.total_seconds()
+        self._roots: Callable[[], tuple[x509.Certificate, ...]] = lambda: ()
         self.poll()
 
     @classmethod
     def from_config(cls, config: Config, metrics: PluginMetrics | None = None) -> IntermediateWatcher:
         directory = config.intermediates_dir
         reload = None
+        holder: list[tuple[x509.Certificate, ...]] = [config.pqc_roots]
         if directory is not None:
             configured = tuple(i for i in config.intermediates if not i.in_directory)
+            bundle_path = config.pqc_bundle_path
 
             def reload(at: dt.datetime) -> tuple[list[Intermediate], list[str]]:
-                found, problems = load_directory(
-                    directory, roots=config.pqc_roots, trust_domain=config.trust_domain,
+                problems = []
+                if bundle_path is not None:
+                    try:
+                        roots = load_pem_certificates(read_public(bundle_path), what=str(bundle_path))
+                    except SpirePqcError as exc:
+                        problems.append(f"pqc_bundle_path: {exc} (keeping the roots loaded before)")
+                    else:
+                        holder[0] = tuple(roots)
+                found, bad = load_directory(
+                    directory, roots=holder[0], trust_domain=config.trust_domain,
                     password=config.intermediate_key_password, at=at,
                 )  # fmt: skip
-                return [*configured, *found], problems
+                return [*configured, *found], problems + bad
 
-        return cls(
+        watcher = cls(
             intermediates=config.intermediates,
             directory=directory,
             reload=reload,
@@ -134,6 +148,8 @@ class IntermediateWatcher:
             password=config.intermediate_key_password,
             metrics=metrics,
         )
+        watcher._roots = lambda: holder[0]
+        return watcher
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -165,6 +181,10 @@ class IntermediateWatcher:
     @property
     def revoked(self) -> frozenset[str]:
         return self._revoked
+
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The PQC bundle as last read (with ``intermediates_dir``, ``pqc_bundle_path`` is polled too)."""
+        return self._roots()
 
     # --- polling -------------------------------------------------------------------------------
 

@@ -233,3 +233,29 @@ def test_ca_status_shows_every_intermediate_with_its_state(tmp_path: Path, hiera
     )
     assert f"{b.key_id[:16]}  active" in human.stdout
     assert "retiring" in human.stdout and "signs new bindings and PQC certificates" in human.stdout
+
+
+def test_a_root_added_to_the_bundle_file_is_picked_up_with_intermediates_under_it(
+    tmp_path: Path, hierarchy: PQCHierarchy
+) -> None:
+    """Root rotation needs no restart: pqc_bundle_path is read again with intermediates_dir."""
+    root, directory = setup(tmp_path, hierarchy)
+    minute = dt.timedelta(minutes=1)
+    issue(hierarchy, directory, "a", start=-2 * minute, life=3 * minute)
+    state = PluginState()
+    state.configure("example.org", hcl(root, directory, intermediates_poll_interval='"100ms"'))
+    try:
+        current = state.current()
+        assert current is not None
+        assert len(current.intermediates.roots()) == 1
+        second = PQCHierarchy.generate(TD)
+        with root.open("ab") as bundle:
+            bundle.write(second.root.public_bytes(serialization.Encoding.PEM))
+        under_second = issue(second, directory, "b", start=-minute / 2, life=3 * minute)  # due at once
+        deadline = time.monotonic() + 20
+        while binder(state) != under_second.key_id:
+            assert time.monotonic() < deadline, "the new root and its intermediate were not picked up"
+            time.sleep(0.05)
+        assert len(current.intermediates.roots()) == 2
+    finally:
+        state.close()
