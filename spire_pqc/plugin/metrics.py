@@ -98,6 +98,13 @@ class PluginMetrics:
             "is ready (or none is active): issue the next intermediate.",
             registry=r,
         )
+        # The series docs/metrics.md documents and the SpirePqcIntermediateExpiring* alerts read.
+        self.intermediate_not_after = Gauge(
+            "spire_pqc_ca_intermediate_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of each intermediate PQC CA this instance holds, by key id and state.",
+            ["key_id", "state"],
+            registry=r,
+        )
         for state in State:
             self.intermediates.labels(state=state.value)
         for result in ISSUANCE_RESULTS:
@@ -118,6 +125,11 @@ class PluginMetrics:
     def observe_intermediates(self, current: IntermediateSet) -> None:
         for state in State:
             self.intermediates.labels(state=state.value).set(len(current.in_state(state)))
+        self.intermediate_not_after.clear()
+        for entry in current.in_state(State.NEXT, State.ACTIVE, State.RETIRING):
+            self.intermediate_not_after.labels(key_id=entry.key_id[:16], state=entry.state.value).set(
+                entry.intermediate.not_after.timestamp()
+            )
         active = current.active
         remaining = (
             (active.intermediate.not_after - current.at).total_seconds() if active is not None else 0.0
