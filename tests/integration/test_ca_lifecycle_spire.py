@@ -58,8 +58,10 @@ STREAM = textwrap.dedent(
         while True:
             svid = source.svid  # verified by the source before it is applied
             issuer = certs.mldsa_public_key(svid.pqc_chain[1]).key_id().hex()
+            bundle = source.pqc_bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
             print(json.dumps({"t": time.monotonic(), "version": source.version, "id": str(svid.spiffe_id),
-                              "classical": svid.classical_chain[0].serial_number, "issuer": issuer}), flush=True)
+                              "classical": svid.classical_chain[0].serial_number, "issuer": issuer,
+                              "roots": len(bundle.authorities), "revoked": sorted(bundle.revoked)}), flush=True)
             await source.wait_until_updated()
 
     asyncio.run(main())
@@ -73,6 +75,12 @@ CHANNEL_SERVER = textwrap.dedent(
     from spire_pqc.spiffeid import TrustDomain
     from spire_pqc.workload.source import HybridX509Source
 
+    class Live:  # the source's bundles as of each handshake (source.pqc_bundles is one state's snapshot)
+        def __init__(self, source, kind):
+            self.source, self.kind = source, kind
+        def get_bundle_for_trust_domain(self, td):
+            return getattr(self.source, self.kind).get_bundle_for_trust_domain(td)
+
     async def main():
         async with HybridX509Source(address=sys.argv[1], retry_initial=0.05, retry_max=0.25) as source:
             async def echo(reader, writer):
@@ -80,7 +88,8 @@ CHANNEL_SERVER = textwrap.dedent(
                 await writer.drain()
                 writer.close()
             server = await start_server(echo, "127.0.0.1", int(sys.argv[2]), source=source,
-                                        classical_bundles=source.classical_bundles, pqc_bundles=source.pqc_bundles,
+                                        classical_bundles=Live(source, "classical_bundles"),
+                                        pqc_bundles=Live(source, "pqc_bundles"),
                                         authorizer=authorize_member_of(TrustDomain.parse("example.org")))
             print(json.dumps({"t": time.monotonic(), "listening": True}), flush=True)
             async with server:
@@ -97,13 +106,19 @@ CHANNEL_CLIENT = textwrap.dedent(
     from spire_pqc.spiffeid import TrustDomain
     from spire_pqc.workload.source import HybridX509Source
 
+    class Live:  # the source's bundles as of each handshake (source.pqc_bundles is one state's snapshot)
+        def __init__(self, source, kind):
+            self.source, self.kind = source, kind
+        def get_bundle_for_trust_domain(self, td):
+            return getattr(self.source, self.kind).get_bundle_for_trust_domain(td)
+
     async def main():
         async with HybridX509Source(address=sys.argv[1], retry_initial=0.05, retry_max=0.25) as source:
             while True:
                 started = time.monotonic()
                 try:
                     reader, writer = await open_connection("127.0.0.1", int(sys.argv[2]), source=source,
-                        classical_bundles=source.classical_bundles, pqc_bundles=source.pqc_bundles,
+                        classical_bundles=Live(source, "classical_bundles"), pqc_bundles=Live(source, "pqc_bundles"),
                         authorizer=authorize_member_of(TrustDomain.parse("example.org")))
                     writer.write(b"ping")
                     await writer.drain()
@@ -261,6 +276,152 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
                 f"B picked up and in use {in_use:.1f}s after it was dropped in, A archived {retired:.1f}s later; "
                 f"{len(channels)} hybrid channels (1/s), 0 failed; {len(stream.lines)} stream updates, "
                 "0 verification failures",
+            )
+    finally:
+        for w in workloads:
+            w.stop()
+        cleanup(workdir)
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "spire_pqc.cli", *args], check=True, capture_output=True)
+
+
+@pytest.mark.asyncio
+async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> None:
+    """A second PQC root reaches every workload before an intermediate under it signs (0 failures
+    through the root rotation); then the intermediate under the old root is revoked: workloads hold the
+    revocation within one bundle refresh, refuse what it signed, and have new credentials (measured)."""
+    workdir = short_tempdir()
+    node = f"spiffe://{TD}/node1"
+    delegate = f"spiffe://{TD}/spire-pqc/agent"
+    endpoint_port = free_port()
+    channel_port = free_port()
+    old_root, new_root = workdir / "pqc-root-1", workdir / "pqc-root-2"
+    _cli("ca", "init", "--trust-domain", TD, "--out-dir", str(old_root), "--no-encryption")
+    bundle_file = workdir / "pqc-bundle.pem"
+    bundle_file.write_bytes((old_root / "root.crt.pem").read_bytes())
+    intermediates = workdir / "intermediates"
+    intermediates.mkdir(mode=0o700)
+    _cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(old_root),
+         "--out-dir", str(intermediates / "a"), "--days", "1", "--no-encryption")  # fmt: skip
+    a_id = (
+        certs.mldsa_public_key(
+            load_pem_certificates((intermediates / "a" / CERT_FILE).read_bytes(), what="A")[0]
+        )
+        .key_id()
+        .hex()
+    )
+    composer = {
+        "pqc_bundle_path": str(bundle_file),
+        "intermediates_dir": str(intermediates),
+        "max_x509_svid_ttl": "20s",
+        "intermediates_poll_interval": "1s",
+        "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
+        "authorized_agents": [delegate],
+    }
+    server = SpireServer(workdir, composer_data=composer, composer_data_file=True)
+    spire_agent = SpireAgent(workdir / "node1", server, authorized_delegates=[delegate])
+    refresh = 2.0
+    agent: PqcAgent = _pqc_agent(workdir / "pqc", spire_agent, delegate, endpoint_port)
+    agent.config = agent.config.replace(
+        'retry_max = "1s"', f'retry_max = "1s"\nbundle_refresh_interval = "{refresh:g}s"'
+    )
+    stream = Script("stream", 50111, STREAM)
+    channel_server = Script("echo", 50112, CHANNEL_SERVER, args=(str(channel_port),))
+    channel_client = Script("caller", 50113, CHANNEL_CLIENT, args=(str(channel_port),))
+    workloads = [stream, channel_server, channel_client]
+    try:
+        with running(server, spire_agent, agent):
+            await asyncio.to_thread(server.start)
+            token = await asyncio.to_thread(server.join_token, node)
+            await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
+            for w in workloads:
+                await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 20)
+            await asyncio.to_thread(spire_agent.start, token)
+            await asyncio.to_thread(agent.start)
+            socket = workdir / "pqc" / "pqc.sock"
+            for w in workloads:
+                w.start(socket)
+            first = await stream.update_after(0, timeout=120)
+            assert first["issuer"] == a_id and first["roots"] == 1
+            await channel_server.update_after(0, timeout=120)
+            await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
+            channels_before = len(channel_client.lines)
+
+            # 1. Root rotation: R2 is appended to the bundle file (no reload); every workload holds it
+            #    before the intermediate under it signs.
+            _cli("ca", "init", "--trust-domain", TD, "--out-dir", str(new_root), "--no-encryption")
+
+            staged = bundle_file.with_suffix(".new")
+            staged.write_bytes(bundle_file.read_bytes() + (new_root / "root.crt.pem").read_bytes())
+            staged.replace(bundle_file)
+            two_roots = await _until(lambda: stream.lines[-1]["roots"] == 2, "R2 at the workload", 60)
+            activate = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+            _cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(new_root), "--out-dir",
+                 str(intermediates / "b"), "--days", "1", "--no-encryption",
+                 "--activate-at", activate.isoformat())  # fmt: skip
+            b_id = (
+                certs.mldsa_public_key(
+                    load_pem_certificates((intermediates / "b" / CERT_FILE).read_bytes(), what="B")[0]
+                )
+                .key_id()
+                .hex()
+            )
+            await _until(lambda: stream.lines[-1]["issuer"] == b_id, "credentials under R2", 120)
+            await asyncio.sleep(3)
+            rotation_channels = channel_client.lines[channels_before:]
+            failed = [line["error"] for line in rotation_channels if not line["ok"]]
+            assert not failed, failed[:3]
+            assert not [line for line in stream.stderr if "does not verify" in line]
+
+            # 2. Revocation: C (under R2) takes over from B at once, and B is revoked while workloads
+            #    still hold credentials B signed (their classical SVIDs last 20 s).
+            _cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(new_root), "--out-dir",
+                 str(intermediates / "c"), "--days", "1", "--no-encryption",
+                 "--activate-at", dt.datetime.now(dt.UTC).isoformat())  # fmt: skip
+            c_id = (
+                certs.mldsa_public_key(
+                    load_pem_certificates((intermediates / "c" / CERT_FILE).read_bytes(), what="C")[0]
+                )
+                .key_id()
+                .hex()
+            )
+            await _until(lambda: _ca_status(server.plugin_data_path).get(c_id) == "active", "C active", 30)
+            assert stream.lines[-1]["issuer"] == b_id  # still on credentials B signed
+            on_b = stream.lines[-1]
+            before_revocation = len(channel_client.lines)
+            server.write_plugin_data({**composer, "revoked_intermediates": [b_id]})
+            server.reload()
+            revoked_at = time.monotonic()
+            held = await _until(
+                lambda: b_id in stream.lines[-1]["revoked"], "the revocation at the workload", 60
+            )
+            # Every workload's credentials are re-issued away from B (measured): SPIRE re-signs the
+            # classical SVIDs B bound at their rotation (or at once after a taint, docs/runbooks.md).
+            await _until(
+                lambda: (
+                    stream.lines[-1]["issuer"] == c_id
+                    and agent.metric("spire_pqc_agent_pqc_revoked_identities") == 0
+                    and channel_client.lines[-1]["ok"]
+                ),
+                "every workload re-issued",
+                60,
+            )
+            reissued = time.monotonic() - revoked_at
+            refused = [line for line in stream.lines if line["t"] > revoked_at]
+            assert all(b_id in line["revoked"] for line in refused)
+            assert on_b["issuer"] == b_id
+            statuses = _ca_status(server.plugin_data_path)
+            assert statuses[b_id] == "revoked" and statuses[c_id] == "active"
+            revocation_failures = [x for x in channel_client.lines[before_revocation:] if not x["ok"]]
+            summary(
+                "root rotation and revocation (real SPIRE)",
+                f"R2 at the workload {two_roots:.1f}s after it was added to the bundle file (refresh {refresh:g}s); "
+                f"{len(rotation_channels)} hybrid channels through the root rotation, 0 failed; B revoked: held by "
+                f"the workload {held:.1f}s after SIGUSR1, every workload on C {reissued:.1f}s after the revocation "
+                f"(20 s SVIDs); {len(revocation_failures)} of {len(channel_client.lines) - before_revocation} "
+                "channels failed meanwhile (refused: signed by the revoked intermediate)",
             )
     finally:
         for w in workloads:
