@@ -312,7 +312,7 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
         .key_id()
         .hex()
     )
-    composer = {
+    composer: dict[str, object] = {
         "pqc_bundle_path": str(bundle_file),
         "intermediates_dir": str(intermediates),
         "max_x509_svid_ttl": "20s",
