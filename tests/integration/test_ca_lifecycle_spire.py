@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +48,7 @@ pytestmark = [pytest.mark.spire, pytest.mark.timeout(600)]
 STREAM = textwrap.dedent(
     """
     import asyncio, json, logging, sys, time
+    from cryptography import x509
     from spire_pqc.workload.source import HybridX509Source
     from spire_pqc.x509 import certs
 
@@ -61,7 +63,9 @@ STREAM = textwrap.dedent(
             bundle = source.pqc_bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
             print(json.dumps({"t": time.monotonic(), "version": source.version, "id": str(svid.spiffe_id),
                               "classical": svid.classical_chain[0].serial_number, "issuer": issuer,
-                              "roots": len(bundle.authorities), "revoked": sorted(bundle.revoked)}), flush=True)
+                              "roots": len(bundle.authorities), "revoked": sorted(bundle.revoked),
+                              "ca": svid.classical_chain[0].extensions.get_extension_for_class(
+                                  x509.AuthorityKeyIdentifier).value.key_identifier.hex()}), flush=True)
             await source.wait_until_updated()
 
     asyncio.run(main())
@@ -423,6 +427,92 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
                 f"(20 s SVIDs); {len(revocation_failures)} of {len(channel_client.lines) - before_revocation} "
                 "channels failed meanwhile (refused: signed by the revoked intermediate)",
             )
+    finally:
+        for w in workloads:
+            w.stop()
+        cleanup(workdir)
+
+
+@pytest.mark.asyncio
+async def test_spire_x509_authority_rotation_under_traffic(summary: Summary) -> None:
+    """SPIRE rotates its own X.509 CA (prepare, activate, then taint the old one so every agent
+    re-fetches every SVID at once): bindings, PQC issuance and verification go on, with the classical
+    bundle changing under the agent and the SDK — zero failed channels, zero rejected updates."""
+    workdir = short_tempdir()
+    node = f"spiffe://{TD}/node1"
+    delegate = f"spiffe://{TD}/spire-pqc/agent"
+    endpoint_port = free_port()
+    channel_port = free_port()
+    root_dir = workdir / "pqc-root"
+    _cli("ca", "init", "--trust-domain", TD, "--out-dir", str(root_dir), "--no-encryption")
+    intermediates = workdir / "intermediates"
+    intermediates.mkdir(mode=0o700)
+    _cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(root_dir),
+         "--out-dir", str(intermediates / "a"), "--days", "1", "--no-encryption")  # fmt: skip
+    server = SpireServer(
+        workdir,
+        composer_data={
+            "pqc_bundle_path": str(root_dir / "root.crt.pem"),
+            "intermediates_dir": str(intermediates),
+            "endpoint_listen_address": f"127.0.0.1:{endpoint_port}",
+            "authorized_agents": [delegate],
+        },
+    )
+    spire_agent = SpireAgent(workdir / "node1", server, authorized_delegates=[delegate])
+    agent: PqcAgent = _pqc_agent(workdir / "pqc", spire_agent, delegate, endpoint_port)
+    stream = Script("stream", 50121, STREAM)
+    channel_server = Script("echo", 50122, CHANNEL_SERVER, args=(str(channel_port),))
+    channel_client = Script("caller", 50123, CHANNEL_CLIENT, args=(str(channel_port),))
+    workloads = [stream, channel_server, channel_client]
+
+    async def authorities() -> dict[str, Any]:
+        out = await asyncio.to_thread(server.cli, "localauthority", "x509", "show", "-output", "json")
+        return dict(json.loads(out.stdout))
+
+    try:
+        with running(server, spire_agent, agent):
+            await asyncio.to_thread(server.start)
+            token = await asyncio.to_thread(server.join_token, node)
+            await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
+            for w in workloads:  # long SVIDs: only SPIRE's CA rotation makes them change
+                await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 600)
+            await asyncio.to_thread(spire_agent.start, token)
+            await asyncio.to_thread(agent.start)
+            socket = workdir / "pqc" / "pqc.sock"
+            for w in workloads:
+                w.start(socket)
+            first = await stream.update_after(0, timeout=120)
+            await channel_server.update_after(0, timeout=120)
+            await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
+            before = len(channel_client.lines)
+            old = (await authorities())["active"]["authority_id"]
+
+            await asyncio.to_thread(server.cli, "localauthority", "x509", "prepare")
+            prepared = (await authorities())["prepared"]["authority_id"]
+            await asyncio.sleep(8)  # the prepared CA's certificate reaches the bundles first
+            await asyncio.to_thread(
+                server.cli, "localauthority", "x509", "activate", "-authorityID", prepared
+            )
+            await asyncio.sleep(3)
+
+            await asyncio.to_thread(server.cli, "localauthority", "x509", "taint", "-authorityID", old)
+            moved = await _until(
+                lambda: stream.lines[-1]["ca"] != first["ca"], "SVIDs from SPIRE's new CA", 120
+            )
+            await asyncio.sleep(5)  # channels after every workload moved
+            channels = channel_client.lines[before:]
+            failed = [line["error"] for line in channels if not line["ok"]]
+            assert not failed, failed[:3]
+            assert not [line for line in stream.stderr if "does not verify" in line]
+            assert agent.metric("spire_pqc_agent_pqc_issuance_total", result="duplicate") == 0
+            assert stream.lines[-1]["issuer"] == first["issuer"]  # PQC side unchanged: same intermediate
+            summary(
+                "SPIRE X.509 CA rotation (real SPIRE)",
+                f"prepare/activate/taint: the streaming workload had a hybrid SVID from the new SPIRE CA "
+                f"{moved:.1f}s after the taint (prepared {prepared[:8]}, old {old[:8]}); "
+                f"{len(channels)} hybrid channels across the rotation, 0 failed",
+            )
+
     finally:
         for w in workloads:
             w.stop()
