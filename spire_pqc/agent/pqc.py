@@ -283,6 +283,15 @@ class PqcProvisioner:
         assert keys is not None  # restored credentials come with their keys
         await self._renew_while_short(slot, *keys)
 
+    def _superseded(self, slot: _Slot) -> bool:
+        """A newer classical SVID of the same SPIFFE ID has PQC credentials: this one is not served."""
+        return any(
+            other.credentials is not None
+            and other.svid.spiffe_id == slot.svid.spiffe_id
+            and other.svid.leaf.not_valid_before_utc > slot.svid.leaf.not_valid_before_utc
+            for other in self._slots.values()
+        )
+
     def _learn_revoked(self, key_ids: Collection[str]) -> None:
         """Add revoked intermediates; drop every credential they signed and re-issue it at once."""
         new = frozenset(k.lower() for k in key_ids) - self._revoked
@@ -366,7 +375,7 @@ class PqcProvisioner:
         never served expired PQC credentials while its classical SVID is valid."""
         while not self._closed and slot.credentials is not None:
             credentials = slot.credentials
-            if credentials.not_after >= slot.svid.not_after:
+            if credentials.not_after >= slot.svid.not_after or self._superseded(slot):
                 return
             renew_at = credentials.obtained + (credentials.not_after - credentials.obtained) / 2
             delay = (renew_at - self._clock()).total_seconds()
