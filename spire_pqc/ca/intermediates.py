@@ -222,7 +222,8 @@ def load_intermediate(
     """Load and check one intermediate: chains to ``roots``, names the trust domain, key matches."""
     chain = load_pem_certificates(read_public(cert_path), what=str(cert_path))
     try:
-        verify_pqc_chain([chain[0]], list(roots), at=at, spiffe_id=None)
+        # A next intermediate may not be valid yet: check its chain as of its own notBefore then.
+        verify_pqc_chain([chain[0]], list(roots), at=max(at, chain[0].not_valid_before_utc), spiffe_id=None)
     except VerificationError as exc:
         raise ConfigError(
             f"{cert_path}: does not chain to the PQC bundle: {exc}", source=str(cert_path)

@@ -47,11 +47,13 @@ def current_schedule(config: Config, at: dt.datetime) -> IntermediateSet:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = build_config(args.trust_domain, read_public(args.plugin_data).decode("utf-8"))
+    config = build_config(
+        args.trust_domain, read_public(args.plugin_data).decode("utf-8"), require_active=False
+    )
     current = current_schedule(config, dt.datetime.now(dt.UTC))
     if args.json:
         print(json.dumps(_document(current), indent=2))
-        return 0
+        return 0 if current.active is not None else 1
     print(f"intermediate PQC CAs of {config.trust_domain.id_string()} at {current.at.isoformat()}:")
     for entry in current.entries:
         inter = entry.intermediate
@@ -60,6 +62,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{_covers(entry)}"
         )
         print(f"    key id {entry.key_id}  ({inter.cert_path})")
+    if current.active is None:
+        print(
+            "ERROR: no intermediate can sign now: PQC bindings and issuance have stopped (docs/runbooks.md)."
+        )
+        return 1
     if current.rotation_overdue():
         print("WARNING: no next intermediate is ready and the active one is past its successor's activation")
         print("  point: issue one now (docs/runbooks.md, 'Rotate the intermediate PQC CA').")

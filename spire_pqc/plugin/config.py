@@ -26,7 +26,7 @@ from cryptography import x509
 from pydantic import ValidationInfo, field_validator
 
 from spire_pqc._internal.files import read_private, read_public
-from spire_pqc.ca.intermediates import Intermediate, load_directory, schedule
+from spire_pqc.ca.intermediates import Intermediate, Scheduled, State, load_directory, schedule
 from spire_pqc.ca.issuer import IntermediateCA
 from spire_pqc.ca.ledger import MEMORY, LedgerDsn, read_legacy
 from spire_pqc.config import (
@@ -498,11 +498,16 @@ def _san_uris(cert: x509.Certificate) -> list[str]:
 
 
 def build_config(
-    core_trust_domain: str, hcl_text: str, *, environ: Mapping[str, str] | None = None
+    core_trust_domain: str,
+    hcl_text: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    require_active: bool = True,
 ) -> Config:
     """Parse and check everything; raise one ConfigError naming every problem with its key.
 
-    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up. Pure apart
+    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up. With
+    ``require_active=False`` (for ``spire-pqc ca status``) a schedule where nothing can sign is no error. Pure apart
     from reading the configured files: safe to call at any time, from any thread, as often as SPIRE
     calls Configure or Validate.
     """
@@ -554,6 +559,9 @@ def build_config(
         svid_ttl=plugin_data.max_x509_svid_ttl,
         revoked=revoked,
     ).active
+    if current is None and not require_active and intermediates:
+        # For `spire-pqc ca status`: show the schedule even when nothing can sign (the worst case).
+        current = Scheduled(intermediates[0], State.RETIRED, None, None, None)
     if current is None and not problems:
         problems.append(
             "intermediates_dir: no intermediate is usable now (each is expired, revoked or not yet valid)"

@@ -259,3 +259,17 @@ def test_a_root_added_to_the_bundle_file_is_picked_up_with_intermediates_under_i
         assert len(current.intermediates.roots()) == 2
     finally:
         state.close()
+
+
+def test_ca_status_shows_the_schedule_when_nothing_can_sign(tmp_path: Path, hierarchy: PQCHierarchy) -> None:
+    root, directory = setup(tmp_path, hierarchy)
+    a = issue(hierarchy, directory, "a", start=dt.timedelta(hours=1), life=dt.timedelta(hours=2))  # not yet
+    data = tmp_path / "plugin.hcl"
+    data.write_text(hcl(root, directory))
+    command = [sys.executable, "-m", "spire_pqc.cli.main", "ca", "status", "--plugin-data", str(data)]
+    out = subprocess.run(
+        [*command, "--trust-domain", "example.org"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 1
+    assert f"{a.key_id[:16]}  next" in out.stdout
+    assert "no intermediate can sign now" in out.stdout
