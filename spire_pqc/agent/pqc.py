@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 
 _NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
+RESTORED = "restored from the state directory"
 
 
 @dataclass
@@ -101,6 +102,7 @@ class PqcProvisioner:
         self._writes: set[asyncio.Future[None]] = set()
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
+        self._federated = frozenset(self._bundles)  # configured: never replaced by what a CA says
         self.changes: Broadcast[int] = Broadcast()
         if self._bundles:
             self.changes.publish(1)
@@ -138,6 +140,10 @@ class PqcProvisioner:
             td = TrustDomain.parse(update.trust_domain)
         except SpirePqcError as exc:
             raise MalformedCredentialError(f"PQC bundle of the CA: bad trust domain: {exc}") from exc
+        if td in self._federated:
+            raise MalformedCredentialError(
+                f"the PQC CA sent a bundle for {td}, a federated trust domain configured on this agent: ignored"
+            )
         self._learn_revoked(update.revoked_intermediates)
         if update.pqc_bundle:
             bundle = b"".join(update.pqc_bundle)
@@ -272,7 +278,7 @@ class PqcProvisioner:
             log.warning("stored PQC credentials of %s were signed by a revoked intermediate; re-issuing", sid)
             slot.credentials, slot.revoked = None, True
         if slot.credentials is not None:
-            self._obtained(slot, "restored from the state directory")
+            self._obtained(slot, RESTORED)
         else:
             if keys is None:
                 keys = (await generate_mldsa65(), await generate_mlkem768())
@@ -443,8 +449,11 @@ class PqcProvisioner:
         lag = time.monotonic() - slot.first_seen
         self._metrics.rotation_lag.observe(lag)
         self._update_gauges()
-        if slot.credentials.pqc_bundle:
-            td = slot.svid.spiffe_id.trust_domain
+        td = slot.svid.spiffe_id.trust_domain
+        # A CA answer carries the bundle as of now; a restored record's may predate a root rotation,
+        # so it only fills a gap (the bundle refresh brings the current one).
+        fresh = how != RESTORED or td not in self._bundles
+        if slot.credentials.pqc_bundle and fresh and td not in self._federated:
             self._bundles[td] = b"".join(slot.credentials.pqc_bundle)
         log.info("PQC credentials for %s %s in %.3fs", slot.svid.spiffe_id, how, lag)
         slot.attempted.set()

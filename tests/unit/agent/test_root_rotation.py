@@ -15,9 +15,13 @@ import pytest
 
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import LocalCAClient
+from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.ca.devca import PQCHierarchy
 from spire_pqc.ca.issuer import IntermediateCA, PQCIssuer
+from spire_pqc.ca.request import BundleUpdate
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
+from spire_pqc.errors import MalformedCredentialError
+from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.workload.client import parse_pqc_bundles
 from spire_pqc.x509 import certs
 from tests.unit.agent._support import HEADER, first_reply
@@ -87,3 +91,11 @@ async def test_a_second_root_reaches_workloads_before_use_and_the_old_one_leaves
         assert [
             certs.spki_der(c) for c in update.pqc_bundles.get_bundle_for_trust_domain(TD).authorities
         ] == [certs.spki_der(new.root)]
+
+
+def test_a_ca_bundle_for_a_configured_federated_trust_domain_is_refused() -> None:
+    partner = TrustDomain.parse("partner.example")
+    provisioner = PqcProvisioner(None, static_bundles={partner: b"configured"})  # type: ignore[arg-type]
+    with pytest.raises(MalformedCredentialError, match="federated trust domain configured on this agent"):
+        provisioner.apply_bundle(BundleUpdate("partner.example", (b"from the CA",), ()))
+    assert provisioner.pqc_bundles()[partner] == b"configured"
