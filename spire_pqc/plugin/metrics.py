@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
+from spire_pqc.ca.intermediates import IntermediateSet, State
 from spire_pqc.ca.ledger import PruneRun
 from spire_pqc.crypto.status import register_backend_metric
 from spire_pqc.errors import RefusalReason
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT = 5.0
-ISSUANCE_RESULTS = ("issued", "reissued", "refused")
+ISSUANCE_RESULTS = ("issued", "reissued", "renewed", "refused")
 BINDING_RESULTS = ("added", "skipped_unusable_key", "skipped_health_check", "failed")
 
 
@@ -46,7 +47,8 @@ class PluginMetrics:
         r = self.registry
         self.issuance = Counter(
             "spire_pqc_plugin_issuance",
-            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys).",
+            "PQC issue requests answered by the CA endpoint, by result (reissued: a retry with the same keys; "
+            "renewed: the same keys certified again before their short-lived certificates end).",
             ["result"],
             registry=r,
         )
@@ -79,6 +81,32 @@ class PluginMetrics:
             "1 while the issuance ledger's database answers, 0 while PQC issuance is UNAVAILABLE.",
             registry=r,
         )
+        self.intermediates = Gauge(
+            "spire_pqc_plugin_intermediates",
+            "Intermediate PQC CAs by state (next, active, retiring, retired, revoked).",
+            ["state"],
+            registry=r,
+        )
+        self.intermediate_expiry = Gauge(
+            "spire_pqc_plugin_intermediate_expiry_seconds",
+            "Seconds until the active intermediate PQC CA's notAfter (0: none is active).",
+            registry=r,
+        )
+        self.rotation_overdue = Gauge(
+            "spire_pqc_plugin_intermediate_rotation_overdue",
+            "1 while the active intermediate is past its successor's activation point and no next one "
+            "is ready (or none is active): issue the next intermediate.",
+            registry=r,
+        )
+        # The series docs/metrics.md documents and the SpirePqcIntermediateExpiring* alerts read.
+        self.intermediate_not_after = Gauge(
+            "spire_pqc_ca_intermediate_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of each intermediate PQC CA this instance holds, by key id and state.",
+            ["key_id", "state"],
+            registry=r,
+        )
+        for state in State:
+            self.intermediates.labels(state=state.value)
         for result in ISSUANCE_RESULTS:
             self.issuance.labels(result=result)
         for reason in RefusalReason:
@@ -93,6 +121,21 @@ class PluginMetrics:
         if run.size is not None:
             self.ledger_entries.labels(kind="issuance").set(run.size.issuances)
             self.ledger_entries.labels(kind="nonce").set(run.size.nonces)
+
+    def observe_intermediates(self, current: IntermediateSet) -> None:
+        for state in State:
+            self.intermediates.labels(state=state.value).set(len(current.in_state(state)))
+        self.intermediate_not_after.clear()
+        for entry in current.in_state(State.NEXT, State.ACTIVE, State.RETIRING):
+            self.intermediate_not_after.labels(key_id=entry.key_id[:16], state=entry.state.value).set(
+                entry.intermediate.not_after.timestamp()
+            )
+        active = current.active
+        remaining = (
+            (active.intermediate.not_after - current.at).total_seconds() if active is not None else 0.0
+        )
+        self.intermediate_expiry.set(max(0.0, remaining))
+        self.rotation_overdue.set(1.0 if current.rotation_overdue() else 0.0)
 
     def watch_ledger(self, available: Callable[[], bool]) -> None:
         """Report ``available()`` as ``spire_pqc_plugin_ledger_up`` (the current endpoint's ledger)."""
