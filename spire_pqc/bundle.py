@@ -143,8 +143,17 @@ class X509Bundle:
 
     trust_domain: TrustDomain
     authorities: tuple[x509.Certificate, ...] = ()
+    #: Key ids (hex SHA-256 of the SubjectPublicKeyInfo) of revoked intermediate CAs of this trust
+    #: domain: verifiers refuse every chain through them and every SvidBinding they made (PQC bundles).
+    revoked: frozenset[str] = frozenset()
 
-    def __init__(self, trust_domain: TrustDomain, authorities: Sequence[x509.Certificate] = ()) -> None:
+    def __init__(
+        self,
+        trust_domain: TrustDomain,
+        authorities: Sequence[x509.Certificate] = (),
+        *,
+        revoked: Iterable[str] = (),
+    ) -> None:
         if not isinstance(trust_domain, TrustDomain):
             raise BundleError(f"trust_domain must be a TrustDomain, not {type(trust_domain).__name__}")
         for index, cert in enumerate(authorities):
@@ -153,6 +162,7 @@ class X509Bundle:
             _check_parseable(cert, f"bundle of {trust_domain}: authority {index}")
         object.__setattr__(self, "trust_domain", trust_domain)
         object.__setattr__(self, "authorities", _dedupe(authorities))
+        object.__setattr__(self, "revoked", frozenset(k.lower() for k in revoked))
 
     @classmethod
     def from_pem(cls, trust_domain: TrustDomain, data: bytes | str) -> X509Bundle:
@@ -186,7 +196,8 @@ class X509Bundle:
         return self
 
     def __repr__(self) -> str:
-        return f"X509Bundle({self.trust_domain.name!r}, {len(self.authorities)} authorities)"
+        revoked = f", {len(self.revoked)} revoked" if self.revoked else ""
+        return f"X509Bundle({self.trust_domain.name!r}, {len(self.authorities)} authorities{revoked})"
 
 
 class BundleSource(Protocol):

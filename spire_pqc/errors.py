@@ -217,6 +217,12 @@ class RelatedCertificateError(VerificationError):
     check = "related-certificate"
 
 
+class RevokedError(VerificationError):
+    """A PQC credential was signed by an intermediate PQC CA its trust domain's PQC bundle revokes."""
+
+    check = "revoked"
+
+
 class BindingError(VerificationError):
     """The SvidBinding extension is missing, malformed, untrusted, or its signature does not verify."""
 

@@ -47,6 +47,7 @@ from spire_pqc.errors import (
     MalformedCredentialError,
     ParseError,
     RelatedCertificateError,
+    RevokedError,
     SpiffeIdError,
     VerificationError,
 )
@@ -298,7 +299,15 @@ def _pqc_path(
         bundle = pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain)
     except BundleError as exc:
         raise ChainError(f"no PQC bundle for trust domain {spiffe_id.trust_domain}", spiffe_id=sid) from exc
-    return verify_pqc_chain(chain, list(bundle.authorities), at=when, spiffe_id=sid)
+    path = verify_pqc_chain(chain, list(bundle.authorities), at=when, spiffe_id=sid)
+    for cert in path[:-1]:
+        key_id = certs.mldsa_public_key(cert, spiffe_id=sid).key_id().hex()
+        if key_id in bundle.revoked:
+            raise RevokedError(
+                f"issued by revoked intermediate PQC CA {key_id[:16]} (revoked by the trust domain's PQC bundle)",
+                spiffe_id=sid,
+            )
+    return path
 
 
 def verify_kem_certificate(
@@ -387,16 +396,9 @@ def verify_pqc_credentials(
     classical_der = der(classical_leaf)
     for cert, role in leaves:
         _related(cert, classical_der, role, sid)
-    # Only intermediate PQC CAs are trusted binding signers (roots sign nothing else): the one of the
-    # verified PQC path, and (SPIRE HA) a sibling intermediate the chain carries when another
-    # server's intermediate made the binding, accepted if the trust domain's PQC root certified it.
-    path_intermediates = pqc_path[:-1]
-    if not path_intermediates:
-        raise BindingError("PQC SVID was not issued by an intermediate PQC CA", spiffe_id=sid)
-    roots = list(pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain).authorities)
-    siblings = [c for c in pqc_chain[1:] if c not in path_intermediates and _is_intermediate(c, roots, at)]
-    intermediates = [certs.mldsa_public_key(c) for c in (*path_intermediates, *siblings)]
-    signer = verify_svid_binding(classical_leaf, intermediates)
+    signer = verify_svid_binding(
+        classical_leaf, binding_signers(pqc_chain, pqc_path, pqc_bundles, spiffe_id=spiffe_id, at=at)
+    )
     classical_end = classical_leaf.not_valid_after_utc
     for cert, role in leaves:
         if cert.not_valid_after_utc > classical_end:
@@ -406,6 +408,32 @@ def verify_pqc_credentials(
                 spiffe_id=sid,
             )
     return signer
+
+
+def binding_signers(
+    pqc_chain: Sequence[x509.Certificate],
+    pqc_path: Sequence[x509.Certificate],
+    pqc_bundles: BundleSource,
+    *,
+    spiffe_id: SpiffeId,
+    at: dt.datetime,
+) -> list[MLDSA65PublicKey]:
+    """The intermediates whose SvidBinding is accepted with this PQC SVID chain (every verifier's rule).
+
+    Only intermediate PQC CAs are trusted binding signers (roots sign nothing else): the one of the
+    verified PQC path, and another intermediate the chain carries (an intermediate superseded by a
+    rotation, or a SPIRE HA sibling's) when it made the binding, accepted if the trust domain's PQC
+    root certified it. Intermediates the bundle lists as revoked never are.
+    """
+    sid = str(spiffe_id)
+    path_intermediates = list(pqc_path[:-1])
+    if not path_intermediates:
+        raise BindingError("PQC SVID was not issued by an intermediate PQC CA", spiffe_id=sid)
+    bundle = pqc_bundles.get_bundle_for_trust_domain(spiffe_id.trust_domain)
+    roots = list(bundle.authorities)
+    siblings = [c for c in pqc_chain[1:] if c not in path_intermediates and _is_intermediate(c, roots, at)]
+    keys = [certs.mldsa_public_key(c) for c in (*path_intermediates, *siblings)]
+    return [k for k in keys if k.key_id().hex() not in bundle.revoked]
 
 
 def _is_intermediate(cert: x509.Certificate, roots: Sequence[x509.Certificate], when: dt.datetime) -> bool:

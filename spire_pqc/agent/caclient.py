@@ -25,6 +25,7 @@ the PQC part of a hybrid JWT-SVID (``SignJWTSVID``, docs/pq-jwt.md) with the sam
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -43,7 +44,7 @@ from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import PQCIssuer
 from spire_pqc.ca.jwtsigning import JwtSigning
-from spire_pqc.ca.request import IssueRequest, IssueResponse
+from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError, VerificationError
@@ -70,6 +71,13 @@ class CAClient(Protocol):
     async def issue(self, request: IssueRequest) -> IssueResponse: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BundleFetcher(Protocol):
+    """A CA client that can also say what the trust domain's PQC bundle and revocations are now."""
+
+    async def fetch_bundle(self) -> BundleUpdate: ...
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,20 @@ class LocalCAClient:
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         issued = await run_crypto(lambda: self._issuer.issue(request))
+        response = dataclasses.replace(
+            issued.response, revoked_intermediates=tuple(sorted(self._issuer.revoked))
+        )
         if self._jwt is None:
-            return issued.response
-        return replace(issued.response, pqc_jwt_bundle=self._jwt.jwks())
+            return response
+        return replace(response, pqc_jwt_bundle=self._jwt.jwks())
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        encode = serialization.Encoding.DER
+        return BundleUpdate(
+            trust_domain=self._issuer.trust_domain.name,
+            pqc_bundle=tuple(c.public_bytes(encode) for c in self._issuer.pqc_roots),
+            revoked_intermediates=tuple(sorted(self._issuer.revoked)),
+        )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
         jwt, bundle = self._jwt, self._jwt_bundle
@@ -267,6 +286,19 @@ class GrpcCAClient:
             kem_certificate_chain=tuple(bytes(c) for c in reply.kem_certificate_chain),
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
             pqc_jwt_bundle=bytes(reply.pqc_jwt_bundle),
+            revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
+        )
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        stub = await self._stub()
+        try:
+            reply = await stub.FetchPQCBundle(ca_pb2.FetchPQCBundleRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {exc.details()}") from exc
+        return BundleUpdate(
+            trust_domain=reply.trust_domain,
+            pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
+            revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
         )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
@@ -394,6 +426,17 @@ class FailoverCAClient:
             return response
         if len(failures) == 1:
             raise UnavailableError(failures[0])
+        raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
+
+    async def fetch_bundle(self) -> BundleUpdate:
+        failures = []
+        for endpoint in self._order():
+            if not isinstance(endpoint.client, BundleFetcher):
+                continue
+            try:
+                return await endpoint.client.fetch_bundle()
+            except UnavailableError as exc:
+                failures.append(str(exc))
         raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from spire_pqc.config import (
     Addresses,
     Duration,
     Flag,
+    KeyIds,
     Kind,
     LoopbackAddress,
     PositiveInt,
@@ -220,6 +221,9 @@ class AgentConfig:
     # (spire_pqc.agent.state); None keeps them in memory only (programmatic use; the loader sets it).
     state_dir: Path | None = None
     limits: Limits = Limits()
+    # Key ids of revoked intermediate PQC CAs (with those the CA sends): refused everywhere, re-issued.
+    revoked_intermediates: frozenset[str] = frozenset()
+    bundle_refresh_interval: dt.timedelta = dt.timedelta(seconds=30)
 
 
 # --- value types of the agent only ---------------------------------------------------------------
@@ -509,6 +513,18 @@ class PqcTable(Table):
         {},
         doc="PQC roots of federated trust domains, handed to workloads with their hybrid SVIDs: "
         '`"partner.example" = "/etc/spire-pqc/partner-pqc-bundle.pem"` (a PEM file per trust domain).',
+    )
+    bundle_refresh_interval: Duration = key(
+        dt.timedelta(seconds=30),
+        doc="how often the agent asks the PQC CA for its PQC bundle and revocations (also sent with every "
+        "issuance): a root added for a rotation, or a revoked intermediate, reaches every workload within "
+        "this interval (pushed on FetchHybridSVIDs and FetchPQCBundles streams).",
+    )
+    revoked_intermediates: KeyIds = key(
+        [],
+        doc="key ids of revoked intermediate PQC CAs (as `spire-pqc ca status` prints them), added to those "
+        "the PQC CA sends with every answer: handed to workloads with every PQC bundle, so every verifier "
+        "refuses what they signed, and credentials they signed are re-issued at once.",
     )
 
     @field_validator("retry_max")
@@ -822,6 +838,8 @@ def _config(file: AgentFile) -> AgentConfig:
             td: FederationConfig(t.address, t.path, t.endpoint_spiffe_id, t.initial_bundle)
             for td, t in file.federation.items()
         },
+        revoked_intermediates=frozenset(file.pqc.revoked_intermediates),
+        bundle_refresh_interval=file.pqc.bundle_refresh_interval,
         tunnels=tuple([_tunnel(t) for t in file.tunnel.outbound] + [_tunnel(t) for t in file.tunnel.inbound]),
         state_dir=file.agent.state_dir,
         limits=Limits(

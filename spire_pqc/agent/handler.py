@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -155,8 +155,9 @@ def compose_hybrid_response(
     credentials: Sequence[PqcCredentials],
     classical_bundles: Mapping[TrustDomain, bytes],
     pqc_bundles: Mapping[TrustDomain, bytes],
+    revoked: Collection[str] = (),
 ) -> hy.HybridSVIDResponse:
-    response = hy.HybridSVIDResponse()
+    response = hy.HybridSVIDResponse(revoked_intermediates=sorted(revoked))
     own = set()
     for cred in credentials:
         svid = cred.classical
@@ -172,7 +173,8 @@ def compose_hybrid_response(
                 kem_certificate=b"".join(cred.kem_chain),
                 kem_key=cred.kem_key.pkcs8(),
                 classical_bundle=classical_bundles.get(td, b""),
-                pqc_bundle=b"".join(cred.pqc_bundle) or pqc_bundles.get(td, b""),
+                # The latest PQC bundle (a root added since these credentials were issued included).
+                pqc_bundle=pqc_bundles.get(td) or b"".join(cred.pqc_bundle),
                 hint=svid.hint,
             )
         )
@@ -182,8 +184,10 @@ def compose_hybrid_response(
     return response
 
 
-def compose_pqc_bundles_response(pqc_bundles: Mapping[TrustDomain, bytes]) -> hy.PQCBundlesResponse:
-    response = hy.PQCBundlesResponse()
+def compose_pqc_bundles_response(
+    pqc_bundles: Mapping[TrustDomain, bytes], revoked: Collection[str] = ()
+) -> hy.PQCBundlesResponse:
+    response = hy.PQCBundlesResponse(revoked_intermediates=sorted(revoked))
     for td, der in pqc_bundles.items():
         response.bundles[td.name] = der
     return response
@@ -519,7 +523,7 @@ class HybridWorkloadService:
         ready = [c for c in (prov.credentials_for(s) for s in state.svids) if c is not None]
         if not ready:
             return None
-        return compose_hybrid_response(ready, state.bundles, prov.pqc_bundles())
+        return compose_hybrid_response(ready, state.bundles, prov.pqc_bundles(), prov.revoked)
 
     def _not_ready(self, state: X509State) -> str:
         errors = [e for e in (self._s.provisioner.last_error(s) for s in state.svids) if e]
@@ -540,7 +544,7 @@ class HybridWorkloadService:
 
     def _bundles(self, state: X509State) -> hy.PQCBundlesResponse | None:
         bundles = self._s.provisioner.pqc_bundles()
-        return compose_pqc_bundles_response(bundles) if bundles else None
+        return compose_pqc_bundles_response(bundles, self._s.provisioner.revoked) if bundles else None
 
     async def fetch_pqc_bundles(self, stream: Stream[hy.PQCBundlesRequest, hy.PQCBundlesResponse]) -> None:
         await self._s.serve(

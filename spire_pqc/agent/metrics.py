@@ -109,6 +109,12 @@ class Metrics:
             "duplicate (until the next classical SVID).",
             registry=r,
         )
+        self.revoked_identities = Gauge(
+            "spire_pqc_agent_pqc_revoked_identities",
+            "SPIFFE IDs whose PQC credentials a revoked intermediate signed and that have no re-issued "
+            "ones yet (they are not served meanwhile).",
+            registry=r,
+        )
         self.state = Counter(
             "spire_pqc_agent_state",
             "State directory events: restored (credentials served from it without a CA request), "

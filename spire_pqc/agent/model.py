@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Mapping
@@ -13,9 +14,11 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
-from spire_pqc.errors import MalformedCredentialError, ParseError
+from spire_pqc.errors import MalformedCredentialError, ParseError, SpirePqcError
 from spire_pqc.spiffeid import TrustDomain
-from spire_pqc.svid import HybridSvid, X509Svid
+from spire_pqc.svid import HybridSvid, X509Svid, binding_of
+from spire_pqc.x509 import certs
+from spire_pqc.x509.binding import parse_binding
 from spire_pqc.x509.load import load_der_certificate
 
 _DER = serialization.Encoding.DER
@@ -56,6 +59,22 @@ class PqcCredentials:
     kem_key: MLKEM768PrivateKey = field(repr=False)
     pqc_bundle: tuple[bytes, ...]
     obtained: dt.datetime
+
+    @functools.cached_property
+    def signer_key_ids(self) -> frozenset[str]:
+        """Key ids (hex) of every intermediate these credentials depend on: the issuers in both
+        chains and the classical SVID's SvidBinding signer (what a revocation is checked against)."""
+        ids = set()
+        for der_cert in (*self.pqc_chain[1:], *self.kem_chain[1:]):
+            with contextlib.suppress(SpirePqcError, ValueError):
+                cert = load_der_certificate(der_cert, what="PQC chain")
+                ids.add(certs.mldsa_public_key(cert).key_id().hex())
+        with contextlib.suppress(SpirePqcError, ValueError):
+            leaf = self.classical.leaf
+            ids.add(
+                parse_binding(binding_of(leaf, spiffe_id=str(self.classical.spiffe_id))).issuer_key_id.hex()
+            )
+        return frozenset(ids)
 
     @functools.cached_property
     def not_after(self) -> dt.datetime:

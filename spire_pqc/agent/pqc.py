@@ -30,17 +30,17 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spire_pqc._internal.backoff import Backoff
-from spire_pqc.agent.caclient import CAClient
+from spire_pqc.agent.caclient import BundleFetcher, CAClient
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import PqcCredentials
 from spire_pqc.agent.notify import Broadcast
 from spire_pqc.agent.state import StateDirectory, StoredCredentials, restore
-from spire_pqc.ca.request import build_request
+from spire_pqc.ca.request import BundleUpdate, build_request
 from spire_pqc.crypto.aio import generate_mldsa65, generate_mlkem768, run_crypto
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 
 _NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
+RESTORED = "restored from the state directory"
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _Slot:
     credentials: PqcCredentials | None = None
     last_error: str | None = None
     refused: bool = False  # refused for good (duplicate): no more requests for this classical SVID
+    revoked: bool = False  # its credentials were signed by a revoked intermediate; re-issuance pending
     task: asyncio.Task[None] | None = None
 
 
@@ -89,8 +91,11 @@ class PqcProvisioner:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
         state: StateDirectory | None = None,
+        revoked: Collection[str] = (),
     ) -> None:
         self._ca = ca
+        # Revoked intermediates' key ids: configured, plus every list the CA sends (never shrinks here).
+        self._revoked = frozenset(k.lower() for k in revoked)
         self._state = state
         self._retry_initial = retry_initial.total_seconds()
         self._retry_max = retry_max.total_seconds()
@@ -102,10 +107,55 @@ class PqcProvisioner:
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
         self._jwt_bundles: dict[TrustDomain, PqcJwtBundle] = {}
+        self._federated = frozenset(self._bundles)  # configured: never replaced by what a CA says
         self.changes: Broadcast[int] = Broadcast()
         if self._bundles:
             self.changes.publish(1)
         self._closed = False
+        self._refresher: asyncio.Task[None] | None = None
+
+    # --- the PQC bundle and revocations, polled from the CA ------------------------------------
+
+    def start_bundle_refresh(self, interval: dt.timedelta) -> None:
+        """Poll the CA's PQC bundle and revocations every ``interval`` (if the CA client can)."""
+        if isinstance(self._ca, BundleFetcher) and self._refresher is None:
+            self._refresher = asyncio.create_task(
+                self._refresh_bundles(self._ca, interval.total_seconds()), name="spire-pqc-bundle-refresh"
+            )
+
+    async def _refresh_bundles(self, ca: BundleFetcher, interval: float) -> None:
+        failing = False
+        while not self._closed:
+            try:
+                update = await ca.fetch_bundle()
+                self.apply_bundle(update)
+                if failing:
+                    log.info("PQC bundle refresh works again")
+                failing = False
+            except SpirePqcError as exc:
+                if not failing:
+                    log.warning("cannot refresh the PQC bundle from the CA (keeping the last one): %s", exc)
+                failing = True
+            await asyncio.sleep(interval)
+
+    def apply_bundle(self, update: BundleUpdate) -> None:
+        """A PQC bundle and revocation list from the CA: the bundle replaces the trust domain's (pushed
+        to every open stream), new revocations drop and re-issue what they signed."""
+        try:
+            td = TrustDomain.parse(update.trust_domain)
+        except SpirePqcError as exc:
+            raise MalformedCredentialError(f"PQC bundle of the CA: bad trust domain: {exc}") from exc
+        if td in self._federated:
+            raise MalformedCredentialError(
+                f"the PQC CA sent a bundle for {td}, a federated trust domain configured on this agent: ignored"
+            )
+        self._learn_revoked(update.revoked_intermediates)
+        if update.pqc_bundle:
+            bundle = b"".join(update.pqc_bundle)
+            if self._bundles.get(td) != bundle:
+                self._bundles[td] = bundle
+                log.info("PQC bundle of %s updated: %d root(s)", td, len(update.pqc_bundle))
+                self.changes.publish(self.changes.version + 1)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -142,10 +192,18 @@ class PqcProvisioner:
         if changed:
             self.changes.publish(self.changes.version + 1)
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        """Key ids of revoked intermediate PQC CAs (part of every PQC bundle handed out)."""
+        return self._revoked
+
+    def _usable(self, credentials: PqcCredentials) -> bool:
+        return not (credentials.signer_key_ids & self._revoked)
+
     def credentials_for(self, svid: X509Svid) -> PqcCredentials | None:
         """Credentials for ``svid``, else the newest still-valid ones of the same SPIFFE ID, else None."""
         slot = self._slots.get(svid.leaf_hash)
-        if slot is not None and slot.credentials is not None:
+        if slot is not None and slot.credentials is not None and self._usable(slot.credentials):
             return slot.credentials
         now = self._clock()
         fallback = [
@@ -154,6 +212,7 @@ class PqcProvisioner:
             if s.credentials is not None
             and s.svid.spiffe_id == svid.spiffe_id
             and s.credentials.not_after > now
+            and self._usable(s.credentials)
         ]
         return max(fallback, key=lambda c: c.obtained) if fallback else None
 
@@ -234,6 +293,9 @@ class PqcProvisioner:
         self._metrics.refused_identities.set(
             len({s.svid.spiffe_id for s in slots if s.refused and s.svid.spiffe_id not in served})
         )
+        self._metrics.revoked_identities.set(
+            len({s.svid.spiffe_id for s in slots if s.revoked and s.svid.spiffe_id not in served})
+        )
 
     async def _provision(self, slot: _Slot) -> None:
         try:
@@ -245,31 +307,86 @@ class PqcProvisioner:
         svid = slot.svid
         sid = str(svid.spiffe_id)
         keys = await self._restore(slot)
+        if slot.credentials is not None and not self._usable(slot.credentials):
+            log.warning("stored PQC credentials of %s were signed by a revoked intermediate; re-issuing", sid)
+            slot.credentials, slot.revoked = None, True
         if slot.credentials is not None:
-            self._obtained(slot, "restored from the state directory")
-            return
-        if keys is None:
-            try:
-                keys = (await generate_mldsa65(), await generate_mlkem768())
-            except SpirePqcError as exc:  # e.g. the PQ backend is unusable: nothing to retry with
-                self._metrics.rotations.labels(result="failure").inc()
-                slot.last_error = f"cannot generate PQC keys: {exc}"
-                log.error("PQC key rotation for %s failed: cannot generate keys: %s", sid, exc)  # noqa: TRY400
+            self._obtained(slot, RESTORED)
+        else:
+            if keys is None:
+                try:
+                    keys = (await generate_mldsa65(), await generate_mlkem768())
+                except SpirePqcError as exc:  # e.g. the PQ backend is unusable: nothing to retry with
+                    self._metrics.rotations.labels(result="failure").inc()
+                    slot.last_error = f"cannot generate PQC keys: {exc}"
+                    log.error("PQC key rotation for %s failed: cannot generate keys: %s", sid, exc)  # noqa: TRY400
+                    return
+                # Kept before the CA sees them: after a crash, the same keys get the same certificates.
+                await self._keep(StoredCredentials.pending(svid, *keys), sid)
+            if not await self._obtain(slot, *keys, how="issued"):
                 return
-            # Kept before the CA sees them: after a crash, the same keys get the same certificates.
-            await self._keep(StoredCredentials.pending(svid, *keys), sid)
-        mldsa, mlkem = keys
+        assert keys is not None  # restored credentials come with their keys
+        await self._renew_while_short(slot, *keys)
+
+    def _superseded(self, slot: _Slot) -> bool:
+        """A newer classical SVID of the same SPIFFE ID has PQC credentials: this one is not served."""
+        return any(
+            other.credentials is not None
+            and other.svid.spiffe_id == slot.svid.spiffe_id
+            and other.svid.leaf.not_valid_before_utc > slot.svid.leaf.not_valid_before_utc
+            for other in self._slots.values()
+        )
+
+    def _learn_revoked(self, key_ids: Collection[str]) -> None:
+        """Add revoked intermediates; drop every credential they signed and re-issue it at once."""
+        new = frozenset(k.lower() for k in key_ids) - self._revoked
+        if not new:
+            return
+        self._revoked = self._revoked | new
+        affected = [
+            s for s in self._slots.values() if s.credentials is not None and not self._usable(s.credentials)
+        ]
+        log.warning(
+            "intermediate PQC CA(s) %s revoked: re-issuing the PQC credentials of %d classical SVID(s)",
+            ", ".join(k[:16] for k in sorted(new)),
+            len(affected),
+        )
+        for slot in affected:
+            assert slot.credentials is not None
+            keys = (slot.credentials.pqc_key, slot.credentials.kem_key)
+            slot.credentials, slot.revoked = None, True
+            if slot.task is asyncio.current_task():
+                continue  # this slot is asking the CA right now: its answer replaces them
+            if slot.task is not None:
+                slot.task.cancel()
+            slot.task = asyncio.create_task(
+                self._reissue(slot, *keys), name=f"spire-pqc-reissue {slot.svid.spiffe_id}"
+            )
+        self._update_gauges()
+        self.changes.publish(self.changes.version + 1)
+
+    async def _reissue(self, slot: _Slot, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey) -> None:
+        # The same keys: the CA certifies them again with an intermediate that is not revoked.
+        if await self._obtain(slot, mldsa, mlkem, how="re-issued (revoked intermediate)"):
+            await self._renew_while_short(slot, mldsa, mlkem)
+
+    async def _obtain(
+        self, slot: _Slot, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey, *, how: str
+    ) -> bool:
+        """Ask the CA (with backoff) until it answers; False if it never will for this classical SVID."""
+        svid = slot.svid
+        sid = str(svid.spiffe_id)
         backoff = Backoff(self._retry_initial, self._retry_max, rng=self._rng)
         while not self._closed:
             if svid.not_after <= self._clock():
                 log.warning("classical SVID of %s expired before PQC credentials could be obtained", sid)
-                return
+                return False
             try:
                 credentials = await self._issue_once(svid, mldsa, mlkem)
             except IssuanceError as exc:
                 if exc.reason is RefusalReason.DUPLICATE:
                     self._refused_for_good(slot, exc)
-                    return
+                    return False
                 if exc.reason is RefusalReason.BAD_RESPONSE:
                     self._metrics.rotations.labels(result="failure").inc()  # issued, but not our keys
                 self._failed(slot, exc)
@@ -279,14 +396,44 @@ class PqcProvisioner:
             except SpirePqcError as exc:
                 self._failed(slot, exc)
             else:
-                slot.credentials = credentials
+                if not self._usable(credentials):
+                    self._failed(
+                        slot,
+                        IssuanceError(
+                            "the CA answered with credentials a revoked intermediate signed",
+                            reason="bad-response",
+                            spiffe_id=sid,
+                        ),
+                    )
+                    slot.attempted.set()
+                    await asyncio.sleep(backoff.next())
+                    continue
+                slot.credentials, slot.revoked = credentials, False
                 self._metrics.issuance.labels(result="success").inc()
                 self._metrics.rotations.labels(result="success").inc()
-                self._obtained(slot, "issued")
+                self._obtained(slot, how)
                 await self._keep(StoredCredentials.issued(credentials), sid)
-                return
+                return True
             slot.attempted.set()
             await asyncio.sleep(backoff.next())
+        return False
+
+    async def _renew_while_short(
+        self, slot: _Slot, mldsa: MLDSA65PrivateKey, mlkem: MLKEM768PrivateKey
+    ) -> None:
+        """PQC certificates that end before their classical SVID (the CA's ``max_pqc_ttl``, or its
+        intermediate's end) are renewed with the same keys at half of their life, so a workload is
+        never served expired PQC credentials while its classical SVID is valid."""
+        while not self._closed and slot.credentials is not None:
+            credentials = slot.credentials
+            if credentials.not_after >= slot.svid.not_after or self._superseded(slot):
+                return
+            renew_at = credentials.obtained + (credentials.not_after - credentials.obtained) / 2
+            delay = (renew_at - self._clock()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not await self._obtain(slot, mldsa, mlkem, how="renewed (same keys)"):
+                return
 
     async def _restore(self, slot: _Slot) -> tuple[MLDSA65PrivateKey, MLKEM768PrivateKey] | None:
         """The slot's kept keys (and credentials, set on the slot when they verify), or None."""
@@ -349,8 +496,11 @@ class PqcProvisioner:
         lag = time.monotonic() - slot.first_seen
         self._metrics.rotation_lag.observe(lag)
         self._update_gauges()
-        if slot.credentials.pqc_bundle:
-            td = slot.svid.spiffe_id.trust_domain
+        td = slot.svid.spiffe_id.trust_domain
+        # A CA answer carries the bundle as of now; a restored record's may predate a root rotation,
+        # so it only fills a gap (the bundle refresh brings the current one).
+        fresh = how != RESTORED or td not in self._bundles
+        if slot.credentials.pqc_bundle and fresh and td not in self._federated:
             self._bundles[td] = b"".join(slot.credentials.pqc_bundle)
         log.info("PQC credentials for %s %s in %.3fs", slot.svid.spiffe_id, how, lag)
         slot.attempted.set()
@@ -391,6 +541,7 @@ class PqcProvisioner:
         )
         response = await self._ca.issue(request)
         self.note_bundles(svid.spiffe_id.trust_domain, pqc_jwt_bundle=response.pqc_jwt_bundle)
+        self._learn_revoked(response.revoked_intermediates)
         sid = str(svid.spiffe_id)
         if not response.pqc_svid_chain or not response.kem_certificate_chain:
             raise IssuanceError("the CA returned an empty chain", reason="bad-response", spiffe_id=sid)
@@ -421,6 +572,8 @@ class PqcProvisioner:
     async def close(self) -> None:
         self._closed = True
         tasks = [s.task for s in self._slots.values() if s.task is not None]
+        if self._refresher is not None:
+            tasks.append(self._refresher)
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -212,6 +212,7 @@ class Agent:
             metrics=self.metrics,
             static_bundles=federated,
             state=self._state,
+            revoked=self.config.revoked_intermediates,
         )
         if self.config.federation:
             source = self._source
@@ -225,6 +226,7 @@ class Agent:
                 state_dir=state_dir,
             )
             self._federation.start()
+        self._provisioner.start_bundle_refresh(self.config.bundle_refresh_interval)
         registry = ConnectionRegistry(self._tracker, self.config.limits, self.metrics)
         source = self._source
         serving = lambda: self.live and source.ready  # noqa: E731

@@ -35,8 +35,11 @@ RETRY_MAX_SECONDS = 5.0
 StateWatch = Callable[[SpiffeId], AsyncIterator[X509State]]
 
 
-def _bundle_set(bundles: Mapping[TrustDomain, bytes]) -> BundleSet:
-    return BundleSet(X509Bundle.from_der(td, der) for td, der in bundles.items())
+def _bundle_set(bundles: Mapping[TrustDomain, bytes], revoked: frozenset[str] = frozenset()) -> BundleSet:
+    return BundleSet(
+        X509Bundle(td, X509Bundle.from_der(td, der).authorities, revoked=revoked)
+        for td, der in bundles.items()
+    )
 
 
 class _PqcBundles:
@@ -49,7 +52,7 @@ class _PqcBundles:
     def get_bundle_for_trust_domain(self, trust_domain: TrustDomain, /) -> X509Bundle:
         version = self._provisioner.changes.version
         if version != self._current[0]:
-            self._current = (version, _bundle_set(self._provisioner.pqc_bundles()))
+            self._current = (version, _bundle_set(self._provisioner.pqc_bundles(), self._provisioner.revoked))
         return self._current[1].get_bundle_for_trust_domain(trust_domain)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -82,6 +82,7 @@ class Issued:
     response: IssueResponse
     spiffe_id: str
     reissued: bool
+    renewed: bool = False  # the same keys certified again (their previous certificates were ending)
 
 
 class PQCIssuer:
@@ -95,6 +96,8 @@ class PQCIssuer:
         *,
         trusted_binding_keys: Sequence[MLDSA65PublicKey] = (),
         sibling_intermediates: Sequence[x509.Certificate] = (),
+        revoked: Collection[str] = (),
+        pqc_roots: Sequence[x509.Certificate] = (),
         ledger: IssuanceLedger | None = None,
         freshness: dt.timedelta = DEFAULT_FRESHNESS,
         max_ttl: dt.timedelta = DEFAULT_MAX_TTL,
@@ -106,18 +109,34 @@ class PQCIssuer:
         # Bindings made by sibling intermediates (SPIRE HA: one plugin instance each) are ours too.
         # When a sibling made the binding, its certificate is appended to the chains we return, so a
         # verifier holding only the PQC root can check that binding (svid.verify_hybrid_svid).
+        # Revoked intermediates (key ids, hex) are never binding signers, whatever else trusts them.
+        self.revoked = frozenset(k.lower() for k in revoked)
         encode = serialization.Encoding.DER
-        self._siblings = {certs.mldsa_public_key(c): c.public_bytes(encode) for c in sibling_intermediates}
-        self._binding_keys = [ca.public_key, *trusted_binding_keys, *self._siblings]
+        self._siblings = {
+            key: c.public_bytes(encode)
+            for c in sibling_intermediates
+            if (key := certs.mldsa_public_key(c)).key_id().hex() not in self.revoked
+        }
+        self._binding_keys = [
+            k
+            for k in (ca.public_key, *trusted_binding_keys, *self._siblings)
+            if k.key_id().hex() not in self.revoked
+        ]
         # What every response repeats, encoded once.
         self._intermediate_der = ca.certificate.public_bytes(encode)
-        self._roots_der = tuple(c.public_bytes(encode) for c in ca.chain_to_root if _self_signed(c))
         # Without a ledger: a private in-memory database (the rules then hold in this process only).
         self._ledger = ledger if ledger is not None else open_ledger(MEMORY)
         self._freshness = freshness
         self._max_ttl = max_ttl
         self._clock = clock
         self._key_id = ca.public_key.key_id().hex()
+        # Every root of the trust domain's PQC bundle (a rotation's new root included), else the CA's own.
+        self.pqc_roots = tuple(pqc_roots) or tuple(c for c in ca.chain_to_root if _self_signed(c))
+        self._roots_der = tuple(c.public_bytes(encode) for c in self.pqc_roots)
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self._trust_domain
 
     @property
     def ca(self) -> IntermediateCA:
@@ -168,7 +187,16 @@ class PQCIssuer:
         except LedgerError as exc:
             raise IssuanceError(str(exc), reason=RefusalReason.UNAVAILABLE, spiffe_id=spiffe_id) from exc
         if stored.keys_fingerprint == fingerprint:
-            return Issued(stored.response, spiffe_id, reissued=True)
+            if not _renewal_due(stored, leaf, now) and stored.issuer_key_id not in self.revoked:
+                return Issued(stored.response, spiffe_id, reissued=True)
+            # The same keys for the same classical SVID, past half of their certificates' shorter life
+            # (max_pqc_ttl or the intermediate's end): certify them again. The one-key-set-per-SVID
+            # rule is unchanged; the ledger keeps the first answer (a retry of a lost renewal renews).
+            response = self._issue(
+                leaf, request.classical_chain[0], spiffe_id, mldsa_key, mlkem_key, now, binder
+            )
+            log.info("renewed the PQC SVID and KEM certificate of %s (same keys)", spiffe_id)
+            return Issued(response, spiffe_id, reissued=False, renewed=True)
         log.warning(
             "security event: second PQC issuance with different keys refused for %s "
             "(classical SVID serial %x, first answered by intermediate %s at %s)",
@@ -313,6 +341,19 @@ class PQCIssuer:
             kem_certificate_chain=(kem.public_bytes(encode), *intermediates),
             pqc_bundle=self._roots_der,
         )
+
+
+def _renewal_due(stored: LedgerEntry, leaf: x509.Certificate, now: dt.datetime) -> bool:
+    """The stored certificates end before the classical SVID and half of their life has passed."""
+    try:
+        pqc_end = load_der_certificate(
+            stored.response.pqc_svid_chain[0], what="stored PQC SVID"
+        ).not_valid_after_utc
+    except (ParseError, IndexError):
+        return True  # an unreadable stored answer is never sent again
+    if pqc_end >= leaf.not_valid_after_utc:
+        return False
+    return now >= stored.issued + (pqc_end - stored.issued) / 2
 
 
 def _self_signed(cert: x509.Certificate) -> bool:

@@ -64,6 +64,17 @@ class IssueResponse:
     pqc_bundle: tuple[bytes, ...]
     # The trust domain's PQC JWT bundle (JWK Set) when the CA sends one (docs/pq-jwt.md).
     pqc_jwt_bundle: bytes = b""
+    # Key ids of revoked intermediates, as the CA knows them when it answers (never stored in the ledger).
+    revoked_intermediates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundleUpdate:
+    """What the CA says about its trust domain's PQC trust now: roots (DER) and revoked key ids."""
+
+    trust_domain: str
+    pqc_bundle: tuple[bytes, ...]
+    revoked_intermediates: tuple[str, ...]
 
 
 def to_be_signed(

@@ -1,4 +1,4 @@
-"""`spire-pqc ca init` and `spire-pqc ca intermediate`: offline PQC CA tooling."""
+"""`spire-pqc ca init`, `ca intermediate` (offline PQC CA tooling) and `ca status` (the plugin's schedule)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_pqc._internal.files import atomic_write, read_private, read_public
+from spire_pqc.ca.intermediates import ACTIVATE_AT_FILE
+from spire_pqc.cli import ca_status
 from spire_pqc.crypto.keys import KeyEncryption, NoEncryption, PasswordEncryption
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import ConfigError, CorruptKeyFileError, InvalidKeyError
@@ -48,8 +50,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     inter.add_argument(
         "--classical-root-key", type=Path, help="private key of --classical-root-cert (PEM, 0600)"
     )
+    inter.add_argument(
+        "--activate-at",
+        help="RFC 3339 time at which the plugin starts signing with it (written to OUT_DIR/activate-at); "
+        "default: at the plugin's intermediate_activation fraction of the active one's life",
+    )
     _key_options(inter)
     inter.set_defaults(handler=cmd_intermediate)
+    ca_status.register(sub)
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +122,18 @@ def load_root(root_dir: Path, password: bytes | None) -> tuple[MLDSA65PrivateKey
     return key, cert
 
 
+def _activate_at(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--activate-at {text!r} is not an RFC 3339 time", source="ca intermediate"
+        ) from None
+    if when.tzinfo is None:
+        raise ConfigError("--activate-at needs a time zone (Z or +hh:mm)", source="ca intermediate")
+    return when.astimezone(dt.UTC)
+
+
 def cmd_intermediate(args: argparse.Namespace) -> int:
     td = TrustDomain.parse(args.trust_domain)
     out: Path = args.out_dir
@@ -127,6 +147,7 @@ def cmd_intermediate(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--classical-root-cert and --classical-root-key go together", source="ca intermediate"
         )
+    activate_at = _activate_at(args.activate_at) if args.activate_at else None
     root_password = _password(args.root_password_file) if args.root_password_file else None
     root_key, root = load_root(args.root_dir, root_password)
     key = MLDSA65PrivateKey.generate()
@@ -150,6 +171,8 @@ def cmd_intermediate(args: argparse.Namespace) -> int:
     atomic_write(out / INTER_CERT, _pem(inter) + _pem(root), mode=0o644, force=args.force)
     if cross is not None:
         atomic_write(out / CROSS_CERT, _pem(cross), mode=0o644, force=args.force)
+    if activate_at is not None:
+        atomic_write(out / ACTIVATE_AT_FILE, activate_at.isoformat().encode() + b"\n", mode=0o644, force=True)
     print(f"intermediate PQC CA for {td.id_string()} (key id {key.public_key().key_id().hex()[:16]})")
     print(f"  certificate chain: {out / INTER_CERT}  (intermediate, then root)")
     print(f"  private key:       {out / INTER_KEY}  (mode 0600; give it to the plugin)")

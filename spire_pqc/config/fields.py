@@ -349,3 +349,17 @@ Addresses = Annotated[
     checked(array(_address, of="'host:port' strings", distinct=True)),
     Kind("host:port list", 'a non-empty array of distinct `"host:port"` strings'),
 ]
+
+
+def _key_id(value: object) -> str:
+    if not isinstance(value, str) or not _KEY_ID.match(value):
+        raise ValueError(f"{shown(value)} is not a key id: 64 hex digits (`spire-pqc ca status` shows them)")
+    return value.lower()
+
+
+_KEY_ID = re.compile(r"^[0-9A-Fa-f]{64}$")
+KeyIds = Annotated[
+    list[str],
+    checked(array(_key_id, of="key ids (64 hex digits)", non_empty=False)),
+    Kind("key ids", "an array of intermediate key ids: hex SHA-256 of the SubjectPublicKeyInfo"),
+]

@@ -6,7 +6,6 @@
 * :mod:`.keys` - SPKI / seed-form PKCS#8 / PEM and the explicit :class:`NoEncryption` /
   :class:`PasswordEncryption` choice.
 * :mod:`.aio` - the same operations off the event loop.
-* :mod:`.keystore` - key lifecycle on disk (generation, storage, rotation, retirement).
 
 The backend (``openssl`` via cryptography, or ``liboqs``) is chosen once per process; see
 :func:`backend_name` and ``SPIRE_PQC_BACKEND``.

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
-from spire_pqc.errors import ConfigError, SpirePqcError
+from spire_pqc.errors import ConfigError, NotConfiguredError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
 from spire_pqc.plugin.host import HostServiceBroker, PluginService, serve_plugin
 from spire_pqc.plugin.hostservices import identity_fetcher
-from spire_pqc.plugin.metrics import BindingCounters, IntermediateExpiry, MetricsListener, PluginMetrics
+from spire_pqc.plugin.intermediates import IntermediateWatcher
+from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,15 @@ class EndpointSupervisor:
     Also owns the metrics listener (``metrics_listen_address``).
     """
 
-    def __init__(self, broker: HostServiceBroker, metrics: PluginMetrics | None = None) -> None:
+    def __init__(
+        self,
+        broker: HostServiceBroker,
+        metrics: PluginMetrics | None = None,
+        intermediates: Callable[[], IntermediateWatcher] | None = None,
+    ) -> None:
         self._broker = broker
         self.metrics = metrics or PluginMetrics()
+        self._intermediates = intermediates
         self._lock = threading.Lock()
         self._endpoint: CAEndpoint | None = None
         self._listener: MetricsListener | None = None
@@ -84,7 +91,12 @@ class EndpointSupervisor:
         while not superseded.is_set():
             attempt += 1
             try:
-                endpoint = CAEndpoint(config, lambda: identity_fetcher(self._broker), metrics=self.metrics)
+                endpoint = CAEndpoint(
+                    config,
+                    lambda: identity_fetcher(self._broker),
+                    metrics=self.metrics,
+                    intermediates=self._intermediates,
+                )
             except ConfigError as exc:  # e.g. the port is taken: say so (no traceback), retry later
                 delay = backoff.next()
                 log.error("PQC CA endpoint not started: %s; retrying in %.0fs", exc.problems[0], delay)  # noqa: TRY400
@@ -129,10 +141,17 @@ def run_plugin() -> int:
     """Serve the composer until SPIRE stops it (call from the entry point's main thread)."""
     broker = HostServiceBroker()
     metrics = PluginMetrics()
-    supervisor = EndpointSupervisor(broker, metrics)
-    state = PluginState(on_configured=supervisor.reconfigure)
+    state: PluginState | None = None
+
+    def intermediates() -> IntermediateWatcher:
+        current = state.current() if state is not None else None
+        if current is None:
+            raise NotConfiguredError("spire-pqc: not configured")
+        return current.intermediates
+
+    supervisor = EndpointSupervisor(broker, metrics, intermediates)
+    state = PluginState(on_configured=supervisor.reconfigure, metrics=metrics)
     metrics.register(BindingCounters(lambda: _binding_counts(state)))
-    metrics.register(IntermediateExpiry(lambda: _intermediates(state)))
     services: list[PluginService[Any]] = [
         PluginService(
             COMPOSER_SERVICE,
@@ -145,6 +164,7 @@ def run_plugin() -> int:
         return serve_plugin(PLUGIN_TYPE, services, broker=broker, on_deinit=supervisor.stop)
     finally:
         supervisor.stop()
+        state.close()
         s = state.stats
         log.info(
             "plugin stopped: %d bindings added, %d skipped (unusable key), %d failed, %d health checks",
@@ -155,11 +175,3 @@ def run_plugin() -> int:
 def _binding_counts(state: PluginState) -> dict[str, int]:
     s = state.stats
     return {"added": s.bindings, "skipped": s.skipped_unusable_key, "failed": s.failed}
-
-
-def _intermediates(state: PluginState) -> list[tuple[bytes, str, dt.datetime]]:
-    current = state.current()
-    if current is None:
-        return []
-    intermediate = current.config.intermediate
-    return [(intermediate.public_key.key_id(), "active", intermediate.certificate.not_valid_after_utc)]

@@ -26,12 +26,14 @@ from cryptography import x509
 from pydantic import ValidationInfo, field_validator
 
 from spire_pqc._internal.files import read_private, read_public
+from spire_pqc.ca.intermediates import Intermediate, Scheduled, State, load_directory, schedule
 from spire_pqc.ca.issuer import IntermediateCA
 from spire_pqc.ca.ledger import MEMORY, LedgerDsn, read_legacy
 from spire_pqc.config import (
     AbsolutePath,
     Address,
     Duration,
+    KeyIds,
     Kind,
     LoopbackAddress,
     Table,
@@ -90,6 +92,7 @@ class Config:
     """What the plugin runs with: ``plugin_data``'s values, its files loaded and checked."""
 
     trust_domain: TrustDomain
+    # The signing intermediate at configuration time (the active one of ``intermediates``).
     intermediate: IntermediateCA
     intermediate_key_path: Path
     intermediate_key_password: bytes | None = field(repr=False)
@@ -111,6 +114,15 @@ class Config:
     bundle_endpoint_address: tuple[str, int] | None = None
     bundle_endpoint_path: str = "/"
     bundle_endpoint_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
+    # The intermediate lifecycle (spire_pqc.ca.intermediates): every intermediate loaded, where new
+    # ones appear, when a next one activates, how long a superseded one stays trusted, revoked key ids.
+    intermediates: tuple[Intermediate, ...] = ()
+    intermediates_dir: Path | None = None
+    intermediate_activation: float = 0.5
+    max_x509_svid_ttl: dt.timedelta = dt.timedelta(hours=24)
+    intermediates_poll_interval: dt.timedelta = dt.timedelta(seconds=10)
+    revoked_intermediates: frozenset[str] = frozenset()
+    pqc_bundle_path: Path | None = None  # re-read with intermediates_dir (a root rotation needs no restart)
 
     def agent_allowed(self, spiffe_id: SpiffeId) -> bool:
         return any(p.matches(spiffe_id) for p in self.authorized_agents)
@@ -162,6 +174,20 @@ def _bundle_path(value: object) -> str:
 BundlePath = Annotated[str, checked(_bundle_path), Kind("HTTP path", "an absolute HTTP path, like `/`")]
 
 
+def _fraction(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("must be a number greater than 0 and at most 1, like 0.5") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError("must be a number greater than 0 and at most 1, like 0.5")
+    return float(value)
+
+
+Fraction = Annotated[float, checked(_fraction), Kind("fraction", "a number in (0, 1], like `0.5`")]
+
+
 @dataclass
 class _Loaded:
     """What the key validators read from files, for :func:`build_config` (in the validation context)."""
@@ -172,6 +198,7 @@ class _Loaded:
     intermediate: IntermediateCA | None = None
     siblings: list[x509.Certificate] = field(default_factory=list)
     trusted_keys: list[MLDSA65PublicKey] = field(default_factory=list)
+    configured: Intermediate | None = None
     ledger_password: str | None = field(default=None, repr=False)
 
 
@@ -191,17 +218,57 @@ class PluginData(Table):
     """``plugin_data``: files first (each key's checks use the files loaded before it), then the rest."""
 
     pqc_bundle_path: AbsolutePath = key(doc="PEM file of the trust domain's PQC root certificate(s).")
-    intermediate_cert_path: AbsolutePath = key(
+    intermediates_dir: AbsolutePath | None = key(
+        None,
+        doc="directory of intermediate PQC CAs, one subdirectory each as `spire-pqc ca intermediate "
+        "--out-dir DIR/NAME` writes it: the plugin picks a new one up without a restart (polled every "
+        "`intermediates_poll_interval`, and on SIGUSR1), accepts its bindings at once (*next*), signs "
+        "with it from its activation (`intermediate_activation`), keeps the one it replaced trusted while "
+        "what that one signed is valid (*retiring*), then moves it to `DIR/archive/` (*retired*; never "
+        "deleted). `spire-pqc ca status` shows the schedule. Runbook: docs/runbooks.md.",
+    )
+    intermediate_cert_path: AbsolutePath | None = key(
+        None,
+        check_default=True,
+        shown="required without `intermediates_dir`",
         doc="PEM file of the intermediate PQC CA certificate, then the PQC root (what `spire-pqc ca "
-        "intermediate` writes). It must chain to `pqc_bundle_path` and name the trust domain."
+        "intermediate` writes). It must chain to `pqc_bundle_path` and name the trust domain. With "
+        "`intermediates_dir` it is optional, one more intermediate of the schedule (never archived).",
     )
     intermediate_key_password_file: AbsolutePath | None = key(
         None, doc="file (mode 0600) holding the password of an encrypted intermediate key."
     )
-    intermediate_key_path: AbsolutePath = key(
+    intermediate_key_path: AbsolutePath | None = key(
+        None,
+        check_default=True,
+        shown="required with `intermediate_cert_path`",
         doc="ML-DSA-65 private key of the intermediate PQC CA, PKCS#8 PEM (seed form), mode 0600 "
         "(refused otherwise). Re-checked on every signing: removing or replacing it takes effect "
-        "without a restart."
+        "without a restart.",
+    )
+    intermediate_activation: Fraction = key(
+        0.5,
+        doc="when a next intermediate (from `intermediates_dir`) starts signing: once the active one has "
+        "lived this fraction of its life (or at the time in the next one's `activate-at` file, `spire-pqc "
+        "ca intermediate --activate-at`), never before its own notBefore. Past this point with no next "
+        "intermediate the plugin warns every 10 minutes and sets `spire_pqc_plugin_intermediate_rotation_"
+        "overdue` to 1.",
+    )
+    max_x509_svid_ttl: Duration = key(
+        dt.timedelta(hours=24),
+        doc="the longest X509-SVID lifetime SPIRE issues (its `default_x509_svid_ttl`, or the largest "
+        "`x509_svid_ttl` of an entry): a superseded intermediate stays trusted (retiring) this long "
+        "after its successor activated, since nothing it signed lives longer.",
+    )
+    intermediates_poll_interval: Duration = key(
+        dt.timedelta(seconds=10),
+        doc="how often `intermediates_dir` is read again and the schedule re-evaluated.",
+    )
+    revoked_intermediates: KeyIds | None = key(
+        None,
+        doc="key ids of compromised intermediates (hex SHA-256 of their SubjectPublicKeyInfo, as "
+        "`spire-pqc ca status` prints them): never used to sign, their bindings refused by the CA "
+        "endpoint, and sent to agents with every answer (agents refuse what they signed and re-issue).",
     )
     trusted_intermediates_path: AbsolutePath | None = key(
         None,
@@ -230,7 +297,9 @@ class PluginData(Table):
     )
     max_pqc_ttl: Duration = key(
         dt.timedelta(hours=24),
-        doc="upper bound on PQC SVID lifetimes (they never outlive the classical SVID anyway).",
+        doc="upper bound on PQC SVID lifetimes (they never outlive the classical SVID anyway). It may be "
+        "shorter than SPIRE's X509-SVID TTL: agents renew the PQC certificates with the same keys at half "
+        "of their life (counted as `renewed`).",
     )
     ledger_dsn: Dsn | None = key(
         None,
@@ -291,9 +360,20 @@ class PluginData(Table):
         _loaded(info).roots = _certificates(path)
         return path
 
+    @field_validator("intermediates_dir")
+    @classmethod
+    def _directory(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_dir():
+            raise problem(f"{path} is not a directory")
+        return path
+
     @field_validator("intermediate_cert_path")
     @classmethod
-    def _load_chain(cls, path: Path, info: ValidationInfo) -> Path:
+    def _load_chain(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            if info.data.get("intermediates_dir") is None and "intermediates_dir" in info.data:
+                raise problem("required (or set intermediates_dir)")
+            return None
         loaded = _loaded(info)
         chain = loaded.chain = _certificates(path)
         if loaded.roots:
@@ -318,8 +398,14 @@ class PluginData(Table):
 
     @field_validator("intermediate_key_path")
     @classmethod
-    def _load_key(cls, path: Path, info: ValidationInfo) -> Path:
+    def _load_key(cls, path: Path | None, info: ValidationInfo) -> Path | None:
         loaded = _loaded(info)
+        if path is None:
+            if info.data.get("intermediate_cert_path") is not None:
+                raise problem("required with intermediate_cert_path")
+            return None
+        if info.data.get("intermediate_cert_path") is None and "intermediate_cert_path" in info.data:
+            raise problem("needs intermediate_cert_path")
         if "intermediate_key_password_file" not in info.data:
             return path  # its problem is reported; the key cannot be opened without it
         try:
@@ -440,11 +526,16 @@ def _san_uris(cert: x509.Certificate) -> list[str]:
 
 
 def build_config(
-    core_trust_domain: str, hcl_text: str, *, environ: Mapping[str, str] | None = None
+    core_trust_domain: str,
+    hcl_text: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    require_active: bool = True,
 ) -> Config:
     """Parse and check everything; raise one ConfigError naming every problem with its key.
 
-    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up. Pure apart
+    ``environ`` (default ``os.environ``) is where ``ledger_password_env`` is looked up. With
+    ``require_active=False`` (for ``spire-pqc ca status``) a schedule where nothing can sign is no error. Pure apart
     from reading the configured files: safe to call at any time, from any thread, as often as SPIRE
     calls Configure or Validate.
     """
@@ -463,12 +554,56 @@ def build_config(
         raise ConfigError(problems + exc.problems, source=SOURCE) from None
     if problems:
         raise ConfigError(problems, source=SOURCE)
-    assert trust_domain is not None and loaded.intermediate is not None and loaded.roots is not None
+    assert trust_domain is not None and loaded.roots is not None
+    now = dt.datetime.now(dt.UTC)
+    intermediates: list[Intermediate] = []
+    if loaded.intermediate is not None:
+        assert (
+            plugin_data.intermediate_cert_path is not None and plugin_data.intermediate_key_path is not None
+        )
+        intermediates.append(
+            Intermediate(
+                loaded.intermediate,
+                plugin_data.intermediate_cert_path,
+                plugin_data.intermediate_key_path,
+                in_directory=False,
+            )
+        )
+    if plugin_data.intermediates_dir is not None:
+        found, bad = load_directory(
+            plugin_data.intermediates_dir,
+            roots=loaded.roots,
+            trust_domain=trust_domain,
+            password=loaded.key_password,
+            at=now,
+        )
+        intermediates.extend(found)
+        problems.extend(f"intermediates_dir: {p}" for p in bad)
+    revoked = frozenset(plugin_data.revoked_intermediates or ())
+    current = schedule(
+        intermediates,
+        at=now,
+        activation=plugin_data.intermediate_activation,
+        svid_ttl=plugin_data.max_x509_svid_ttl,
+        revoked=revoked,
+    ).active
+    if current is None and not require_active and intermediates:
+        # For `spire-pqc ca status`: show the schedule even when nothing can sign (the worst case).
+        current = Scheduled(intermediates[0], State.RETIRED, None, None, None)
+    if current is None and not problems:
+        problems.append(
+            "intermediates_dir: no intermediate is usable now (each is expired, revoked or not yet valid)"
+            if plugin_data.intermediates_dir is not None
+            else "intermediate_cert_path: the intermediate is revoked (revoked_intermediates)"
+        )
+    if problems:
+        raise ConfigError(problems, source=SOURCE)
+    assert current is not None
     endpoint = plugin_data.endpoint_listen_address
     return Config(
         trust_domain=trust_domain,
-        intermediate=loaded.intermediate,
-        intermediate_key_path=plugin_data.intermediate_key_path,
+        intermediate=current.intermediate.ca,
+        intermediate_key_path=current.intermediate.key_path,
         intermediate_key_password=loaded.key_password,
         pqc_roots=tuple(loaded.roots),
         trusted_intermediates=tuple(loaded.trusted_keys),
@@ -486,6 +621,13 @@ def build_config(
         bundle_endpoint_address=plugin_data.bundle_endpoint_address,
         bundle_endpoint_path=plugin_data.bundle_endpoint_path,
         bundle_endpoint_refresh_hint=plugin_data.bundle_endpoint_refresh_hint,
+        intermediates=tuple(intermediates),
+        intermediates_dir=plugin_data.intermediates_dir,
+        intermediate_activation=plugin_data.intermediate_activation,
+        max_x509_svid_ttl=plugin_data.max_x509_svid_ttl,
+        intermediates_poll_interval=plugin_data.intermediates_poll_interval,
+        revoked_intermediates=revoked,
+        pqc_bundle_path=plugin_data.pqc_bundle_path,
     )
 
 

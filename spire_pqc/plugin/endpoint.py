@@ -42,7 +42,7 @@ from spire_pqc._internal.buckets import TokenBuckets
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
-from spire_pqc.ca.issuer import PQCIssuer
+from spire_pqc.ca.issuer import IntermediateCA, PQCIssuer
 from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
@@ -57,6 +57,7 @@ from spire_pqc.errors import (
 from spire_pqc.federation.endpoint import ServerSvid
 from spire_pqc.plugin.bundlepub import BundleEndpointThread, PqcBundlePublisher, svid_of
 from spire_pqc.plugin.config import Config
+from spire_pqc.plugin.intermediates import IntermediateWatcher
 from spire_pqc.plugin.metrics import PluginMetrics, issuance_outcome
 from spire_pqc.svid import verify_classical_svid
 
@@ -180,10 +181,14 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         *,
         jwt: JwtSigning | None = None,
         jwt_rate: TokenBuckets | None = None,
+        revoked: Callable[[], frozenset[str]] | None = None,
+        roots: Callable[[], tuple[x509.Certificate, ...]] | None = None,
     ) -> None:
         self._config = config
         self._identities = identities
         self._issuer_factory = issuer_factory
+        self._revoked = revoked
+        self._roots = roots
         self.metrics = metrics or PluginMetrics()
         self._jwt = jwt
         self._jwt_rate = jwt_rate or TokenBuckets(JWT_SIGN_RATE, JWT_SIGN_BURST)
@@ -204,7 +209,12 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         identity = self._identities.current()
         bundles = BundleSet.from_certificates(list(identity.bundle))
         caller = self._authorize(context, bundles, outcome)
-        issuer = self._issuer_factory(bundles)
+        try:
+            issuer = self._issuer_factory(bundles)
+        except SpirePqcError as exc:  # no usable intermediate now: retry later, as with the ledger down
+            outcome[:] = issuance_outcome(RefusalReason.UNAVAILABLE)
+            log.error("issuance refused for agent %s: %s", caller, exc)  # noqa: TRY400
+            _refuse(context, RefusalReason.UNAVAILABLE, f"no usable intermediate PQC CA: {exc}")
         domain_request = IssueRequest(
             classical_chain=tuple(bytes(c) for c in request.classical_svid_chain),
             mldsa_spki=bytes(request.mldsa65_public_key),
@@ -220,18 +230,19 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             outcome[:] = issuance_outcome(exc.reason)
             log.warning("issuance refused for agent %s: %s", caller, exc)
             _refuse(context, exc.reason, str(exc), exc.spiffe_id)
-        outcome[:] = ("issued", "none")
+        outcome[:] = ("issued", "none")  # also a retry with the same keys, and a renewal of them
         log.info(
             "agent %s obtained PQC credentials for %s%s",
             caller,
             issued.spiffe_id,
-            " (re-sent)" if issued.reissued else "",
+            " (re-sent)" if issued.reissued else " (renewed, same keys)" if issued.renewed else "",
         )
         return ca_pb2.IssuePQCSVIDResponse(
             pqc_svid_chain=list(issued.response.pqc_svid_chain),
             kem_certificate_chain=list(issued.response.kem_certificate_chain),
             pqc_bundle=list(issued.response.pqc_bundle),
             pqc_jwt_bundle=self._pqc_jwt_bundle(),
+            revoked_intermediates=sorted(issuer.revoked),
         )
 
     def SignJWTSVID(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -267,6 +278,18 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
         log.debug("agent %s obtained a PQC JWT-SVID part", caller)
         return ca_pb2.SignJWTSVIDResponse(
             pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
+        )
+
+    def FetchPQCBundle(self, request: Any, context: grpc.ServicerContext) -> Any:
+        identity = self._identities.current()
+        self._authorize(context, BundleSet.from_certificates(list(identity.bundle)), [])
+        revoked = self._revoked() if self._revoked is not None else self._config.revoked_intermediates
+        roots = (self._roots() if self._roots is not None else ()) or self._config.pqc_roots
+        encode = serialization.Encoding.DER
+        return ca_pb2.FetchPQCBundleResponse(
+            trust_domain=self._config.trust_domain.name,
+            pqc_bundle=[c.public_bytes(encode) for c in roots],
+            revoked_intermediates=sorted(revoked),
         )
 
     def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet, outcome: list[str]) -> str:
@@ -320,7 +343,12 @@ class CAEndpoint:
     """Owns the gRPC server of the PQC CA endpoint, the ledger and its pruner; start / stop."""
 
     def __init__(
-        self, config: Config, fetch_identity: IdentityFetcher, *, metrics: PluginMetrics | None = None
+        self,
+        config: Config,
+        fetch_identity: IdentityFetcher,
+        *,
+        metrics: PluginMetrics | None = None,
+        intermediates: Callable[[], IntermediateWatcher] | None = None,
     ) -> None:
         if config.endpoint_listen_address is None:
             raise ValueError("endpoint_listen_address is not configured")
@@ -339,13 +367,27 @@ class CAEndpoint:
             on_run=self.metrics.observe_prune,
         )
         ledger = self.ledger
+        if intermediates is None:
+            static = IntermediateWatcher.from_config(config)  # not polled: the configuration's schedule
+
+            def intermediates() -> IntermediateWatcher:
+                return static
+
+        watch = intermediates
 
         def issuer_factory(bundles: BundleSet) -> PQCIssuer:
+            # The schedule now: the active intermediate signs; next and retiring ones (and SPIRE HA
+            # siblings) are accepted as binding signers and sent with the chains they bound.
+            watcher = watch()
+            current = watcher.current()
+            inter, key = watcher.signing()
             return PQCIssuer(
-                config.intermediate,
+                IntermediateCA(key, inter.ca.certificate, inter.ca.chain_to_root),
                 config.trust_domain,
                 bundles,
-                sibling_intermediates=config.sibling_intermediates,
+                sibling_intermediates=(*config.sibling_intermediates, *current.trusted_certificates()),
+                revoked=watcher.revoked,
+                pqc_roots=watcher.roots() or config.pqc_roots,
                 ledger=ledger,
                 freshness=config.freshness_window,
                 max_ttl=config.max_pqc_ttl,
@@ -356,12 +398,20 @@ class CAEndpoint:
             IntermediateSigners(config.intermediate, config.trust_domain),
             config.pqc_roots,
         )
-        self.servicer = CAServicer(config, self._identities, issuer_factory, self.metrics, jwt=jwt)
+        self.servicer = CAServicer(
+            config,
+            self._identities,
+            issuer_factory,
+            self.metrics,
+            jwt=jwt,
+            revoked=lambda: watch().revoked,
+            roots=lambda: watch().roots(),
+        )
         self.bundle_endpoint: BundleEndpointThread | None = None
         if config.bundle_endpoint_address is not None:
             publisher = PqcBundlePublisher(
                 config.trust_domain,
-                roots=lambda: config.pqc_roots,
+                roots=lambda: watch().roots() or config.pqc_roots,
                 signers=jwt.signers,
                 refresh_hint=max(1, int(config.bundle_endpoint_refresh_hint.total_seconds())),
             )

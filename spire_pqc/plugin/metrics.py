@@ -13,7 +13,6 @@ local user cannot make the plugin hold threads or descriptors without bound.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import http.server
 import logging
 import threading
@@ -21,10 +20,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
+from spire_pqc.ca.intermediates import IntermediateSet, State
 from spire_pqc.ca.ledger import PruneRun
 from spire_pqc.crypto.status import register_backend_metric
 from spire_pqc.errors import RefusalReason
@@ -96,6 +96,32 @@ class PluginMetrics:
             "1 while the issuance ledger's database answers, 0 while PQC issuance is UNAVAILABLE.",
             registry=r,
         )
+        self.intermediates = Gauge(
+            "spire_pqc_plugin_intermediates",
+            "Intermediate PQC CAs by state (next, active, retiring, retired, revoked).",
+            ["state"],
+            registry=r,
+        )
+        self.intermediate_expiry = Gauge(
+            "spire_pqc_plugin_intermediate_expiry_seconds",
+            "Seconds until the active intermediate PQC CA's notAfter (0: none is active).",
+            registry=r,
+        )
+        self.rotation_overdue = Gauge(
+            "spire_pqc_plugin_intermediate_rotation_overdue",
+            "1 while the active intermediate is past its successor's activation point and no next one "
+            "is ready (or none is active): issue the next intermediate.",
+            registry=r,
+        )
+        # The series docs/metrics.md documents and the SpirePqcIntermediateExpiring* alerts read.
+        self.intermediate_not_after = Gauge(
+            "spire_pqc_ca_intermediate_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of each intermediate PQC CA this instance holds, by key id and state.",
+            ["key_id", "state"],
+            registry=r,
+        )
+        for state in State:
+            self.intermediates.labels(state=state.value)
         for result, reason in ISSUANCE_OUTCOMES:
             self.issuance.labels(result=result, reason=reason)
         for result in ("issued", "refused", "error"):
@@ -114,6 +140,21 @@ class PluginMetrics:
         if run.size is not None:
             self.ledger_entries.labels(kind="issuance").set(run.size.issuances)
             self.ledger_entries.labels(kind="nonce").set(run.size.nonces)
+
+    def observe_intermediates(self, current: IntermediateSet) -> None:
+        for state in State:
+            self.intermediates.labels(state=state.value).set(len(current.in_state(state)))
+        self.intermediate_not_after.clear()
+        for entry in current.in_state(State.NEXT, State.ACTIVE, State.RETIRING):
+            self.intermediate_not_after.labels(key_id=entry.key_id[:16], state=entry.state.value).set(
+                entry.intermediate.not_after.timestamp()
+            )
+        active = current.active
+        remaining = (
+            (active.intermediate.not_after - current.at).total_seconds() if active is not None else 0.0
+        )
+        self.intermediate_expiry.set(max(0.0, remaining))
+        self.rotation_overdue.set(1.0 if current.rotation_overdue() else 0.0)
 
     def watch_ledger(self, available: Callable[[], bool]) -> None:
         """Report ``available()`` as ``spire_pqc_ca_ledger_up`` (the current endpoint's ledger)."""
@@ -148,24 +189,6 @@ class BindingCounters(Collector):
         values = self._read()
         for result in BINDING_RESULTS:
             family.add_metric([result], values.get(result, 0))
-        yield family
-
-
-class IntermediateExpiry(Collector):
-    """``spire_pqc_ca_intermediate_expiry_timestamp_seconds{key_id,state}`` of the configured
-    intermediate(s), read at scrape time: ``read()`` gives ``(key_id, state, notAfter)`` triples."""
-
-    def __init__(self, read: Callable[[], Iterable[tuple[bytes, str, dt.datetime]]]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "spire_pqc_ca_intermediate_expiry_timestamp_seconds",
-            "notAfter (Unix seconds) of each intermediate PQC CA certificate this instance holds.",
-            labels=["key_id", "state"],
-        )
-        for key_id, state, not_after in self._read():
-            family.add_metric([key_id.hex()[:16], state], not_after.timestamp())
         yield family
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import (
 )
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2, config_pb2_grpc
 from spire_pqc.ca.composer import binding_extension, is_health_check
-from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import ConfigError, SpirePqcError
-from spire_pqc.plugin.config import Config, build_config, load_intermediate_key
+from spire_pqc.plugin.config import Config, build_config
+from spire_pqc.plugin.intermediates import IntermediateWatcher
 from spire_pqc.plugin.metrics import PluginMetrics
 from spire_pqc.spiffeid import SpiffeId
 
@@ -49,63 +48,26 @@ class ComposerStats:
     failed: int = 0
 
 
-class _KeyHolder:
-    """The intermediate key, re-validated cheaply (one stat) on every use.
-
-    The file is re-read when its identity (inode, size, mtime) changes, and reported unusable
-    when it disappears, so removing or rotating the key file takes effect without a restart.
-    """
-
-    def __init__(self, config: Config) -> None:
-        self._path = config.intermediate_key_path
-        self._password = config.intermediate_key_password
-        self._expected = config.intermediate.public_key
-        self._stamp = self._stat()
-        self._key: MLDSA65PrivateKey = config.intermediate.key
-        self._lock = threading.Lock()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def get(self) -> MLDSA65PrivateKey:
-        stamp = self._stat()
-        if stamp is None:
-            raise ConfigError(
-                [f"intermediate_key_path: {self._path} is missing or unreadable"], source="spire-pqc"
-            )
-        with self._lock:
-            if stamp != self._stamp:
-                key = load_intermediate_key(self._path, self._password)
-                if key.public_key() != self._expected:
-                    raise ConfigError(
-                        [
-                            f"intermediate_key_path: {self._path} now holds a key that does not match "
-                            "intermediate_cert_path"
-                        ],
-                        source="spire-pqc",
-                    )
-                self._key, self._stamp = key, stamp
-            return self._key
-
-
 @dataclass(frozen=True)
 class _State:
     config: Config
-    key: _KeyHolder
+    intermediates: IntermediateWatcher
 
 
 class PluginState:
     """The configured state shared by the servicers and the CA endpoint; swapped atomically."""
 
-    def __init__(self, on_configured: Callable[[Config], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_configured: Callable[[Config], None] | None = None,
+        *,
+        metrics: PluginMetrics | None = None,
+    ) -> None:
         self._lock = threading.Lock()  # guards _state: readers never wait for a configuration
         self._configuring = threading.Lock()  # one configuration applied at a time
         self._state: _State | None = None
         self._on_configured = on_configured
+        self._metrics = metrics
         self.stats = ComposerStats()
 
     def configure(self, core_trust_domain: str, hcl: str) -> Config:
@@ -118,9 +80,12 @@ class PluginState:
         """
         with self._configuring:
             config = build_config(core_trust_domain, hcl)
-            state = _State(config, _KeyHolder(config))
+            state = _State(config, IntermediateWatcher.from_config(config, self._metrics))
             with self._lock:
-                self._state = state
+                previous, self._state = self._state, state
+            if previous is not None:
+                previous.intermediates.close()
+            state.intermediates.start()
             log.info(
                 "configured: trust domain %s, intermediate %s, endpoint %s, on_error=%s",
                 config.trust_domain,
@@ -135,6 +100,12 @@ class PluginState:
     def current(self) -> _State | None:
         with self._lock:
             return self._state
+
+    def close(self) -> None:
+        with self._lock:
+            state = self._state
+        if state is not None:
+            state.intermediates.close()
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServicer):
@@ -192,7 +163,8 @@ class CredentialComposerServicer(cc_grpc.CredentialComposerServicer):
         try:
             SpiffeId.parse(request.spiffe_id)
             started = time.perf_counter()
-            extension = binding_extension(state.key.get(), request.spiffe_id, bytes(request.public_key))
+            _inter, key = state.intermediates.signing()
+            extension = binding_extension(key, request.spiffe_id, bytes(request.public_key))
             self._metrics.binding_duration.observe(time.perf_counter() - started)
         except SpirePqcError as exc:
             return self._on_error(state.config, request, attributes, exc, context)

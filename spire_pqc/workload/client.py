@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -83,8 +83,11 @@ def split_certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...
     return chain
 
 
-def _bundle(td: TrustDomain, der: bytes) -> X509Bundle | None:
-    return X509Bundle.from_der(td, der) if der else None
+def _bundle(td: TrustDomain, der: bytes, revoked: Iterable[str] = ()) -> X509Bundle | None:
+    if not der:
+        return None
+    bundle = X509Bundle.from_der(td, der)
+    return X509Bundle(td, bundle.authorities, revoked=revoked) if revoked else bundle
 
 
 def _classical_key(der: bytes, *, where: str, spiffe_id: str) -> PrivateKeyTypes:
@@ -122,14 +125,15 @@ def parse_hybrid_response(message: hy.HybridSVIDResponse) -> HybridUpdate:
         except SpirePqcError as exc:
             raise MalformedCredentialError(f"{where}: {exc}", spiffe_id=item.spiffe_id or None) from exc
         td = spiffe_id.trust_domain
-        for table, der in ((classical, item.classical_bundle), (pqc, item.pqc_bundle)):
-            bundle = _bundle(td, der)
+        revoked = _revoked(message.revoked_intermediates)
+        for table, der, deny in ((classical, item.classical_bundle, ()), (pqc, item.pqc_bundle, revoked)):
+            bundle = _bundle(td, der, deny)
             if bundle is not None:
                 table[td] = bundle
         svids.append(svid)
     for name, der in message.federated_pqc_bundles.items():
         td = TrustDomain.parse(name)
-        bundle = _bundle(td, der)
+        bundle = _bundle(td, der, _revoked(message.revoked_intermediates))
         if bundle is not None and td not in pqc:
             pqc[td] = bundle
     return HybridUpdate(tuple(svids), BundleSet(classical.values()), BundleSet(pqc.values()))
@@ -156,9 +160,26 @@ def parse_x509_response(message: wl.X509SVIDResponse) -> X509Context:
 
 
 def parse_pqc_bundles(message: hy.PQCBundlesResponse) -> BundleSet:
+    revoked = _revoked(message.revoked_intermediates)
     return BundleSet(
-        X509Bundle.from_der(TrustDomain.parse(name), der) for name, der in message.bundles.items() if der
+        X509Bundle(
+            TrustDomain.parse(name),
+            X509Bundle.from_der(TrustDomain.parse(name), der).authorities,
+            revoked=revoked,
+        )
+        for name, der in message.bundles.items()
+        if der
     )
+
+
+def _revoked(key_ids: Iterable[str]) -> frozenset[str]:
+    """The revoked intermediates' key ids (64 hex digits each); anything else is malformed."""
+    out = set()
+    for key_id in key_ids:
+        if len(key_id) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key_id):
+            raise MalformedCredentialError(f"revoked_intermediates: {key_id[:80]!r} is not a key id")
+        out.add(key_id.lower())
+    return frozenset(out)
 
 
 @contextlib.contextmanager

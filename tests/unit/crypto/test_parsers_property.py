@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,16 +25,14 @@ from spire_pqc._internal.der import (
     sequence,
     tlv,
 )
-from spire_pqc._internal.files import atomic_write
 from spire_pqc.crypto.hybrid import (
     X25519MLKEM768PrivateKey,
     x25519mlkem768_encapsulate,
 )
-from spire_pqc.crypto.keys import NoEncryption, pem_encode
-from spire_pqc.crypto.keystore import METADATA_FILE, MLDSA65, KeyStore
+from spire_pqc.crypto.keys import pem_encode
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
-from spire_pqc.errors import InvalidContextError, InvalidKeyError, ParseError, SpirePqcError
+from spire_pqc.errors import InvalidContextError, InvalidKeyError, ParseError
 from tests.unit.credentials.fuzz import PROPERTY
 from tests.unit.crypto._pkcs8 import encrypted_pem, unknown_algorithm_pkcs8
 
@@ -45,7 +41,6 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 _DSA = MLDSA65PrivateKey.from_seed(bytes(range(32)))
 _KEM = MLKEM768PrivateKey.from_seed(bytes(range(64)))
 _HYBRID = X25519MLKEM768PrivateKey.generate()
-DAY = dt.timedelta(days=1)
 VALID = [
     _DSA.public_key().spki(),
     _KEM.public_key().spki(),
@@ -233,43 +228,3 @@ def test_hybrid_key_exchange_inputs(mlkem_seed: bytes, x25519: bytes, share: byt
         x25519mlkem768_encapsulate(share)
     with contextlib.suppress(InvalidKeyError):
         _HYBRID.decapsulate(share)
-
-
-# --- the key store's metadata file --------------------------------------------------------------
-
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12,
-)
-_RECORD = st.fixed_dictionaries(
-    {},
-    optional={
-        "key_id": st.sampled_from(["ab" * 32, "../x", ""]) | _JSON,
-        "created_at": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "x"]) | _JSON,
-        "not_before": st.sampled_from(["2026-01-01T00:00:00+00:00"]) | _JSON,
-        "not_after": st.sampled_from(["2099-01-01T00:00:00+00:00"]) | _JSON,
-        "encrypted": st.booleans() | _JSON,
-        "retired_reason": _JSON,
-    },
-)
-
-
-@PROPERTY
-@given(
-    keys=st.lists(_RECORD | _JSON, max_size=3) | _JSON,
-    key_type=st.sampled_from(["ML-DSA-65", "ML-KEM-768"]) | _JSON,
-    raw=st.none() | st.binary(max_size=40),
-)
-def test_key_store_metadata(
-    tmp_path_factory: pytest.TempPathFactory, keys: object, key_type: object, raw: bytes | None
-) -> None:
-    directory = tmp_path_factory.mktemp("store")
-    document = {"format": "spire-pqc-keystore/v1", "key_type": key_type, "keys": keys}
-    atomic_write(directory / METADATA_FILE, raw if raw is not None else json.dumps(document).encode())
-    try:
-        store = KeyStore(directory, MLDSA65, encryption=NoEncryption(), validity=DAY, overlap=DAY)
-    except SpirePqcError:
-        return
-    with contextlib.suppress(SpirePqcError):
-        store.usable()

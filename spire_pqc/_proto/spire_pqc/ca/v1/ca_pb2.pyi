@@ -51,16 +51,18 @@ class IssuePQCSVIDRequest(_message.Message):
     def __init__(self, classical_svid_chain: _Optional[_Iterable[bytes]] = ..., mldsa65_public_key: _Optional[bytes] = ..., mlkem768_public_key: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., classical_proof: _Optional[bytes] = ..., mldsa_proof: _Optional[bytes] = ...) -> None: ...
 
 class IssuePQCSVIDResponse(_message.Message):
-    __slots__ = ("pqc_svid_chain", "kem_certificate_chain", "pqc_bundle", "pqc_jwt_bundle")
+    __slots__ = ("pqc_svid_chain", "kem_certificate_chain", "pqc_bundle", "pqc_jwt_bundle", "revoked_intermediates")
     PQC_SVID_CHAIN_FIELD_NUMBER: _ClassVar[int]
     KEM_CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
     PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     PQC_JWT_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
     pqc_svid_chain: _containers.RepeatedScalarFieldContainer[bytes]
     kem_certificate_chain: _containers.RepeatedScalarFieldContainer[bytes]
     pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
     pqc_jwt_bundle: bytes
-    def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., pqc_jwt_bundle: _Optional[bytes] = ...) -> None: ...
+    revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pqc_svid_chain: _Optional[_Iterable[bytes]] = ..., kem_certificate_chain: _Optional[_Iterable[bytes]] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., pqc_jwt_bundle: _Optional[bytes] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignJWTSVIDRequest(_message.Message):
     __slots__ = ("classical_token",)
@@ -77,6 +79,20 @@ class SignJWTSVIDResponse(_message.Message):
     pqc_jwt_bundle: bytes
     pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, pqc_token: _Optional[str] = ..., pqc_jwt_bundle: _Optional[bytes] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class FetchPQCBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FetchPQCBundleResponse(_message.Message):
+    __slots__ = ("trust_domain", "pqc_bundle", "revoked_intermediates")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
+    revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trust_domain: _Optional[str] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IssuanceRefusal(_message.Message):
     __slots__ = ("reason", "spiffe_id")

@@ -44,6 +44,11 @@ class PQCCertificateAuthorityStub:
                 request_serializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDRequest.SerializeToString,
                 response_deserializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDResponse.FromString,
                 _registered_method=True)
+        self.FetchPQCBundle = channel.unary_unary(
+                '/spire_pqc.ca.v1.PQCCertificateAuthority/FetchPQCBundle',
+                request_serializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleRequest.SerializeToString,
+                response_deserializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleResponse.FromString,
+                _registered_method=True)
 
 
 class PQCCertificateAuthorityServicer:
@@ -62,6 +67,13 @@ class PQCCertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPQCBundle(self, request, context):
+        """The current PQC bundle and revocations; node agents poll it (pqc.bundle_refresh_interval).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PQCCertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_PQCCertificateAuthorityServicer_to_server(servicer, server):
                     servicer.SignJWTSVID,
                     request_deserializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDRequest.FromString,
                     response_serializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDResponse.SerializeToString,
+            ),
+            'FetchPQCBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchPQCBundle,
+                    request_deserializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleRequest.FromString,
+                    response_serializer=spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class PQCCertificateAuthority:
             '/spire_pqc.ca.v1.PQCCertificateAuthority/SignJWTSVID',
             spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDRequest.SerializeToString,
             spire__pqc_dot_ca_dot_v1_dot_ca__pb2.SignJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPQCBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spire_pqc.ca.v1.PQCCertificateAuthority/FetchPQCBundle',
+            spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleRequest.SerializeToString,
+            spire__pqc_dot_ca_dot_v1_dot_ca__pb2.FetchPQCBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

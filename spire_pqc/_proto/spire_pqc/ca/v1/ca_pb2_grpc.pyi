@@ -29,18 +29,21 @@ class PQCCertificateAuthorityStub:
     def __new__(cls, channel: grpc.aio.Channel) -> PQCCertificateAuthorityAsyncStub: ...
     IssuePQCSVID: grpc.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDRequest, _spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDResponse]
     SignJWTSVID: grpc.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.SignJWTSVIDRequest, _spire_pqc_ca_v1_ca_pb2.SignJWTSVIDResponse]
+    FetchPQCBundle: grpc.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.FetchPQCBundleRequest, _spire_pqc_ca_v1_ca_pb2.FetchPQCBundleResponse]
 
 class PQCCertificateAuthorityAsyncStub:
     """Type-only: what PQCCertificateAuthorityStub(grpc.aio.Channel) returns."""
 
     IssuePQCSVID: grpc.aio.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDRequest, _spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDResponse]
     SignJWTSVID: grpc.aio.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.SignJWTSVIDRequest, _spire_pqc_ca_v1_ca_pb2.SignJWTSVIDResponse]
+    FetchPQCBundle: grpc.aio.UnaryUnaryMultiCallable[_spire_pqc_ca_v1_ca_pb2.FetchPQCBundleRequest, _spire_pqc_ca_v1_ca_pb2.FetchPQCBundleResponse]
 
 class PQCCertificateAuthorityServicer:
     """Server side of spire_pqc.ca.v1.PQCCertificateAuthority; every method answers UNIMPLEMENTED unless overridden."""
 
     def IssuePQCSVID(self, request: _spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDRequest, context: _ServicerContext) -> _spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDResponse | collections.abc.Awaitable[_spire_pqc_ca_v1_ca_pb2.IssuePQCSVIDResponse]: ...
     def SignJWTSVID(self, request: _spire_pqc_ca_v1_ca_pb2.SignJWTSVIDRequest, context: _ServicerContext) -> _spire_pqc_ca_v1_ca_pb2.SignJWTSVIDResponse | collections.abc.Awaitable[_spire_pqc_ca_v1_ca_pb2.SignJWTSVIDResponse]: ...
+    def FetchPQCBundle(self, request: _spire_pqc_ca_v1_ca_pb2.FetchPQCBundleRequest, context: _ServicerContext) -> _spire_pqc_ca_v1_ca_pb2.FetchPQCBundleResponse | collections.abc.Awaitable[_spire_pqc_ca_v1_ca_pb2.FetchPQCBundleResponse]: ...
 
 def add_PQCCertificateAuthorityServicer_to_server(
     servicer: PQCCertificateAuthorityServicer, server: grpc.Server | grpc.aio.Server

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$spire_pqc/workload/v1/workload.proto\x12\x15spire_pqc.workload.v1\"\x13\n\x11HybridSVIDRequest\"\xd9\x01\n\nHybridSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lassical_chain\x18\x02 \x01(\x0c\x12\x15\n\rclassical_key\x18\x03 \x01(\x0c\x12\x11\n\tpqc_chain\x18\x04 \x01(\x0c\x12\x0f\n\x07pqc_key\x18\x05 \x01(\x0c\x12\x17\n\x0fkem_certificate\x18\x06 \x01(\x0c\x12\x0f\n\x07kem_key\x18\x07 \x01(\x0c\x12\x18\n\x10\x63lassical_bundle\x18\x08 \x01(\x0c\x12\x12\n\npqc_bundle\x18\t \x01(\x0c\x12\x0c\n\x04hint\x18\n \x01(\t\"\xe5\x01\n\x12HybridSVIDResponse\x12\x30\n\x05svids\x18\x01 \x03(\x0b\x32!.spire_pqc.workload.v1.HybridSVID\x12\x61\n\x15\x66\x65\x64\x65rated_pqc_bundles\x18\x02 \x03(\x0b\x32\x42.spire_pqc.workload.v1.HybridSVIDResponse.FederatedPqcBundlesEntry\x1a:\n\x18\x46\x65\x64\x65ratedPqcBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x13\n\x11PQCBundlesRequest\"\x8d\x01\n\x12PQCBundlesResponse\x12G\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x36.spire_pqc.workload.v1.PQCBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\";\n\x14HybridJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"P\n\rHybridJWTSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tclassical\x18\x02 \x01(\t\x12\x0b\n\x03pqc\x18\x03 \x01(\t\x12\x0c\n\x04hint\x18\x04 \x01(\t\"L\n\x15HybridJWTSVIDResponse\x12\x33\n\x05svids\x18\x01 \x03(\x0b\x32$.spire_pqc.workload.v1.HybridJWTSVID\"P\n\x1cValidateHybridJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x11\n\tclassical\x18\x02 \x01(\t\x12\x0b\n\x03pqc\x18\x03 \x01(\t\"G\n\x1dValidateHybridJWTSVIDResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\x0c\"\x16\n\x14PQCJWTBundlesRequest\"\x93\x01\n\x15PQCJWTBundlesResponse\x12J\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x39.spire_pqc.workload.v1.PQCJWTBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xce\x04\n\x0eHybridWorkload\x12i\n\x10\x46\x65tchHybridSVIDs\x12(.spire_pqc.workload.v1.HybridSVIDRequest\x1a).spire_pqc.workload.v1.HybridSVIDResponse0\x01\x12h\n\x0f\x46\x65tchPQCBundles\x12(.spire_pqc.workload.v1.PQCBundlesRequest\x1a).spire_pqc.workload.v1.PQCBundlesResponse0\x01\x12o\n\x12\x46\x65tchHybridJWTSVID\x12+.spire_pqc.workload.v1.HybridJWTSVIDRequest\x1a,.spire_pqc.workload.v1.HybridJWTSVIDResponse\x12\x82\x01\n\x15ValidateHybridJWTSVID\x12\x33.spire_pqc.workload.v1.ValidateHybridJWTSVIDRequest\x1a\x34.spire_pqc.workload.v1.ValidateHybridJWTSVIDResponse\x12q\n\x12\x46\x65tchPQCJWTBundles\x12+.spire_pqc.workload.v1.PQCJWTBundlesRequest\x1a,.spire_pqc.workload.v1.PQCJWTBundlesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$spire_pqc/workload/v1/workload.proto\x12\x15spire_pqc.workload.v1\"\x13\n\x11HybridSVIDRequest\"\xd9\x01\n\nHybridSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63lassical_chain\x18\x02 \x01(\x0c\x12\x15\n\rclassical_key\x18\x03 \x01(\x0c\x12\x11\n\tpqc_chain\x18\x04 \x01(\x0c\x12\x0f\n\x07pqc_key\x18\x05 \x01(\x0c\x12\x17\n\x0fkem_certificate\x18\x06 \x01(\x0c\x12\x0f\n\x07kem_key\x18\x07 \x01(\x0c\x12\x18\n\x10\x63lassical_bundle\x18\x08 \x01(\x0c\x12\x12\n\npqc_bundle\x18\t \x01(\x0c\x12\x0c\n\x04hint\x18\n \x01(\t\"\x84\x02\n\x12HybridSVIDResponse\x12\x30\n\x05svids\x18\x01 \x03(\x0b\x32!.spire_pqc.workload.v1.HybridSVID\x12\x61\n\x15\x66\x65\x64\x65rated_pqc_bundles\x18\x02 \x03(\x0b\x32\x42.spire_pqc.workload.v1.HybridSVIDResponse.FederatedPqcBundlesEntry\x12\x1d\n\x15revoked_intermediates\x18\x03 \x03(\t\x1a:\n\x18\x46\x65\x64\x65ratedPqcBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x13\n\x11PQCBundlesRequest\"\xac\x01\n\x12PQCBundlesResponse\x12G\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x36.spire_pqc.workload.v1.PQCBundlesResponse.BundlesEntry\x12\x1d\n\x15revoked_intermediates\x18\x02 \x03(\t\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\";\n\x14HybridJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\"P\n\rHybridJWTSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tclassical\x18\x02 \x01(\t\x12\x0b\n\x03pqc\x18\x03 \x01(\t\x12\x0c\n\x04hint\x18\x04 \x01(\t\"L\n\x15HybridJWTSVIDResponse\x12\x33\n\x05svids\x18\x01 \x03(\x0b\x32$.spire_pqc.workload.v1.HybridJWTSVID\"P\n\x1cValidateHybridJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x11\n\tclassical\x18\x02 \x01(\t\x12\x0b\n\x03pqc\x18\x03 \x01(\t\"G\n\x1dValidateHybridJWTSVIDResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\x0c\"\x16\n\x14PQCJWTBundlesRequest\"\x93\x01\n\x15PQCJWTBundlesResponse\x12J\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x39.spire_pqc.workload.v1.PQCJWTBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xce\x04\n\x0eHybridWorkload\x12i\n\x10\x46\x65tchHybridSVIDs\x12(.spire_pqc.workload.v1.HybridSVIDRequest\x1a).spire_pqc.workload.v1.HybridSVIDResponse0\x01\x12h\n\x0f\x46\x65tchPQCBundles\x12(.spire_pqc.workload.v1.PQCBundlesRequest\x1a).spire_pqc.workload.v1.PQCBundlesResponse0\x01\x12o\n\x12\x46\x65tchHybridJWTSVID\x12+.spire_pqc.workload.v1.HybridJWTSVIDRequest\x1a,.spire_pqc.workload.v1.HybridJWTSVIDResponse\x12\x82\x01\n\x15ValidateHybridJWTSVID\x12\x33.spire_pqc.workload.v1.ValidateHybridJWTSVIDRequest\x1a\x34.spire_pqc.workload.v1.ValidateHybridJWTSVIDResponse\x12q\n\x12\x46\x65tchPQCJWTBundles\x12+.spire_pqc.workload.v1.PQCJWTBundlesRequest\x1a,.spire_pqc.workload.v1.PQCJWTBundlesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HYBRIDSVID']._serialized_start=85
   _globals['_HYBRIDSVID']._serialized_end=302
   _globals['_HYBRIDSVIDRESPONSE']._serialized_start=305
-  _globals['_HYBRIDSVIDRESPONSE']._serialized_end=534
-  _globals['_HYBRIDSVIDRESPONSE_FEDERATEDPQCBUNDLESENTRY']._serialized_start=476
-  _globals['_HYBRIDSVIDRESPONSE_FEDERATEDPQCBUNDLESENTRY']._serialized_end=534
-  _globals['_PQCBUNDLESREQUEST']._serialized_start=536
-  _globals['_PQCBUNDLESREQUEST']._serialized_end=555
-  _globals['_PQCBUNDLESRESPONSE']._serialized_start=558
-  _globals['_PQCBUNDLESRESPONSE']._serialized_end=699
-  _globals['_PQCBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=653
-  _globals['_PQCBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=699
-  _globals['_HYBRIDJWTSVIDREQUEST']._serialized_start=701
-  _globals['_HYBRIDJWTSVIDREQUEST']._serialized_end=760
-  _globals['_HYBRIDJWTSVID']._serialized_start=762
-  _globals['_HYBRIDJWTSVID']._serialized_end=842
-  _globals['_HYBRIDJWTSVIDRESPONSE']._serialized_start=844
-  _globals['_HYBRIDJWTSVIDRESPONSE']._serialized_end=920
-  _globals['_VALIDATEHYBRIDJWTSVIDREQUEST']._serialized_start=922
-  _globals['_VALIDATEHYBRIDJWTSVIDREQUEST']._serialized_end=1002
-  _globals['_VALIDATEHYBRIDJWTSVIDRESPONSE']._serialized_start=1004
-  _globals['_VALIDATEHYBRIDJWTSVIDRESPONSE']._serialized_end=1075
-  _globals['_PQCJWTBUNDLESREQUEST']._serialized_start=1077
-  _globals['_PQCJWTBUNDLESREQUEST']._serialized_end=1099
-  _globals['_PQCJWTBUNDLESRESPONSE']._serialized_start=1102
-  _globals['_PQCJWTBUNDLESRESPONSE']._serialized_end=1249
-  _globals['_PQCJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=653
-  _globals['_PQCJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=699
-  _globals['_HYBRIDWORKLOAD']._serialized_start=1252
-  _globals['_HYBRIDWORKLOAD']._serialized_end=1842
+  _globals['_HYBRIDSVIDRESPONSE']._serialized_end=565
+  _globals['_HYBRIDSVIDRESPONSE_FEDERATEDPQCBUNDLESENTRY']._serialized_start=507
+  _globals['_HYBRIDSVIDRESPONSE_FEDERATEDPQCBUNDLESENTRY']._serialized_end=565
+  _globals['_PQCBUNDLESREQUEST']._serialized_start=567
+  _globals['_PQCBUNDLESREQUEST']._serialized_end=586
+  _globals['_PQCBUNDLESRESPONSE']._serialized_start=589
+  _globals['_PQCBUNDLESRESPONSE']._serialized_end=761
+  _globals['_PQCBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=715
+  _globals['_PQCBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=761
+  _globals['_HYBRIDJWTSVIDREQUEST']._serialized_start=763
+  _globals['_HYBRIDJWTSVIDREQUEST']._serialized_end=822
+  _globals['_HYBRIDJWTSVID']._serialized_start=824
+  _globals['_HYBRIDJWTSVID']._serialized_end=904
+  _globals['_HYBRIDJWTSVIDRESPONSE']._serialized_start=906
+  _globals['_HYBRIDJWTSVIDRESPONSE']._serialized_end=982
+  _globals['_VALIDATEHYBRIDJWTSVIDREQUEST']._serialized_start=984
+  _globals['_VALIDATEHYBRIDJWTSVIDREQUEST']._serialized_end=1064
+  _globals['_VALIDATEHYBRIDJWTSVIDRESPONSE']._serialized_start=1066
+  _globals['_VALIDATEHYBRIDJWTSVIDRESPONSE']._serialized_end=1137
+  _globals['_PQCJWTBUNDLESREQUEST']._serialized_start=1139
+  _globals['_PQCJWTBUNDLESREQUEST']._serialized_end=1161
+  _globals['_PQCJWTBUNDLESRESPONSE']._serialized_start=1164
+  _globals['_PQCJWTBUNDLESRESPONSE']._serialized_end=1311
+  _globals['_PQCJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=715
+  _globals['_PQCJWTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=761
+  _globals['_HYBRIDWORKLOAD']._serialized_start=1314
+  _globals['_HYBRIDWORKLOAD']._serialized_end=1904
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class HybridSVID(_message.Message):
     def __init__(self, spiffe_id: _Optional[str] = ..., classical_chain: _Optional[bytes] = ..., classical_key: _Optional[bytes] = ..., pqc_chain: _Optional[bytes] = ..., pqc_key: _Optional[bytes] = ..., kem_certificate: _Optional[bytes] = ..., kem_key: _Optional[bytes] = ..., classical_bundle: _Optional[bytes] = ..., pqc_bundle: _Optional[bytes] = ..., hint: _Optional[str] = ...) -> None: ...
 
 class HybridSVIDResponse(_message.Message):
-    __slots__ = ("svids", "federated_pqc_bundles")
+    __slots__ = ("svids", "federated_pqc_bundles", "revoked_intermediates")
     class FederatedPqcBundlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,16 +45,18 @@ class HybridSVIDResponse(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     SVIDS_FIELD_NUMBER: _ClassVar[int]
     FEDERATED_PQC_BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
     svids: _containers.RepeatedCompositeFieldContainer[HybridSVID]
     federated_pqc_bundles: _containers.ScalarMap[str, bytes]
-    def __init__(self, svids: _Optional[_Iterable[_Union[HybridSVID, _Mapping]]] = ..., federated_pqc_bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, svids: _Optional[_Iterable[_Union[HybridSVID, _Mapping]]] = ..., federated_pqc_bundles: _Optional[_Mapping[str, bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PQCBundlesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PQCBundlesResponse(_message.Message):
-    __slots__ = ("bundles",)
+    __slots__ = ("bundles", "revoked_intermediates")
     class BundlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,8 +65,10 @@ class PQCBundlesResponse(_message.Message):
         value: bytes
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
     bundles: _containers.ScalarMap[str, bytes]
-    def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundles: _Optional[_Mapping[str, bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HybridJWTSVIDRequest(_message.Message):
     __slots__ = ("audience", "spiffe_id")
