@@ -37,6 +37,8 @@ from spire_pqc.x509.binding import parse_binding
 from tests.unit.plugin.test_composer_errors import AbortingContext, compose_request
 
 TD = TrustDomain.parse("example.org")
+# The fixed instant of the pure schedule tests; the tests that run the watcher on the real clock
+# issue relative to the moment they run (a module-level instant is minutes old by then in a full run).
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
@@ -46,13 +48,21 @@ def hierarchy() -> PQCHierarchy:
 
 
 def issue(
-    hierarchy: PQCHierarchy, directory: Path, name: str, *, start: dt.timedelta, life: dt.timedelta
+    hierarchy: PQCHierarchy,
+    directory: Path,
+    name: str,
+    *,
+    start: dt.timedelta,
+    life: dt.timedelta,
+    base: dt.datetime | None = None,
 ) -> Intermediate:
-    """What `spire-pqc ca intermediate --out-dir directory/name` writes, valid from NOW+start for life."""
+    """What `spire-pqc ca intermediate --out-dir directory/name` writes, valid from base+start for
+    life (base: now)."""
+    base = base if base is not None else dt.datetime.now(dt.UTC).replace(microsecond=0)
     key = MLDSA65PrivateKey.generate()
     cert = certs.build_intermediate(
         hierarchy.root, hierarchy.root_key, key.public_key(), str(TD),
-        not_before=NOW + start, not_after=NOW + start + life,
+        not_before=base + start, not_after=base + start + life,
     )  # fmt: skip
     pem = serialization.Encoding.PEM
     atomic_write(directory / name / KEY_FILE, key.pem(NoEncryption()))
@@ -94,8 +104,8 @@ def test_schedule_next_activates_at_the_fraction_then_the_old_one_retires(
     hierarchy: PQCHierarchy, tmp_path: Path
 ) -> None:
     hour = dt.timedelta(hours=1)
-    a = issue(hierarchy, tmp_path, "a", start=-hour, life=4 * hour)  # its midpoint: NOW + 1h
-    b = issue(hierarchy, tmp_path, "b", start=-hour / 2, life=4 * hour)
+    a = issue(hierarchy, tmp_path, "a", start=-hour, life=4 * hour, base=NOW)  # its midpoint: NOW + 1h
+    b = issue(hierarchy, tmp_path, "b", start=-hour / 2, life=4 * hour, base=NOW)
 
     def at(offset: dt.timedelta) -> dict[str, State]:
         current = schedule([b, a], at=NOW + offset, activation=0.5, svid_ttl=hour)
@@ -114,10 +124,10 @@ def test_schedule_warns_when_past_the_activation_point_with_no_next(
     hierarchy: PQCHierarchy, tmp_path: Path
 ) -> None:
     hour = dt.timedelta(hours=1)
-    a = issue(hierarchy, tmp_path, "a", start=-hour, life=4 * hour)
+    a = issue(hierarchy, tmp_path, "a", start=-hour, life=4 * hour, base=NOW)
     assert not schedule([a], at=NOW, activation=0.5, svid_ttl=hour).rotation_overdue()
     assert schedule([a], at=NOW + 2 * hour, activation=0.5, svid_ttl=hour).rotation_overdue()
-    b = issue(hierarchy, tmp_path, "b", start=hour, life=4 * hour)
+    b = issue(hierarchy, tmp_path, "b", start=hour, life=4 * hour, base=NOW)
     assert not schedule([a, b], at=NOW + 2 * hour, activation=0.5, svid_ttl=hour).rotation_overdue()
 
 
