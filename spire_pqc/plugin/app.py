@@ -18,6 +18,7 @@ from spire_pqc.plugin.hostservices import identity_fetcher
 from spire_pqc.plugin.intermediates import IntermediateWatcher
 from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
+from spire_pqc.plugin.spiretelemetry import SpireTelemetryBridge
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EndpointSupervisor:
     background instead of failing Configure (issuance is "fail soft", docs/trust-model.md). The starting
     thread never ends silently: every failure is logged (the expected wait for SPIRE at INFO, anything
     else at ERROR with its traceback) and retried with backoff until it starts or is superseded.
-    Also owns the metrics listener (``metrics_listen_address``).
+    Also owns the metrics listener (``metrics_listen_address``) and the bridge into SPIRE's telemetry.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class EndpointSupervisor:
         self._lock = threading.Lock()
         self._endpoint: CAEndpoint | None = None
         self._listener: MetricsListener | None = None
+        self._telemetry: SpireTelemetryBridge | None = None
         self._generation = 0
         self._superseded = threading.Event()
 
@@ -68,6 +70,7 @@ class EndpointSupervisor:
                 self._endpoint.stop()
                 self._endpoint = None
             self._serve_metrics(config)
+            self._bridge_telemetry(config)
         if config.endpoint_listen_address is None:
             return
         threading.Thread(
@@ -84,6 +87,17 @@ class EndpointSupervisor:
                 self._listener = MetricsListener(self.metrics.registry, *wanted)
             except OSError as exc:  # the plugin still signs and issues without its metrics
                 log.error("metrics_listen_address %s:%d: cannot listen (%s)", *wanted, exc.strerror)  # noqa: TRY400
+
+    def _bridge_telemetry(self, config: Config) -> None:
+        # One bridge for the plugin's life: it remembers what SPIRE already counted, so a reconfigure
+        # (SIGUSR1) must not start a second one that would report every counter again from zero.
+        if self._telemetry is None:
+            if not config.spire_telemetry:
+                return
+            self._telemetry = SpireTelemetryBridge(self.metrics.registry, self._broker.channel, interval=10.0)
+            self._telemetry.start()
+        self._telemetry.enabled = config.spire_telemetry
+        self._telemetry.interval = config.spire_telemetry_interval.total_seconds()
 
     def _start(self, config: Config, generation: int, superseded: threading.Event) -> None:
         attempt = 0
@@ -135,6 +149,9 @@ class EndpointSupervisor:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+            if self._telemetry is not None:
+                self._telemetry.stop()
+                self._telemetry = None
 
 
 def run_plugin() -> int:
