@@ -17,7 +17,7 @@ from spire_pqc.agent.caclient import JwtSigningCA
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid
 from spire_pqc.agent.model import Caller
 from spire_pqc.agent.pqc import PqcProvisioner
-from spire_pqc.bundle import BundleSet
+from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import IssuanceError, RefusalReason, VerificationError
 from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, VerifiedJwtSvid, validate
@@ -75,12 +75,20 @@ class HybridJwtProvider:
         jwt_bundles = self._jwt.jwt_bundles()
         pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles()
         roots = self._provisioner.pqc_bundles()
-        return await run_crypto(
-            lambda: validate(
+        revoked = self._provisioner.revoked  # a key a revoked intermediate certified is refused
+
+        def check() -> VerifiedJwtSvid:
+            pqc_bundles = BundleSet(
+                X509Bundle(td, X509Bundle.from_der(td, der).authorities, revoked=revoked)
+                for td, der in roots.items()
+                if der
+            )
+            return validate(
                 token,
                 audience,
                 jwt_bundles=jwt_bundles,
                 pqc_jwt_bundles=pqc_jwt_bundles,
-                pqc_bundles=BundleSet.from_workload_api({td.name: der for td, der in roots.items()}),
+                pqc_bundles=pqc_bundles,
             )
-        )
+
+        return await run_crypto(check)

@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -124,6 +125,27 @@ async def test_the_pqc_part_validates_with_the_bundles_the_ca_returns(domain: Do
         pqc_bundles=BundleSet.from_workload_api({"example.org": b"".join(signed.pqc_bundle)}),
     )  # fmt: skip
     assert str(verified.spiffe_id) == "spiffe://example.org/app"
+
+
+@dataclass
+class BundlePolicy(Policy):
+    """The endpoint configuration FetchPQCBundle reads as well."""
+
+    trust_domain: TrustDomain = field(default_factory=lambda: TrustDomain.parse("example.org"))
+    revoked_intermediates: frozenset[str] = frozenset()
+
+
+@pytest.mark.asyncio
+async def test_the_bundle_refresh_carries_the_pqc_jwt_bundle(domain: Domain) -> None:
+    """FetchPQCBundle (what agents poll for roots and revocations) brings the PQC JWT keys too."""
+    with endpoint(domain, BundlePolicy()) as address:
+        async with client(domain, address) as ca:
+            update = await ca.fetch_bundle()
+            signed = await ca.sign_jwt_svid(_token(SPIRE_JWT_KEY))
+    td = TrustDomain.parse("example.org")
+    assert update.trust_domain == "example.org" and update.pqc_bundle == signed.pqc_bundle
+    keys = PqcJwtBundle.parse(td, update.pqc_jwt_bundle)
+    assert len(keys) == 1 and keys == PqcJwtBundle.parse(td, signed.pqc_jwt_bundle)
 
 
 @pytest.mark.asyncio
