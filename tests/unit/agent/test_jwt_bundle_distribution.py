@@ -1,6 +1,7 @@
 """The PQC JWT bundle at the node agent (issue 15): it comes with the PQC bundle refresh, keys are merged
-(a retiring signer's, and every HA server's, stay), a revoked intermediate's keys are withdrawn, and a
-failover client asks every endpoint so a token either SPIRE server signed validates here."""
+(a retiring signer's, and every HA server's, stay), a revoked intermediate's keys are withdrawn, a
+failover client asks every endpoint so a token either SPIRE server signed validates here, and an
+unknown key id makes the agent refresh once."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from spire_pqc.agent.caclient import FailoverCAClient
+from spire_pqc.agent.hybridjwt import HybridJwtProvider
+from spire_pqc.agent.jwtsvid import JwtSigningKey, jwks_bytes
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.ca.devca import PQCHierarchy
 from spire_pqc.ca.issuer import IntermediateCA
 from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
-from spire_pqc.errors import UnavailableError
+from spire_pqc.errors import TokenKeyError, UnavailableError
 from spire_pqc.jwtsvid.bundle import PqcJwtBundle
-from spire_pqc.spiffeid import TrustDomain
+from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, sign_pqc_part
+from spire_pqc.spiffeid import SpiffeId, TrustDomain
 from spire_pqc.x509 import certs
 from spire_pqc.x509.signer import TrustDomainSigner
 
@@ -114,5 +118,47 @@ async def test_a_failover_client_brings_the_keys_of_every_server() -> None:
         ca_a.down = True
         with pytest.raises(UnavailableError):
             await failover.fetch_bundle()
+    finally:
+        await provisioner.close()
+
+
+class SpireJwt:
+    """The identity source's JWT side as HybridJwtProvider.validate reads it: SPIRE's JWT bundle."""
+
+    def __init__(self, key: JwtSigningKey) -> None:
+        self.key = key
+
+    def jwt_bundles(self) -> dict[TrustDomain, bytes]:
+        return {TD: jwks_bytes([self.key.public_jwk()])}
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_pqc_key_makes_the_agent_refresh_once() -> None:
+    """A signer the agent has not heard of yet (a restarted plugin's): one bundle refresh, then it
+    validates; another unknown key right after is refused without asking the CA again."""
+    hierarchy = PQCHierarchy.generate(TD)
+    old, new = signer(hierarchy), signer(hierarchy)
+    ca = BundleCA(hierarchy, [old])
+    provisioner = PqcProvisioner(ca)
+    spire = SpireJwt(JwtSigningKey.generate())
+    provider = HybridJwtProvider(spire, ca, provisioner)  # type: ignore[arg-type]
+    try:
+        provisioner.apply_bundle(await ca.fetch_bundle())
+        bundles = spire.jwt_bundles()
+        workload = SpiffeId.parse("spiffe://example.org/app")
+
+        def token(by: TrustDomainSigner) -> HybridJwtSvid:
+            classical = spire.key.sign(workload, ["a"], dt.timedelta(minutes=5))
+            return sign_pqc_part(classical, by, trust_domain=TD, jwt_bundles=bundles)
+
+        ca.signers = [new]  # the CA signs with a key the agent has not seen
+        verified = await provider.validate(token(new), "a")
+        assert str(verified.spiffe_id) == str(workload)
+        assert kid_of(new) in kids(provisioner)
+        stranger = signer(PQCHierarchy.generate(TD))  # certified by another root: never in any bundle
+        ca.signers = [stranger]
+        with pytest.raises(TokenKeyError):
+            await provider.validate(token(stranger), "a")
+        assert kid_of(stranger) not in kids(provisioner)  # the CA was not asked again within 5 s
     finally:
         await provisioner.close()
