@@ -102,7 +102,7 @@ class HybridJwtProvider:
 
     async def _validate_once(self, token: HybridJwtSvid, audience: str) -> VerifiedJwtSvid:
         jwt_bundles = self._jwt.jwt_bundles()
-        pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles()
+        pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles_to_validate()
         roots = self._provisioner.pqc_bundles()
         revoked = self._provisioner.revoked  # a key a revoked intermediate certified is refused
 

@@ -52,7 +52,7 @@ from spire_pqc.errors import (
     RefusalReason,
     SpirePqcError,
 )
-from spire_pqc.jwtsvid.bundle import MAX_JWT_KEYS, PqcJwtBundle, revoked_issuer
+from spire_pqc.jwtsvid.bundle import MAX_JWT_KEYS, PqcJwtBundle, PqcJwtKey, revoked_issuer
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import X509Svid
 from spire_pqc.x509 import certs
@@ -107,6 +107,8 @@ class PqcProvisioner:
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
         self._jwt_bundles: dict[TrustDomain, PqcJwtBundle] = {}
+        # Keys withdrawn for a revoked intermediate, by kid: validation still finds them to name why.
+        self._revoked_jwt_keys: dict[TrustDomain, dict[str, PqcJwtKey]] = {}
         self._federated = frozenset(self._bundles)  # configured: never replaced by what a CA says
         self.changes: Broadcast[int] = Broadcast()
         if self._bundles:
@@ -166,6 +168,20 @@ class PqcProvisioner:
     def pqc_jwt_bundles(self) -> dict[TrustDomain, PqcJwtBundle]:
         return dict(self._jwt_bundles)
 
+    def pqc_jwt_bundles_to_validate(self) -> dict[TrustDomain, PqcJwtBundle]:
+        """The served PQC JWT bundles plus the keys withdrawn because their intermediate was revoked
+        (while certified), so validation names the revocation (RevokedError, check ``revoked``, with
+        the key id) instead of answering "unknown key". Never served to workloads."""
+        now = self._clock()
+        result = dict(self._jwt_bundles)
+        for td, withdrawn in self._revoked_jwt_keys.items():
+            live = [k for k in withdrawn.values() if k.chain[0].not_valid_after_utc > now]
+            served = result.get(td, PqcJwtBundle(td))
+            extra = [k for k in live if k.kid not in served][: max(0, MAX_JWT_KEYS - len(served))]
+            if extra:
+                result[td] = PqcJwtBundle(td, [*served, *extra])
+        return result
+
     def note_bundles(
         self, trust_domain: TrustDomain, *, pqc_bundle: Sequence[bytes] = (), pqc_jwt_bundle: bytes = b""
     ) -> None:
@@ -204,6 +220,7 @@ class PqcProvisioner:
         """``received`` plus the keys held before that are still certified and not revoked (newest
         first, within MAX_JWT_KEYS); revoked ones never."""
         now = self._clock()
+        self._note_revoked_jwt_keys(trust_domain, received)
         fresh = [k for k in received if revoked_issuer(k, self._revoked) is None]
         kept = sorted(
             (
@@ -218,8 +235,17 @@ class PqcProvisioner:
         )
         return PqcJwtBundle(trust_domain, [*fresh, *kept][: max(MAX_JWT_KEYS, len(fresh))])
 
+    def _note_revoked_jwt_keys(self, trust_domain: TrustDomain, keys: PqcJwtBundle) -> None:
+        revoked = {k.kid: k for k in keys if revoked_issuer(k, self._revoked) is not None}
+        if revoked:
+            table = self._revoked_jwt_keys.setdefault(trust_domain, {})
+            table.update(revoked)
+            while len(table) > MAX_JWT_KEYS:  # the oldest first (insertion order)
+                del table[next(iter(table))]
+
     def _withdraw_revoked_jwt_keys(self) -> None:
         for td, bundle in list(self._jwt_bundles.items()):
+            self._note_revoked_jwt_keys(td, bundle)
             kept = [k for k in bundle if revoked_issuer(k, self._revoked) is None]
             if len(kept) != len(bundle):
                 self._jwt_bundles[td] = PqcJwtBundle(td, kept)

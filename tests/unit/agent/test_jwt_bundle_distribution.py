@@ -18,7 +18,7 @@ from spire_pqc.ca.devca import PQCHierarchy
 from spire_pqc.ca.issuer import IntermediateCA
 from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
-from spire_pqc.errors import TokenKeyError, UnavailableError
+from spire_pqc.errors import RevokedError, TokenKeyError, UnavailableError
 from spire_pqc.jwtsvid.bundle import PqcJwtBundle
 from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, sign_pqc_part
 from spire_pqc.spiffeid import SpiffeId, TrustDomain
@@ -160,5 +160,32 @@ async def test_an_unknown_pqc_key_makes_the_agent_refresh_once() -> None:
         with pytest.raises(TokenKeyError):
             await provider.validate(token(stranger), "a")
         assert kid_of(stranger) not in kids(provisioner)  # the CA was not asked again within 5 s
+    finally:
+        await provisioner.close()
+
+
+@pytest.mark.asyncio
+async def test_a_token_of_a_revoked_intermediates_key_is_refused_as_revoked_at_the_agent() -> None:
+    """The key leaves the bundle workloads get, and ValidateHybridJWTSVID names the revocation."""
+    hierarchy = PQCHierarchy.generate(TD)
+    by = signer(hierarchy)
+    ca = BundleCA(hierarchy, [by])
+    provisioner = PqcProvisioner(ca)
+    spire = SpireJwt(JwtSigningKey.generate())
+    provider = HybridJwtProvider(spire, ca, provisioner)  # type: ignore[arg-type]
+    try:
+        provisioner.apply_bundle(await ca.fetch_bundle())
+        classical = spire.key.sign(SpiffeId.parse("spiffe://example.org/app"), ["a"], dt.timedelta(minutes=5))
+        token = sign_pqc_part(classical, by, trust_domain=TD, jwt_bundles=spire.jwt_bundles())
+        await provider.validate(token, "a")
+        version = provisioner.changes.version
+        intermediate = hierarchy.intermediate.public_key.key_id().hex()
+        ca.revoked = (intermediate,)
+        provisioner.apply_bundle(await ca.fetch_bundle())
+        assert kids(provisioner) == set() and provisioner.changes.version > version  # pushed without it
+        with pytest.raises(RevokedError) as refused:
+            await provider.validate(token, "a")
+        assert refused.value.check == "revoked"
+        assert kid_of(by) in str(refused.value) and intermediate[:16] in str(refused.value)
     finally:
         await provisioner.close()
