@@ -125,9 +125,10 @@ CHANNEL_CLIENT = textwrap.dedent(
     """
 )
 
-# Every 0.5 s: a hybrid JWT-SVID for audience "a" (FetchHybridJWTSVID), then ValidateHybridJWTSVID of it
-# and of the last token of every earlier PQC JWT key that has not expired yet; beside it, every push of
-# FetchPQCJWTBundles (the key ids it lists).
+# Every 0.5 s: a hybrid JWT-SVID for audience "a" (FetchHybridJWTSVID; "ok" once fetched), then
+# ValidateHybridJWTSVID of it and of the last token of every earlier PQC JWT key that has not expired
+# yet ("validated" key ids; "refused": key id -> the agent's answer, that token is dropped); beside it,
+# every push of FetchPQCJWTBundles (the key ids it lists).
 JWT = textwrap.dedent(
     """
     import asyncio, base64, json, sys, time
@@ -168,21 +169,25 @@ JWT = textwrap.dedent(
         held = {}  # PQC kid -> its last token (classical, pqc, exp)
         while True:
             started = time.monotonic()
-            line = {"t": started, "kid": None, "ok": False, "error": None, "validated": []}
+            line = {"t": started, "kid": None, "ok": False, "error": None, "validated": [], "refused": {}}
             try:
                 reply = await unary(channel, "FetchHybridJWTSVID", hy.HybridJWTSVIDRequest(audience=["a"]),
                                     hy.HybridJWTSVIDResponse)
                 svid = reply.svids[0]
                 line["kid"] = part(svid.pqc, 0)["kid"]
                 held[line["kid"]] = (svid.classical, svid.pqc, part(svid.classical, 1)["exp"])
+                line["ok"] = True
                 for kid, (classical, pqc, exp) in list(held.items()):
                     if exp <= time.time() + 2:  # about to expire: not a fair check any more
                         del held[kid]
                         continue
                     request = hy.ValidateHybridJWTSVIDRequest(audience="a", classical=classical, pqc=pqc)
-                    await unary(channel, "ValidateHybridJWTSVID", request, hy.ValidateHybridJWTSVIDResponse)
-                    line["validated"].append(kid)
-                line["ok"] = True
+                    try:
+                        await unary(channel, "ValidateHybridJWTSVID", request, hy.ValidateHybridJWTSVIDResponse)
+                        line["validated"].append(kid)
+                    except GRPCError as exc:
+                        line["refused"][kid] = exc.message
+                        del held[kid]
             except GRPCError as exc:
                 line["error"] = f"{exc.status.name}: {exc.message}"
             except Exception as exc:
@@ -212,6 +217,20 @@ class Script(Workload):
         ]
         for reader in self.readers:
             reader.start()
+
+
+def _tokens(jwt: Script) -> list[dict[str, Any]]:
+    """The JWT workload's fetch lines (not its bundle pushes)."""
+    return [line for line in jwt.lines if "kid" in line]
+
+
+async def _jwt_entry(server: SpireServer, node: str, jwt: Script) -> None:
+    """The JWT workload's entry: 20 s X509-SVIDs, 30 s JWT-SVIDs (a token expires long before the
+    intermediate whose signer signed it)."""
+    await asyncio.to_thread(
+        server.cli, "entry", "create", "-parentID", node, "-spiffeID", jwt.spiffe_id,
+        "-x509SVIDTTL", "20", "-jwtSVIDTTL", "30", "-selector", "unix:uid:0", "-selector", f"unix:gid:{jwt.gid}",
+    )  # fmt: skip
 
 
 def _intermediate(root_dir: Path, out: Path, *, not_before: dt.datetime, life: dt.timedelta) -> str:
@@ -286,9 +305,6 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
     jwt = Script("jwt", 50104, JWT)
     workloads = [stream, channel_server, channel_client, jwt]
 
-    def tokens() -> list[dict[str, Any]]:
-        return [line for line in jwt.lines if "kid" in line]
-
     try:
         with running(server, spire_agent, agent):
             await asyncio.to_thread(server.start)
@@ -296,12 +312,7 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
             await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
             for w in (stream, channel_server, channel_client):  # 20 s SVIDs: SPIRE rotates them every ~10 s
                 await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 20)
-            # 30 s JWT-SVIDs: a token A's signer made expires long before A does.
-            await asyncio.to_thread(
-                server.cli, "entry", "create", "-parentID", node, "-spiffeID", jwt.spiffe_id,
-                "-x509SVIDTTL", "20", "-jwtSVIDTTL", "30", "-selector", "unix:uid:0",
-                "-selector", f"unix:gid:{jwt.gid}",
-            )  # fmt: skip
+            await _jwt_entry(server, node, jwt)
             await asyncio.to_thread(spire_agent.start, token)
             await asyncio.to_thread(agent.start)
             socket = workdir / "pqc" / "pqc.sock"
@@ -311,7 +322,7 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
             assert first["issuer"] == a_id
             await channel_server.update_after(0, timeout=120)
             await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
-            await _until(lambda: any(line["ok"] for line in tokens()), "a first hybrid JWT-SVID", 60)
+            await _until(lambda: any(line["ok"] for line in _tokens(jwt)), "a first hybrid JWT-SVID", 60)
             channels_before = len(channel_client.lines)
 
             # The operator issues B offline and drops it in: no restart, no reconfiguration.
@@ -346,9 +357,11 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
             # Hybrid JWT-SVIDs through the rotation: from the first one on, every fetch and every
             # validation (the fresh token and the last one of each earlier key still valid) succeeded;
             # B's JWT key was pushed to the workload before a token carried it, and signs after it.
-            ready = next(i for i, line in enumerate(tokens()) if line["ok"])
-            fetched = tokens()[ready:]
-            failed = [line["error"] for line in fetched if not line["ok"]]
+            ready = next(i for i, line in enumerate(_tokens(jwt)) if line["ok"])
+            fetched = _tokens(jwt)[ready:]
+            failed = [
+                line["error"] or line["refused"] for line in fetched if not line["ok"] or line["refused"]
+            ]
             assert not failed, failed[:3]
             a_kid = fetched[0]["kid"]
             kids = list(dict.fromkeys(line["kid"] for line in fetched))
@@ -425,14 +438,16 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
     stream = Script("stream", 50111, STREAM)
     channel_server = Script("echo", 50112, CHANNEL_SERVER, args=(str(channel_port),))
     channel_client = Script("caller", 50113, CHANNEL_CLIENT, args=(str(channel_port),))
-    workloads = [stream, channel_server, channel_client]
+    jwt = Script("jwt", 50114, JWT)
+    workloads = [stream, channel_server, channel_client, jwt]
     try:
         with running(server, spire_agent, agent):
             await asyncio.to_thread(server.start)
             token = await asyncio.to_thread(server.join_token, node)
             await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
-            for w in workloads:
+            for w in (stream, channel_server, channel_client):
                 await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 20)
+            await _jwt_entry(server, node, jwt)
             await asyncio.to_thread(spire_agent.start, token)
             await asyncio.to_thread(agent.start)
             socket = workdir / "pqc" / "pqc.sock"
@@ -442,6 +457,7 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
             assert first["issuer"] == a_id and first["roots"] == 1
             await channel_server.update_after(0, timeout=120)
             await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
+            await _until(lambda: any(line["ok"] for line in _tokens(jwt)), "a first hybrid JWT-SVID", 60)
             channels_before = len(channel_client.lines)
 
             # 1. Root rotation: R2 is appended to the bundle file (no reload); every workload holds it
@@ -464,11 +480,22 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
                 .hex()
             )
             await _until(lambda: stream.lines[-1]["issuer"] == b_id, "credentials under R2", 120)
+            await _until(lambda: len({line["kid"] for line in _tokens(jwt) if line["ok"]}) == 2,
+                         "B's JWT key (under R2) signing", 60)  # fmt: skip
             await asyncio.sleep(3)
             rotation_channels = channel_client.lines[channels_before:]
             failed = [line["error"] for line in rotation_channels if not line["ok"]]
             assert not failed, failed[:3]
             assert not [line for line in stream.stderr if "does not verify" in line]
+            ready = next(i for i, line in enumerate(_tokens(jwt)) if line["ok"])
+            through_rotation = _tokens(jwt)[ready:]
+            failed = [
+                line["error"] or line["refused"]
+                for line in through_rotation
+                if not line["ok"] or line["refused"]
+            ]
+            assert not failed, failed[:3]  # B's JWT key chains to R2: the agent held R2 before it signed
+            a_kid, b_kid = dict.fromkeys(line["kid"] for line in through_rotation)
 
             # 2. Revocation: C (under R2) takes over from B at once, and B is revoked while workloads
             #    still hold credentials B signed (their classical SVIDs last 20 s).
@@ -507,6 +534,20 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
             statuses = _ca_status(server.plugin_data_path)
             assert statuses[b_id] == "revoked" and statuses[c_id] == "active"
             revocation_failures = [x for x in channel_client.lines[before_revocation:] if not x["ok"]]
+
+            # Hybrid JWT-SVIDs: the last token B's signer made is refused as revoked (naming its key),
+            # B's key leaves the bundle pushed to the workload, C's key signs.
+            await _until(
+                lambda: any(b_kid in line["refused"] for line in _tokens(jwt)), "B's token refused", 60
+            )
+            refusal = next(line["refused"][b_kid] for line in _tokens(jwt) if b_kid in line["refused"])
+            assert refusal.startswith("revoked") and b_kid in refusal and b_id[:16] in refusal, refusal
+            await _until(lambda: b_kid not in [x for x in jwt.lines if "bundle" in x][-1]["bundle"],
+                         "B's JWT key withdrawn from the workload's bundle", 60)  # fmt: skip
+            c_kid = next(line["kid"] for line in reversed(_tokens(jwt)) if line["ok"])
+            assert c_kid not in (a_kid, b_kid)
+            await _until(lambda: any(c_kid in x["bundle"] for x in jwt.lines if "bundle" in x),
+                         "C's JWT key at the workload", 60)  # fmt: skip
             summary(
                 "root rotation and revocation (real SPIRE)",
                 f"R2 at the workload {two_roots:.1f}s after it was added to the bundle file (refresh {refresh:g}s); "
@@ -514,7 +555,9 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
                 f"the workload {held:.1f}s after SIGUSR1, every workload on C {reissued:.1f}s after the revocation "
                 f"(20 s SVIDs; the streaming workload was {'' if on_b else 'no longer '}on B's credentials when it "
                 f"was revoked); {len(revocation_failures)} of {len(channel_client.lines) - before_revocation} "
-                "channels failed meanwhile (refused: signed by the revoked intermediate)",
+                "channels failed meanwhile (refused: signed by the revoked intermediate); hybrid JWT-SVIDs: "
+                f"{len(through_rotation)} fetched through the root rotation, 0 failed; B's last token refused "
+                "as revoked, B's key withdrawn, C's key signing",
             )
     finally:
         for w in workloads:
