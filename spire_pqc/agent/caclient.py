@@ -435,15 +435,15 @@ class FailoverCAClient:
         """The bundle of the first endpoint that answers, with the revocations and PQC JWT keys of
         *every* endpoint that answers: each SPIRE server certifies JWT signers under its own
         intermediate, so a token any of them signed validates here (docs/pq-jwt.md, SPIRE HA)."""
-        failures = []
-        updates: list[BundleUpdate] = []
-        for endpoint in self._order():
-            if not isinstance(endpoint.client, BundleFetcher):
-                continue
-            try:
-                updates.append(await endpoint.client.fetch_bundle())
-            except UnavailableError as exc:
-                failures.append(str(exc))
+        now = self._clock()
+        fetchers = [e for e in self._order() if isinstance(e.client, BundleFetcher)]
+        healthy = [e for e in fetchers if not (e.retry_at and e.retry_at > now)]
+        # Asked together (a dead endpoint costs one timeout, not one per endpoint); those backing off
+        # only when no healthy one answers.
+        updates, failures = await self._fetch_bundles(healthy)
+        if not updates:
+            more, failed = await self._fetch_bundles([e for e in fetchers if e not in healthy])
+            updates, failures = more, failures + failed
         if not updates:
             raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
         first = updates[0]
@@ -453,6 +453,22 @@ class FailoverCAClient:
             revoked_intermediates=tuple(sorted({k for u in same for k in u.revoked_intermediates})),
             pqc_jwt_bundle=merge_jwks([u.pqc_jwt_bundle for u in same]),
         )
+
+    async def _fetch_bundles(self, endpoints: Sequence[_Endpoint]) -> tuple[list[BundleUpdate], list[str]]:
+        async def one(endpoint: _Endpoint) -> BundleUpdate | str:
+            client = cast(BundleFetcher, endpoint.client)
+            try:
+                update = await client.fetch_bundle()
+            except UnavailableError as exc:
+                endpoint.retry_at = self._clock() + endpoint.backoff.next()
+                return str(exc)
+            if endpoint.retry_at is not None:
+                endpoint.backoff.reset()
+                endpoint.retry_at = None
+            return update
+
+        results = await asyncio.gather(*(one(e) for e in endpoints))
+        return [r for r in results if isinstance(r, BundleUpdate)], [r for r in results if isinstance(r, str)]
 
     async def close(self) -> None:
         for endpoint in self._endpoints:

@@ -32,13 +32,14 @@ class BundleCA:
     """A CA endpoint that answers only FetchPQCBundle, with the keys of its own signers."""
 
     def __init__(self, hierarchy: PQCHierarchy, signers: list[TrustDomainSigner]) -> None:
-        self.hierarchy, self.signers, self.down = hierarchy, signers, False
+        self.hierarchy, self.signers, self.down, self.calls = hierarchy, signers, False, 0
         self.revoked: tuple[str, ...] = ()
 
     async def issue(self, request: IssueRequest) -> IssueResponse:
         raise UnavailableError("not in this test")
 
     async def fetch_bundle(self) -> BundleUpdate:
+        self.calls += 1
         if self.down:
             raise UnavailableError("down")
         return BundleUpdate(
@@ -115,9 +116,13 @@ async def test_a_failover_client_brings_the_keys_of_every_server() -> None:
         ca_b.down = True  # B unreachable: A's answer alone, B's key is kept while certified
         provisioner.apply_bundle(await failover.fetch_bundle())
         assert kids(provisioner) == {kid_of(signer_a), kid_of(signer_b)}
+        asked = ca_b.calls
+        provisioner.apply_bundle(await failover.fetch_bundle())
+        assert ca_b.calls == asked  # backing off: not asked while A answers
         ca_a.down = True
         with pytest.raises(UnavailableError):
             await failover.fetch_bundle()
+        assert ca_b.calls == asked + 1  # nothing healthy answered: the one backing off was asked too
     finally:
         await provisioner.close()
 
