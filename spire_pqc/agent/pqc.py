@@ -233,7 +233,7 @@ class PqcProvisioner:
             key=lambda k: k.chain[0].not_valid_after_utc,
             reverse=True,
         )
-        return PqcJwtBundle(trust_domain, [*fresh, *kept][: max(MAX_JWT_KEYS, len(fresh))])
+        return PqcJwtBundle(trust_domain, [*fresh, *kept][:MAX_JWT_KEYS])  # fresh: at most MAX_JWT_KEYS
 
     def _note_revoked_jwt_keys(self, trust_domain: TrustDomain, keys: PqcJwtBundle) -> None:
         revoked = {k.kid: k for k in keys if revoked_issuer(k, self._revoked) is not None}
