@@ -70,11 +70,13 @@ class IssueResponse:
 
 @dataclass(frozen=True)
 class BundleUpdate:
-    """What the CA says about its trust domain's PQC trust now: roots (DER) and revoked key ids."""
+    """What the CA says about its trust domain's PQC trust now: roots (DER), revoked key ids and the
+    PQC JWT bundle (JWK Set; empty: not sent)."""
 
     trust_domain: str
     pqc_bundle: tuple[bytes, ...]
     revoked_intermediates: tuple[str, ...]
+    pqc_jwt_bundle: bytes = b""
 
 
 def to_be_signed(

@@ -10,6 +10,7 @@ from typing import Any
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
+from spire_pqc.ca.jwtsigning import ScheduleSigners
 from spire_pqc.errors import ConfigError, NotConfiguredError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
@@ -50,6 +51,8 @@ class EndpointSupervisor:
         self._intermediates = intermediates
         self._lock = threading.Lock()
         self._endpoint: CAEndpoint | None = None
+        # The PQC JWT signers (in-memory keys) follow the intermediate schedule across reconfigurations.
+        self._signers: ScheduleSigners | None = None
         self._listener: MetricsListener | None = None
         self._telemetry: SpireTelemetryBridge | None = None
         self._generation = 0
@@ -110,6 +113,7 @@ class EndpointSupervisor:
                     lambda: identity_fetcher(self._broker),
                     metrics=self.metrics,
                     intermediates=self._intermediates,
+                    signers=self._signers,
                 )
             except ConfigError as exc:  # e.g. the port is taken: say so (no traceback), retry later
                 delay = backoff.next()
@@ -137,6 +141,8 @@ class EndpointSupervisor:
                     superseded.wait(backoff.next())
                     continue
                 self._endpoint = endpoint
+                if self._intermediates is not None:  # the schedule outlives this endpoint: so do its signers
+                    self._signers = endpoint.signers
             return
 
     def stop(self) -> None:
