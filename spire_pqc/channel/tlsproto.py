@@ -424,7 +424,11 @@ class TlsAppTransport(asyncio.Transport):
             raw.set_write_buffer_limits(high, low)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        raise NotImplementedError("the protocol of a spire-pqc TLS transport cannot be replaced")
+        """Hand the attached connection to another application protocol (a tunnel's splice); what
+        the previous one had buffered is its owner's to pass on."""
+        if self._proto._app is None or not isinstance(protocol, asyncio.Protocol):
+            raise RuntimeError("only an attached TLS connection can change to another asyncio.Protocol")
+        self._proto._app = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._proto._app or self._proto
