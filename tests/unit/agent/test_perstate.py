@@ -206,3 +206,35 @@ def test_encoded_answers_are_sent_as_their_bytes_and_only_as_their_own_type() ->
     assert codec.encode(message, wl.X509SVIDResponse) == data  # plain messages as before
     with pytest.raises(TypeError):
         codec.encode(Encoded(wl.X509BundlesResponse, data), wl.X509SVIDResponse)
+
+
+@pytest.mark.asyncio
+async def test_dev_source_shares_a_state_only_between_callers_with_the_same_identities() -> None:
+    from spire_pqc.agent.config import DevSourceConfig
+    from spire_pqc.agent.sources.dev import DevIdentitySource
+    from tests.unit.agent._support import TRUST_DOMAIN, dev_config, short_dir
+
+    other = f"spiffe://{TRUST_DOMAIN}/workload/other"
+    config = dev_config(short_dir(), extra_entries=[{"spiffe_id": other, "selectors": ["test:pid:2"]}])
+    assert isinstance(config.source, DevSourceConfig)
+    me = os.getuid()
+
+    def attest(caller: Caller) -> frozenset[str]:  # pid 2 is the other workload, 1 and 3 are "me"
+        return frozenset({"test:pid:2"} if caller.pid == 2 else {f"unix:uid:{me}"})
+
+    source = DevIdentitySource(config.source, attestor=attest)
+    await source.start()
+    try:
+        watches = [source.watch(Caller(pid, me, 0)) for pid in (1, 2, 3)]
+        first = [await anext(w) for w in watches]
+        assert [str(s.svids[0].spiffe_id) for s in first] == [ME, other, ME]
+        assert first[0] is first[2] and first[1] is not first[0]
+        await source.rotate_now()
+        rotated = [await anext(w) for w in watches]
+        assert rotated[0] is rotated[2] and rotated[0] is not first[0]  # a new state for the change
+        assert [str(s.svids[0].spiffe_id) for s in rotated] == [ME, other, ME]
+        assert rotated[0].svids[0].leaf_hash != first[0].svids[0].leaf_hash
+        for w in watches:
+            await w.aclose()  # type: ignore[attr-defined]
+    finally:
+        await source.close()
