@@ -31,6 +31,7 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpclib.server
@@ -39,6 +40,7 @@ import h2.connection
 import h2.errors
 from google.protobuf.message import DecodeError, Message
 from grpclib.config import Configuration
+from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.protocol import H2Protocol
 
 from spire_pqc._internal.ratelimit import LogLimiter
@@ -239,9 +241,10 @@ class ConnectionRegistry:
         transport: asyncio.BaseTransport = stream.peer._transport
         return transport
 
-    def caller(self, stream: grpclib.server.Stream[Any, Any]) -> Caller:
-        """The validated caller of a request (AuthorizationError / CallerChanged otherwise)."""
-        return self.tracker.caller(self._transport(stream))
+    def caller(self, stream: grpclib.server.Stream[Any, Any], answered: object | None = None) -> Caller:
+        """The validated caller of a request (AuthorizationError / CallerChanged otherwise); ``answered``
+        is the state about to be sent, if any (:meth:`PeerTracker.caller`)."""
+        return self.tracker.caller(self._transport(stream), answered)
 
     def describe(self, stream: grpclib.server.Stream[Any, Any]) -> str:
         """``uid U pid P, /Service/Method`` of a request, for log lines."""
@@ -431,12 +434,37 @@ class _Listener(asyncio.AbstractServer):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A response message already serialized: sent as these bytes, without serializing it again.
+
+    Many streams send the same state (:mod:`spire_pqc.agent.perstate`); each passes the one
+    serialization to ``Stream.send_message`` (grpclib would otherwise serialize per stream).
+    """
+
+    message_type: type[Message]
+    data: bytes
+
+
+class _EncodedProtoCodec(ProtoCodec):
+    """grpclib's protobuf codec, passing :class:`Encoded` messages through as their bytes."""
+
+    def encode(self, message: Any, message_type: type[Any]) -> bytes:
+        if isinstance(message, Encoded):
+            if message.message_type is not message_type:
+                raise TypeError(f"message must be of type {message_type!r}, not {message.message_type!r}")
+            return message.data
+        return super().encode(message, message_type)
+
+
 class PeerCredServer(grpclib.server.Server):
     """A grpclib server whose connections are admitted, attested and bounded by a registry."""
 
     def __init__(self, handlers: Any, registry: ConnectionRegistry) -> None:
         super().__init__(
             handlers,
+            codec=_EncodedProtoCodec(),
+            status_details_codec=ProtoStatusDetailsCodec(),
             config=Configuration(http2_connection_window_size=H2_WINDOW, http2_stream_window_size=H2_WINDOW),
         )
         # Unknown methods: a proper UNIMPLEMENTED (grpclib's own answer lacks content-type).

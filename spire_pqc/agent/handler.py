@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
@@ -52,13 +54,14 @@ from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._internal.wire import SECURITY_HEADER, hybrid_method, workload_method
 from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
 from spire_pqc.agent.caclient import CAClient, JwtSigningCA
-from spire_pqc.agent.connections import ConnectionRegistry
+from spire_pqc.agent.connections import ConnectionRegistry, Encoded
 from spire_pqc.agent.grpchealth import HealthService
 from spire_pqc.agent.hybridjwt import HybridJwtProvider, ServedHybridJwt
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid, validate
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import Caller, PqcCredentials, X509State
 from spire_pqc.agent.peercred import CallerChanged
+from spire_pqc.agent.perstate import PerState
 from spire_pqc.agent.pqc import PqcProvisioner
 from spire_pqc.agent.sources.base import IdentitySource
 from spire_pqc.errors import (
@@ -225,6 +228,14 @@ def _requested_id(value: str) -> SpiffeId | None:
         raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A composed response, serialized, and how many identities it carries (for the metric)."""
+
+    encoded: Encoded
+    identities: int
+
+
 class _Services:
     """State shared by both services: where identities come from and who is calling."""
 
@@ -244,6 +255,11 @@ class _Services:
         self.metrics = metrics
         self.first_pqc_wait = first_pqc_wait
         self._log = LogLimiter()
+        # Per state object (perstate.py): provisioning started; the Workload API's X.509 answers,
+        # which depend on the state alone, serialized once for every stream that sends them.
+        self._ensured: PerState[None] = PerState()
+        self.x509_svid_answers: PerState[_Answer | None] = PerState()
+        self.x509_bundles_answers: PerState[_Answer | None] = PerState()
         self.hybrid_jwt = (
             HybridJwtProvider(source, jwt_ca, provisioner)
             if jwt_ca is not None and isinstance(source, JwtProfile)
@@ -293,10 +309,11 @@ class _Services:
             raise GRPCError(Status.UNIMPLEMENTED, NO_HYBRID_JWT)
         return self.hybrid_jwt
 
-    def caller(self, stream: Stream[Any, Any]) -> Caller:
-        """The caller, if it is still the process that connected (PermissionDenied otherwise)."""
+    def caller(self, stream: Stream[Any, Any], answered: X509State | None = None) -> Caller:
+        """The caller, if it is still the process that connected (PermissionDenied otherwise);
+        ``answered``: the state about to be sent (checked once per state and PID, peercred.py)."""
         try:
-            return self.connections.caller(stream)
+            return self.connections.caller(stream, answered)
         except CallerChanged as exc:
             self.refused(stream, "pid_reused", logging.WARNING, "security event: refused a caller: %s", exc)
             raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from exc
@@ -324,14 +341,28 @@ class _Services:
         follow_pqc: bool,
         count: Callable[[M], int],
         not_ready: Callable[[X509State], str],
+        answers: PerState[_Answer | None] | None = None,
     ) -> None:
         """The stream loop: send ``compose(state)`` now and whenever it changes.
 
         Wakes on a new state from the identity source and, with ``follow_pqc``, on new PQC
         credentials. ``compose`` returning None means "not available yet": before anything was
         sent, the first issuance attempt is awaited (bounded), then Unavailable is returned.
+
+        ``answers``: when ``compose`` depends on the state alone, its serialized result is kept per
+        state object there and every stream sending that state sends the same bytes.
         """
         caller = await self.begin(stream, request_type)
+        served = self.metrics.identities_served.labels(service=service)
+
+        def answer(state: X509State) -> _Answer | None:
+            message = compose(state)
+            if message is None:
+                return None
+            return _Answer(
+                Encoded(type(message), message.SerializeToString(deterministic=True)), count(message)
+            )
+
         with self.open_stream(rpc):
             states = self.source.watch(caller)
             pending: asyncio.Future[X509State] | None = None
@@ -341,33 +372,38 @@ class _Services:
                 seen_pqc = self.provisioner.changes.version
                 last: bytes | None = None
                 while True:
-                    self.provisioner.ensure(state.svids, state.bundles)
-                    message = compose(state)
-                    if message is None and last is None and follow_pqc:
+                    self._ensured.get(
+                        state, functools.partial(self.provisioner.ensure, state.svids, state.bundles)
+                    )
+                    reply = (
+                        answer(state)
+                        if answers is None
+                        else answers.get(state, functools.partial(answer, state))
+                    )
+                    if reply is None and last is None and follow_pqc:
                         await self.provisioner.wait_attempted(state.svids, self.first_pqc_wait)
-                        message = compose(state)
-                    if message is None and last is None:
+                        reply = answer(state)
+                    if reply is None and last is None:
                         raise UnavailableError(not_ready(state))
-                    if message is not None:
-                        wire = message.SerializeToString(deterministic=True)
-                        if wire != last:
-                            self.caller(stream)  # the process that connected must still be the one answered
-                            await stream.send_message(message)
-                            self.metrics.identities_served.labels(service=service).inc(count(message))
-                            last = wire
+                    if reply is not None and reply.encoded.data != last:
+                        # The process that connected must still be the one answered (once per state and PID).
+                        self.caller(stream, answered=state)
+                        await stream.send_message(cast(M, reply.encoded))
+                        served.inc(reply.identities)
+                        last = reply.encoded.data
+                    if not follow_pqc:  # the source's next state is the only thing to wait for
+                        state = await anext(states)
+                        continue
                     if pending is None:
                         pending = asyncio.ensure_future(anext(states))
-                    waiters: set[asyncio.Future[Any]] = {pending}
-                    if follow_pqc:
-                        changed = asyncio.ensure_future(self.provisioner.changes.wait_changed(seen_pqc))
-                        waiters.add(changed)
+                    changed = asyncio.ensure_future(self.provisioner.changes.wait_changed(seen_pqc))
+                    waiters: set[asyncio.Future[Any]] = {pending, changed}
                     done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                    if changed is not None:
-                        if changed in done:
-                            seen_pqc = changed.result()
-                        else:
-                            changed.cancel()
-                        changed = None
+                    if changed in done:
+                        seen_pqc = changed.result()
+                    else:
+                        changed.cancel()
+                    changed = None
                     if pending in done:
                         state = pending.result()
                         pending = None
@@ -412,6 +448,7 @@ class WorkloadAPIService:
             follow_pqc=False,
             count=lambda m: len(m.svids),
             not_ready=lambda _: "no SVID yet",
+            answers=self._s.x509_svid_answers,
         )
 
     async def fetch_x509_bundles(self, stream: Stream[wl.X509BundlesRequest, wl.X509BundlesResponse]) -> None:
@@ -424,6 +461,7 @@ class WorkloadAPIService:
             follow_pqc=False,
             count=lambda m: 0,
             not_ready=lambda _: "no bundle yet",
+            answers=self._s.x509_bundles_answers,
         )
 
     async def fetch_jwt_svid(self, stream: Stream[wl.JWTSVIDRequest, wl.JWTSVIDResponse]) -> None:

@@ -26,11 +26,17 @@ _DER = serialization.Encoding.DER
 
 @dataclass(frozen=True)
 class Caller:
-    """A process on the other end of the Workload API socket, from SO_PEERCRED at connect time."""
+    """A process on the other end of the Workload API socket, from SO_PEERCRED at connect time.
+
+    ``starttime`` (field 22 of ``/proc/<pid>/stat``) is the attested process's start time when the
+    caller was checked against ``/proc`` (:mod:`spire_pqc.agent.peercred`), so that a source keying by
+    process need not read it again; it is not part of equality (the same caller with or without it).
+    """
 
     pid: int
     uid: int
     gid: int
+    starttime: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 from spire_pqc.agent.model import Caller
+from spire_pqc.agent.perstate import PerState
 from spire_pqc.errors import AuthorizationError
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class PeerTracker:
     def __init__(self, proc: ProcReader | None = None) -> None:
         self._proc: ProcReader = proc or LinuxProcReader()
         self._records: dict[int, PeerRecord] = {}
+        # pid → stamp read after the identity source answered with a state (see :meth:`caller`).
+        self._after: PerState[dict[int, ProcessStamp]] = PerState()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -183,7 +186,7 @@ class PeerTracker:
                 f"gid {caller.gid} connected (PID reused before the connection was accepted)",
                 True,
             )
-        return PeerRecord(caller, stamp)
+        return PeerRecord(Caller(caller.pid, caller.uid, caller.gid, stamp.starttime), stamp)
 
     def on_connect(self, transport: asyncio.BaseTransport) -> PeerRecord:
         record = self.attest(transport.get_extra_info("socket"))
@@ -196,10 +199,16 @@ class PeerTracker:
     def record(self, transport: asyncio.BaseTransport) -> PeerRecord | None:
         return self._records.get(id(transport))
 
-    def caller(self, transport: asyncio.BaseTransport) -> Caller:
+    def caller(self, transport: asyncio.BaseTransport, answered: object | None = None) -> Caller:
         """The connection's caller, if it is still the same process; AuthorizationError otherwise.
 
         :class:`CallerChanged` when the PID now names another process (a security event).
+
+        ``answered``: the identity source's state about to be sent. The stamp is then read once per
+        PID and state — by the first of the PID's streams to send it, after the source produced it —
+        and compared with each connection's own stamp. One read suffices: a PID is not reused while
+        its process lives, so a stamp unchanged after the answer proves the process the source
+        answered for (by PID) is the one that connected, for every stream sending that answer.
         """
         record = self._records.get(id(transport))
         if record is None:
@@ -208,10 +217,15 @@ class PeerTracker:
             error = CallerChanged if record.security_event else AuthorizationError
             raise error(record.problem or "caller unknown")
         pid = record.caller.pid
-        try:
-            now = self._proc.stamp(pid)
-        except (OSError, ValueError, IndexError) as exc:
-            raise AuthorizationError(f"caller process {pid} is gone ({exc.__class__.__name__})") from exc
+        read = self._after.get(answered, dict) if answered is not None else {}
+        now = read.get(pid)
+        if now is None:
+            try:
+                now = self._proc.stamp(pid)
+            except (OSError, ValueError, IndexError) as exc:
+                raise AuthorizationError(f"caller process {pid} is gone ({exc.__class__.__name__})") from exc
+            if answered is not None:
+                read[pid] = now
         if now != record.stamp:
             raise CallerChanged(f"caller process {pid} is no longer the process that connected (PID reused)")
         return record.caller

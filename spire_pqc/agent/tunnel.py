@@ -10,7 +10,9 @@ forwards each to a local plaintext address. Both present the hybrid SVID of a lo
 service (an :class:`~spire_pqc.source.HybridSource`, asked again for every new connection, so a
 rotation takes effect on new connections while open ones keep running).
 
-Bytes are pumped both ways with back-pressure (``drain()`` after each chunk), half-close is passed on
+Bytes are carried both ways by splicing the two transports (:func:`splice`: what one side reads is
+written to the other at once, no stream buffer or task in between) with back-pressure (a side whose
+write buffer is above its high-water mark stops the other side's reading), half-close is passed on
 (EOF on one side becomes ``write_eof`` on the other: a TLS close_notify, RFC 8446 §6.1, or a TCP FIN),
 and the connection is closed once both directions ended. Counters (:class:`TunnelStats`) feed the
 agent's ``/metrics``; every refusal is logged with the peer and the reason.
@@ -60,7 +62,6 @@ from spire_pqc.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024  # bytes read per pump step; large enough that TLS record overhead stays small
 _CONNECT_TIMEOUT = 10.0
 
 
@@ -86,20 +87,138 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: list[int]) -> None:
-    """Copy until EOF, then pass the half-close on; ``count[0]`` accumulates the bytes copied."""
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        count[0] += len(data)
-        await writer.drain()  # back-pressure: never buffer more than the transport's high-water mark
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()
+class _End(asyncio.Protocol):
+    """One side of a spliced connection: what it reads is written straight to the other side.
+
+    Back-pressure: when this side's transport buffers more than its high-water mark, the other side
+    stops reading until this one is below the low-water mark again. EOF on this side becomes
+    ``write_eof`` on the other (half-close); this side stays open to write the other direction.
+    """
+
+    def __init__(self, link: _Link, transport: asyncio.Transport) -> None:
+        self.link = link
+        self.transport = transport
+        self.peer: _End = self
+        self.copied = 0  # bytes read on this side and written to the other
+        self.ended = False  # this side's reading direction ended (EOF passed on)
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.copied += len(data)
+        try:
+            self.peer.transport.write(data)
+        except (OSError, SpirePqcError) as exc:  # a TLS side already closed or failed
+            self.link.fail(exc)
+
+    def eof_received(self) -> bool:
+        self.end()
+        return True  # keep writing the other direction; the link closes both once both ended
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        peer = self.peer.transport
+        if not peer.is_closing() and peer.can_write_eof():
+            peer.write_eof()
+        self.link.progress()
+
+    def pause_writing(self) -> None:
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.peer.transport.is_closing():
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if exc is not None:
+            self.link.fail(exc)
+            return
+        self.end()  # a clean close ends this side's direction …
+        if not self.peer.ended:  # … and the other direction has nowhere to go
+            self.link.fail(ConnectionResetError("connection closed while the other direction was open"))
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, SpirePqcError, asyncio.IncompleteReadError):
-        await writer.wait_closed()
+class _Link:
+    """Two transports spliced at the protocol level: no stream buffers, no task per direction.
+
+    Each side's protocol is replaced by an :class:`_End`; what its stream had read already (before
+    the splice began) is passed on first. ``finished`` resolves once both directions ended (EOF
+    passed on), or fails with the first error.
+    """
+
+    def __init__(self, a: asyncio.StreamWriter, b: asyncio.StreamWriter) -> None:
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.a = _End(self, _transport(a))
+        self.b = _End(self, _transport(b))
+        self.a.peer, self.b.peer = self.b, self.a
+
+    def start(self, a: asyncio.StreamReader, b: asyncio.StreamReader) -> None:
+        ends = ((self.a, a), (self.b, b))
+        for end, _ in ends:
+            if end.transport.is_closing():  # closed before the splice: its stream's protocol sees the rest
+                end.closed.set_result(None)
+            else:
+                end.transport.set_protocol(end)
+        taken = [(end, *_take_buffered(reader)) for end, reader in ends]
+        for end, buffered, error, eof in taken:
+            if buffered:
+                end.data_received(buffered)
+            if error is not None:
+                self.fail(error)
+            elif eof:
+                end.end()
+        for end, _ in ends:
+            if end.closed.done():
+                end.connection_lost(None)
+                continue
+            _, high = end.transport.get_write_buffer_limits()
+            if end.transport.get_write_buffer_size() > high:
+                end.pause_writing()
+            end.transport.resume_reading()  # its stream may have paused it (a full buffer)
+
+    def progress(self) -> None:
+        if self.a.ended and self.b.ended and not self.finished.done():
+            self.finished.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished.done():
+            self.finished.set_exception(error)
+
+    def abort(self) -> None:
+        for end in (self.a, self.b):
+            end.transport.abort()
+
+    async def close(self) -> None:
+        """Close both sides (a TLS side sends close_notify first) and wait until both are closed."""
+        for end in (self.a, self.b):
+            with contextlib.suppress(OSError, SpirePqcError):
+                end.transport.close()
+        try:
+            await asyncio.gather(self.a.closed, self.b.closed)
+        except asyncio.CancelledError:
+            self.abort()  # cut while flushing: a reset, not a clean end
+            raise
+
+
+def _transport(writer: asyncio.StreamWriter) -> asyncio.Transport:
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    return transport
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, BaseException | None, bool]:
+    """What a stream had read before its transport was handed to the splice: (data, error, EOF).
+
+    asyncio has no public accessor for a StreamReader's buffer; ``_buffer`` is the same in CPython
+    3.11-3.13, and the tunnel tests (which send before the remote side is connected) fail if it changes.
+    """
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009 - private, see above
+    data = bytes(buffer)
+    buffer.clear()
+    return data, reader.exception(), reader.at_eof()
 
 
 async def splice(
@@ -107,37 +226,33 @@ async def splice(
     remote: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     stats: TunnelStats,
 ) -> None:
-    """Pump local → remote and remote → local until both ended; any error aborts both sides."""
-    out, back = [0], [0]
-    tasks = [
-        asyncio.create_task(_pump(local[0], remote[1], out)),
-        asyncio.create_task(_pump(remote[0], local[1], back)),
-    ]
+    """Carry local → remote and remote → local until both ended; any error aborts both sides.
+
+    The streams' transports are spliced directly (:class:`_Link`): each chunk a transport reads is
+    written to the other at once, without a copy into a stream buffer or a task per direction."""
+    link = _Link(local[1], remote[1])
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
-        if errors:
-            for task in pending:
-                task.cancel()
-            local[1].transport.abort()
-            remote[1].transport.abort()
-            await asyncio.gather(*pending, return_exceptions=True)
-            stats.failed += 1
-            log.info("tunnel connection ended with an error: %s", errors[0])
+        link.start(local[0], remote[0])
+        await link.finished
     except asyncio.CancelledError:
         # Cut (shutdown after the grace period): a reset on both sides, never a clean end of stream
         # (TLS close_notify or TCP FIN) that a peer would take for the end of a complete transfer.
-        local[1].transport.abort()
-        remote[1].transport.abort()
+        link.abort()
         raise
+    except Exception as exc:  # noqa: BLE001 - any failure of either side ends the connection, logged once
+        link.abort()
+        stats.failed += 1
+        log.info("tunnel connection ended with an error: %s", exc)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        stats.bytes_out += out[0]
-        stats.bytes_in += back[0]
-        await _close(local[1])
-        await _close(remote[1])
+        stats.bytes_out += link.a.copied
+        stats.bytes_in += link.b.copied
+        await link.close()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, SpirePqcError, asyncio.IncompleteReadError):
+        await writer.wait_closed()
 
 
 class _Tunnel:

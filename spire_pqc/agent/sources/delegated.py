@@ -270,10 +270,12 @@ class DelegatedIdentitySource:
 
         Keyed by the process (pid, start time, uid, gid): a recycled PID or a changed owner is
         another key. A process whose start time cannot be read gets a subscription of its own."""
-        try:
-            starttime = self._proc.stamp(caller.pid).starttime
-        except (OSError, ValueError):
-            return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
+        starttime = caller.starttime  # as attested and re-checked just before (peercred.py)
+        if starttime is None:
+            try:
+                starttime = self._proc.stamp(caller.pid).starttime
+            except (OSError, ValueError):
+                return self._watch(di.SubscribeToX509SVIDsRequest(pid=caller.pid), f"pid {caller.pid}")
         return self._processes.watch((caller.pid, starttime, caller.uid, caller.gid))
 
     async def watch_service(self, spiffe_id: SpiffeId, selectors: Sequence[str]) -> AsyncIterator[X509State]:

@@ -34,6 +34,7 @@ from spire_pqc.agent.config import DevEntry, DevSourceConfig
 from spire_pqc.agent.jwtsvid import DEFAULT_JWT_TTL, JwtSigningKey, JwtSvid, jwks_bytes
 from spire_pqc.agent.model import Caller, X509State
 from spire_pqc.agent.notify import Broadcast
+from spire_pqc.agent.perstate import PerState
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority, DevClassicalCA, PQCHierarchy
 from spire_pqc.ca.issuer import PQCIssuer
@@ -74,6 +75,7 @@ class DevIdentitySource:
         self._jwt_bundles: Broadcast[Mapping[TrustDomain, bytes]] = Broadcast()
         self._attestor = attestor
         self._state: Broadcast[_State] = Broadcast()
+        self._views: PerState[dict[tuple[DevEntry, ...], X509State]] = PerState()
         self._ca: DevClassicalCA | None = None
         self._hierarchy: PQCHierarchy | None = None
         self._issuer: PQCIssuer | None = None
@@ -202,8 +204,15 @@ class DevIdentitySource:
         if self._state.value is None:
             raise UnavailableError("dev identity source is initialising")
         td = self._config.trust_domain
+        key = tuple(entries)
         async for state in self._state.updates():
-            yield X509State(tuple(state.svids[e] for e in entries), {td: state.bundle_der})
+            # One X509State per (dev state, identity set): callers with the same entries share it, so
+            # the handler serializes their answer once (perstate.py); other entry sets get their own.
+            views = self._views.get(state, dict)
+            view = views.get(key)
+            if view is None:
+                view = views[key] = X509State(tuple(state.svids[e] for e in key), {td: state.bundle_der})
+            yield view
 
     async def watch_service(
         self, spiffe_id: SpiffeId, selectors: Sequence[str] = ()
