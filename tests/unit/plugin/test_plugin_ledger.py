@@ -85,7 +85,11 @@ def test_supervisor_logs_and_retries_any_failure(
     monkeypatch.setattr(app, "CAEndpoint", factory)
     monkeypatch.setattr(app, "ENDPOINT_RETRY_SECONDS", 0.05)
     supervisor = app.EndpointSupervisor(broker=None)  # type: ignore[arg-type]
-    config = type("C", (), {"endpoint_listen_address": "127.0.0.1:0", "metrics_listen_address": None})()
+    config = type(
+        "C",
+        (),
+        {"endpoint_listen_address": "127.0.0.1:0", "metrics_listen_address": None, "spire_telemetry": False},
+    )()
     supervisor.reconfigure(config)
     try:
         assert endpoint.started.wait(30)
