@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from OpenSSL import SSL
 
+from spire_pqc._internal.peerslots import PeerSlots, peer_host
 from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc.channel.authorize import Authorizer, check_authorizer
 from spire_pqc.channel.context import context_for
@@ -185,7 +186,7 @@ class SecureServer:
         # owner logs refusals (with its own context, e.g. a tunnel's name); this server does not.
         self.on_setup: Callable[[str, BaseException | None, float], None] | None = None
         self._log = LogLimiter()
-        self._in_setup: Counter[str] = Counter()
+        self._in_setup = PeerSlots(total=MAX_SETUP, per_peer=MAX_SETUP_PER_PEER)
 
     def _protocol(self) -> asyncio.Protocol:
         try:
@@ -211,19 +212,16 @@ class SecureServer:
 
     def _take_slot(self, transport: asyncio.BaseTransport, slot: list[str], where: list[str]) -> bool:
         peer = transport.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else "(unknown)"
+        host = peer_host(transport)
         where.append(f"{host}:{peer[1]}" if isinstance(peer, tuple) and len(peer) > 1 else host)
-        if self._in_setup.total() >= MAX_SETUP or self._in_setup[host] >= MAX_SETUP_PER_PEER:
+        if not self._in_setup.take(host):
             return False
-        self._in_setup[host] += 1
         slot.append(host)
         return True
 
     def _release_slot(self, slot: list[str]) -> None:
         for host in slot:
-            self._in_setup[host] -= 1
-            if self._in_setup[host] <= 0:
-                del self._in_setup[host]
+            self._in_setup.release(host)
         slot.clear()
 
     def _report(self, peer: list[str], error: BaseException | None, started: float) -> bool:
