@@ -78,7 +78,9 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _config(directory: Path, identities: int) -> AgentConfig:
+def _config(directory: Path, identities: int, connections: int = 256) -> AgentConfig:
+    # The benchmark process is one uid holding one connection and stream per simulated workload: lift
+    # the per-uid caps above that (at the defaults, 1,000 streams waited forever on the 256-connection cap).
     entries = [
         {"spiffe_id": f"spiffe://bench.example/workload/{i}", "selectors": [f"unix:uid:{os.getuid()}"]}
         for i in range(identities)
@@ -86,6 +88,10 @@ def _config(directory: Path, identities: int) -> AgentConfig:
     return parse(
         {
             "agent": {"socket_path": str(directory / "agent.sock"), "shutdown_grace": "1s"},
+            "limits": {
+                "max_connections_per_uid": max(256, connections + 16),
+                "max_streams_per_uid": max(1024, connections + 16),
+            },
             "source": {
                 "kind": "dev",
                 "dev": {"trust_domain": "bench.example", "svid_ttl": "1h", "entries": entries},
@@ -97,7 +103,7 @@ def _config(directory: Path, identities: int) -> AgentConfig:
 async def rotation_fanout(streams: int) -> FanoutResult:
     directory = Path(tempfile.mkdtemp(prefix="spa-bench-", dir="/tmp"))
     try:
-        async with Agent(_config(directory, 1)) as agent:
+        async with Agent(_config(directory, 1, streams)) as agent:
             source = agent.source
             assert isinstance(source, DevIdentitySource)
             channels = [Channel(path=str(agent.socket_path)) for _ in range(streams)]
