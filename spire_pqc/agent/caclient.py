@@ -128,6 +128,7 @@ class LocalCAClient:
             trust_domain=self._issuer.trust_domain.name,
             pqc_bundle=tuple(c.public_bytes(encode) for c in self._issuer.pqc_roots),
             revoked_intermediates=tuple(sorted(self._issuer.revoked)),
+            server_time_ms=int(time.time() * 1000),
         )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
@@ -294,11 +295,12 @@ class GrpcCAClient:
         try:
             reply = await stub.FetchPQCBundle(ca_pb2.FetchPQCBundleRequest(), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {exc.details()}") from exc
+            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {self._why(exc)}") from exc
         return BundleUpdate(
             trust_domain=reply.trust_domain,
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
             revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
+            server_time_ms=int(reply.server_time_unix_ms) or None,
         )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:

@@ -1,7 +1,8 @@
 """Liveness, readiness and Prometheus metrics over a tiny asyncio HTTP/1.1 responder (loopback only).
 
-``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 once the identity source
-can answer callers and PQC credentials are served (503 otherwise; see ``Agent.ready``);
+``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 while the identity source
+can answer callers, PQC credentials are served and the PQC CA answered within ``pqc.ca_ready_window``
+(503 otherwise; see ``Agent.ready``);
 ``GET /metrics`` → Prometheus text format 0.0.4; ``GET /status`` → the status document
 (:mod:`spire_pqc.agent.status`, JSON). One request per connection, bounded request head,
 nothing else is parsed: this is an operations port, not a web server.

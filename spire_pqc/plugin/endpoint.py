@@ -290,6 +290,7 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             trust_domain=self._config.trust_domain.name,
             pqc_bundle=[c.public_bytes(encode) for c in roots],
             revoked_intermediates=sorted(revoked),
+            server_time_unix_ms=int(time.time() * 1000),
         )
 
     def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet, outcome: list[str]) -> str:
