@@ -439,6 +439,8 @@ class FailoverCAClient:
                 return await endpoint.client.fetch_bundle()
             except UnavailableError as exc:
                 failures.append(str(exc))
+        if len(failures) == 1:
+            raise UnavailableError(failures[0])
         raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
 
     async def close(self) -> None:
