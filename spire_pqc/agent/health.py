@@ -37,6 +37,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     400: "Bad Request",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -123,7 +124,6 @@ class HealthServer:
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
-            status, content_type, body = self._answer(method, path.split("?", 1)[0])
         except (
             TimeoutError,
             ValueError,
@@ -132,6 +132,12 @@ class HealthServer:
             asyncio.LimitOverrunError,
         ):
             status, content_type, body = 400, "text/plain", "bad request\n"
+        else:
+            try:
+                status, content_type, body = self._answer(method, path.split("?", 1)[0])
+            except Exception:  # a bug of ours: answer it, never leave the prober hanging until it times out
+                log.exception("health port: %s %s failed", method, path)
+                status, content_type, body = 500, "text/plain", "internal error (see the agent's log)\n"
         payload = body.encode()
         writer.write(
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
