@@ -48,6 +48,7 @@ from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.channel.bridge import TLSBridge
 from spire_pqc.crypto.aio import run_crypto
 from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, UnavailableError, VerificationError
+from spire_pqc.jwtsvid.bundle import merge_jwks
 from spire_pqc.spiffeid import SpiffeId, match_id
 from spire_pqc.svid import X509Svid, spiffe_id_of
 
@@ -128,6 +129,7 @@ class LocalCAClient:
             trust_domain=self._issuer.trust_domain.name,
             pqc_bundle=tuple(c.public_bytes(encode) for c in self._issuer.pqc_roots),
             revoked_intermediates=tuple(sorted(self._issuer.revoked)),
+            pqc_jwt_bundle=self._jwt.jwks() if self._jwt is not None else b"",
             server_time_ms=int(time.time() * 1000),
         )
 
@@ -300,6 +302,7 @@ class GrpcCAClient:
             trust_domain=reply.trust_domain,
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
             revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
+            pqc_jwt_bundle=bytes(reply.pqc_jwt_bundle),
             server_time_ms=int(reply.server_time_unix_ms) or None,
         )
 
@@ -431,17 +434,45 @@ class FailoverCAClient:
         raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
 
     async def fetch_bundle(self) -> BundleUpdate:
-        failures = []
-        for endpoint in self._order():
-            if not isinstance(endpoint.client, BundleFetcher):
-                continue
+        """The bundle of the first endpoint that answers, with the revocations and PQC JWT keys of
+        *every* endpoint that answers: each SPIRE server certifies JWT signers under its own
+        intermediate, so a token any of them signed validates here (docs/pq-jwt.md, SPIRE HA)."""
+        now = self._clock()
+        fetchers = [e for e in self._order() if isinstance(e.client, BundleFetcher)]
+        healthy = [e for e in fetchers if not (e.retry_at and e.retry_at > now)]
+        # Asked together (a dead endpoint costs one timeout, not one per endpoint); those backing off
+        # only when no healthy one answers.
+        updates, failures = await self._fetch_bundles(healthy)
+        if not updates:
+            more, failed = await self._fetch_bundles([e for e in fetchers if e not in healthy])
+            updates, failures = more, failures + failed
+        if not updates and len(failures) == 1:
+            raise UnavailableError(failures[0])  # one endpoint: its error as it is (as issue() reports it)
+        if not updates:
+            raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
+        first = updates[0]
+        same = [u for u in updates if u.trust_domain == first.trust_domain]
+        return replace(
+            first,
+            revoked_intermediates=tuple(sorted({k for u in same for k in u.revoked_intermediates})),
+            pqc_jwt_bundle=merge_jwks([u.pqc_jwt_bundle for u in same]),
+        )
+
+    async def _fetch_bundles(self, endpoints: Sequence[_Endpoint]) -> tuple[list[BundleUpdate], list[str]]:
+        async def one(endpoint: _Endpoint) -> BundleUpdate | str:
+            client = cast(BundleFetcher, endpoint.client)
             try:
-                return await endpoint.client.fetch_bundle()
+                update = await client.fetch_bundle()
             except UnavailableError as exc:
-                failures.append(str(exc))
-        if len(failures) == 1:
-            raise UnavailableError(failures[0])
-        raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
+                endpoint.retry_at = self._clock() + endpoint.backoff.next()
+                return str(exc)
+            if endpoint.retry_at is not None:
+                endpoint.backoff.reset()
+                endpoint.retry_at = None
+            return update
+
+        results = await asyncio.gather(*(one(e) for e in endpoints))
+        return [r for r in results if isinstance(r, BundleUpdate)], [r for r in results if isinstance(r, str)]
 
     async def close(self) -> None:
         for endpoint in self._endpoints:

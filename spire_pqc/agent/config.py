@@ -518,9 +518,10 @@ class PqcTable(Table):
     )
     bundle_refresh_interval: Duration = key(
         dt.timedelta(seconds=30),
-        doc="how often the agent asks the PQC CA for its PQC bundle and revocations (also sent with every "
-        "issuance): a root added for a rotation, or a revoked intermediate, reaches every workload within "
-        "this interval (pushed on FetchHybridSVIDs and FetchPQCBundles streams).",
+        doc="how often the agent asks the PQC CA for its PQC bundle, revocations and PQC JWT keys (also sent "
+        "with every issuance): a root added for a rotation, a revoked intermediate, or a next intermediate's "
+        "JWT key reaches every workload within this interval (pushed on FetchHybridSVIDs, FetchPQCBundles "
+        "and FetchPQCJWTBundles streams). With several `ca.addresses` every endpoint is asked.",
     )
     ca_ready_window: Duration = key(
         dt.timedelta(seconds=90),

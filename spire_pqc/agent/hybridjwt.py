@@ -5,27 +5,34 @@ SPIRE signs it) plus its PQC part from the PQC CA (``SignJWTSVID``); the pair is
 workload gets it, so a confused or hostile CA cannot hand a workload a token nobody else accepts.
 ``validate``: :func:`spire_pqc.jwtsvid.hybrid.validate` against the classical JWT bundles of the
 identity source, the PQC JWT bundles and the PQC roots the CA delivered. Crypto runs off the event loop.
+A PQC ``kid`` this agent does not know yet (a signer made by a restarted plugin, or by an HA sibling
+since the last refresh) makes it refresh the PQC bundle from the CA once (at most every
+``UNKNOWN_KEY_REFRESH`` seconds, so forged key ids cannot make it hammer the CA) and validate again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spire_pqc.agent.caclient import JwtSigningCA
+from spire_pqc.agent.caclient import BundleFetcher, JwtSigningCA
 from spire_pqc.agent.jwtsvid import JwtProfile, JwtSvid
 from spire_pqc.agent.model import Caller
 from spire_pqc.agent.pqc import PqcProvisioner
-from spire_pqc.bundle import BundleSet
+from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.crypto.aio import run_crypto
-from spire_pqc.errors import IssuanceError, RefusalReason, VerificationError
+from spire_pqc.errors import IssuanceError, RefusalReason, SpirePqcError, TokenKeyError, VerificationError
 from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, VerifiedJwtSvid, validate
 from spire_pqc.spiffeid import SpiffeId
 
 __all__ = ["HybridJwtProvider", "ServedHybridJwt"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two PQC bundle refreshes caused by an unknown PQC JWT key id.
+UNKNOWN_KEY_REFRESH = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class HybridJwtProvider:
         self._jwt = jwt
         self._ca = ca
         self._provisioner = provisioner
+        self._refreshed_at = -UNKNOWN_KEY_REFRESH
 
     async def fetch(
         self, caller: Caller, audience: Sequence[str], spiffe_id: SpiffeId | None
@@ -72,15 +80,44 @@ class HybridJwtProvider:
 
     async def validate(self, token: HybridJwtSvid, audience: str) -> VerifiedJwtSvid:
         """Both parts for ``audience``; raises a VerificationError subclass naming the failed check."""
+        try:
+            return await self._validate_once(token, audience)
+        except TokenKeyError:
+            if not await self._refresh_for_unknown_key():
+                raise
+        return await self._validate_once(token, audience)
+
+    async def _refresh_for_unknown_key(self) -> bool:
+        """Fetch the PQC bundle (with its JWT keys) from the CA now, unless done recently."""
+        now = time.monotonic()
+        if not isinstance(self._ca, BundleFetcher) or now - self._refreshed_at < UNKNOWN_KEY_REFRESH:
+            return False
+        self._refreshed_at = now
+        try:
+            self._provisioner.apply_bundle(await self._ca.fetch_bundle())
+        except SpirePqcError as exc:
+            log.warning("cannot refresh the PQC JWT bundle for an unknown key: %s", exc)
+            return False
+        return True
+
+    async def _validate_once(self, token: HybridJwtSvid, audience: str) -> VerifiedJwtSvid:
         jwt_bundles = self._jwt.jwt_bundles()
-        pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles()
+        pqc_jwt_bundles = self._provisioner.pqc_jwt_bundles_to_validate()
         roots = self._provisioner.pqc_bundles()
-        return await run_crypto(
-            lambda: validate(
+        revoked = self._provisioner.revoked  # a key a revoked intermediate certified is refused
+
+        def check() -> VerifiedJwtSvid:
+            pqc_bundles = BundleSet(
+                X509Bundle(td, X509Bundle.from_der(td, der).authorities, revoked=revoked)
+                for td, der in roots.items()
+                if der
+            )
+            return validate(
                 token,
                 audience,
                 jwt_bundles=jwt_bundles,
                 pqc_jwt_bundles=pqc_jwt_bundles,
-                pqc_bundles=BundleSet.from_workload_api({td.name: der for td, der in roots.items()}),
+                pqc_bundles=pqc_bundles,
             )
-        )
+
+        return await run_crypto(check)

@@ -53,7 +53,7 @@ from spire_pqc.errors import (
     RefusalReason,
     SpirePqcError,
 )
-from spire_pqc.jwtsvid.bundle import PqcJwtBundle
+from spire_pqc.jwtsvid.bundle import MAX_JWT_KEYS, PqcJwtBundle, PqcJwtKey, revoked_issuer
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import X509Svid
 from spire_pqc.x509 import certs
@@ -119,6 +119,8 @@ class PqcProvisioner:
         # PQC roots per trust domain: the latest the CA returned, plus configured federated ones.
         self._bundles: dict[TrustDomain, bytes] = dict(static_bundles or {})
         self._jwt_bundles: dict[TrustDomain, PqcJwtBundle] = {}
+        # Keys withdrawn for a revoked intermediate, by kid: validation still finds them to name why.
+        self._revoked_jwt_keys: dict[TrustDomain, dict[str, PqcJwtKey]] = {}
         self._federated = frozenset(self._bundles)  # configured: never replaced by what a CA says
         self.changes: Broadcast[int] = Broadcast()
         if self._bundles:
@@ -172,6 +174,7 @@ class PqcProvisioner:
                 self._bundles[td] = bundle
                 log.info("PQC bundle of %s updated: %d root(s)", td, len(update.pqc_bundle))
                 self.changes.publish(self.changes.version + 1)
+        self.note_bundles(td, pqc_jwt_bundle=update.pqc_jwt_bundle)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -180,6 +183,20 @@ class PqcProvisioner:
 
     def pqc_jwt_bundles(self) -> dict[TrustDomain, PqcJwtBundle]:
         return dict(self._jwt_bundles)
+
+    def pqc_jwt_bundles_to_validate(self) -> dict[TrustDomain, PqcJwtBundle]:
+        """The served PQC JWT bundles plus the keys withdrawn because their intermediate was revoked
+        (while certified), so validation names the revocation (RevokedError, check ``revoked``, with
+        the key id) instead of answering "unknown key". Never served to workloads."""
+        now = self._clock()
+        result = dict(self._jwt_bundles)
+        for td, withdrawn in self._revoked_jwt_keys.items():
+            live = [k for k in withdrawn.values() if k.chain[0].not_valid_after_utc > now]
+            served = result.get(td, PqcJwtBundle(td))
+            extra = [k for k in live if k.kid not in served][: max(0, MAX_JWT_KEYS - len(served))]
+            if extra:
+                result[td] = PqcJwtBundle(td, [*served, *extra])
+        return result
 
     def note_bundles(
         self, trust_domain: TrustDomain, *, pqc_bundle: Sequence[bytes] = (), pqc_jwt_bundle: bytes = b""
@@ -190,7 +207,10 @@ class PqcProvisioner:
 
         A JWT bundle that does not parse is logged and ignored, so the last good one stays; its keys
         are verified against the PQC roots whenever a token is validated, so it needs no trust.
-        Streams are woken only when something changed."""
+        Keys are merged, not replaced: a key this agent saw before stays until its certificate ends or
+        its intermediate is revoked, so tokens of a retiring signer, and of every SPIRE server (HA: each
+        certifies its own signers and an answer carries only its own), keep validating. Streams are
+        woken only when something changed."""
         changed = False
         roots = b"".join(pqc_bundle)
         if roots and self._bundles.get(trust_domain) != roots:
@@ -202,11 +222,52 @@ class PqcProvisioner:
             except BundleError as exc:
                 log.warning("ignored the PQC JWT bundle of %s the CA sent: %s", trust_domain, exc)
             else:
-                if self._jwt_bundles.get(trust_domain) != bundle:
-                    self._jwt_bundles[trust_domain] = bundle
+                merged = self._merged_jwt_bundle(trust_domain, bundle)
+                if self._jwt_bundles.get(trust_domain) != merged:
+                    added = [k.kid for k in merged if k.kid not in self._jwt_bundles.get(trust_domain, ())]
+                    self._jwt_bundles[trust_domain] = merged
+                    if added:
+                        log.info("PQC JWT bundle of %s: key(s) %s added", trust_domain, ", ".join(added))
                     changed = True
         if changed:
             self.changes.publish(self.changes.version + 1)
+
+    def _merged_jwt_bundle(self, trust_domain: TrustDomain, received: PqcJwtBundle) -> PqcJwtBundle:
+        """``received`` plus the keys held before that are still certified and not revoked (newest
+        first, within MAX_JWT_KEYS); revoked ones never."""
+        now = self._clock()
+        self._note_revoked_jwt_keys(trust_domain, received)
+        fresh = [k for k in received if revoked_issuer(k, self._revoked) is None]
+        kept = sorted(
+            (
+                k
+                for k in self._jwt_bundles.get(trust_domain, ())
+                if k.kid not in received
+                and k.chain[0].not_valid_after_utc > now
+                and revoked_issuer(k, self._revoked) is None
+            ),
+            key=lambda k: k.chain[0].not_valid_after_utc,
+            reverse=True,
+        )
+        return PqcJwtBundle(trust_domain, [*fresh, *kept][:MAX_JWT_KEYS])  # fresh: at most MAX_JWT_KEYS
+
+    def _note_revoked_jwt_keys(self, trust_domain: TrustDomain, keys: PqcJwtBundle) -> None:
+        revoked = {k.kid: k for k in keys if revoked_issuer(k, self._revoked) is not None}
+        if revoked:
+            table = self._revoked_jwt_keys.setdefault(trust_domain, {})
+            table.update(revoked)
+            while len(table) > MAX_JWT_KEYS:  # the oldest first (insertion order)
+                del table[next(iter(table))]
+
+    def _withdraw_revoked_jwt_keys(self) -> None:
+        for td, bundle in list(self._jwt_bundles.items()):
+            self._note_revoked_jwt_keys(td, bundle)
+            kept = [k for k in bundle if revoked_issuer(k, self._revoked) is None]
+            if len(kept) != len(bundle):
+                self._jwt_bundles[td] = PqcJwtBundle(td, kept)
+                log.warning("PQC JWT bundle of %s: %d key(s) of revoked intermediates withdrawn", td,
+                            len(bundle) - len(kept))  # fmt: skip
+                self.changes.publish(self.changes.version + 1)
 
     @property
     def revoked(self) -> frozenset[str]:
@@ -359,6 +420,7 @@ class PqcProvisioner:
         if not new:
             return
         self._revoked = self._revoked | new
+        self._withdraw_revoked_jwt_keys()
         affected = [
             s for s in self._slots.values() if s.credentials is not None and not self._usable(s.credentials)
         ]

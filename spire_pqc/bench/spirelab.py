@@ -110,6 +110,8 @@ class SpireServer:
     # (name -> (bundle endpoint URL, endpoint SPIFFE ID), https_spiffe profile).
     federation_port: int = 0
     federates_with: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # SPIRE's own telemetry: a Prometheus endpoint on this loopback port (0: none).
+    telemetry_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -187,9 +189,21 @@ plugins {{
         }}
     }}{composer}
 }}
-"""
+{self._telemetry_hcl()}"""
         )
         return self.config_path
+
+    def _telemetry_hcl(self) -> str:
+        if not self.telemetry_port:
+            return ""
+        return f"""
+telemetry {{
+    Prometheus {{
+        host = "127.0.0.1"
+        port = {self.telemetry_port}
+    }}
+}}
+"""
 
     def _federation_hcl(self) -> str:
         if not self.federation_port and not self.federates_with:

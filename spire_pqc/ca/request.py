@@ -70,11 +70,13 @@ class IssueResponse:
 
 @dataclass(frozen=True)
 class BundleUpdate:
-    """What the CA says about its trust domain's PQC trust now: roots (DER) and revoked key ids."""
+    """What the CA says about its trust domain's PQC trust now: roots (DER), revoked key ids and the
+    PQC JWT bundle (JWK Set; empty: not sent)."""
 
     trust_domain: str
     pqc_bundle: tuple[bytes, ...]
     revoked_intermediates: tuple[str, ...]
+    pqc_jwt_bundle: bytes = b""
     # The CA's clock when it answered (Unix ms); None when it did not say (a CA older than the field).
     server_time_ms: int | None = None
 

@@ -10,13 +10,17 @@ reads (the default SVID in DIR, any further one in ``DIR/svid-<n>``):
 - ``bundle.pem`` / ``pqc_bundle.pem``: the classical and PQC bundles of the SVID's trust domain;
 - ``federated_bundle.<trust domain>.pem`` / ``federated_pqc_bundle.<trust domain>.pem``: the others.
 
-Keys are written mode 0600, certificates and bundles 0644, each atomically.
+Keys are written mode 0600, certificates and bundles 0644, each atomically. DIR must be a real directory
+(not a symbolic link) owned by the caller (or root) that no other user can write to, or not exist yet:
+otherwise another local user could swap a file or the directory itself between our writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import stat
 from pathlib import Path
 
 from cryptography import x509
@@ -24,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._internal.files import atomic_write
 from spire_pqc.crypto.keys import NoEncryption
-from spire_pqc.errors import UnavailableError
+from spire_pqc.errors import KeyFilePermissionError, UnavailableError
 from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.client import HybridUpdate, WorkloadClient
 
@@ -59,8 +63,33 @@ def _chain(svid_chain: tuple[x509.Certificate, ...]) -> bytes:
     return b"".join(c.public_bytes(PEM) for c in svid_chain)
 
 
+def _output_directory(directory: Path) -> None:
+    """Create ``directory`` or check that only the caller (or root) controls it."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        directory.mkdir(mode=0o755, parents=True)
+        info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        raise KeyFilePermissionError(
+            "is a symbolic link; give the directory's real path", path=str(directory)
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise KeyFilePermissionError("is not a directory", path=str(directory))
+    if info.st_uid not in (os.geteuid(), 0):
+        raise KeyFilePermissionError(
+            f"is owned by uid {info.st_uid}, not by this user; write into a directory of your own",
+            path=str(directory),
+        )
+    if info.st_mode & 0o022:
+        raise KeyFilePermissionError(
+            f"mode {stat.S_IMODE(info.st_mode):04o} lets other users replace files in it; chmod go-w it",
+            path=str(directory),
+        )
+
+
 def write_svid(directory: Path, svid: HybridSvid, update: HybridUpdate) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
+    _output_directory(directory)
     classical_key = svid.classical_key.private_bytes(
         PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -5,7 +5,9 @@ trust domain's classical server SVID) and clients do not authenticate. The TLS i
 (:func:`spire_pqc.channel.context.base_context`: TLS 1.3, X25519MLKEM768 only, no resumption) over
 the channel's non-blocking asyncio TLS (:class:`~spire_pqc.channel.tlsproto.TlsProtocol`), so a
 recorded exchange cannot be decrypted later. One request per connection (HTTP/1.1, ``Connection:
-close``), parsed by h11 with bounded sizes; connections in flight are capped and time out.
+close``), parsed by h11 with bounded sizes; connections in flight are capped in all and per client
+address (so one client holding idle connections cannot keep the other trust domains' agents out), and
+time out.
 
 ``GET <path>`` answers ``200`` with the bundle document (``application/json``) and its detached JWS in
 the ``Spire-Pqc-Bundle-Signature`` header; other paths ``404``, other methods ``405``.
@@ -24,6 +26,7 @@ import h11
 from cryptography import x509
 from OpenSSL import SSL
 
+from spire_pqc._internal.peerslots import PeerSlots, peer_host
 from spire_pqc.channel.context import base_context
 from spire_pqc.channel.tlsproto import TlsProtocol
 from spire_pqc.errors import SpirePqcError, UnavailableError
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 ServerSvid = tuple[Sequence[x509.Certificate], Any]
 
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_ADDRESS = 8
 MAX_REQUEST_BYTES = 8 * 1024
 DEFAULT_TIMEOUT = 10.0
 # OpenSSL's SSL_MODE_NO_AUTO_CHAIN (as in channel/context.py): send exactly the SVID chain.
@@ -74,12 +78,14 @@ class BundleEndpointServer:
         path: str = "/",
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         self._document = document
         self._svid = svid
         self._path = path.encode()
         self._timeout = timeout
         self._max_connections = max_connections
+        self._slots = PeerSlots(total=max_connections, per_peer=max_connections_per_address)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._context: tuple[int, SSL.Context] | None = None
@@ -115,13 +121,23 @@ class BundleEndpointServer:
             self.refused += 1
             log.warning("bundle endpoint: no server SVID to present (%s)", exc)
             return _Refuse()
-        proto = TlsProtocol(context, server_side=True)
-        task = asyncio.get_running_loop().create_task(self._serve(proto))
+        slot: list[str] = []  # the client's host, once admitted
+        proto = TlsProtocol(context, server_side=True, admit=lambda t: self._admit(t, slot))
+        task = asyncio.get_running_loop().create_task(self._serve(proto, slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return proto
 
-    async def _serve(self, proto: TlsProtocol) -> None:
+    def _admit(self, transport: asyncio.BaseTransport, slot: list[str]) -> bool:
+        host = peer_host(transport)
+        if not self._slots.take(host):
+            self.refused += 1
+            log.debug("bundle endpoint: refusing a connection from %s (connection cap reached)", host)
+            return False
+        slot.append(host)
+        return True
+
+    async def _serve(self, proto: TlsProtocol, slot: list[str]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await proto.handshake()
@@ -135,6 +151,8 @@ class BundleEndpointServer:
             log.debug("bundle endpoint: connection ended: %s", exc)
         finally:
             proto.close()
+            for host in slot:
+                self._slots.release(host)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)

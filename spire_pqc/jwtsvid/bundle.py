@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._internal import strictjson
 from spire_pqc.bundle import MAX_BUNDLE_BYTES
-from spire_pqc.errors import BundleError, ParseError, TokenKeyError, VerificationError
+from spire_pqc.errors import BundleError, ParseError, RevokedError, TokenKeyError, VerificationError
 from spire_pqc.jwtsvid.jws import AkpPublicJwk
 from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.x509.certs import mldsa_public_key
 from spire_pqc.x509.load import load_der_certificate
 from spire_pqc.x509.signer import KP_JWT_SVID, TrustDomainSigner, verify_signer
 
-__all__ = ["MAX_JWT_KEYS", "PqcJwtBundle", "PqcJwtKey"]
+__all__ = ["MAX_JWT_KEYS", "PqcJwtBundle", "PqcJwtKey", "merge_jwks", "revoked_issuer"]
 
 #: More keys than any rotation needs (next, active and retiring signers of a few HA servers).
 MAX_JWT_KEYS = 64
@@ -148,10 +148,19 @@ class PqcJwtBundle:
     def entries(self) -> list[dict[str, Any]]:
         return [key.entry() for key in self._keys.values()]
 
-    def verified_key(self, kid: str, *, roots: Sequence[x509.Certificate], at: dt.datetime) -> AkpPublicJwk:
-        """The key ``kid`` once its chain verifies to ``roots`` as a JWT-SVID signer at ``at``.
+    def verified_key(
+        self,
+        kid: str,
+        *,
+        roots: Sequence[x509.Certificate],
+        at: dt.datetime,
+        revoked: Collection[str] = (),
+    ) -> AkpPublicJwk:
+        """The key ``kid`` once its chain verifies to ``roots`` as a JWT-SVID signer at ``at``, certified
+        by no intermediate in ``revoked`` (key ids, hex, as the trust domain's PQC bundle lists them).
 
-        Raises TokenKeyError when the bundle has no such key, or a VerificationError subclass naming
+        Raises TokenKeyError when the bundle has no such key, RevokedError (naming the key and the
+        intermediate) when a revoked intermediate certified it, or a VerificationError subclass naming
         the chain check that failed."""
         key = self._keys.get(kid)
         who = f"spiffe://{self.trust_domain.name}"
@@ -160,6 +169,13 @@ class PqcJwtBundle:
                 f"key {kid[:60]!r} is not in the PQC JWT bundle of {self.trust_domain}", spiffe_id=who
             )
         verify_signer(key.chain, roots, trust_domain=self.trust_domain.name, purpose=KP_JWT_SVID, at=at)
+        refused = revoked_issuer(key, revoked)
+        if refused is not None:
+            raise RevokedError(
+                f"PQC JWT key {kid[:60]!r} was certified by revoked intermediate PQC CA {refused[:16]} "
+                "(revoked by the trust domain's PQC bundle)",
+                spiffe_id=who,
+            )
         return key.jwk
 
     def __contains__(self, kid: object) -> bool:
@@ -184,6 +200,46 @@ class PqcJwtBundle:
 
     def __repr__(self) -> str:
         return f"PqcJwtBundle({self.trust_domain.name!r}, kids={sorted(self._keys)})"
+
+
+def merge_jwks(sets: Sequence[bytes]) -> bytes:
+    """One JWK Set with the keys of every set in ``sets`` (the first entry of each ``kid`` wins); empty
+    sets are skipped, b"" when all are. JSON only: a set that does not parse is left out (the merged
+    keys are verified like any bundle's when they are used)."""
+    keys: dict[str, Any] = {}
+    anonymous: list[Any] = []
+    for data in sets:
+        if not data:
+            continue
+        try:
+            document = strictjson.loads(data, what="JWK Set", max_bytes=MAX_BUNDLE_BYTES, error=BundleError)
+        except BundleError:
+            continue
+        entries = document.get("keys") if isinstance(document, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            kid = entry.get("kid") if isinstance(entry, dict) else None
+            if isinstance(kid, str):
+                keys.setdefault(kid, entry)
+            else:
+                anonymous.append(entry)
+    if not keys and not anonymous:
+        return b""
+    return strictjson.dumps_compact({"keys": [*keys.values(), *anonymous]})
+
+
+def revoked_issuer(key: PqcJwtKey, revoked: Collection[str]) -> str | None:
+    """The key id of the first certificate above ``key``'s signer certificate that ``revoked`` lists."""
+    if not revoked:
+        return None
+    wanted = {k.lower() for k in revoked}
+    for cert in key.chain[1:]:
+        try:
+            key_id = mldsa_public_key(cert).key_id().hex()
+        except VerificationError:
+            continue  # not an ML-DSA-65 CA: verify_signer refuses such a chain anyway
+        if key_id in wanted:
+            return key_id
+    return None
 
 
 def _chain_der(key: PqcJwtKey) -> tuple[bytes, ...]:

@@ -61,6 +61,7 @@ __all__ = [
     "HybridJwtSvid",
     "VerifiedJwtSvid",
     "binding_of",
+    "claimed_expiry",
     "sign_pqc_part",
     "validate",
 ]
@@ -262,12 +263,22 @@ def validate(
     if pqc_jwt is None:
         raise TokenKeyError(f"no PQC JWT bundle for trust domain {td}", spiffe_id=sid)
     try:
-        roots = pqc_bundles.get_bundle_for_trust_domain(td).authorities
+        pqc_bundle = pqc_bundles.get_bundle_for_trust_domain(td)
     except BundleError:
         raise TokenKeyError(f"no PQC bundle (roots) for trust domain {td}", spiffe_id=sid) from None
-    jwk = pqc_jwt.verified_key(kid, roots=roots, at=when)
+    # A key a revoked intermediate certified is refused like what it signed (RevokedError, "revoked").
+    jwk = pqc_jwt.verified_key(kid, roots=pqc_bundle.authorities, at=when, revoked=pqc_bundle.revoked)
     verify_mldsa(p, jwk.key, spiffe_id=sid)
     return VerifiedJwtSvid(spiffe_id, MappingProxyType(claims), expiry)
+
+
+def claimed_expiry(classical_token: str) -> dt.datetime:
+    """The ``exp`` claim of a token, *not verified*: bookkeeping for a token :func:`sign_pqc_part`
+    already checked (the CA keeps a signer published until the last token it signed expires)."""
+    c = CompactJws.parse(classical_token, what="classical part")
+    exp = _int_claim(_claims(c, "classical part"), "exp", "", required=True)
+    assert exp is not None  # required=True
+    return dt.datetime.fromtimestamp(exp, dt.UTC)
 
 
 def sign_pqc_part(

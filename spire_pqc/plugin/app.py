@@ -10,6 +10,7 @@ from typing import Any
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc._proto.spire.plugin.server.credentialcomposer.v1 import credentialcomposer_pb2_grpc as cc_grpc
 from spire_pqc._proto.spire.service.common.config.v1 import config_pb2_grpc
+from spire_pqc.ca.jwtsigning import ScheduleSigners
 from spire_pqc.errors import ConfigError, NotConfiguredError, SpirePqcError
 from spire_pqc.plugin.config import Config
 from spire_pqc.plugin.endpoint import CAEndpoint
@@ -18,6 +19,7 @@ from spire_pqc.plugin.hostservices import identity_fetcher
 from spire_pqc.plugin.intermediates import IntermediateWatcher
 from spire_pqc.plugin.metrics import BindingCounters, MetricsListener, PluginMetrics
 from spire_pqc.plugin.servicer import ConfigServicer, CredentialComposerServicer, PluginState
+from spire_pqc.plugin.spiretelemetry import SpireTelemetryBridge
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class EndpointSupervisor:
     background instead of failing Configure (issuance is "fail soft", docs/trust-model.md). The starting
     thread never ends silently: every failure is logged (the expected wait for SPIRE at INFO, anything
     else at ERROR with its traceback) and retried with backoff until it starts or is superseded.
-    Also owns the metrics listener (``metrics_listen_address``).
+    Also owns the metrics listener (``metrics_listen_address``) and the bridge into SPIRE's telemetry.
     """
 
     def __init__(
@@ -49,7 +51,10 @@ class EndpointSupervisor:
         self._intermediates = intermediates
         self._lock = threading.Lock()
         self._endpoint: CAEndpoint | None = None
+        # The PQC JWT signers (in-memory keys) follow the intermediate schedule across reconfigurations.
+        self._signers: ScheduleSigners | None = None
         self._listener: MetricsListener | None = None
+        self._telemetry: SpireTelemetryBridge | None = None
         self._generation = 0
         self._superseded = threading.Event()
 
@@ -68,6 +73,7 @@ class EndpointSupervisor:
                 self._endpoint.stop()
                 self._endpoint = None
             self._serve_metrics(config)
+            self._bridge_telemetry(config)
         if config.endpoint_listen_address is None:
             return
         threading.Thread(
@@ -85,6 +91,17 @@ class EndpointSupervisor:
             except OSError as exc:  # the plugin still signs and issues without its metrics
                 log.error("metrics_listen_address %s:%d: cannot listen (%s)", *wanted, exc.strerror)  # noqa: TRY400
 
+    def _bridge_telemetry(self, config: Config) -> None:
+        # One bridge for the plugin's life: it remembers what SPIRE already counted, so a reconfigure
+        # (SIGUSR1) must not start a second one that would report every counter again from zero.
+        if self._telemetry is None:
+            if not config.spire_telemetry:
+                return
+            self._telemetry = SpireTelemetryBridge(self.metrics.registry, self._broker.channel, interval=10.0)
+            self._telemetry.start()
+        self._telemetry.enabled = config.spire_telemetry
+        self._telemetry.interval = config.spire_telemetry_interval.total_seconds()
+
     def _start(self, config: Config, generation: int, superseded: threading.Event) -> None:
         attempt = 0
         backoff = Backoff(ENDPOINT_RETRY_SECONDS, ENDPOINT_RETRY_MAX_SECONDS)
@@ -96,6 +113,7 @@ class EndpointSupervisor:
                     lambda: identity_fetcher(self._broker),
                     metrics=self.metrics,
                     intermediates=self._intermediates,
+                    signers=self._signers,
                 )
             except ConfigError as exc:  # e.g. the port is taken: say so (no traceback), retry later
                 delay = backoff.next()
@@ -123,6 +141,8 @@ class EndpointSupervisor:
                     superseded.wait(backoff.next())
                     continue
                 self._endpoint = endpoint
+                if self._intermediates is not None:  # the schedule outlives this endpoint: so do its signers
+                    self._signers = endpoint.signers
             return
 
     def stop(self) -> None:
@@ -135,6 +155,9 @@ class EndpointSupervisor:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+            if self._telemetry is not None:
+                self._telemetry.stop()
+                self._telemetry = None
 
 
 def run_plugin() -> int:

@@ -33,6 +33,7 @@ from spire_pqc.config import (
     AbsolutePath,
     Address,
     Duration,
+    Flag,
     KeyIds,
     Kind,
     LoopbackAddress,
@@ -108,6 +109,9 @@ class Config:
     ledger_password: str | None = field(default=None, repr=False)
     ledger_prune_interval: dt.timedelta = dt.timedelta(seconds=30)
     metrics_listen_address: tuple[str, int] | None = None
+    # Report counters and gauges into spire-server's telemetry (the Metrics host service), how often.
+    spire_telemetry: bool = True
+    spire_telemetry_interval: dt.timedelta = dt.timedelta(seconds=10)
     # trusted_intermediates_path's certificates (sent with a PQC SVID whose binding a sibling made).
     sibling_intermediates: tuple[x509.Certificate, ...] = ()
     # The signed PQC bundle endpoint (docs/federation.md): where it listens, its path, refresh hint.
@@ -334,6 +338,16 @@ class PluginData(Table):
         None,
         shown="disabled",
         doc="loopback `host:port` serving Prometheus `/metrics` (at most 8 connections at once, 5s each).",
+    )
+    spire_telemetry: Flag = key(
+        True,
+        doc="also report the plugin's counters and gauges into spire-server's own telemetry (SPIRE's "
+        "Metrics host service, into the sinks of its `telemetry` block: "
+        "`spire_server_spire_pqc_ca_issuance_total` on its Prometheus endpoint, say; histograms only on "
+        "`metrics_listen_address`).",
+    )
+    spire_telemetry_interval: Duration = key(
+        dt.timedelta(seconds=10), doc="how often the counters' increases and the gauges go to SPIRE."
     )
     bundle_endpoint_address: Address | None = key(
         None,
@@ -617,6 +631,8 @@ def build_config(
         ledger_password=loaded.ledger_password,
         ledger_prune_interval=plugin_data.ledger_prune_interval,
         metrics_listen_address=plugin_data.metrics_listen_address,
+        spire_telemetry=plugin_data.spire_telemetry,
+        spire_telemetry_interval=plugin_data.spire_telemetry_interval,
         sibling_intermediates=tuple(loaded.siblings),
         bundle_endpoint_address=plugin_data.bundle_endpoint_address,
         bundle_endpoint_path=plugin_data.bundle_endpoint_path,

@@ -43,7 +43,7 @@ from spire_pqc._internal.ratelimit import LogLimiter
 from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2, ca_pb2_grpc
 from spire_pqc.bundle import BundleSet
 from spire_pqc.ca.issuer import IntermediateCA, PQCIssuer
-from spire_pqc.ca.jwtsigning import IntermediateSigners, JwtSigning
+from spire_pqc.ca.jwtsigning import JwtSigning, ScheduleSigners
 from spire_pqc.ca.ledger import LegacyImport, Pruner, SqlLedger, open_ledger
 from spire_pqc.ca.request import IssueRequest
 from spire_pqc.errors import (
@@ -275,21 +275,30 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             )
             log.warning("PQC JWT signing refused for agent %s: %s", caller, exc)
             _refuse(context, reason, str(exc), exc.spiffe_id)
+        except SpirePqcError as exc:  # no usable intermediate now: retry later, as for issuance
+            log.error("PQC JWT signing unavailable for agent %s: %s", caller, exc)  # noqa: TRY400
+            _refuse(context, RefusalReason.UNAVAILABLE, f"no usable intermediate PQC CA: {exc}")
         log.debug("agent %s obtained a PQC JWT-SVID part", caller)
         return ca_pb2.SignJWTSVIDResponse(
-            pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._jwt.roots_der()
+            pqc_token=pqc_token, pqc_jwt_bundle=self._jwt.jwks(), pqc_bundle=self._roots_der()
         )
+
+    def _roots_der(self) -> list[bytes]:
+        """The PQC bundle now (a root rotation is served as soon as the watcher read it)."""
+        roots = self._roots() if self._roots is not None else ()
+        if not roots:
+            roots = self._jwt.pqc_roots if self._jwt is not None else self._config.pqc_roots
+        return [c.public_bytes(serialization.Encoding.DER) for c in roots]
 
     def FetchPQCBundle(self, request: Any, context: grpc.ServicerContext) -> Any:
         identity = self._identities.current()
         self._authorize(context, BundleSet.from_certificates(list(identity.bundle)), [])
         revoked = self._revoked() if self._revoked is not None else self._config.revoked_intermediates
-        roots = (self._roots() if self._roots is not None else ()) or self._config.pqc_roots
-        encode = serialization.Encoding.DER
         return ca_pb2.FetchPQCBundleResponse(
             trust_domain=self._config.trust_domain.name,
-            pqc_bundle=[c.public_bytes(encode) for c in roots],
+            pqc_bundle=self._roots_der(),
             revoked_intermediates=sorted(revoked),
+            pqc_jwt_bundle=self._pqc_jwt_bundle(),
             server_time_unix_ms=int(time.time() * 1000),
         )
 
@@ -350,7 +359,11 @@ class CAEndpoint:
         *,
         metrics: PluginMetrics | None = None,
         intermediates: Callable[[], IntermediateWatcher] | None = None,
+        signers: ScheduleSigners | None = None,
     ) -> None:
+        """``signers``: the JWT signers to keep across reconfigurations (in-memory keys; a new set
+        would sign at once with keys no agent has seen yet); made here when None or of another trust
+        domain."""
         if config.endpoint_listen_address is None:
             raise ValueError("endpoint_listen_address is not configured")
         self._config = config
@@ -394,11 +407,12 @@ class CAEndpoint:
                 max_ttl=config.max_pqc_ttl,
             )
 
-        jwt = JwtSigning(
-            config.trust_domain,
-            IntermediateSigners(config.intermediate, config.trust_domain),
-            config.pqc_roots,
-        )
+        if signers is None or signers.trust_domain != config.trust_domain:
+            signers = ScheduleSigners(
+                config.trust_domain, lambda: watch().current(), lambda inter: watch().key(inter)
+            )
+        self.signers = signers
+        jwt = JwtSigning(config.trust_domain, signers, config.pqc_roots)
         self.servicer = CAServicer(
             config,
             self._identities,

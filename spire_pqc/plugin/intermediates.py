@@ -172,11 +172,15 @@ class IntermediateWatcher:
                 ["no intermediate PQC CA is active (expired, revoked or not yet valid)"], source="spire-pqc"
             )
         inter = active.intermediate
+        return inter, self.key(inter)
+
+    def key(self, inter: Intermediate) -> MLDSA65PrivateKey:
+        """``inter``'s key as it is on disk now (re-checked: one stat); ConfigError when gone or replaced."""
         with self._lock:
             holder = self._keys.get(inter.key_id)
             if holder is None:
                 holder = self._keys[inter.key_id] = _KeyFile(inter, self._password)
-        return inter, holder.get()
+        return holder.get()
 
     @property
     def revoked(self) -> frozenset[str]:

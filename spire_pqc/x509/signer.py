@@ -94,7 +94,8 @@ class TrustDomainSigner:
             intermediate_key,
             key.public_key(),
             trust_domain,
-            not_before=when - dt.timedelta(minutes=1),
+            # Never before the intermediate: a next one's signer is certified ahead of its validity.
+            not_before=max(when - dt.timedelta(minutes=1), intermediate.not_valid_before_utc),
             not_after=when + ttl,
         )
         return cls(key, (cert, intermediate))

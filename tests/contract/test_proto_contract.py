@@ -38,6 +38,7 @@ MIRRORED_PACKAGES = {
     "spire.plugin.types",
     "spire.plugin.server.credentialcomposer.v1",
     "spire.hostservice.server.identityprovider.v1",
+    "spire.hostservice.common.metrics.v1",
     "spire.api.types",
     "spire.api.agent.delegatedidentity.v1",
 }
@@ -278,6 +279,7 @@ def test_the_spire_services_the_plugin_needs_are_defined(ours: Fds) -> None:
             "ComposeWorkloadJWTSVID",
         },
         "spire.hostservice.server.identityprovider.v1.IdentityProvider": {"FetchX509Identity"},
+        "spire.hostservice.common.metrics.v1.Metrics": {"SetGauge", "IncrCounter"},
         "spire.api.agent.delegatedidentity.v1.DelegatedIdentity": {
             "SubscribeToX509SVIDs",
             "SubscribeToX509Bundles",

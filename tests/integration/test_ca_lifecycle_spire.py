@@ -125,6 +125,80 @@ CHANNEL_CLIENT = textwrap.dedent(
     """
 )
 
+# Every 0.5 s: a hybrid JWT-SVID for audience "a" (FetchHybridJWTSVID; "ok" once fetched), then
+# ValidateHybridJWTSVID of it and of the last token of every earlier PQC JWT key that has not expired
+# yet ("validated" key ids; "refused": key id -> the agent's answer, that token is dropped); beside it,
+# every push of FetchPQCJWTBundles (the key ids it lists).
+JWT = textwrap.dedent(
+    """
+    import asyncio, base64, json, sys, time
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+    from grpclib.exceptions import GRPCError
+    from spire_pqc._proto.spire_pqc.workload.v1 import workload_pb2 as hy
+
+    BASE = "/spire_pqc.workload.v1.HybridWorkload/"
+    HEADER = {"workload.spiffe.io": "true"}
+
+    def part(token, index):
+        segment = token.split(".")[index]
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+    async def unary(channel, method, request, reply_type):
+        async with channel.request(BASE + method, Cardinality.UNARY_UNARY, type(request), reply_type,
+                                   metadata=HEADER, timeout=30) as stream:
+            await stream.send_message(request, end=True)
+            return await stream.recv_message()
+
+    async def bundles(channel):
+        while True:
+            try:
+                async with channel.request(BASE + "FetchPQCJWTBundles", Cardinality.UNARY_STREAM,
+                                           hy.PQCJWTBundlesRequest, hy.PQCJWTBundlesResponse,
+                                           metadata=HEADER) as stream:
+                    await stream.send_message(hy.PQCJWTBundlesRequest(), end=True)
+                    async for message in stream:
+                        kids = sorted(k["kid"] for v in message.bundles.values() for k in json.loads(v)["keys"])
+                        print(json.dumps({"t": time.monotonic(), "bundle": kids}), flush=True)
+            except GRPCError:
+                await asyncio.sleep(0.5)  # not served yet (no PQC credentials at the agent yet)
+
+    async def main():
+        channel = Channel(path=sys.argv[1].removeprefix("unix://"))
+        watcher = asyncio.create_task(bundles(channel))
+        held = {}  # PQC kid -> its last token (classical, pqc, exp)
+        while True:
+            started = time.monotonic()
+            line = {"t": started, "kid": None, "ok": False, "error": None, "validated": [], "refused": {}}
+            try:
+                reply = await unary(channel, "FetchHybridJWTSVID", hy.HybridJWTSVIDRequest(audience=["a"]),
+                                    hy.HybridJWTSVIDResponse)
+                svid = reply.svids[0]
+                line["kid"] = part(svid.pqc, 0)["kid"]
+                held[line["kid"]] = (svid.classical, svid.pqc, part(svid.classical, 1)["exp"])
+                line["ok"] = True
+                for kid, (classical, pqc, exp) in list(held.items()):
+                    if exp <= time.time() + 2:  # about to expire: not a fair check any more
+                        del held[kid]
+                        continue
+                    request = hy.ValidateHybridJWTSVIDRequest(audience="a", classical=classical, pqc=pqc)
+                    try:
+                        await unary(channel, "ValidateHybridJWTSVID", request, hy.ValidateHybridJWTSVIDResponse)
+                        line["validated"].append(kid)
+                    except GRPCError as exc:
+                        line["refused"][kid] = exc.message
+                        del held[kid]
+            except GRPCError as exc:
+                line["error"] = f"{exc.status.name}: {exc.message}"
+            except Exception as exc:
+                line["error"] = f"{type(exc).__name__}: {exc}"
+            print(json.dumps(line), flush=True)
+            await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+
+    asyncio.run(main())
+    """
+)
+
 
 @dataclass
 class Script(Workload):
@@ -143,6 +217,20 @@ class Script(Workload):
         ]
         for reader in self.readers:
             reader.start()
+
+
+def _tokens(jwt: Script) -> list[dict[str, Any]]:
+    """The JWT workload's fetch lines (not its bundle pushes)."""
+    return [line for line in jwt.lines if "kid" in line]
+
+
+async def _jwt_entry(server: SpireServer, node: str, jwt: Script) -> None:
+    """The JWT workload's entry: 20 s X509-SVIDs, 30 s JWT-SVIDs (a token expires long before the
+    intermediate whose signer signed it)."""
+    await asyncio.to_thread(
+        server.cli, "entry", "create", "-parentID", node, "-spiffeID", jwt.spiffe_id,
+        "-x509SVIDTTL", "20", "-jwtSVIDTTL", "30", "-selector", "unix:uid:0", "-selector", f"unix:gid:{jwt.gid}",
+    )  # fmt: skip
 
 
 def _intermediate(root_dir: Path, out: Path, *, not_before: dt.datetime, life: dt.timedelta) -> str:
@@ -214,14 +302,17 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
     stream = Script("stream", 50101, STREAM)
     channel_server = Script("echo", 50102, CHANNEL_SERVER, args=(str(channel_port),))
     channel_client = Script("caller", 50103, CHANNEL_CLIENT, args=(str(channel_port),))
-    workloads = [stream, channel_server, channel_client]
+    jwt = Script("jwt", 50104, JWT)
+    workloads = [stream, channel_server, channel_client, jwt]
+
     try:
         with running(server, spire_agent, agent):
             await asyncio.to_thread(server.start)
             token = await asyncio.to_thread(server.join_token, node)
             await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
-            for w in workloads:  # 20 s SVIDs: SPIRE rotates them every ~10 s
+            for w in (stream, channel_server, channel_client):  # 20 s SVIDs: SPIRE rotates them every ~10 s
                 await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 20)
+            await _jwt_entry(server, node, jwt)
             await asyncio.to_thread(spire_agent.start, token)
             await asyncio.to_thread(agent.start)
             socket = workdir / "pqc" / "pqc.sock"
@@ -231,6 +322,7 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
             assert first["issuer"] == a_id
             await channel_server.update_after(0, timeout=120)
             await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
+            await _until(lambda: any(line["ok"] for line in _tokens(jwt)), "a first hybrid JWT-SVID", 60)
             channels_before = len(channel_client.lines)
 
             # The operator issues B offline and drops it in: no restart, no reconfiguration.
@@ -261,11 +353,37 @@ async def test_intermediate_rotation_under_streaming_and_channel_traffic(summary
             rejected = [line for line in stream.stderr if "does not verify" in line]
             assert not rejected, rejected[:3]
             assert agent.metric("spire_pqc_agent_pqc_issuance_total", result="failure") == 0
+
+            # Hybrid JWT-SVIDs through the rotation: from the first one on, every fetch and every
+            # validation (the fresh token and the last one of each earlier key still valid) succeeded;
+            # B's JWT key was pushed to the workload before a token carried it, and signs after it.
+            ready = next(i for i, line in enumerate(_tokens(jwt)) if line["ok"])
+            fetched = _tokens(jwt)[ready:]
+            failed = [
+                line["error"] or line["refused"] for line in fetched if not line["ok"] or line["refused"]
+            ]
+            assert not failed, failed[:3]
+            a_kid = fetched[0]["kid"]
+            kids = list(dict.fromkeys(line["kid"] for line in fetched))
+            assert len(kids) == 2 and kids[0] == a_kid, kids  # A's signer, then B's: nothing else
+            b_kid = kids[1]
+            assert all(line["kid"] == b_kid for line in fetched[fetched.index(
+                next(line for line in fetched if line["kid"] == b_kid)):])  # fmt: skip
+            b_signs = next(line["t"] for line in fetched if line["kid"] == b_kid)
+            pushes = [line for line in jwt.lines if "bundle" in line]
+            b_pushed = next(line["t"] for line in pushes if b_kid in line["bundle"])
+            assert b_pushed < b_signs, (b_pushed, b_signs)
+            retiring = [line for line in fetched if line["t"] > b_signs and a_kid in line["validated"]]
+            assert retiring, "no token of A's key was validated after B started signing"
+            validations = sum(len(line["validated"]) for line in fetched)
             summary(
                 "intermediate rotation (real SPIRE)",
                 f"B picked up and in use {in_use:.1f}s after it was dropped in, A archived {retired:.1f}s later; "
                 f"{len(channels)} hybrid channels (1/s) from the first one on, 0 failed; "
-                f"{len(stream.lines)} stream updates, 0 verification failures",
+                f"{len(stream.lines)} stream updates, 0 verification failures; hybrid JWT-SVIDs: "
+                f"{len(fetched)} fetched, {validations} validations, 0 failed; B's JWT key pushed to the "
+                f"workload {b_signs - b_pushed:.1f}s before it signed, A's tokens validated "
+                f"{retiring[-1]['t'] - b_signs:.1f}s into B's activation",
             )
     finally:
         for w in workloads:
@@ -320,14 +438,16 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
     stream = Script("stream", 50111, STREAM)
     channel_server = Script("echo", 50112, CHANNEL_SERVER, args=(str(channel_port),))
     channel_client = Script("caller", 50113, CHANNEL_CLIENT, args=(str(channel_port),))
-    workloads = [stream, channel_server, channel_client]
+    jwt = Script("jwt", 50114, JWT)
+    workloads = [stream, channel_server, channel_client, jwt]
     try:
         with running(server, spire_agent, agent):
             await asyncio.to_thread(server.start)
             token = await asyncio.to_thread(server.join_token, node)
             await _entry(server, node, delegate, ["unix:uid:0", "unix:gid:0"], 3600)
-            for w in workloads:
+            for w in (stream, channel_server, channel_client):
                 await _entry(server, node, w.spiffe_id, ["unix:uid:0", f"unix:gid:{w.gid}"], 20)
+            await _jwt_entry(server, node, jwt)
             await asyncio.to_thread(spire_agent.start, token)
             await asyncio.to_thread(agent.start)
             socket = workdir / "pqc" / "pqc.sock"
@@ -337,6 +457,7 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
             assert first["issuer"] == a_id and first["roots"] == 1
             await channel_server.update_after(0, timeout=120)
             await _until(lambda: any(line["ok"] for line in channel_client.lines), "a first channel", 60)
+            await _until(lambda: any(line["ok"] for line in _tokens(jwt)), "a first hybrid JWT-SVID", 60)
             channels_before = len(channel_client.lines)
 
             # 1. Root rotation: R2 is appended to the bundle file (no reload); every workload holds it
@@ -359,11 +480,22 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
                 .hex()
             )
             await _until(lambda: stream.lines[-1]["issuer"] == b_id, "credentials under R2", 120)
+            await _until(lambda: len({line["kid"] for line in _tokens(jwt) if line["ok"]}) == 2,
+                         "B's JWT key (under R2) signing", 60)  # fmt: skip
             await asyncio.sleep(3)
             rotation_channels = channel_client.lines[channels_before:]
             failed = [line["error"] for line in rotation_channels if not line["ok"]]
             assert not failed, failed[:3]
             assert not [line for line in stream.stderr if "does not verify" in line]
+            ready = next(i for i, line in enumerate(_tokens(jwt)) if line["ok"])
+            through_rotation = _tokens(jwt)[ready:]
+            failed = [
+                line["error"] or line["refused"]
+                for line in through_rotation
+                if not line["ok"] or line["refused"]
+            ]
+            assert not failed, failed[:3]  # B's JWT key chains to R2: the agent held R2 before it signed
+            a_kid, b_kid = dict.fromkeys(line["kid"] for line in through_rotation)
 
             # 2. Revocation: C (under R2) takes over from B at once, and B is revoked while workloads
             #    still hold credentials B signed (their classical SVIDs last 20 s).
@@ -402,6 +534,20 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
             statuses = _ca_status(server.plugin_data_path)
             assert statuses[b_id] == "revoked" and statuses[c_id] == "active"
             revocation_failures = [x for x in channel_client.lines[before_revocation:] if not x["ok"]]
+
+            # Hybrid JWT-SVIDs: the last token B's signer made is refused as revoked (naming its key),
+            # B's key leaves the bundle pushed to the workload, C's key signs.
+            await _until(
+                lambda: any(b_kid in line["refused"] for line in _tokens(jwt)), "B's token refused", 60
+            )
+            refusal = next(line["refused"][b_kid] for line in _tokens(jwt) if b_kid in line["refused"])
+            assert refusal.startswith("revoked") and b_kid in refusal and b_id[:16] in refusal, refusal
+            await _until(lambda: b_kid not in [x for x in jwt.lines if "bundle" in x][-1]["bundle"],
+                         "B's JWT key withdrawn from the workload's bundle", 60)  # fmt: skip
+            c_kid = next(line["kid"] for line in reversed(_tokens(jwt)) if line["ok"])
+            assert c_kid not in (a_kid, b_kid)
+            await _until(lambda: any(c_kid in x["bundle"] for x in jwt.lines if "bundle" in x),
+                         "C's JWT key at the workload", 60)  # fmt: skip
             summary(
                 "root rotation and revocation (real SPIRE)",
                 f"R2 at the workload {two_roots:.1f}s after it was added to the bundle file (refresh {refresh:g}s); "
@@ -409,7 +555,9 @@ async def test_root_rotation_then_revocation_under_traffic(summary: Summary) -> 
                 f"the workload {held:.1f}s after SIGUSR1, every workload on C {reissued:.1f}s after the revocation "
                 f"(20 s SVIDs; the streaming workload was {'' if on_b else 'no longer '}on B's credentials when it "
                 f"was revoked); {len(revocation_failures)} of {len(channel_client.lines) - before_revocation} "
-                "channels failed meanwhile (refused: signed by the revoked intermediate)",
+                "channels failed meanwhile (refused: signed by the revoked intermediate); hybrid JWT-SVIDs: "
+                f"{len(through_rotation)} fetched through the root rotation, 0 failed; B's last token refused "
+                "as revoked, B's key withdrawn, C's key signing",
             )
     finally:
         for w in workloads:

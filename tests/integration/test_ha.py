@@ -8,6 +8,8 @@ intermediate PQC CA under one PQC root (the sibling trusted), and one PostgreSQL
   verify against either server's bundle;
 * PostgreSQL stopped: classical signing (with bindings) goes on, PQC issuance is UNAVAILABLE with
   reason ``unavailable`` at both endpoints, and resumes when PostgreSQL is back;
+* hybrid JWT-SVIDs: each server signs with its own PQC JWT key, and a token of either validates
+  with the keys of both merged (what an agent with both ``ca.addresses`` does at its bundle refresh);
 * a spire-pqc agent with ``ca.addresses = [A, B]`` under rotation: A SIGKILLed → the next rotations
   get PQC credentials through B, classical SVIDs keep flowing; A restarted → it issues again.
 """
@@ -31,12 +33,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from spire_pqc._proto.spire_pqc.ca.v1 import ca_pb2
 from spire_pqc.agent.caclient import refusal_of
 from spire_pqc.agent.config import parse
 from spire_pqc.agent.server import Agent
 from spire_pqc.bench.postgres import FAST, PostgresCluster
 from spire_pqc.bundle import BundleSet
-from spire_pqc.errors import RefusalReason
+from spire_pqc.errors import RefusalReason, TokenKeyError
+from spire_pqc.jwtsvid.bundle import PqcJwtBundle, merge_jwks
+from spire_pqc.jwtsvid.hybrid import HybridJwtSvid, validate
+from spire_pqc.spiffeid import TrustDomain
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.source import HybridX509Source
 from spire_pqc.x509 import certs
@@ -272,6 +278,40 @@ def test_credentials_through_either_server_and_mixed_verify_everywhere(ha: HA) -
             )
             signer_name = "a" if signer is ha.a else "b"
             assert verified.binding_intermediate == certs.mldsa_public_key(ha.intermediates[signer_name])
+
+
+def test_hybrid_jwt_svids_signed_at_either_server_validate_with_the_merged_keys(ha: HA) -> None:
+    """Each server certifies its own PQC JWT signer under its own intermediate; each FetchPQCBundle
+    carries its own key; merged as a node agent with both ``ca.addresses`` merges them, a token whose
+    PQC part either server signed (SPIRE's classical part minted at that server) validates."""
+    td = TrustDomain.parse(TD)
+    tokens, jwks = [], []
+    for server in ha.servers():
+        classical = server.cli(
+            "jwt", "mint", "-spiffeID", WORKLOAD, "-audience", "a", "-ttl", "5m"
+        ).stdout.strip()
+        client = _client(ha, server, server)
+        try:
+            signed = client.stub.SignJWTSVID(ca_pb2.SignJWTSVIDRequest(classical_token=classical), timeout=20)
+            bundle = client.stub.FetchPQCBundle(ca_pb2.FetchPQCBundleRequest(), timeout=20)
+        finally:
+            client.bridge.close()
+        tokens.append(HybridJwtSvid(classical, signed.pqc_token))
+        jwks.append(bytes(bundle.pqc_jwt_bundle))
+        assert PqcJwtBundle.parse(td, bundle.pqc_jwt_bundle) == PqcJwtBundle.parse(td, signed.pqc_jwt_bundle)
+    own = [PqcJwtBundle.parse(td, j) for j in jwks]
+    assert len(own[0]) == len(own[1]) == 1 and set(k.kid for k in own[0]).isdisjoint(k.kid for k in own[1])
+    merged = PqcJwtBundle.parse(td, merge_jwks(jwks))
+    assert len(merged) == 2
+    spire_jwt = {td: ha.a.cli("bundle", "show", "-format", "spiffe").stdout.encode()}
+    for index, token in enumerate(tokens):
+        verified = validate(
+            token, "a", jwt_bundles=spire_jwt, pqc_jwt_bundles={td: merged}, pqc_bundles=ha.pqc_bundles()
+        )
+        assert str(verified.spiffe_id) == WORKLOAD
+        with pytest.raises(TokenKeyError):  # the other server's key alone does not do
+            validate(token, "a", jwt_bundles=spire_jwt, pqc_jwt_bundles={td: own[1 - index]},
+                     pqc_bundles=ha.pqc_bundles())  # fmt: skip
 
 
 def test_postgres_stopped_classical_goes_on_pqc_unavailable_then_resumes(ha: HA) -> None:

@@ -122,8 +122,10 @@ def test_the_plugin_in_spire_server_exports_exactly_the_contract(
     _cli("ca", "intermediate", "--trust-domain", TD, "--root-dir", str(pqc), "--out-dir", str(pqc),
          "--no-encryption")  # fmt: skip
     metrics_port = free_port()
+    spire_metrics_port = free_port()
     server = SpireServer(
         workdir / "server",
+        telemetry_port=spire_metrics_port,
         composer_data={
             "intermediate_key_path": str(pqc / "intermediate.key.pem"),
             "intermediate_cert_path": str(pqc / "intermediate.crt.pem"),
@@ -132,6 +134,7 @@ def test_the_plugin_in_spire_server_exports_exactly_the_contract(
             "metrics_listen_address": f"127.0.0.1:{metrics_port}",
             "authorized_agents": [f"spiffe://{TD}/node-agent"],
             "ledger_dsn": f"sqlite://{workdir / 'ledger.db'}",
+            "spire_telemetry_interval": "1s",
         },
     )
     server.start()
@@ -152,5 +155,22 @@ def test_the_plugin_in_spire_server_exports_exactly_the_contract(
         assert not export_problems(text, contract, "plugin")
         assert "spire_pqc_plugin_binding_duration_seconds_count 1.0" in text
         assert 'spire_pqc_ca_intermediate_expiry_timestamp_seconds{key_id="' in text
+        # The same counters and gauges reach spire-server's own telemetry (its Prometheus endpoint)
+        # through SPIRE's Metrics host service, under SPIRE's prefix.
+        deadline = time.monotonic() + 30
+        while True:
+            spire_text = _scrape(spire_metrics_port)
+            added = [
+                line
+                for line in spire_text.splitlines()
+                if line.startswith("spire_server_spire_pqc_plugin_bindings_total{")
+                and 'result="added"' in line
+            ]
+            if added and "spire_server_spire_pqc_ca_ledger_up" in spire_text:
+                break
+            assert time.monotonic() < deadline, spire_text[-3000:]
+            time.sleep(0.5)
+        assert float(added[0].rsplit(" ", 1)[1]) == 1.0, added
+        assert "spire_pqc_plugin_binding_duration_seconds" not in spire_text  # histograms stay ours
     finally:
         server.stop()

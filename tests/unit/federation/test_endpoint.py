@@ -20,7 +20,7 @@ from spire_pqc.errors import (
 )
 from spire_pqc.federation.client import BundleEndpoint, fetch_signed_bundle
 from spire_pqc.federation.document import SignedBundle, verify_signed_bundle
-from spire_pqc.federation.endpoint import BundleEndpointServer
+from spire_pqc.federation.endpoint import MAX_CONNECTIONS_PER_ADDRESS, BundleEndpointServer
 from spire_pqc.federation.watcher import FederatedBundleWatcher, FederatedTrust, RemoteTrust
 from spire_pqc.spiffeid import SpiffeId
 from tests.unit.federation.pki import RemoteDomain
@@ -136,6 +136,34 @@ async def test_a_client_that_stalls_is_dropped_and_the_server_keeps_serving() ->
         for reader, writer in stalled:
             assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # closed by the server's timeout
             writer.close()
+
+
+async def test_one_client_address_cannot_take_every_connection_slot() -> None:
+    """A client at 127.0.0.2 holding the per-address cap of idle connections has its next one closed at
+    once (no TLS); a client at another address still gets the bundle."""
+    remote = RemoteDomain.generate()
+    remote.publish()
+    server = _serve(remote)
+    async with server:
+        await server.start("127.0.0.1", 0)
+        held = [
+            await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+            for _ in range(MAX_CONNECTIONS_PER_ADDRESS)
+        ]
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+        try:
+            closed = await asyncio.wait_for(reader.read(), timeout=3)  # well before the 10 s timeout
+        except ConnectionResetError:
+            closed = b""
+        assert closed == b""
+        writer.close()
+        assert server.refused == 1
+        signed = await fetch_signed_bundle(
+            _endpoint(remote, server.port), classical_bundles=remote.classical_bundles()
+        )
+        assert signed == remote.served
+        for _, w in held:
+            w.close()
 
 
 def _watcher(remote: RemoteDomain, port: int, **kwargs: object) -> FederatedBundleWatcher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import stat
 import subprocess
 import sys
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from spire_pqc.agent.server import Agent
+from spire_pqc.cli.svid_fetch import _output_directory
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
-from spire_pqc.errors import AuthorizationError
+from spire_pqc.errors import AuthorizationError, KeyFilePermissionError
 from spire_pqc.svid import verify_hybrid_svid
 from spire_pqc.workload.client import WorkloadClient
 from spire_pqc.workload.source import HybridX509Source
@@ -141,3 +143,38 @@ async def test_svid_fetch_writes_the_hybrid_svid_that_svid_inspect_verifies(tmp_
                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert inspect.returncode == 0, inspect.stdout + inspect.stderr
     assert MLDSA65PrivateKey.from_pem((out / "pqc_svid.key").read_bytes())
+
+
+def test_svid_fetch_refuses_an_output_directory_another_user_controls(tmp_path: Path) -> None:
+    """The planted-symlink and shared-directory attacks on `svid fetch --write`: each refused, naming the
+    directory, before anything is written."""
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    planted = tmp_path / "out-link"
+    planted.symlink_to(victim)
+    with pytest.raises(KeyFilePermissionError, match="symbolic link") as link:
+        _output_directory(planted)
+    assert link.value.path == str(planted)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(KeyFilePermissionError, match="chmod go-w"):
+        _output_directory(shared)
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    with pytest.raises(KeyFilePermissionError, match="not a directory"):
+        _output_directory(not_a_dir)
+
+    if os.geteuid() == 0:  # only root can hand a directory to another uid
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(KeyFilePermissionError, match="owned by uid 65534"):
+            _output_directory(foreign)
+
+    fresh = tmp_path / "new" / "svid"
+    _output_directory(fresh)
+    assert fresh.is_dir() and not fresh.stat().st_mode & 0o022
+    assert list(victim.iterdir()) == []
