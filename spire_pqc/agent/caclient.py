@@ -130,6 +130,7 @@ class LocalCAClient:
             pqc_bundle=tuple(c.public_bytes(encode) for c in self._issuer.pqc_roots),
             revoked_intermediates=tuple(sorted(self._issuer.revoked)),
             pqc_jwt_bundle=self._jwt.jwks() if self._jwt is not None else b"",
+            server_time_ms=int(time.time() * 1000),
         )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
@@ -296,12 +297,13 @@ class GrpcCAClient:
         try:
             reply = await stub.FetchPQCBundle(ca_pb2.FetchPQCBundleRequest(), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {exc.details()}") from exc
+            raise UnavailableError(f"PQC CA {self._address}: {exc.code().name}: {self._why(exc)}") from exc
         return BundleUpdate(
             trust_domain=reply.trust_domain,
             pqc_bundle=tuple(bytes(c) for c in reply.pqc_bundle),
             revoked_intermediates=tuple(str(k) for k in reply.revoked_intermediates),
             pqc_jwt_bundle=bytes(reply.pqc_jwt_bundle),
+            server_time_ms=int(reply.server_time_unix_ms) or None,
         )
 
     async def sign_jwt_svid(self, classical_token: str) -> SignedJwtSvid:
@@ -444,6 +446,8 @@ class FailoverCAClient:
         if not updates:
             more, failed = await self._fetch_bundles([e for e in fetchers if e not in healthy])
             updates, failures = more, failures + failed
+        if not updates and len(failures) == 1:
+            raise UnavailableError(failures[0])  # one endpoint: its error as it is (as issue() reports it)
         if not updates:
             raise UnavailableError(f"no PQC CA endpoint answered: {'; '.join(failures)}")
         first = updates[0]

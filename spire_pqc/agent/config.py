@@ -224,6 +224,8 @@ class AgentConfig:
     # Key ids of revoked intermediate PQC CAs (with those the CA sends): refused everywhere, re-issued.
     revoked_intermediates: frozenset[str] = frozenset()
     bundle_refresh_interval: dt.timedelta = dt.timedelta(seconds=30)
+    # /ready is 503 when the PQC CA's last successful answer is older than this (agent.cacontact).
+    ca_ready_window: dt.timedelta = dt.timedelta(seconds=90)
 
 
 # --- value types of the agent only ---------------------------------------------------------------
@@ -521,6 +523,14 @@ class PqcTable(Table):
         "JWT key reaches every workload within this interval (pushed on FetchHybridSVIDs, FetchPQCBundles "
         "and FetchPQCJWTBundles streams). With several `ca.addresses` every endpoint is asked.",
     )
+    ca_ready_window: Duration = key(
+        dt.timedelta(seconds=90),
+        check_default=True,
+        doc="`/ready` (and the hybrid service's gRPC health) is 503/NOT_SERVING when the PQC CA's last "
+        "successful answer (an issuance or a bundle poll; a refusal is no success) is older than this. "
+        "Longer than `pqc.bundle_refresh_interval`, so one lost poll does not flap readiness; `/status` "
+        "shows the CA's address, last success and last error.",
+    )
     revoked_intermediates: KeyIds = key(
         [],
         doc="key ids of revoked intermediate PQC CAs (as `spire-pqc ca status` prints them), added to those "
@@ -535,6 +545,17 @@ class PqcTable(Table):
         if initial is not None and retry_max < initial:
             raise problem("must not be smaller than pqc.retry_initial")
         return retry_max
+
+    @field_validator("ca_ready_window")
+    @classmethod
+    def _longer_than_a_poll(cls, window: dt.timedelta, info: ValidationInfo) -> dt.timedelta:
+        interval = info.data.get("bundle_refresh_interval")
+        if interval is not None and window <= interval:
+            raise problem(
+                f"must be longer than pqc.bundle_refresh_interval ({interval.total_seconds():g}s): "
+                "otherwise the agent is not ready between two polls"
+            )
+        return window
 
 
 class FederationTable(Table):
@@ -558,7 +579,8 @@ class HealthTable(Table):
         shown="disabled",
         doc="loopback `host:port` of `/live`, `/ready`, `/metrics` (Prometheus, docs/metrics.md) and "
         "`/status` (the status document, JSON; `spire-pqc agent status`). `/ready` is 503 "
-        "while the agent has tunnels or callers and none of their identities has PQC credentials.",
+        "while the agent has tunnels or callers and none of their identities has PQC credentials, and "
+        "while the PQC CA has not answered for `pqc.ca_ready_window`.",
     )
 
 
@@ -841,6 +863,7 @@ def _config(file: AgentFile) -> AgentConfig:
         },
         revoked_intermediates=frozenset(file.pqc.revoked_intermediates),
         bundle_refresh_interval=file.pqc.bundle_refresh_interval,
+        ca_ready_window=file.pqc.ca_ready_window,
         tunnels=tuple([_tunnel(t) for t in file.tunnel.outbound] + [_tunnel(t) for t in file.tunnel.inbound]),
         state_dir=file.agent.state_dir,
         limits=Limits(

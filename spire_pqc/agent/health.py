@@ -1,7 +1,8 @@
 """Liveness, readiness and Prometheus metrics over a tiny asyncio HTTP/1.1 responder (loopback only).
 
-``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 once the identity source
-can answer callers and PQC credentials are served (503 otherwise; see ``Agent.ready``);
+``GET /live`` → 200 while the agent serves its socket; ``GET /ready`` → 200 while the identity source
+can answer callers, PQC credentials are served and the PQC CA answered within ``pqc.ca_ready_window``
+(503 otherwise; see ``Agent.ready``);
 ``GET /metrics`` → Prometheus text format 0.0.4; ``GET /status`` → the status document
 (:mod:`spire_pqc.agent.status`, JSON). One request per connection, bounded request head,
 nothing else is parsed: this is an operations port, not a web server.
@@ -36,6 +37,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     400: "Bad Request",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -122,7 +124,6 @@ class HealthServer:
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
-            status, content_type, body = self._answer(method, path.split("?", 1)[0])
         except (
             TimeoutError,
             ValueError,
@@ -131,6 +132,12 @@ class HealthServer:
             asyncio.LimitOverrunError,
         ):
             status, content_type, body = 400, "text/plain", "bad request\n"
+        else:
+            try:
+                status, content_type, body = self._answer(method, path.split("?", 1)[0])
+            except Exception:  # a bug of ours: answer it, never leave the prober hanging until it times out
+                log.exception("health port: %s %s failed", method, path)
+                status, content_type, body = 500, "text/plain", "internal error (see the agent's log)\n"
         payload = body.encode()
         writer.write(
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"

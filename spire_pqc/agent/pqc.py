@@ -36,6 +36,7 @@ from types import MappingProxyType
 
 from spire_pqc._internal.backoff import Backoff
 from spire_pqc.agent.caclient import BundleFetcher, CAClient
+from spire_pqc.agent.cacontact import CAContact
 from spire_pqc.agent.metrics import Metrics
 from spire_pqc.agent.model import PqcCredentials
 from spire_pqc.agent.notify import Broadcast
@@ -65,6 +66,14 @@ _NO_BUNDLES: Mapping[TrustDomain, bytes] = MappingProxyType({})
 RESTORED = "restored from the state directory"
 
 
+def _skew(update: BundleUpdate, asked: dt.datetime, answered: dt.datetime) -> dt.timedelta | None:
+    """The CA's clock minus ours, taking its answer to be made halfway through the call."""
+    if update.server_time_ms is None:
+        return None
+    server = dt.datetime.fromtimestamp(update.server_time_ms / 1000, dt.UTC)
+    return server - (asked + (answered - asked) / 2)
+
+
 @dataclass
 class _Slot:
     svid: X509Svid
@@ -92,8 +101,11 @@ class PqcProvisioner:
         rng: random.Random | None = None,
         state: StateDirectory | None = None,
         revoked: Collection[str] = (),
+        contact: CAContact | None = None,
     ) -> None:
         self._ca = ca
+        # What /ready and /status say about the CA: every issuance and bundle poll is recorded there.
+        self.contact = contact or CAContact("PQC CA", window=dt.timedelta(seconds=90), clock=clock)
         # Revoked intermediates' key ids: configured, plus every list the CA sends (never shrinks here).
         self._revoked = frozenset(k.lower() for k in revoked)
         self._state = state
@@ -129,12 +141,16 @@ class PqcProvisioner:
         failing = False
         while not self._closed:
             try:
+                asked = self._clock()
                 update = await ca.fetch_bundle()
+                answered = self._clock()
                 self.apply_bundle(update)
+                self.contact.succeeded(skew=_skew(update, asked, answered))
                 if failing:
                     log.info("PQC bundle refresh works again")
                 failing = False
             except SpirePqcError as exc:
+                self.contact.failed(str(exc))
                 if not failing:
                     log.warning("cannot refresh the PQC bundle from the CA (keeping the last one): %s", exc)
                 failing = True
@@ -601,7 +617,12 @@ class PqcProvisioner:
                 svid.chain_der_list, svid.key, mldsa, mlkem.public_key().spki(), timestamp_ms=now_ms
             )
         )
-        response = await self._ca.issue(request)
+        try:
+            response = await self._ca.issue(request)
+        except SpirePqcError as exc:
+            self.contact.failed(str(exc))
+            raise
+        self.contact.succeeded()
         self.note_bundles(svid.spiffe_id.trust_domain, pqc_jwt_bundle=response.pqc_jwt_bundle)
         self._learn_revoked(response.revoked_intermediates)
         sid = str(svid.spiffe_id)

@@ -24,6 +24,7 @@ from typing import Any
 
 from spire_pqc._internal.wire import HYBRID_SERVICE, WORKLOAD_SERVICE
 from spire_pqc.agent.caclient import CAClient
+from spire_pqc.agent.cacontact import CAContact
 from spire_pqc.agent.config import AgentConfig, DevSourceConfig, SpireSourceConfig
 from spire_pqc.agent.connections import ConnectionRegistry, PeerCredServer
 from spire_pqc.agent.federation import FederationFollower, load_remotes
@@ -133,6 +134,7 @@ class Agent:
             ready=self.ready,
             keys_initialized=provisioner is not None and provisioner.serving(),
             tunnel_modes=[tc.mode for tc in self.config.tunnels],
+            ca=provisioner.contact.status() if provisioner is not None else None,
         )
 
     def render_status(self) -> str:
@@ -144,17 +146,27 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        """Serving, the identity source can answer, and PQC credentials are served (``/ready``).
+        """Serving, the identity source can answer, PQC credentials are served, and the PQC CA
+        answered within ``pqc.ca_ready_window`` (``/ready``; :mod:`spire_pqc.agent.cacontact`).
 
         PQC credentials count as served when at least one identity has usable ones, or when there is
         nothing to serve yet (no tunnels configured, no workload has asked). So the agent is not ready
-        while it has tunnels or callers and not one of their identities has PQC credentials: the PQC
-        CA is unreachable or refusing for all of them (or SPIRE gives the tunnels no SVID).
+        while it has tunnels or callers and not one of their identities has PQC credentials (or SPIRE
+        gives the tunnels no SVID), nor while the PQC CA is unreachable or refusing: credentials kept
+        from before still serve workloads then, but none can be renewed or issued.
         """
         if not self.live or self._source is None or not self._source.ready or self._provisioner is None:
             return False
         provisioner = self._provisioner
+        if not provisioner.contact.answering():
+            return False
         return provisioner.serving() or (not provisioner.holding() and not self.config.tunnels)
+
+    def _ca_address(self) -> str:
+        """The PQC CA as an operator knows it: its configured address(es), or the dev source's own."""
+        if self.config.ca is not None and self.config.ca.addresses:
+            return ", ".join(self.config.ca.addresses)
+        return "in-process (dev source)" if isinstance(self.config.source, DevSourceConfig) else "PQC CA"
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -213,6 +225,7 @@ class Agent:
             static_bundles=federated,
             state=self._state,
             revoked=self.config.revoked_intermediates,
+            contact=CAContact(self._ca_address(), window=self.config.ca_ready_window),
         )
         if self.config.federation:
             source = self._source

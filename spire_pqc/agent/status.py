@@ -58,9 +58,16 @@ def _backend_part() -> tuple[bool, dict[str, Any], str | None, str | None]:
 
 
 def status_document(
-    metrics: Metrics, *, live: bool, ready: bool, keys_initialized: bool, tunnel_modes: Sequence[str]
+    metrics: Metrics,
+    *,
+    live: bool,
+    ready: bool,
+    keys_initialized: bool,
+    tunnel_modes: Sequence[str],
+    ca: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The document; ``tunnel_modes`` are the configured tunnels' channel modes."""
+    """The document; ``tunnel_modes`` are the configured tunnels' channel modes, ``ca`` the PQC CA as
+    last seen (:meth:`spire_pqc.agent.cacontact.CAContact.status`; None before the agent started)."""
     pqc_enabled, backend, openssl, liboqs = _backend_part()
     establishments = "spire_pqc_agent_channel_establishments_total"
     verifications = "spire_pqc_agent_signature_verifications_total"
@@ -84,6 +91,7 @@ def status_document(
         ),
         "avg_channel_setup_latency_ms": round(1000 * setup_seconds / setups, 3) if setups else None,
         "pqc_identities": int(_sum(metrics, "spire_pqc_agent_pqc_identities")),
+        "ca": ca,
         "backend": dict(backend),
         "versions": {
             "spire_pqc": __version__,

@@ -77,6 +77,8 @@ class BundleUpdate:
     pqc_bundle: tuple[bytes, ...]
     revoked_intermediates: tuple[str, ...]
     pqc_jwt_bundle: bytes = b""
+    # The CA's clock when it answered (Unix ms); None when it did not say (a CA older than the field).
+    server_time_ms: int | None = None
 
 
 def to_be_signed(

@@ -7,7 +7,11 @@ Checks (each ``ok``, ``fail`` with its fix, or ``skip`` when nothing to check wa
 - the liboqs and OpenSSL versions;
 - ``--server-conf``: the spire-pqc CredentialComposer's ``plugin_data`` in a SPIRE ``server.conf``,
   validated exactly as the plugin does when SPIRE loads it (files, key modes, chain, every key);
-- ``--agent-config``: the node agent's configuration, its state directory's mode and key files' modes;
+- ``--agent-config``: the node agent's configuration, its state directory's mode and its key files'
+  modes and owner (each file owned by the state directory's owner: the user the agent runs as);
+- clock skew against the PQC CA, as the running agent measured it at its last PQC bundle poll (the CA
+  sends its clock in ``FetchPQCBundleResponse.server_time_unix_ms``; read from the agent's ``/status``):
+  more than :data:`MAX_CLOCK_SKEW` seconds fails;
 - the agent socket (``--socket`` or the configuration's): ``grpc.health.v1.Health/Check``;
 - the PQC CA endpoint (``--ca HOST:PORT`` or the configuration's ``ca`` addresses): TCP reachable and
   a TLS 1.3 handshake offering only X25519MLKEM768 negotiates it.
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import select
 import socket
 import stat
@@ -38,6 +41,10 @@ from spire_pqc.errors import SpirePqcError
 KAT_MLDSA65 = "d666806e11cee19a7c989f7445f90dd419cf4d2d51db8c0fdb4c0f0a542238c9"
 KAT_MLKEM768 = "0b7934c83125c788995e2ba6bd761e33046b3e40571be53e023309a29f398cc9"
 TIMEOUT = 10.0
+# Seconds of clock skew against the PQC CA that fail the check: well inside the CA's freshness_window
+# (60 s by default: issue requests further off are refused as stale), and about what SPIRE backdates a new
+# SVID's notBefore by (10 s), so a node this far behind may see fresh credentials as not yet valid.
+MAX_CLOCK_SKEW = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,13 @@ def _mode_problem(path: Path, allowed: int) -> str | None:
     extra = stat.S_IMODE(st.st_mode) & ~allowed
     if extra:
         return f"{path}: mode {oct(stat.S_IMODE(st.st_mode))} (group/other have {oct(extra)})"
-    if st.st_uid != os.geteuid() and os.geteuid() == 0:
-        return f"{path}: owned by uid {st.st_uid}, not by root"
+    return None
+
+
+def _owner_problem(path: Path, owner: int) -> str | None:
+    uid = path.stat().st_uid
+    if uid != owner:
+        return f"{path}: owned by uid {uid}, not by the state directory's owner (uid {owner})"
     return None
 
 
@@ -160,21 +172,83 @@ def check_state_dir(state_dir: Path) -> Iterator[Check]:
         yield ok(name, "state directory not created yet (the agent creates it, mode 0700)")
         return
     try:
-        problems = [p for p in [_mode_problem(state_dir, 0o700)] if p]
+        # The agent runs as the directory's owner: every key file is its own, readable by it alone.
+        owner = state_dir.stat().st_uid
+        modes = [p for p in [_mode_problem(state_dir, 0o700)] if p]
+        owners = []
         for entry in sorted(state_dir.rglob("*")):
-            if entry.is_file() and not entry.is_symlink():
-                problem = _mode_problem(entry, 0o600)
-                if problem:
-                    problems.append(problem)
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                continue
+            problem = _mode_problem(entry, 0o600 if entry.is_file() else 0o700)
+            if problem:
+                modes.append(problem)
+            problem = _owner_problem(entry, owner)
+            if problem:
+                owners.append(problem)
     except OSError as exc:
         yield fail(name, f"cannot read: {exc.strerror} ({exc.filename})", "run spire-pqc doctor as the "
                    "user the agent runs as (root)")  # fmt: skip
         return
-    if problems:
-        yield fail(name, "; ".join(problems), f"chmod 700 {state_dir} and chmod 600 the files in it "
-                   "(the agent writes them so; someone changed them)")  # fmt: skip
+    fixes = []
+    if modes:
+        fixes.append(f"chmod 700 {state_dir} and chmod 600 the files in it (the agent writes them so; "
+                     "someone changed them)")  # fmt: skip
+    if owners:
+        fixes.append(f"chown -R --reference={state_dir} {state_dir} (as root; the agent, running as the "
+                     "directory's owner, cannot use a key file another user owns)")  # fmt: skip
+    if fixes:
+        yield fail(name, "; ".join(modes + owners), "; ".join(fixes))
     else:
-        yield ok(name, "directory 0700, key files 0600")
+        yield ok(name, f"directory 0700, key files 0600, all owned by uid {owner} (the directory's owner)")
+
+
+def _agent_status(address: tuple[str, int]) -> dict[str, Any]:
+    """The running agent's status document (``/status``); OSError or ValueError when unreadable."""
+    import urllib.request
+
+    host, port = address
+    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=TIMEOUT) as reply:
+        document = json.loads(reply.read())
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")  # noqa: TRY004 - one error type for "unreadable"
+    return document
+
+
+def check_clock_skew(address: tuple[str, int]) -> Iterator[Check]:
+    """This node's clock against the PQC CA's, as the running agent measured it at its last bundle poll."""
+    name = "clock skew against the PQC CA"
+    where = f"http://{address[0]}:{address[1]}/status"
+    try:
+        ca = _agent_status(address).get("ca")
+    except (OSError, ValueError) as exc:
+        yield fail(name, f"cannot read the agent's status at {where}: {exc}", "start the agent (the "
+                   "skew is measured by it, at every answer of the PQC CA) or fix health.listen_address")  # fmt: skip
+        return
+    if not isinstance(ca, dict):
+        yield fail(name, f"{where} has no PQC CA state (an agent older than this doctor)",
+                   "upgrade the agent to this spire-pqc version")  # fmt: skip
+        return
+    skew, ca_address = ca.get("clock_skew_seconds"), ca.get("address")
+    if skew is None:
+        if ca.get("last_error"):
+            yield fail(name, f"not measured: the PQC CA at {ca_address} has not answered the agent "
+                       f"(last error: {ca['last_error']})", "see the PQC CA endpoint check: the agent must "
+                       "reach the plugin's endpoint_listen_address, and be in its authorized_agents")  # fmt: skip
+        else:
+            yield skip(name, f"not measured yet: the PQC CA at {ca_address} has not answered a bundle poll "
+                       "(or it is older than spire-pqc's server_time_unix_ms)")  # fmt: skip
+        return
+    measured = f"measured by the agent at {ca.get('last_success')}"
+    if abs(float(skew)) > MAX_CLOCK_SKEW:
+        direction = "ahead of" if skew > 0 else "behind"
+        yield fail(name, f"the PQC CA at {ca_address} is {abs(skew):.1f}s {direction} this node "
+                   f"(more than {MAX_CLOCK_SKEW:g}s; {measured})", "synchronise the clocks of this node and "
+                   "of the spire-server host with NTP (timedatectl set-ntp true, or chronyd): issue requests "
+                   "outside the CA's freshness_window are refused as stale, and fresh SVIDs may not be valid "
+                   "yet here")  # fmt: skip
+        return
+    yield ok(name, f"{float(skew):+.3f}s against the PQC CA at {ca_address} ({measured}; limit "
+             f"{MAX_CLOCK_SKEW:g}s)")  # fmt: skip
 
 
 def check_socket(path: Path) -> Iterator[Check]:
@@ -309,6 +383,11 @@ def check_agent_config(path: Path, args: argparse.Namespace) -> Iterator[Check]:
     yield ok(name, "valid")
     if config.state_dir is not None:
         yield from check_state_dir(config.state_dir)
+    if config.health_address is not None:
+        yield from check_clock_skew(config.health_address)
+    else:
+        yield skip("clock skew against the PQC CA", "the agent has no health.listen_address: the skew it "
+                   "measures is read from its /status")  # fmt: skip
     if args.socket is None:
         yield from check_socket(config.socket_path)
     if args.ca is None and config.ca is not None:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spire_pqc._internal.files import atomic_write
 from spire_pqc.crypto.keys import NoEncryption
-from spire_pqc.errors import KeyFilePermissionError
+from spire_pqc.errors import KeyFilePermissionError, UnavailableError
 from spire_pqc.svid import HybridSvid
 from spire_pqc.workload.client import HybridUpdate, WorkloadClient
 
@@ -44,10 +44,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def _fetch(address: str | None, timeout: float) -> HybridUpdate:
+    """This process's hybrid SVIDs; AuthorizationError ("no identity issued") when no registration entry
+    matches it, UnavailableError when the agent cannot be reached or has none for it within ``timeout``."""
     client = WorkloadClient(address)
     try:
         async with asyncio.timeout(timeout):
             return await client.fetch_hybrid_svids()
+    except TimeoutError:
+        raise UnavailableError(
+            f"no hybrid SVID from the agent at {client.endpoint} within {timeout:g}s (it has no PQC "
+            "credentials for this process yet: its /status and log say why)"
+        ) from None
     finally:
         client.close()
 

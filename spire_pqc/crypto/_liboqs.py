@@ -102,7 +102,9 @@ def _candidates() -> list[str]:
 def find_liboqs() -> str | None:
     """The liboqs shared library liboqs-python would load, or None. Never imports liboqs-python."""
     for candidate in _candidates():
-        if "/" in candidate and not Path(candidate).exists():
+        # os.path.exists: a path this user may not look into (another user's OQS_INSTALL_PATH) is "not
+        # there", where Path.exists() raises PermissionError.
+        if "/" in candidate and not os.path.exists(candidate):
             continue
         try:
             ctypes.CDLL(candidate)

@@ -299,6 +299,7 @@ class CAServicer(ca_pb2_grpc.PQCCertificateAuthorityServicer):
             pqc_bundle=self._roots_der(),
             revoked_intermediates=sorted(revoked),
             pqc_jwt_bundle=self._pqc_jwt_bundle(),
+            server_time_unix_ms=int(time.time() * 1000),
         )
 
     def _authorize(self, context: grpc.ServicerContext, bundles: BundleSet, outcome: list[str]) -> str:

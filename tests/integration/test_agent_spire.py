@@ -107,9 +107,20 @@ async def test_relays_spire_svids_through_delegated_identity() -> None:
             )
             async with Agent(config, first_pqc_wait=2.0) as agent:
                 deadline = time.monotonic() + 30
-                while not agent.ready:
+                while not agent.source.ready:
                     assert time.monotonic() < deadline, "no bundle from the SPIRE agent"
                     await asyncio.sleep(0.1)
+                # No PQC CA answers at ca.address: not ready, and /status says where and why, in terms
+                # of the configured address (never the internal bridge socket).
+                while agent.status()["ca"]["last_error"] is None:
+                    assert time.monotonic() < deadline, "no failed PQC CA contact recorded"
+                    await asyncio.sleep(0.1)
+                ca = agent.status()["ca"]
+                assert not agent.ready and ca["address"] == "127.0.0.1:1" and ca["answering"] is False
+                assert ca["last_error"].startswith(
+                    "PQC CA 127.0.0.1:1: UNAVAILABLE: cannot reach 127.0.0.1:1: "
+                )
+                assert "spq-bridge" not in ca["last_error"], ca
                 ids, bundle_pem = await asyncio.to_thread(_fetch, f"unix://{config.socket_path}")
                 assert ids == sorted([DELEGATE, WORKLOAD])
                 spire_bundle = x509.load_pem_x509_certificates(server.bundle_pem())

@@ -5,6 +5,7 @@ failure exits non-zero and names its fix."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from tests.integration.test_agent_processes import CLIENT_ID, _dev_agent
 
 pytestmark = [pytest.mark.spire, pytest.mark.timeout(600)]
 TD = "example.org"
+NOBODY_UID = 65534
 
 
 def doctor(*args: str) -> tuple[int, dict[str, Any], str]:
@@ -100,7 +102,27 @@ def test_a_healthy_server_and_node_pass(server: SpireServer, agent: PqcAgent) ->
     ca = by_name(report, "PQC CA endpoint")
     assert ca["status"] == "ok" and "TLS 1.3 with X25519MLKEM768" in ca["detail"]
     assert by_name(report, "agent socket")["detail"] == "grpc.health.v1 SERVING"
-    assert by_name(report, "key files")["status"] == "ok"
+    files = by_name(report, "key files")
+    assert files["status"] == "ok" and f"all owned by uid {os.getuid()}" in files["detail"], files
+    # The dev agent's PQC CA is in-process: the skew it measured at its last bundle poll is ~0.
+    skew = by_name(report, "clock skew against the PQC CA")
+    assert skew["status"] == "ok" and "against the PQC CA at in-process (dev source)" in skew["detail"], skew
+    assert abs(float(skew["detail"].split("s ", 1)[0])) < 1, skew
+
+
+def test_human_output_names_each_check_and_its_fix(agent: PqcAgent, tmp_path: Path) -> None:
+    """Without --json: one line per check, the fix under each failure, the count on stderr, exit 1."""
+    config = tmp_path / "agent.toml"  # the running agent's configuration, with a health port nobody serves
+    config.write_text(agent.config_path.read_text().replace(f":{agent.health_port}", f":{free_port()}"))
+    result = subprocess.run([sys.executable, "-m", "spire_pqc.cli", "doctor", "--agent-config", str(config)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    skew = next(i for i, line in enumerate(lines) if line.startswith("FAIL  clock skew against the PQC CA: "))
+    assert "cannot read the agent's status at http://127.0.0.1:" in lines[skew]
+    assert lines[skew + 1].startswith("      fix: start the agent (the skew is measured by it")
+    assert any(line.startswith("OK    key files (") for line in lines), lines
+    assert result.stderr.strip().endswith("1 problem(s)"), result.stderr
 
 
 def test_each_failure_names_its_fix(server: SpireServer, agent: PqcAgent, tmp_path: Path) -> None:
@@ -114,8 +136,11 @@ def test_each_failure_names_its_fix(server: SpireServer, agent: PqcAgent, tmp_pa
     conf.write_text(text.replace(str(key), str(loose)))
     # A key file of the agent's state directory opened to others.
     state = agent.workdir / "agent-state"
-    victim = next(p for p in sorted(state.rglob("*")) if p.is_file())
+    files_kept = [p for p in sorted(state.rglob("*")) if p.is_file()]
+    victim, stranger = files_kept[0], files_kept[-1]
     victim.chmod(0o644)
+    # Another one owned by someone else than the state directory's owner (the agent's user).
+    os.chown(stranger, NOBODY_UID, -1)
     try:
         code, report, err = doctor(
             "--server-conf", str(conf), "--ca", f"127.0.0.1:{server.port}",
@@ -123,6 +148,7 @@ def test_each_failure_names_its_fix(server: SpireServer, agent: PqcAgent, tmp_pa
         )  # fmt: skip
     finally:
         victim.chmod(0o600)
+        os.chown(stranger, os.getuid(), -1)
     assert code == 1 and report["ok"] is False
     plugin = by_name(report, "plugin configuration")
     assert plugin["status"] == "fail" and f"intermediate_key_path: {loose}" in plugin["detail"], plugin
@@ -133,6 +159,11 @@ def test_each_failure_names_its_fix(server: SpireServer, agent: PqcAgent, tmp_pa
         and f"{victim}: mode 0o644" in files["detail"]
         and "chmod 600" in files["fix"]
     )
+    assert (
+        f"{stranger}: owned by uid {NOBODY_UID}, not by the state directory's owner (uid {os.getuid()})"
+        in (files["detail"])
+    ), files
+    assert f"chown -R --reference={state} {state}" in files["fix"], files
     # spire-server's own bind_port is not the PQC CA endpoint (it offers no hybrid group... or no TLS 1.3
     # mTLS of ours): either way, not reported as reachable.
     ca = by_name(report, "PQC CA endpoint")

@@ -40,6 +40,7 @@ TD = "example.org"
 NODE = f"spiffe://{TD}/node1"
 DELEGATE = f"spiffe://{TD}/spire-pqc/agent"
 WORKLOAD = f"spiffe://{TD}/app"
+CA_READY_WINDOW = 5  # seconds (pqc.ca_ready_window)
 
 
 def _pqc_ca(directory: Path) -> None:
@@ -126,9 +127,11 @@ async def spire_stack(ttl_seconds: int = 30, *, ca_ttl: str = "") -> AsyncIterat
                         },
                     },
                     "ca": {"address": f"127.0.0.1:{endpoint_port}", "timeout": "10s"},
-                    "pqc": {"retry_initial": "0.5s", "retry_max": "2s"},
+                    # A short readiness window, so the fault test sees /ready follow the CA quickly.
+                    "pqc": {"retry_initial": "0.5s", "retry_max": "2s", "bundle_refresh_interval": "1s",
+                            "ca_ready_window": f"{CA_READY_WINDOW}s"},
                 }
-            )
+            )  # fmt: skip
             async with Agent(config, first_pqc_wait=30.0) as agent:
                 deadline = time.monotonic() + 60
                 while not agent.ready:
@@ -162,6 +165,11 @@ async def _eventually_fetch(address: str, timeout: float = 60) -> str:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1)
+
+
+def _ready(agent: Agent) -> bool:
+    """``agent.ready`` now (a call, so that the type checker does not hold it constant across awaits)."""
+    return agent.ready
 
 
 def _standard_fetch(address: str) -> str:
@@ -208,11 +216,32 @@ async def test_spire_agent_and_pqc_ca_restarts_under_a_running_agent() -> None:
         # 2. spire-server (and with it the PQC CA endpoint) stops: the standard API is unaffected
         #    and the hybrid stream keeps the still-valid credentials; after the restart, the next
         #    rotation brings freshly issued PQC credentials again.
+        assert stack.agent.status()["ready"] is True
         stack.server.stop()
+        stopped = time.monotonic()
         assert await asyncio.to_thread(_standard_fetch, socket_uri) in (WORKLOAD, DELEGATE)
         still = stack.workload(source)
         still.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)
+        #    /ready follows the CA: 503 once its last answer is older than pqc.ca_ready_window (while the
+        #    kept credentials are still served), and /status names the CA's address and the cause.
+        while _ready(stack.agent):
+            assert time.monotonic() - stopped < CA_READY_WINDOW + 15, "still ready with the PQC CA down"
+            await asyncio.sleep(0.2)
+        assert stack.agent.provisioner.serving()
+        assert stack.config.ca is not None
+        address = stack.config.ca.addresses[0]
+        ca = stack.agent.status()["ca"]
+        assert ca["address"] == address and ca["answering"] is False, ca
+        assert ca["last_error"].startswith(f"PQC CA {address}: "), ca
+        assert "spq-bridge" not in ca["last_error"] and "unix:" not in ca["last_error"], ca
         await asyncio.to_thread(stack.server.start)
+        restarted = time.monotonic()
+        while not _ready(stack.agent):
+            assert time.monotonic() - restarted < 90, f"not ready again: {stack.agent.status()['ca']}"
+            await asyncio.sleep(0.2)
+        ca = stack.agent.status()["ca"]
+        assert ca["answering"] is True and ca["last_error"] is None, ca
+        assert ca["clock_skew_seconds"] is not None and abs(ca["clock_skew_seconds"]) < 2, ca
         recovered = await stack.next_rotation(source, still.classical_chain[0].serial_number, timeout=180)
         assert recovered.pqc_chain[0].serial_number != still.pqc_chain[0].serial_number
         recovered.verify(classical_bundles=stack.classical, pqc_bundles=stack.pqc)

@@ -272,3 +272,19 @@ def test_federation_tables_are_configured_and_checked() -> None:
         with pytest.raises(ConfigError) as info:
             parse(document)
         assert any(expected in p for p in info.value.problems), (name, info.value.problems)
+
+
+def test_ca_ready_window_must_be_longer_than_a_bundle_poll() -> None:
+    """Otherwise the agent would not be ready between two polls of an idle node."""
+    base = {
+        "agent": {"socket_path": "/run/a.sock"},
+        "source": {"kind": "dev", "dev": {"trust_domain": "example.org"}},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse({**base, "pqc": {"bundle_refresh_interval": "2m"}})  # the default window is 90s
+    assert info.value.problems == [
+        "pqc.ca_ready_window: must be longer than pqc.bundle_refresh_interval (120s): otherwise the agent "
+        "is not ready between two polls"
+    ]
+    config = parse({**base, "pqc": {"bundle_refresh_interval": "2m", "ca_ready_window": "5m"}})
+    assert config.ca_ready_window.total_seconds() == 300

@@ -9,6 +9,7 @@ import pytest
 from spiffe._proto import workload_pb2 as wl
 
 from spire_pqc._internal import wire
+from spire_pqc.agent.health import HealthServer
 from tests.unit.agent._support import HEADER, dev_config, first_reply, running_agent, short_dir
 
 
@@ -47,3 +48,22 @@ async def test_probes_and_metrics() -> None:
         assert (await reader.read()).startswith(b"HTTP/1.1 400")
         writer.close()
         await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_handler_answers_500_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> str:
+        raise PermissionError(13, "Permission denied")
+
+    server = HealthServer("127.0.0.1", 0, live=lambda: True, ready=lambda: True, metrics=lambda: "",
+                          status=broken)  # fmt: skip
+    await server.start()
+    try:
+        assert await asyncio.wait_for(_get(server.port, "/status"), 10) == (
+            500,
+            "internal error (see the agent's log)\n",
+        )
+        assert await _get(server.port, "/live") == (200, "live\n")
+    finally:
+        await server.close()
+    assert any("GET /status failed" in r.getMessage() for r in caplog.records)

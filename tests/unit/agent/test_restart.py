@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from spire_pqc.agent.state import SUFFIX, decode
 from spire_pqc.bundle import BundleSet, X509Bundle
 from spire_pqc.ca.devca import DevAuthority
 from spire_pqc.ca.issuer import PQCIssuer
-from spire_pqc.ca.request import IssueRequest, IssueResponse
+from spire_pqc.ca.request import BundleUpdate, IssueRequest, IssueResponse
 from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.crypto.mlkem import MLKEM768PrivateKey
 from spire_pqc.errors import ConfigError, UnavailableError
@@ -115,6 +116,12 @@ class CountingCA:
             raise UnavailableError("the reply was lost (test)")
         return response
 
+    async def fetch_bundle(self) -> BundleUpdate:
+        """The bundle poll (pqc.bundle_refresh_interval): fails like issue() while down."""
+        if self.down:
+            raise UnavailableError("PQC CA unreachable (test)")
+        return await self._local.fetch_bundle()
+
     async def close(self) -> None:
         return None
 
@@ -143,7 +150,10 @@ class Node:
 def node() -> Iterator[Node]:
     directory = short_dir()
     config = dataclasses.replace(
-        dev_config(directory), retry_initial=dt.timedelta(seconds=0.02), retry_max=dt.timedelta(seconds=0.05)
+        dev_config(directory),
+        retry_initial=dt.timedelta(seconds=0.02),
+        retry_max=dt.timedelta(seconds=0.05),
+        bundle_refresh_interval=dt.timedelta(seconds=0.2),  # a CA back up is seen at once
     )
     authority = DevAuthority.generate(TD)
     yield Node(config, authority, new_svid(authority), CountingCA(authority))
@@ -183,7 +193,15 @@ async def test_restarted_agent_serves_kept_credentials_without_asking_the_ca(nod
         after.svids[0].verify(classical_bundles=after.classical_bundles, pqc_bundles=after.pqc_bundles)
         assert len(node.ca.requests) == 1
         assert second.metrics.value("spire_pqc_agent_state_total", event="restored") == 1
-        assert second.ready
+        # Served, but nothing can be renewed or issued while the CA is down: not ready, and /status says why.
+        assert not second.ready
+        ca = second.status()["ca"]
+        assert ca["answering"] is False and ca["last_success"] is None
+        assert ca["last_error"] == "PQC CA unreachable (test)"
+        node.ca.down = False
+        await eventually(lambda: second.ready, "ready once the CA answers a bundle poll")
+        assert second.status()["ca"]["last_error"] is None
+        assert len(node.ca.requests) == 1  # the poll, not an issuance
 
 
 @pytest.mark.asyncio
@@ -287,17 +305,43 @@ async def test_tampered_certificates_are_replaced_by_the_genuine_ones(node: Node
 
 @pytest.mark.asyncio
 async def test_ready_says_whether_pqc_credentials_are_served(node: Node) -> None:
-    node.ca.down = True
     agent, _ = node.agent()
     async with agent:
-        readiness = [agent.ready]  # nothing asked for yet: nothing is missing
+        await eventually(lambda: agent.ready, "ready: the CA answered the first bundle poll")
+        node.ca.down = True
         with pytest.raises(GRPCError):
             await fetch(agent)  # a workload asks; the CA is unreachable
-        readiness.append(agent.ready)
-        assert readiness == [True, False]
+        assert not agent.ready  # a caller has no PQC credentials
         node.ca.down = False
         await eventually(lambda: agent.ready, "ready once the CA answers")
         await fetch(agent)
+
+
+@pytest.mark.asyncio
+async def test_ready_follows_the_ca_last_answer_within_the_window(node: Node) -> None:
+    """Credentials are served, but the CA stops answering: /ready turns 503 once its last good answer is
+    older than pqc.ca_ready_window, and 200 again at its next answer; /status names the CA's error."""
+    window = dt.timedelta(seconds=1.5)
+    node.config = dataclasses.replace(
+        node.config, bundle_refresh_interval=dt.timedelta(seconds=0.2), ca_ready_window=window
+    )
+    agent, _ = node.agent()
+    async with agent:
+        await fetch(agent)
+        await eventually(lambda: agent.ready, "ready")
+        node.ca.down = True
+        went_down = time.monotonic()
+        await asyncio.sleep(0.5)
+        assert agent.ready  # within the window: one lost poll does not flap readiness
+        await eventually(lambda: not agent.ready, "not ready after the window", timeout=10)
+        assert time.monotonic() - went_down >= window.total_seconds() - 0.25
+        ca = agent.status()["ca"]
+        assert ca["answering"] is False and ca["ready_window_seconds"] == 1.5
+        assert ca["last_error"] == "PQC CA unreachable (test)" and ca["last_success"] is not None
+        assert agent.provisioner.serving()  # still serving the credentials it has
+        node.ca.down = False
+        await eventually(lambda: agent.ready, "ready again at the CA's next answer")
+        assert agent.status()["ca"]["last_error"] is None
 
 
 @pytest.mark.asyncio

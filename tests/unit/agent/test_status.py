@@ -50,6 +50,12 @@ async def test_status_document_before_and_after_a_channel() -> None:
             assert before["avg_channel_setup_latency_ms"] is None
             assert before["backend"]["name"] == backend_info().backend
             assert before["versions"]["spire_pqc"] == __version__
+            # The PQC CA as last seen (the dev source's in-process one): answering, its clock is ours.
+            ca = before["ca"]
+            assert ca["address"] == "in-process (dev source)" and ca["answering"] is True
+            assert ca["last_success"] is not None and ca["last_error"] is None
+            assert ca["ready_window_seconds"] == 90.0
+            assert ca["clock_skew_seconds"] is not None and abs(ca["clock_skew_seconds"]) < 1
 
             reader, writer = await asyncio.open_connection("127.0.0.1", out.port)
             writer.write(b"GET / HTTP/1.0\r\n\r\n")

@@ -323,6 +323,23 @@ def test_backend_info_probes_liboqs_under_openssl(monkeypatch: pytest.MonkeyPatc
     assert "available at" in info.describe()
 
 
+def test_backend_info_probe_treats_an_unreadable_install_path_as_absent(tmp_path: Path) -> None:
+    """An agent running as its own user, with OQS_INSTALL_PATH inherited from root (its /status computes
+    this document): no liboqs found, not a PermissionError."""
+    private = tmp_path / "root-only"
+    (private / "lib").mkdir(parents=True)
+    private.chmod(0o700)
+    child = (
+        "from spire_pqc.crypto.status import backend_info; print(backend_info(probe_liboqs=True).liboqs_path)"
+    )
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", child],
+        env=_clean_env(OQS_INSTALL_PATH=str(private)), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and "PermissionError" not in result.stderr, result.stderr
+    assert result.stdout.strip() == "None"
+
+
 def test_log_backend(pq_backend: str, caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("spire_pqc.test")
     with caplog.at_level(logging.INFO, logger="spire_pqc.test"):

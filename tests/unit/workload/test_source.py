@@ -93,6 +93,34 @@ async def test_a_caller_without_an_entry_gets_no_identity_issued() -> None:
             await source.close()
 
 
+async def _svid_fetch(socket: Path, out: Path, *extra: str) -> tuple[int | None, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spire_pqc.cli", "svid", "fetch", "--socket", f"unix://{socket}",
+        "--write", str(out), *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.asyncio
+async def test_svid_fetch_without_an_entry_or_in_time_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """No registration entry matches the caller: the agent's "no identity issued", typed, exit 1; no answer
+    within --timeout: which agent, and where to look; never a TimeoutError's traceback."""
+    config = dev_config(short_dir(), selectors=["unix:uid:4294967294"])  # an entry for nobody's uid
+    async with running_agent(config) as agent:
+        code, out, err = await _svid_fetch(agent.socket_path, tmp_path / "none")
+        assert (code, out) == (1, "") and "Traceback" not in err, err
+        assert err.strip() == (
+            f"spire-pqc: error: Workload API at unix://{agent.socket_path}: PERMISSION_DENIED: no identity issued"
+        )
+        code, out, err = await _svid_fetch(agent.socket_path, tmp_path / "none", "--timeout", "0.000001")
+        assert (code, out) == (1, "") and "Traceback" not in err, err
+        assert err.startswith(
+            f"spire-pqc: error: no hybrid SVID from the agent at unix://{agent.socket_path} "
+        )
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.asyncio
 async def test_svid_fetch_writes_the_hybrid_svid_that_svid_inspect_verifies(tmp_path: Path) -> None:
     """`spire-pqc svid fetch --write DIR` against a running agent: three chains, keys 0600, bundles; then

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spire_pqc/ca/v1/ca.proto\x12\x0fspire_pqc.ca.v1\"\xc4\x01\n\x13IssuePQCSVIDRequest\x12\x1c\n\x14\x63lassical_svid_chain\x18\x01 \x03(\x0c\x12\x1a\n\x12mldsa65_public_key\x18\x02 \x01(\x0c\x12\x1b\n\x13mlkem768_public_key\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63lassical_proof\x18\x06 \x01(\x0c\x12\x13\n\x0bmldsa_proof\x18\x07 \x01(\x0c\"\x98\x01\n\x14IssuePQCSVIDResponse\x12\x16\n\x0epqc_svid_chain\x18\x01 \x03(\x0c\x12\x1d\n\x15kem_certificate_chain\x18\x02 \x03(\x0c\x12\x12\n\npqc_bundle\x18\x03 \x03(\x0c\x12\x16\n\x0epqc_jwt_bundle\x18\x04 \x01(\x0c\x12\x1d\n\x15revoked_intermediates\x18\x05 \x03(\t\"-\n\x12SignJWTSVIDRequest\x12\x17\n\x0f\x63lassical_token\x18\x01 \x01(\t\"T\n\x13SignJWTSVIDResponse\x12\x11\n\tpqc_token\x18\x01 \x01(\t\x12\x16\n\x0epqc_jwt_bundle\x18\x02 \x01(\x0c\x12\x12\n\npqc_bundle\x18\x03 \x03(\x0c\"\x17\n\x15\x46\x65tchPQCBundleRequest\"y\n\x16\x46\x65tchPQCBundleResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x12\n\npqc_bundle\x18\x02 \x03(\x0c\x12\x1d\n\x15revoked_intermediates\x18\x03 \x03(\t\x12\x16\n\x0epqc_jwt_bundle\x18\x04 \x01(\x0c\"T\n\x0fIssuanceRefusal\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.spire_pqc.ca.v1.RefusalReason\x12\x11\n\tspiffe_id\x18\x02 \x01(\t*\xe2\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18REFUSAL_REASON_MALFORMED\x10\x01\x12\x18\n\x14REFUSAL_REASON_STALE\x10\x02\x12!\n\x1dREFUSAL_REASON_UNTRUSTED_SVID\x10\x03\x12\x1a\n\x16REFUSAL_REASON_BINDING\x10\x04\x12\x1c\n\x18REFUSAL_REASON_BAD_PROOF\x10\x05\x12\x19\n\x15REFUSAL_REASON_REPLAY\x10\x06\x12\x1c\n\x18REFUSAL_REASON_DUPLICATE\x10\x07\x12\x1e\n\x1aREFUSAL_REASON_UNAVAILABLE\x10\x08\x12\"\n\x1eREFUSAL_REASON_UNAUTHENTICATED\x10\t\x12\x1f\n\x1bREFUSAL_REASON_UNAUTHORIZED\x10\n2\xb3\x02\n\x17PQCCertificateAuthority\x12[\n\x0cIssuePQCSVID\x12$.spire_pqc.ca.v1.IssuePQCSVIDRequest\x1a%.spire_pqc.ca.v1.IssuePQCSVIDResponse\x12X\n\x0bSignJWTSVID\x12#.spire_pqc.ca.v1.SignJWTSVIDRequest\x1a$.spire_pqc.ca.v1.SignJWTSVIDResponse\x12\x61\n\x0e\x46\x65tchPQCBundle\x12&.spire_pqc.ca.v1.FetchPQCBundleRequest\x1a\'.spire_pqc.ca.v1.FetchPQCBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spire_pqc/ca/v1/ca.proto\x12\x0fspire_pqc.ca.v1\"\xc4\x01\n\x13IssuePQCSVIDRequest\x12\x1c\n\x14\x63lassical_svid_chain\x18\x01 \x03(\x0c\x12\x1a\n\x12mldsa65_public_key\x18\x02 \x01(\x0c\x12\x1b\n\x13mlkem768_public_key\x18\x03 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x17\n\x0f\x63lassical_proof\x18\x06 \x01(\x0c\x12\x13\n\x0bmldsa_proof\x18\x07 \x01(\x0c\"\x98\x01\n\x14IssuePQCSVIDResponse\x12\x16\n\x0epqc_svid_chain\x18\x01 \x03(\x0c\x12\x1d\n\x15kem_certificate_chain\x18\x02 \x03(\x0c\x12\x12\n\npqc_bundle\x18\x03 \x03(\x0c\x12\x16\n\x0epqc_jwt_bundle\x18\x04 \x01(\x0c\x12\x1d\n\x15revoked_intermediates\x18\x05 \x03(\t\"-\n\x12SignJWTSVIDRequest\x12\x17\n\x0f\x63lassical_token\x18\x01 \x01(\t\"T\n\x13SignJWTSVIDResponse\x12\x11\n\tpqc_token\x18\x01 \x01(\t\x12\x16\n\x0epqc_jwt_bundle\x18\x02 \x01(\x0c\x12\x12\n\npqc_bundle\x18\x03 \x03(\x0c\"\x17\n\x15\x46\x65tchPQCBundleRequest\"\x96\x01\n\x16\x46\x65tchPQCBundleResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x12\n\npqc_bundle\x18\x02 \x03(\x0c\x12\x1d\n\x15revoked_intermediates\x18\x03 \x03(\t\x12\x16\n\x0epqc_jwt_bundle\x18\x04 \x01(\x0c\x12\x1b\n\x13server_time_unix_ms\x18\x05 \x01(\x03\"T\n\x0fIssuanceRefusal\x12.\n\x06reason\x18\x01 \x01(\x0e\x32\x1e.spire_pqc.ca.v1.RefusalReason\x12\x11\n\tspiffe_id\x18\x02 \x01(\t*\xe2\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18REFUSAL_REASON_MALFORMED\x10\x01\x12\x18\n\x14REFUSAL_REASON_STALE\x10\x02\x12!\n\x1dREFUSAL_REASON_UNTRUSTED_SVID\x10\x03\x12\x1a\n\x16REFUSAL_REASON_BINDING\x10\x04\x12\x1c\n\x18REFUSAL_REASON_BAD_PROOF\x10\x05\x12\x19\n\x15REFUSAL_REASON_REPLAY\x10\x06\x12\x1c\n\x18REFUSAL_REASON_DUPLICATE\x10\x07\x12\x1e\n\x1aREFUSAL_REASON_UNAVAILABLE\x10\x08\x12\"\n\x1eREFUSAL_REASON_UNAUTHENTICATED\x10\t\x12\x1f\n\x1bREFUSAL_REASON_UNAUTHORIZED\x10\n2\xb3\x02\n\x17PQCCertificateAuthority\x12[\n\x0cIssuePQCSVID\x12$.spire_pqc.ca.v1.IssuePQCSVIDRequest\x1a%.spire_pqc.ca.v1.IssuePQCSVIDResponse\x12X\n\x0bSignJWTSVID\x12#.spire_pqc.ca.v1.SignJWTSVIDRequest\x1a$.spire_pqc.ca.v1.SignJWTSVIDResponse\x12\x61\n\x0e\x46\x65tchPQCBundle\x12&.spire_pqc.ca.v1.FetchPQCBundleRequest\x1a\'.spire_pqc.ca.v1.FetchPQCBundleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spire_pqc._proto.spire_pqc.ca.v1.ca_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REFUSALREASON']._serialized_start=767
-  _globals['_REFUSALREASON']._serialized_end=1121
+  _globals['_REFUSALREASON']._serialized_start=797
+  _globals['_REFUSALREASON']._serialized_end=1151
   _globals['_ISSUEPQCSVIDREQUEST']._serialized_start=46
   _globals['_ISSUEPQCSVIDREQUEST']._serialized_end=242
   _globals['_ISSUEPQCSVIDRESPONSE']._serialized_start=245
@@ -43,10 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNJWTSVIDRESPONSE']._serialized_end=530
   _globals['_FETCHPQCBUNDLEREQUEST']._serialized_start=532
   _globals['_FETCHPQCBUNDLEREQUEST']._serialized_end=555
-  _globals['_FETCHPQCBUNDLERESPONSE']._serialized_start=557
-  _globals['_FETCHPQCBUNDLERESPONSE']._serialized_end=678
-  _globals['_ISSUANCEREFUSAL']._serialized_start=680
-  _globals['_ISSUANCEREFUSAL']._serialized_end=764
-  _globals['_PQCCERTIFICATEAUTHORITY']._serialized_start=1124
-  _globals['_PQCCERTIFICATEAUTHORITY']._serialized_end=1431
+  _globals['_FETCHPQCBUNDLERESPONSE']._serialized_start=558
+  _globals['_FETCHPQCBUNDLERESPONSE']._serialized_end=708
+  _globals['_ISSUANCEREFUSAL']._serialized_start=710
+  _globals['_ISSUANCEREFUSAL']._serialized_end=794
+  _globals['_PQCCERTIFICATEAUTHORITY']._serialized_start=1154
+  _globals['_PQCCERTIFICATEAUTHORITY']._serialized_end=1461
 # @@protoc_insertion_point(module_scope)

@@ -85,16 +85,18 @@ class FetchPQCBundleRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FetchPQCBundleResponse(_message.Message):
-    __slots__ = ("trust_domain", "pqc_bundle", "revoked_intermediates", "pqc_jwt_bundle")
+    __slots__ = ("trust_domain", "pqc_bundle", "revoked_intermediates", "pqc_jwt_bundle", "server_time_unix_ms")
     TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     PQC_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOKED_INTERMEDIATES_FIELD_NUMBER: _ClassVar[int]
     PQC_JWT_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     trust_domain: str
     pqc_bundle: _containers.RepeatedScalarFieldContainer[bytes]
     revoked_intermediates: _containers.RepeatedScalarFieldContainer[str]
     pqc_jwt_bundle: bytes
-    def __init__(self, trust_domain: _Optional[str] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ..., pqc_jwt_bundle: _Optional[bytes] = ...) -> None: ...
+    server_time_unix_ms: int
+    def __init__(self, trust_domain: _Optional[str] = ..., pqc_bundle: _Optional[_Iterable[bytes]] = ..., revoked_intermediates: _Optional[_Iterable[str]] = ..., pqc_jwt_bundle: _Optional[bytes] = ..., server_time_unix_ms: _Optional[int] = ...) -> None: ...
 
 class IssuanceRefusal(_message.Message):
     __slots__ = ("reason", "spiffe_id")
