@@ -114,6 +114,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rotation.add_argument(
         "--warmup", type=float, default=90.0, help="seconds before the RSS baseline is taken"
     )
+    rotation.add_argument(
+        "--traced", type=int, default=None,
+        help="rotations under tracemalloc after the measured ones (default: a tenth of --rotations)",
+    )  # fmt: skip
+    rotation.add_argument(
+        "--arenas", type=_arena_list, default=(0, 1),
+        help="agent.malloc_arena_max of each run, comma-separated; 0 = glibc's default (default: 0,1)",
+    )  # fmt: skip
     rotation.set_defaults(handler=_rotation)
 
     soak = sub.add_parser(
@@ -122,6 +130,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     soak.add_argument("--connections", type=int, default=10_000, help="hostile connections in all")
     soak.add_argument("--seconds", type=float, default=30.0, help="length of each phase (alone, attacked)")
     soak.set_defaults(handler=_soak)
+
+
+def _arena_list(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated arena counts (0: glibc default)"
+        )
+    return counts
 
 
 def _backend_list(text: str) -> tuple[str, ...]:
@@ -221,11 +241,11 @@ def _ledger(args: argparse.Namespace) -> int:
 def _rotation(args: argparse.Namespace) -> int:
     from spire_pqc.bench import rotation as bench_rotation
 
-    soak = bench_rotation.run(
+    soaks = bench_rotation.run(
         rotations=args.rotations, identities=args.identities, ttl_s=args.ttl, seconds=args.seconds,
-        warmup_seconds=args.warmup,
+        warmup_seconds=args.warmup, traced=args.traced, arenas=args.arenas,
     )  # fmt: skip
-    print(bench_rotation.format_report(soak))
+    print(bench_rotation.format_report(soaks))
     return 0
 
 
