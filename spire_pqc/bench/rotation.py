@@ -285,8 +285,9 @@ def format_report(soaks: Sequence[RotationSoak]) -> str:
     lines = []
     for soak in soaks:
         arenas = f"malloc arenas {soak.arenas}" if soak.arenas else "malloc arenas: glibc default"
+        source = "spire source" if soak.backend.startswith("spire") else f"dev source, backend {soak.backend}"
         lines += [
-            f"spire-pqc bench rotation (dev source, backend {soak.backend}, {arenas}): {soak.rotations} "
+            f"spire-pqc bench rotation ({source}, {arenas}): {soak.rotations} "
             f"rotations of {soak.identities} identities (SVID TTL {soak.ttl_s:g} s) in {soak.elapsed_s:.0f} s, "
             "each delivered with new PQC credentials on a hybrid stream",
             f"  RSS after warm-up ({soak.warmup_rotations} rotations): {soak.rss_warm_kib / 1024:.1f} MiB; at "
@@ -295,6 +296,11 @@ def format_report(soaks: Sequence[RotationSoak]) -> str:
             "  RSS every tenth of the run: "
             + ", ".join(f"{done}: {rss / 1024:.1f}" for done, rss in soak.rss_trend)
             + " (rotations: MiB)",
+        ]
+        if not soak.traced_rotations:
+            lines.append("  (tracemalloc: not run - the agent is another process)")
+            continue
+        lines += [
             f"  then {soak.traced_rotations} rotations under tracemalloc: Python heap growth between its "
             f"snapshots (halfway, end) {soak.heap_growth_kib:+.0f} KiB; tracemalloc's own memory "
             f"{soak.tracemalloc_kib / 1024:.1f} MiB",

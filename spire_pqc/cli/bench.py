@@ -115,6 +115,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--warmup", type=float, default=90.0, help="seconds before the RSS baseline is taken"
     )
     rotation.add_argument(
+        "--source", choices=("dev", "spire"), default="dev",
+        help="spire: real spire-server/spire-agent rotate the SVIDs (--ttl whole seconds; RSS of the "
+        "agent process, at most --seconds)",
+    )  # fmt: skip
+    rotation.add_argument(
         "--traced", type=int, default=None,
         help="rotations under tracemalloc after the measured ones (default: a tenth of --rotations)",
     )  # fmt: skip
@@ -241,6 +246,15 @@ def _ledger(args: argparse.Namespace) -> int:
 def _rotation(args: argparse.Namespace) -> int:
     from spire_pqc.bench import rotation as bench_rotation
 
+    if args.source == "spire":
+        from spire_pqc.bench import rotation_spire
+
+        soak = rotation_spire.run(
+            rotations=args.rotations, identities=args.identities, ttl_s=max(1, round(args.ttl)),
+            seconds=args.seconds, warmup_seconds=args.warmup,
+        )  # fmt: skip
+        print(bench_rotation.format_report([soak]))
+        return 0
     soaks = bench_rotation.run(
         rotations=args.rotations, identities=args.identities, ttl_s=args.ttl, seconds=args.seconds,
         warmup_seconds=args.warmup, traced=args.traced, arenas=args.arenas,
