@@ -226,6 +226,8 @@ class AgentConfig:
     bundle_refresh_interval: dt.timedelta = dt.timedelta(seconds=30)
     # /ready is 503 when the PQC CA's last successful answer is older than this (agent.cacontact).
     ca_ready_window: dt.timedelta = dt.timedelta(seconds=90)
+    # glibc malloc arenas for the whole process (spire_pqc._internal.malloc), set at agent start.
+    malloc_arena_max: int = 1
 
 
 # --- value types of the agent only ---------------------------------------------------------------
@@ -347,6 +349,13 @@ class AgentTable(Table):
         "It must be private to the agent's user (0700, owned by it; refused at start otherwise) and "
         "used by one agent only; never under a socket directory that containers mount. Format and "
         "threat model: docs/agent-state.md.",
+    )
+    malloc_arena_max: PositiveInt = key(
+        1,
+        doc="glibc malloc arenas the agent process may use (`mallopt(M_ARENA_MAX)` at start; "
+        "`MALLOC_ARENA_MAX` in the environment wins). With glibc's default (8 per core) the crypto "
+        "threads fragment arenas of their own and RSS creeps under rotation; one arena held it flat "
+        "(README, memory under rotation). Ignored where the C library is not glibc.",
     )
 
     @field_validator("production")
@@ -866,6 +875,7 @@ def _config(file: AgentFile) -> AgentConfig:
         ca_ready_window=file.pqc.ca_ready_window,
         tunnels=tuple([_tunnel(t) for t in file.tunnel.outbound] + [_tunnel(t) for t in file.tunnel.inbound]),
         state_dir=file.agent.state_dir,
+        malloc_arena_max=file.agent.malloc_arena_max,
         limits=Limits(
             max_connections_per_uid=limits.max_connections_per_uid,
             max_streams_per_uid=limits.max_streams_per_uid,

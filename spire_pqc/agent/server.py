@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from spire_pqc._internal.malloc import limit_arenas
 from spire_pqc._internal.wire import HYBRID_SERVICE, WORKLOAD_SERVICE
 from spire_pqc.agent.caclient import CAClient
 from spire_pqc.agent.cacontact import CAContact
@@ -197,6 +198,8 @@ class Agent:
         if self._server is not None:
             raise SpirePqcError("agent already started")
         federated = _load_federated(self.config)
+        # Before the crypto threads allocate: arenas they would otherwise create are never made.
+        log.info("%s", limit_arenas(self.config.malloc_arena_max))
         timing.add_observer(self.metrics.observe_pqc_operation)  # removed by close()
         if self.config.state_dir is not None:
             # First: it is locked, so a second agent on the same state (and, by default, the same

@@ -33,6 +33,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--expiring", type=int, default=0, metavar="N",
         help="also: RSS of one CA process (liboqs) while N issuances go through a SQLite file ledger and expire",
     )  # fmt: skip
+    ca.add_argument(
+        "--endpoints", action="store_true",
+        help="instead: issuance requests/s through two CA endpoint processes vs one, on one shared "
+        "SQLite file ledger and one PostgreSQL ledger (first backend of --backends)",
+    )  # fmt: skip
+    ca.add_argument("--concurrency", type=int, default=8, help="with --endpoints: requests in flight")
     ca.set_defaults(handler=_ca)
 
     jwt = sub.add_parser(
@@ -108,6 +114,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rotation.add_argument(
         "--warmup", type=float, default=90.0, help="seconds before the RSS baseline is taken"
     )
+    rotation.add_argument(
+        "--source", choices=("dev", "spire"), default="dev",
+        help="spire: real spire-server/spire-agent rotate the SVIDs (--ttl whole seconds; RSS of the "
+        "agent process, at most --seconds)",
+    )  # fmt: skip
+    rotation.add_argument(
+        "--traced", type=int, default=None,
+        help="rotations under tracemalloc after the measured ones (default: a tenth of --rotations)",
+    )  # fmt: skip
+    rotation.add_argument(
+        "--arenas", type=_arena_list, default=(0, 1),
+        help="agent.malloc_arena_max of each run, comma-separated; 0 = glibc's default (default: 0,1)",
+    )  # fmt: skip
     rotation.set_defaults(handler=_rotation)
 
     soak = sub.add_parser(
@@ -116,6 +135,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     soak.add_argument("--connections", type=int, default=10_000, help="hostile connections in all")
     soak.add_argument("--seconds", type=float, default=30.0, help="length of each phase (alone, attacked)")
     soak.set_defaults(handler=_soak)
+
+
+def _arena_list(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated arena counts (0: glibc default)"
+        )
+    return counts
 
 
 def _backend_list(text: str) -> tuple[str, ...]:
@@ -137,6 +168,19 @@ def _crypto(args: argparse.Namespace) -> int:
 def _ca(args: argparse.Namespace) -> int:
     from spire_pqc.bench import ca as bench_ca
 
+    if args.endpoints:
+        from spire_pqc.bench import endpoints as bench_endpoints
+
+        report = bench_endpoints.run(
+            requests=args.requests, concurrency=args.concurrency, rounds=args.rounds, backend=args.backends[0]
+        )
+        print(bench_endpoints.format_report(report))
+        return 0
+    if args.expiring:  # the RSS soak only (it takes minutes): `bench ca` alone measures throughput
+        print(
+            bench_ca.format_expiry(bench_ca.run_expiring(issuances=args.expiring, backend=args.backends[-1]))
+        )
+        return 0
     print(
         bench_ca.format_report(
             bench_ca.run(requests=args.requests, rounds=args.rounds, backends=args.backends)
@@ -202,11 +246,20 @@ def _ledger(args: argparse.Namespace) -> int:
 def _rotation(args: argparse.Namespace) -> int:
     from spire_pqc.bench import rotation as bench_rotation
 
-    soak = bench_rotation.run(
+    if args.source == "spire":
+        from spire_pqc.bench import rotation_spire
+
+        soak = rotation_spire.run(
+            rotations=args.rotations, identities=args.identities, ttl_s=max(1, round(args.ttl)),
+            seconds=args.seconds, warmup_seconds=args.warmup,
+        )  # fmt: skip
+        print(bench_rotation.format_report([soak]))
+        return 0
+    soaks = bench_rotation.run(
         rotations=args.rotations, identities=args.identities, ttl_s=args.ttl, seconds=args.seconds,
-        warmup_seconds=args.warmup,
+        warmup_seconds=args.warmup, traced=args.traced, arenas=args.arenas,
     )  # fmt: skip
-    print(bench_rotation.format_report(soak))
+    print(bench_rotation.format_report(soaks))
     return 0
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import re
 import threading
+import time
 from collections import OrderedDict
 
 from cryptography import x509
@@ -54,10 +56,13 @@ CRYPTOGRAPHY_PARSE_ERRORS: tuple[type[BaseException], ...] = (
 #: certificates arrive on every connection and a full parse of an ML-DSA-65 certificate costs about
 #: 0.2 ms; a certificate object is immutable, so handing out the same object again changes only the
 #: cost (and lets identity-keyed caches such as :mod:`spire_pqc.x509.memo` recognise it). Failures
-#: are never kept. Bounded: at most :data:`LOADED_CACHE_SIZE` entries (a few MB at most).
+#: are never kept. Bounded: at most :data:`LOADED_CACHE_SIZE` entries (a few MB at most), and
+#: certificates past their notAfter are swept out (at most once a second, when one is added): under
+#: rotation they would otherwise stay, fully parsed, until 256 newer ones pushed them out.
 LOADED_CACHE_SIZE = 256
-_loaded: OrderedDict[tuple[bytes, bool], x509.Certificate] = OrderedDict()
+_loaded: OrderedDict[tuple[bytes, bool], tuple[x509.Certificate, dt.datetime]] = OrderedDict()
 _loaded_lock = threading.Lock()
+_loaded_swept = [0.0]
 
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
 _PEM_END = re.compile(rb"-----END ([A-Z0-9 ]{1,64})-----")
@@ -99,13 +104,18 @@ def load_der_certificate(data: bytes, *, what: str, public_key: bool = True) -> 
     data = bytes(data)
     key = (data, public_key)
     with _loaded_lock:
-        cert = _loaded.get(key)
-        if cert is not None:
+        entry = _loaded.get(key)
+        if entry is not None:
             _loaded.move_to_end(key)
-            return cert
+            return entry[0]
     cert = _load_der_certificate(data, what=what, public_key=public_key)
     with _loaded_lock:
-        _loaded[key] = cert
+        _loaded[key] = (cert, cert.not_valid_after_utc)
+        if time.monotonic() - _loaded_swept[0] >= 1.0:
+            _loaded_swept[0] = time.monotonic()
+            now = dt.datetime.now(dt.UTC)
+            for stale in [k for k, (_, not_after) in _loaded.items() if not_after < now]:
+                del _loaded[stale]
         while len(_loaded) > LOADED_CACHE_SIZE:
             _loaded.popitem(last=False)
     return cert

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,11 @@ from spire_pqc.crypto.mldsa import MLDSA65PublicKey
 
 #: Results kept per process: a node talks to few distinct peers; each entry holds one certificate.
 MEMO_SIZE = 1024
+#: Expired entries are swept out at most this often (seconds), when an entry is added: under rotation
+#: every new SVID adds entries, and without the sweep each held its parsed certificate (~30 KB) until
+#: MEMO_SIZE newer ones pushed it out - RSS grew for thousands of rotations (README, memory under
+#: rotation).
+SWEEP_INTERVAL = 1.0
 
 
 class SignatureMemo:
@@ -49,6 +55,7 @@ class SignatureMemo:
         # (id(signed), signer raw key, purpose) -> (signed, signer key id, expiry)
         self._entries: OrderedDict[tuple[int, bytes, str], tuple[object, bytes, dt.datetime]] = OrderedDict()
         self._lock = threading.Lock()
+        self._swept = 0.0
         self.hits = 0
         self.misses = 0
 
@@ -83,6 +90,10 @@ class SignatureMemo:
         with self._lock:
             self._entries[key] = (signed, signer.key_id(), expires)
             self._entries.move_to_end(key)
+            if time.monotonic() - self._swept >= SWEEP_INTERVAL:
+                self._swept = time.monotonic()
+                for stale in [k for k, entry in self._entries.items() if entry[2] < now]:
+                    del self._entries[stale]
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
         return True
@@ -113,6 +124,7 @@ class PathMemo:
             OrderedDict()
         )
         self._lock = threading.Lock()
+        self._swept = 0.0
 
     def valid(self, chain: Sequence[object], anchors: Sequence[object], at: dt.datetime) -> bool:
         """Whether this exact chain was validated against these exact anchors, for a window holding ``at``."""
@@ -138,6 +150,11 @@ class PathMemo:
         objects = (*chain, None, *anchors)
         with self._lock:
             self._entries[tuple(map(id, objects))] = (objects, not_before, not_after)
+            if time.monotonic() - self._swept >= SWEEP_INTERVAL:  # paths that ended: never valid again
+                self._swept = time.monotonic()
+                now = dt.datetime.now(dt.UTC)
+                for stale in [k for k, entry in self._entries.items() if entry[2] < now]:
+                    del self._entries[stale]
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 

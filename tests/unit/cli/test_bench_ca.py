@@ -52,3 +52,17 @@ def test_expiring_issuances_are_pruned_while_rss_is_sampled(monkeypatch: pytest.
     # Entries live ~3 s (+ up to 1 s until the pruner runs): once the run is past that, not all 1,400 remain.
     assert not late or late[-1] < 1400
     assert "RSS growth after the first entries expired" in bench_ca.format_expiry(report)
+
+
+def test_two_endpoints_on_one_sqlite_ledger_issue_every_request() -> None:
+    """`bench ca --endpoints`: two real CA endpoint processes share one ledger file; every request is
+    issued in both modes (one endpoint, alternating two), and both endpoints did the work of "two"."""
+    from spire_pqc.bench import endpoints as bench_endpoints
+
+    report = bench_endpoints.run(requests=6, concurrency=3, rounds=1, postgres=False)
+    (sqlite,) = report.ledgers
+    assert sqlite.ledger == "sqlite file"
+    assert sqlite.one_per_s > 0 and sqlite.two_per_s > 0
+    assert sqlite.issued == 2 * 6 + 2
+    assert sqlite.cpu_a_s > 0 and sqlite.cpu_b_s > 0  # B answered its share (and its warm-up request)
+    assert "two/one" in bench_endpoints.format_report(report)

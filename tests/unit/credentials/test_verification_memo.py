@@ -4,6 +4,7 @@ repeated signature checks of a peer that connects again, and never change a verd
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,6 +17,7 @@ from spire_pqc.crypto.mldsa import MLDSA65PrivateKey
 from spire_pqc.errors import BindingError, ChainError, ParseError, ValidityError
 from spire_pqc.svid import verify_classical_svid, verify_hybrid_svid, verify_pqc_svid, verify_svid_binding
 from spire_pqc.x509 import certs, memo
+from spire_pqc.x509 import load as load_module
 from spire_pqc.x509.load import LOADED_CACHE_SIZE, load_der_certificate
 from spire_pqc.x509.path import verify_pqc_chain
 
@@ -211,3 +213,38 @@ def test_loads_give_one_object_per_der_and_never_keep_a_failure(minted: Minted) 
         with pytest.raises(ParseError, match="broken"):
             load_der_certificate(broken, what="broken")
     assert LOADED_CACHE_SIZE <= 1024
+
+
+def test_expired_results_are_swept_when_a_new_one_is_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under rotation every new SVID adds results; those of expired SVIDs must not stay (each holds a
+    parsed certificate) until the bound pushes them out."""
+    monkeypatch.setattr(memo, "SWEEP_INTERVAL", 0.0)
+    signatures, paths = memo.SignatureMemo(size=100), memo.PathMemo(size=100)
+    key = MLDSA65PrivateKey.generate().public_key()
+    now = dt.datetime.now(dt.UTC)
+    soon, later = now + dt.timedelta(seconds=1), now + dt.timedelta(hours=1)
+    kept = [object() for _ in range(8)]  # alive throughout: the memos key on identity
+    for index, expires in enumerate((soon, soon, later)):
+        assert signatures.verified(kept[index], key, purpose="t", expires=expires, check=lambda: True)
+        paths.remember([kept[index]], [kept[4]], now, expires)
+    assert len(signatures) == 3 and len(paths) == 3
+    time.sleep(1.2)
+    assert signatures.verified(kept[3], key, purpose="t", expires=later, check=lambda: True)
+    paths.remember([kept[3]], [kept[4]], now, later)
+    assert len(signatures) == 2 and len(paths) == 2  # the two expired ones went, the live ones stay
+
+
+def test_the_load_cache_drops_certificates_past_their_not_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load_module, "_loaded_swept", [0.0])
+    key = MLDSA65PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "short-lived")])
+    short = ca_certificate(
+        name, key, ski=b"\x0c" * 20, not_after=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    )
+    first = load_der_certificate(der(short), what="short")
+    assert load_der_certificate(der(short), what="short") is first  # cached while valid
+    time.sleep(2.1)  # past its notAfter, and past the once-a-second sweep
+    other = ca_certificate(name, key, ski=b"\x0d" * 20)
+    load_der_certificate(der(other), what="other")
+    assert all(cert is not first for cert, _ in load_module._loaded.values())
+    assert load_der_certificate(der(short), what="short") is not first  # parsed again, not kept
