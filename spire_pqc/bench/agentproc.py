@@ -125,7 +125,11 @@ class AgentProcess:
             preexec_fn=self._limit_descriptors if self.nofile is not None else None,  # noqa: PLW1509
         )  # fmt: skip
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.stop()  # `with` never reaches __exit__ when __enter__ raises: do not leak the process
+                raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
